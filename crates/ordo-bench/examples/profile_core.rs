@@ -1,0 +1,16 @@
+//! Runs the core benchmark's warm engine loop, for `perf record`.
+fn main() {
+    let shape = ordo_bench::core::CoreShape::full();
+    let mut engine = ordo_core::Engine::new(ordo_core::Config::default());
+    let rate = ordo_bench::core::run_engine(
+        &mut engine,
+        ordo_bench::core::workload(shape, 1, 1),
+        shape.batch,
+    );
+    eprintln!("cold {rate:.0}");
+    for pass in 1..4 {
+        let events = ordo_bench::core::workload(shape, 1, 1 + pass * shape.versions);
+        let rate = ordo_bench::core::run_engine(&mut engine, events, shape.batch);
+        eprintln!("warm {rate:.0}");
+    }
+}

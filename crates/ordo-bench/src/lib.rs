@@ -1,0 +1,7 @@
+//! ordo's performance suite. Every figure is reported beside a baseline measured in the
+//! same run, because these machines are noisy and only ratios travel.
+
+pub mod alloc;
+pub mod core;
+
+pub use alloc::CountingAllocator;

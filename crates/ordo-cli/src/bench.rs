@@ -1,0 +1,67 @@
+//! `ordo bench`: the performance suite.
+
+use std::process::ExitCode;
+
+use ordo_bench::core::{self as core_bench, CoreShape};
+use serde_json::json;
+
+use crate::cli::BenchArgs;
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let shape = if args.quick {
+        CoreShape::quick()
+    } else {
+        CoreShape::full()
+    };
+    eprintln!(
+        "core: {} streams x {} versions, displaced up to {}, {}% duplicated ...",
+        shape.streams, shape.versions, shape.displacement, shape.duplicate_percent
+    );
+    let core = core_bench::run(shape);
+    if args.json {
+        let report = json!({
+            "engine_events_per_s": core.engine_events_per_s.round(),
+            "engine_baseline_events_per_s": core.baseline_events_per_s.round(),
+            "engine_vs_hashmap": round3(core.ratio),
+            "engine_events": core.events,
+            "engine_cold_events_per_s": core.engine_cold_events_per_s.round(),
+            "engine_cold_baseline_events_per_s": core.baseline_cold_events_per_s.round(),
+            "bytes_per_idle_stream": core.bytes_per_idle_stream.round(),
+            "bytes_per_idle_stream_with_dedupe": core.bytes_per_idle_stream_with_dedupe.round(),
+        });
+        println!("{report}");
+    } else {
+        println!(
+            "{:<44} {:>14} {:>14} {:>8}",
+            "measure", "ordo", "baseline", "ratio"
+        );
+        println!(
+            "{:<44} {:>14.0} {:>14.0} {:>8.3}",
+            "core decisions/s (vs HashMap apply loop)",
+            core.engine_events_per_s,
+            core.baseline_events_per_s,
+            core.ratio
+        );
+        println!(
+            "{:<44} {:>14.0} {:>14.0} {:>8.3}",
+            "  ... cold (every stream new)",
+            core.engine_cold_events_per_s,
+            core.baseline_cold_events_per_s,
+            core.engine_cold_events_per_s / core.baseline_cold_events_per_s
+        );
+        println!(
+            "{:<44} {:>14.0}",
+            "heap bytes per idle stream", core.bytes_per_idle_stream
+        );
+        println!(
+            "{:<44} {:>14.0}",
+            "  ... with one dedupe id per stream", core.bytes_per_idle_stream_with_dedupe
+        );
+        println!("core counters: {}", core.counters);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,1544 @@
+//! The engine: every delivered event goes in through `handle_*`, every decision comes out
+//! through `poll_*` and [`Engine::take_changes`]. No IO, no clock: time is an argument.
+//!
+//! # Call order
+//!
+//! 1. [`Engine::new`] or [`Engine::restore`] from a store's [`Snapshot`].
+//! 2. For each delivered event, [`Engine::handle_event`] (or [`Engine::handle_bytes`] for
+//!    raw input, which dead-letters what does not parse).
+//! 3. Drain [`Engine::poll_work`]: each [`Work`] is one event to apply to one document
+//!    (or one merge over several). Run the projection, then hand the same `Work` back
+//!    through [`Engine::handle_outcome`]. Any number of `Work`s may be out at once; the
+//!    engine never hands out two that touch the same stream or the same document.
+//! 4. Now and then call [`Engine::handle_timeout`] (at [`Engine::poll_timeout`] at the
+//!    latest) so gaps older than the gap timeout are reported as stalled.
+//! 5. To commit, call [`Engine::take_changes`] and write the [`ChangeSet`] in the same
+//!    transaction as the documents the finished `Work`s produced.
+//! 6. [`Engine::poll_notice`] yields what an operator should hear about.
+//!
+//! Operator actions ([`Engine::skip_gap`], [`Engine::skip_dead_letter`],
+//! [`Engine::replay_dead_letter`]) are inputs too, and leave their effects in the next
+//! change set.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::checkpoint::{CheckpointTracker, SourcePosition};
+use crate::counters::Counters;
+use crate::dedupe::{id_hash, DedupeWindow};
+use crate::envelope::{parse_event, Dependency, Event, Op, OpPolicy, ParseError};
+use crate::limits::{
+    DEDUPE_WINDOW_IDS_DEFAULT, GAP_TIMEOUT_MS_DEFAULT, STREAM_PENDING_EVENTS_DEFAULT,
+};
+use crate::state::{
+    ChangeSet, DeadLetter, DeadLetterKind, PendingRecord, PendingState, Snapshot, StreamRecord,
+    VersionMode,
+};
+
+/// Most notices kept for [`Engine::poll_notice`]; older ones are dropped and counted.
+pub const NOTICES_MAX: usize = 4096;
+
+/// Dense index of a stream inside one engine.
+type StreamId = u32;
+
+/// How the engine behaves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Version mode for streams no rule matches.
+    pub default_mode: VersionMode,
+    /// `(stream-name prefix, mode)` rules; the first matching prefix wins.
+    pub mode_rules: Vec<(String, VersionMode)>,
+    /// How many event ids the dedupe window remembers.
+    pub dedupe_window_ids: usize,
+    /// Most events one stream may hold waiting; beyond it events are dead-lettered.
+    pub stream_pending_events_max: usize,
+    /// How long a gap may stay open before its stream is reported stalled.
+    pub gap_timeout_ms: u64,
+    /// Which ops envelopes may carry.
+    pub op_policy: OpPolicy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_mode: VersionMode::Gapless,
+            mode_rules: Vec::new(),
+            dedupe_window_ids: DEDUPE_WINDOW_IDS_DEFAULT,
+            stream_pending_events_max: STREAM_PENDING_EVENTS_DEFAULT,
+            gap_timeout_ms: GAP_TIMEOUT_MS_DEFAULT,
+            op_policy: OpPolicy::Document,
+        }
+    }
+}
+
+impl Config {
+    fn mode_for(&self, stream: &str) -> VersionMode {
+        self.mode_rules
+            .iter()
+            .find(|(prefix, _)| stream.starts_with(prefix.as_str()))
+            .map_or(self.default_mode, |(_, mode)| *mode)
+    }
+}
+
+/// What [`Engine::handle_event`] did with an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// In line to be applied (in memory; its offset settles when applied).
+    Queued,
+    /// Written to the store to wait for a gap or an earlier event.
+    Buffered,
+    /// Skipped: its id was seen before.
+    Duplicate,
+    /// Skipped: its version is at or below the applied one and its id is new.
+    Stale,
+    /// Dead-lettered (conflict, overflow or an invalid envelope).
+    DeadLettered,
+}
+
+/// The projection's verdict on one [`Work`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The effect was applied to the document(s).
+    Applied,
+    /// The projection refused the event; it goes to the dead-letter queue and its stream
+    /// waits behind it.
+    Rejected {
+        /// Why, for the operator.
+        reason: String,
+    },
+}
+
+/// What a [`Work`] asks the projection to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Apply the event to [`Work::document`].
+    Apply,
+    /// Fold each source's document into [`Work::document`], then clear the sources.
+    Merge {
+        /// The source streams, whose own documents are folded (in this order).
+        sources: Vec<Arc<str>>,
+    },
+}
+
+/// One event handed out for applying. Give it back through [`Engine::handle_outcome`].
+#[derive(Debug)]
+pub struct Work {
+    /// The event.
+    pub event: Event,
+    /// Where the event's aliases lead, when that is not its own stream.
+    redirect: Option<Arc<str>>,
+    /// Apply, or fold a merge.
+    pub action: Action,
+    /// Whether the event is applied to another stream's document through an alias.
+    pub redirected: bool,
+    stream: StreamId,
+    /// The event's offset, while not yet settled.
+    position: Option<SourcePosition>,
+    /// Whether the store holds a pending row for the event (deleted once applied).
+    written: bool,
+    /// The document applied to (locked while the work is out).
+    target: StreamId,
+    /// A merge's source documents (also locked); empty otherwise.
+    source_ids: Vec<StreamId>,
+}
+
+impl Work {
+    /// The document to apply to: the event's stream, or where its aliases lead.
+    pub fn document(&self) -> &str {
+        self.redirect.as_deref().unwrap_or(&self.event.stream)
+    }
+
+    fn locked(&self) -> impl Iterator<Item = StreamId> + '_ {
+        std::iter::once(self.target).chain(self.source_ids.iter().copied())
+    }
+}
+
+/// What an operator should hear about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A gap outlived the gap timeout; the stream waits until it fills or is skipped.
+    Stalled {
+        /// The stream.
+        stream: Arc<str>,
+        /// The first missing version.
+        missing: u64,
+        /// The version waiting beyond the gap.
+        waiting: u64,
+    },
+    /// An event was dead-lettered.
+    DeadLettered {
+        /// The entry's id.
+        id: u64,
+        /// The stream, when known.
+        stream: Option<Arc<str>>,
+        /// Why.
+        reason: String,
+    },
+    /// A source event beyond its merge cut was applied to the merge target.
+    LateAfterMerge {
+        /// The source stream.
+        stream: Arc<str>,
+        /// The event's version.
+        version: u64,
+        /// The document it went to.
+        target: Arc<str>,
+    },
+}
+
+/// Why an operator action was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OperatorError {
+    /// The stream is unknown to this engine.
+    UnknownStream(String),
+    /// The stream has no gap to skip.
+    NoGap(String),
+    /// The dead letter is not what the engine has at that stream and version.
+    NotBlocking {
+        /// The entry's id.
+        id: u64,
+    },
+    /// The dead letter's body is still not a valid event.
+    StillInvalid {
+        /// The entry's id.
+        id: u64,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// The event cannot be taken back now (its stream is full); try again later.
+    StreamFull {
+        /// The stream.
+        stream: String,
+    },
+}
+
+impl fmt::Display for OperatorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OperatorError::UnknownStream(s) => write!(f, "unknown stream `{s}`"),
+            OperatorError::NoGap(s) => write!(f, "stream `{s}` has no gap to skip"),
+            OperatorError::NotBlocking { id } => {
+                write!(
+                    f,
+                    "dead letter {id} is not the entry holding its stream's version"
+                )
+            }
+            OperatorError::StillInvalid { id, reason } => {
+                write!(f, "dead letter {id} is still not a valid event: {reason}")
+            }
+            OperatorError::StreamFull { stream } => {
+                write!(
+                    f,
+                    "stream `{stream}` holds its maximum of waiting events; retry later"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for OperatorError {}
+
+/// What replaying a dead letter did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// The event is back in its stream, in line to be applied.
+    Requeued,
+    /// The version guard skipped it: its stream is already past that version.
+    AlreadyApplied,
+    /// It was dead-lettered again (its version is held by another event, or the stream
+    /// is full); the new entry says why.
+    DeadLetteredAgain,
+}
+
+/// One waiting event, for `parked list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaitingEvent {
+    /// The stream.
+    pub stream: Arc<str>,
+    /// The version.
+    pub version: u64,
+    /// The event id (absent for a skip marker).
+    pub id: Option<Box<str>>,
+    /// What it waits for, in words.
+    pub reason: String,
+}
+
+const IN_FLIGHT: u8 = 1;
+const IN_READY: u8 = 1 << 1;
+const DIRTY: u8 = 1 << 2;
+const MONOTONIC: u8 = 1 << 3;
+const DOCUMENT_BUSY: u8 = 1 << 4;
+const STALLED: u8 = 1 << 5;
+/// The head is parked or dead-lettered: everything behind it is made durable.
+const WAITING: u8 = 1 << 6;
+const HAS_WAITERS: u8 = 1 << 7;
+
+/// Per-stream state, kept small: idle streams are the common case.
+#[derive(Debug, Default)]
+struct StreamState {
+    applied: u64,
+    flags: u8,
+    extra: Option<Box<StreamExtra>>,
+}
+
+#[derive(Debug, Default)]
+struct StreamExtra {
+    /// Waiting events by version (all above `applied`).
+    slots: BTreeMap<u64, Slot>,
+    /// Every version in `applied+1..=contiguous_through` is in a slot or in flight.
+    contiguous_through: u64,
+    gap_since_ms: Option<u64>,
+    /// Merged into (target, cut).
+    alias: Option<(StreamId, u64)>,
+    in_flight_version: Option<u64>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Event(Box<Pending>),
+    DeadLettered(u64),
+    Skipped,
+}
+
+#[derive(Debug)]
+struct Pending {
+    event: Event,
+    /// The event's offset while it is unsettled. A waiting event's offset settles when the
+    /// change set that writes its row is taken; an applied one's when it is applied.
+    position: Option<SourcePosition>,
+    /// Must be written to the store if it is still waiting at the next commit.
+    durable: bool,
+    /// The store holds its row.
+    written: bool,
+    parked: bool,
+}
+
+/// The ordering core. See the module documentation for the call order.
+#[derive(Debug)]
+pub struct Engine {
+    config: Config,
+    names: Vec<Arc<str>>,
+    ids: FxHashMap<Arc<str>, StreamId>,
+    streams: Vec<StreamState>,
+    ready: VecDeque<StreamId>,
+    /// Awaited stream → (version needed, waiting stream).
+    dependents: FxHashMap<StreamId, Vec<(u64, StreamId)>>,
+    /// Busy document → streams waiting for it.
+    document_waiters: FxHashMap<StreamId, Vec<StreamId>>,
+    /// Open gaps not yet stalled, by start time.
+    gaps: BTreeSet<(u64, StreamId)>,
+    dedupe: DedupeWindow,
+    checkpoints: CheckpointTracker,
+    counters: Counters,
+    in_flight: usize,
+    next_dead_letter_id: u64,
+    dirty: Vec<StreamId>,
+    pending_changed: FxHashSet<(StreamId, u64)>,
+    dead_letters_put: Vec<DeadLetter>,
+    dead_letters_delete: Vec<u64>,
+    dedupe_put: Vec<(u64, u64)>,
+    notices: VecDeque<Notice>,
+    notices_dropped: u64,
+    /// Released per-stream extras, kept for reuse so that a stream waking up does not
+    /// allocate. Boxed on purpose: they move in and out of `StreamState::extra` as is.
+    #[allow(clippy::vec_box)]
+    spare_extras: Vec<Box<StreamExtra>>,
+}
+
+/// Most released per-stream extras kept for reuse.
+const SPARE_EXTRAS_MAX: usize = 1024;
+
+impl Engine {
+    /// A fresh engine with no history.
+    pub fn new(config: Config) -> Self {
+        let dedupe = DedupeWindow::new(config.dedupe_window_ids);
+        Engine {
+            config,
+            names: Vec::new(),
+            ids: FxHashMap::default(),
+            streams: Vec::new(),
+            ready: VecDeque::new(),
+            dependents: FxHashMap::default(),
+            document_waiters: FxHashMap::default(),
+            gaps: BTreeSet::new(),
+            dedupe,
+            checkpoints: CheckpointTracker::default(),
+            counters: Counters::default(),
+            in_flight: 0,
+            next_dead_letter_id: 1,
+            dirty: Vec::new(),
+            pending_changed: FxHashSet::default(),
+            dead_letters_put: Vec::new(),
+            dead_letters_delete: Vec::new(),
+            dedupe_put: Vec::new(),
+            notices: VecDeque::new(),
+            notices_dropped: 0,
+            spare_extras: Vec::new(),
+        }
+    }
+
+    /// Resumes from what a store kept. `now_ms` starts the clock of restored gaps.
+    pub fn restore(config: Config, snapshot: Snapshot, now_ms: u64) -> Self {
+        let dedupe_window_ids = config.dedupe_window_ids;
+        let mut engine = Engine::new(config);
+        engine.dedupe = DedupeWindow::restore(dedupe_window_ids, snapshot.dedupe);
+        engine.checkpoints = CheckpointTracker::restore(snapshot.checkpoints);
+        engine.counters = snapshot.counters;
+        engine.counters.stalled = 0;
+        engine.next_dead_letter_id = snapshot.next_dead_letter_id.max(1);
+        for record in snapshot.streams {
+            let s = engine.intern(&record.stream);
+            engine.streams[s as usize].applied = record.applied;
+            if let Some((target, cut)) = record.alias {
+                let t = engine.intern(&target);
+                engine.extra(s).alias = Some((t, cut));
+            }
+        }
+        for (stream, version, id) in snapshot.blocking_dead_letters {
+            let s = engine.intern(&stream);
+            if version > engine.streams[s as usize].applied {
+                engine
+                    .extra(s)
+                    .slots
+                    .insert(version, Slot::DeadLettered(id));
+            }
+        }
+        for record in snapshot.pending {
+            let s = engine.intern(&record.stream);
+            if record.version <= engine.streams[s as usize].applied {
+                // Applied in the same commit that should have deleted it.
+                engine.pending_changed.insert((s, record.version));
+                continue;
+            }
+            let slot = match (record.state, record.event) {
+                (PendingState::Skipped, _) | (_, None) => Slot::Skipped,
+                (state, Some(event)) => {
+                    engine.dedupe.insert(id_hash(&event.id));
+                    Slot::Event(Box::new(Pending {
+                        event,
+                        position: None,
+                        durable: true,
+                        written: true,
+                        parked: state == PendingState::Parked,
+                    }))
+                }
+            };
+            engine.extra(s).slots.insert(record.version, slot);
+        }
+        for s in 0..engine.streams.len() as StreamId {
+            if engine.streams[s as usize].extra.is_some() {
+                engine.recompute_contiguous(s);
+                engine.refresh_gap(s, now_ms);
+                engine.schedule(s);
+            }
+        }
+        engine
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Decision counters so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// How many [`Work`]s are out.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// How many streams the engine tracks.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Whether nothing can progress without new input or an operator: no work is out
+    /// and none is ready.
+    pub fn is_quiescent(&self) -> bool {
+        self.in_flight == 0 && self.ready.is_empty()
+    }
+
+    /// Whether every delivered offset is settled.
+    pub fn is_settled(&self) -> bool {
+        !self.checkpoints.has_unsettled()
+    }
+
+    /// Every partition's checkpoint, as (partition, offset).
+    pub fn checkpoints(&self) -> Vec<(u32, u64)> {
+        self.checkpoints.checkpoints()
+    }
+
+    // ----- inputs -----
+
+    /// Parses raw input and handles it; what does not parse is dead-lettered with its
+    /// reason (in its stream's sequence when its stream and version could be read).
+    pub fn handle_bytes(
+        &mut self,
+        now_ms: u64,
+        position: Option<SourcePosition>,
+        bytes: &[u8],
+    ) -> Disposition {
+        match parse_event(bytes, self.config.op_policy) {
+            Ok(event) => self.handle_event(now_ms, position, event),
+            Err(refused) => self.handle_invalid(now_ms, position, bytes, refused),
+        }
+    }
+
+    /// Dead-letters input that failed [`parse_event`].
+    pub fn handle_invalid(
+        &mut self,
+        now_ms: u64,
+        position: Option<SourcePosition>,
+        bytes: &[u8],
+        refused: ParseError,
+    ) -> Disposition {
+        let body = String::from_utf8_lossy(bytes).into_owned();
+        let reason = refused.error.to_string();
+        let routing = refused.routing;
+        let mut kind = DeadLetterKind::Unroutable;
+        let mut sequenced_at = None;
+        if let (Some(stream), Some(version)) = (&routing.stream, routing.version) {
+            let s = self.intern(stream);
+            let state = &self.streams[s as usize];
+            let monotonic = state.flags & MONOTONIC != 0;
+            let occupied = state.extra.as_ref().is_some_and(|x| {
+                x.slots.contains_key(&version) || x.in_flight_version == Some(version)
+            });
+            if version > state.applied && !monotonic && !occupied {
+                kind = DeadLetterKind::Sequenced;
+                sequenced_at = Some((s, version));
+            }
+        }
+        let id = self.dead_letter(
+            now_ms,
+            kind,
+            routing.stream,
+            routing.version,
+            routing.id,
+            body,
+            reason,
+            position,
+        );
+        if let Some((s, version)) = sequenced_at {
+            self.extra(s).slots.insert(version, Slot::DeadLettered(id));
+            self.extend_contiguous(s);
+            self.refresh_gap(s, now_ms);
+            self.schedule(s);
+        }
+        if let Some(position) = position {
+            self.checkpoints.deliver(position, true);
+        }
+        Disposition::DeadLettered
+    }
+
+    /// Handles one delivered event.
+    pub fn handle_event(
+        &mut self,
+        now_ms: u64,
+        position: Option<SourcePosition>,
+        event: Event,
+    ) -> Disposition {
+        let disposition = self.accept(now_ms, position, event);
+        if let Some(position) = position {
+            let waiting = matches!(disposition, Disposition::Queued | Disposition::Buffered);
+            self.checkpoints.deliver(position, !waiting);
+        }
+        disposition
+    }
+
+    fn accept(
+        &mut self,
+        now_ms: u64,
+        position: Option<SourcePosition>,
+        event: Event,
+    ) -> Disposition {
+        let s = self.intern(&event.stream);
+        let hash = id_hash(&event.id);
+        let seen = self.dedupe.contains(hash);
+        let version = event.version;
+        let applied = self.streams[s as usize].applied;
+        if version <= applied {
+            return self.skip(seen);
+        }
+        // The same version already waiting or in flight: a redelivery, or a conflict.
+        if let Some(extra) = self.streams[s as usize].extra.as_deref() {
+            let holder = match extra.slots.get(&version) {
+                Some(Slot::Event(pending)) => Some(Some(pending.event.id.clone())),
+                Some(Slot::DeadLettered(_)) | Some(Slot::Skipped) => Some(None),
+                None if extra.in_flight_version == Some(version) => Some(None),
+                None => None,
+            };
+            if let Some(holder_id) = holder {
+                let same = match holder_id {
+                    Some(id) => id == event.id,
+                    None => seen,
+                };
+                if same {
+                    self.counters.duplicate += 1;
+                    return Disposition::Duplicate;
+                }
+                let reason = format!(
+                    "version {version} of `{}` is already held by another event",
+                    event.stream
+                );
+                self.dead_letter_event(now_ms, DeadLetterKind::Conflict, &event, reason, position);
+                return Disposition::DeadLettered;
+            }
+        }
+        if let Some(sequence) = self.dedupe.insert(hash) {
+            self.dedupe_put.push((sequence, hash));
+        }
+        let pending_count = self.streams[s as usize]
+            .extra
+            .as_ref()
+            .map_or(0, |x| x.slots.len());
+        // The head is always taken: it is what lets the waiting ones drain.
+        if pending_count >= self.config.stream_pending_events_max && version != applied + 1 {
+            let reason = format!(
+                "stream `{}` already holds {pending_count} waiting events (the bound); \
+                 replay this entry once the stream has caught up",
+                event.stream
+            );
+            self.dead_letter_event(now_ms, DeadLetterKind::Overflow, &event, reason, position);
+            return Disposition::DeadLettered;
+        }
+        let state = &self.streams[s as usize];
+        let monotonic = state.flags & MONOTONIC != 0;
+        let waiting = state.flags & WAITING != 0;
+        let contiguous_through = state
+            .extra
+            .as_ref()
+            .map_or(applied, |x| x.contiguous_through.max(applied));
+        // Without a source position nothing would re-deliver the event after a crash, so
+        // it must be durable from the start.
+        let in_line =
+            !waiting && (monotonic || version == contiguous_through + 1) && position.is_some();
+        let gap = !monotonic && version > contiguous_through + 1;
+        if !in_line && (waiting || gap) {
+            self.counters.buffered += 1;
+        }
+        let extra = self.extra(s);
+        extra.slots.insert(
+            version,
+            Slot::Event(Box::new(Pending {
+                event,
+                position,
+                durable: !in_line,
+                written: false,
+                parked: false,
+            })),
+        );
+        if !in_line {
+            self.pending_changed.insert((s, version));
+        }
+        self.extend_contiguous(s);
+        self.refresh_gap(s, now_ms);
+        self.schedule(s);
+        if in_line {
+            Disposition::Queued
+        } else {
+            Disposition::Buffered
+        }
+    }
+
+    fn skip(&mut self, seen: bool) -> Disposition {
+        if seen {
+            self.counters.duplicate += 1;
+            Disposition::Duplicate
+        } else {
+            self.counters.stale += 1;
+            Disposition::Stale
+        }
+    }
+
+    /// Takes back a [`Work`] with the projection's verdict.
+    pub fn handle_outcome(&mut self, now_ms: u64, mut work: Work, outcome: Outcome) {
+        debug_assert!(work.locked().count() >= 1);
+        let s = work.stream;
+        let target = work.target;
+        let source_ids = std::mem::take(&mut work.source_ids);
+        let version = work.event.version;
+        {
+            let state = &mut self.streams[s as usize];
+            assert!(
+                state.flags & IN_FLIGHT != 0,
+                "outcome for a stream with no work out"
+            );
+            let extra = state
+                .extra
+                .as_mut()
+                .expect("in-flight stream has extra state");
+            assert_eq!(
+                extra.in_flight_version,
+                Some(version),
+                "outcome for another version"
+            );
+            extra.in_flight_version = None;
+            state.flags &= !IN_FLIGHT;
+        }
+        self.in_flight -= 1;
+        for document in std::iter::once(target).chain(source_ids.iter().copied()) {
+            self.streams[document as usize].flags &= !DOCUMENT_BUSY;
+        }
+        match outcome {
+            Outcome::Applied => self.applied(work),
+            Outcome::Rejected { reason } => {
+                let id = self.dead_letter_event(
+                    now_ms,
+                    DeadLetterKind::Sequenced,
+                    &work.event,
+                    reason,
+                    None,
+                );
+                self.extra(s).slots.insert(version, Slot::DeadLettered(id));
+                if let Some(position) = work.position {
+                    self.checkpoints.settle(position);
+                }
+                if work.written {
+                    self.pending_changed.insert((s, version));
+                }
+                self.block(s);
+            }
+        }
+        for document in std::iter::once(target).chain(source_ids) {
+            self.wake_document_waiters(document);
+        }
+        self.refresh_gap(s, now_ms);
+        self.schedule(s);
+        self.release_if_idle(s);
+    }
+
+    fn applied(&mut self, work: Work) {
+        let s = work.stream;
+        let version = work.event.version;
+        self.counters.applied += 1;
+        if let Some(position) = work.position {
+            self.checkpoints.settle(position);
+        }
+        if work.written {
+            self.pending_changed.insert((s, version));
+        }
+        if work.redirected {
+            self.counters.redirected += 1;
+            self.counters.late_after_merge += 1;
+            self.notice(Notice::LateAfterMerge {
+                stream: self.names[s as usize].clone(),
+                version,
+                target: self.names[work.target as usize].clone(),
+            });
+        }
+        if let Action::Merge { sources } = &work.action {
+            for source in sources {
+                let source_id = self.ids[source];
+                let cut = work
+                    .event
+                    .cut_for(source)
+                    .expect("merge dispatched only with a cut for every source");
+                let source_applied = self.streams[source_id as usize].applied;
+                let late = source_applied.saturating_sub(cut);
+                self.counters.late_after_merge += late;
+                self.extra(source_id).alias = Some((s, cut));
+                self.mark_dirty(source_id);
+            }
+        }
+        self.advance(s, version);
+    }
+
+    /// Moves a stream's applied version forward and releases whatever waited for it.
+    fn advance(&mut self, s: StreamId, version: u64) {
+        let state = &mut self.streams[s as usize];
+        state.applied = state.applied.max(version);
+        let applied = state.applied;
+        let monotonic = state.flags & MONOTONIC != 0;
+        if let Some(extra) = state.extra.as_mut() {
+            extra.contiguous_through = extra.contiguous_through.max(applied);
+            if monotonic {
+                // Anything still waiting at or below the new version is now stale.
+                let old: Vec<u64> = extra.slots.range(..=applied).map(|(v, _)| *v).collect();
+                for v in old {
+                    if let Some(Slot::Event(pending)) = extra.slots.remove(&v) {
+                        self.counters.stale += 1;
+                        if let Some(position) = pending.position {
+                            self.checkpoints.settle(position);
+                        }
+                        if pending.written {
+                            self.pending_changed.insert((s, v));
+                        }
+                    }
+                }
+            }
+        }
+        self.mark_dirty(s);
+        if self.streams[s as usize].flags & HAS_WAITERS != 0 {
+            self.release_dependents(s, applied);
+        }
+    }
+
+    fn release_dependents(&mut self, s: StreamId, applied: u64) {
+        let Some(waiters) = self.dependents.get_mut(&s) else {
+            return;
+        };
+        let mut released = Vec::new();
+        waiters.retain(|&(needed, waiter)| {
+            if needed <= applied {
+                released.push(waiter);
+                false
+            } else {
+                true
+            }
+        });
+        if waiters.is_empty() {
+            self.dependents.remove(&s);
+            self.streams[s as usize].flags &= !HAS_WAITERS;
+        }
+        for waiter in released {
+            self.counters.released += 1;
+            self.unblock(waiter);
+        }
+    }
+
+    /// Reports gaps older than the gap timeout as stalled.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        while let Some(&(since, s)) = self.gaps.first() {
+            if since + self.config.gap_timeout_ms > now_ms {
+                break;
+            }
+            self.gaps.remove(&(since, s));
+            self.streams[s as usize].flags |= STALLED;
+            self.counters.stalled += 1;
+            let applied = self.streams[s as usize].applied;
+            let waiting = self.streams[s as usize]
+                .extra
+                .as_ref()
+                .and_then(|x| x.slots.keys().next().copied())
+                .unwrap_or(applied + 1);
+            self.notice(Notice::Stalled {
+                stream: self.names[s as usize].clone(),
+                missing: applied + 1,
+                waiting,
+            });
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next event to apply, if any stream has one ready.
+    pub fn poll_work(&mut self, now_ms: u64) -> Option<Work> {
+        while let Some(s) = self.ready.pop_front() {
+            self.streams[s as usize].flags &= !IN_READY;
+            if let Some(work) = self.try_dispatch(now_ms, s) {
+                return Some(work);
+            }
+        }
+        None
+    }
+
+    /// When [`Engine::handle_timeout`] must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.gaps
+            .first()
+            .map(|(since, _)| since + self.config.gap_timeout_ms)
+    }
+
+    /// The next notice for the operator.
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    /// How many notices were dropped because nobody polled them.
+    pub fn notices_dropped(&self) -> u64 {
+        self.notices_dropped
+    }
+
+    /// Everything changed since the last call, for the store to commit.
+    pub fn take_changes(&mut self) -> ChangeSet {
+        let mut changes = ChangeSet {
+            counters: self.counters,
+            next_dead_letter_id: self.next_dead_letter_id,
+            dedupe_floor: self.dedupe.floor(),
+            ..ChangeSet::default()
+        };
+        for s in std::mem::take(&mut self.dirty) {
+            let state = &mut self.streams[s as usize];
+            state.flags &= !DIRTY;
+            let alias = state
+                .extra
+                .as_ref()
+                .and_then(|x| x.alias)
+                .map(|(t, cut)| (self.names[t as usize].clone(), cut));
+            changes.streams.push(StreamRecord {
+                stream: self.names[s as usize].clone(),
+                applied: state.applied,
+                alias,
+            });
+        }
+        let mut changed: Vec<(StreamId, u64)> = self.pending_changed.drain().collect();
+        changed.sort_unstable();
+        for (s, version) in changed {
+            let name: Box<str> = (*self.names[s as usize]).into();
+            let Some(extra) = self.streams[s as usize].extra.as_mut() else {
+                changes.pending_delete.push((name, version));
+                continue;
+            };
+            if extra.in_flight_version == Some(version) {
+                // Its outcome decides: applied deletes the row, rejected replaces it.
+                continue;
+            }
+            match extra.slots.get_mut(&version) {
+                Some(Slot::Event(pending)) if pending.durable => {
+                    pending.written = true;
+                    if let Some(position) = pending.position.take() {
+                        self.checkpoints.settle(position);
+                    }
+                    changes.pending_put.push(PendingRecord {
+                        stream: name,
+                        version,
+                        state: if pending.parked {
+                            PendingState::Parked
+                        } else {
+                            PendingState::Buffered
+                        },
+                        event: Some(pending.event.clone()),
+                    })
+                }
+                Some(Slot::Skipped) => changes.pending_put.push(PendingRecord {
+                    stream: name,
+                    version,
+                    state: PendingState::Skipped,
+                    event: None,
+                }),
+                _ => changes.pending_delete.push((name, version)),
+            }
+        }
+        changes.dead_letters_put = std::mem::take(&mut self.dead_letters_put);
+        changes.dead_letters_delete = std::mem::take(&mut self.dead_letters_delete);
+        changes.dedupe_put = std::mem::take(&mut self.dedupe_put);
+        // After the pending rows above: their offsets settle in this very change set.
+        changes.checkpoints = self.checkpoints.take_changes();
+        changes
+    }
+
+    // ----- operator actions -----
+
+    /// Passes over the missing versions in front of a stalled (or gapped) stream.
+    pub fn skip_gap(&mut self, now_ms: u64, stream: &str) -> Result<u64, OperatorError> {
+        let s = *self
+            .ids
+            .get(stream)
+            .ok_or_else(|| OperatorError::UnknownStream(stream.into()))?;
+        let applied = self.streams[s as usize].applied;
+        let first = self.streams[s as usize]
+            .extra
+            .as_ref()
+            .and_then(|x| x.slots.keys().next().copied());
+        let in_flight = self.streams[s as usize].flags & IN_FLIGHT != 0;
+        match first {
+            Some(first) if first > applied + 1 && !in_flight => {
+                let skipped = first - applied - 1;
+                self.counters.skipped += skipped;
+                self.advance(s, first - 1);
+                self.extend_contiguous(s);
+                self.refresh_gap(s, now_ms);
+                self.schedule(s);
+                Ok(skipped)
+            }
+            _ => Err(OperatorError::NoGap(stream.into())),
+        }
+    }
+
+    /// Skips a dead letter: a sequenced entry's version is passed over and its stream goes
+    /// on; any other entry is simply removed.
+    pub fn skip_dead_letter(
+        &mut self,
+        now_ms: u64,
+        entry: &DeadLetter,
+    ) -> Result<(), OperatorError> {
+        if entry.kind == DeadLetterKind::Sequenced {
+            let s = self.sequenced_slot(entry)?;
+            let version = entry.version.expect("sequenced entries have a version");
+            let applied = self.streams[s as usize].applied;
+            if version == applied + 1 {
+                self.extra(s).slots.remove(&version);
+                self.counters.skipped += 1;
+                self.advance(s, version);
+                self.unblock(s);
+            } else {
+                self.extra(s).slots.insert(version, Slot::Skipped);
+                self.pending_changed.insert((s, version));
+            }
+            self.refresh_gap(s, now_ms);
+        }
+        self.dead_letters_delete.push(entry.id);
+        Ok(())
+    }
+
+    /// Puts a dead letter's event back in its stream, version-guarded: an event its stream
+    /// is already past is a counted no-op.
+    pub fn replay_dead_letter(
+        &mut self,
+        now_ms: u64,
+        entry: &DeadLetter,
+    ) -> Result<ReplayOutcome, OperatorError> {
+        let event = parse_event(entry.body.as_bytes(), self.config.op_policy).map_err(|e| {
+            OperatorError::StillInvalid {
+                id: entry.id,
+                reason: e.to_string(),
+            }
+        })?;
+        let sequenced = entry.kind == DeadLetterKind::Sequenced;
+        let s = if sequenced {
+            self.sequenced_slot(entry)?
+        } else {
+            self.intern(&event.stream)
+        };
+        // A sequenced entry frees its own slot when it is taken back.
+        let pending_count = self.streams[s as usize]
+            .extra
+            .as_ref()
+            .map_or(0, |x| x.slots.len());
+        if pending_count >= self.config.stream_pending_events_max + usize::from(sequenced) {
+            return Err(OperatorError::StreamFull {
+                stream: event.stream.to_string(),
+            });
+        }
+        if sequenced {
+            self.extra(s).slots.remove(&event.version);
+            self.unblock(s);
+        }
+        self.dead_letters_delete.push(entry.id);
+        // No source position: the event is written to the store in the same commit that
+        // deletes the dead letter, so a crash cannot lose it.
+        Ok(match self.handle_event(now_ms, None, event) {
+            Disposition::Duplicate | Disposition::Stale => ReplayOutcome::AlreadyApplied,
+            Disposition::DeadLettered => ReplayOutcome::DeadLetteredAgain,
+            Disposition::Queued | Disposition::Buffered => ReplayOutcome::Requeued,
+        })
+    }
+
+    fn sequenced_slot(&mut self, entry: &DeadLetter) -> Result<StreamId, OperatorError> {
+        let not_blocking = OperatorError::NotBlocking { id: entry.id };
+        let (Some(stream), Some(version)) = (&entry.stream, entry.version) else {
+            return Err(not_blocking);
+        };
+        let s = *self.ids.get(&**stream).ok_or(not_blocking.clone())?;
+        match self.streams[s as usize]
+            .extra
+            .as_ref()
+            .and_then(|x| x.slots.get(&version))
+        {
+            Some(Slot::DeadLettered(id)) if *id == entry.id => Ok(s),
+            _ => Err(not_blocking),
+        }
+    }
+
+    // ----- views -----
+
+    /// Every waiting event with what it waits for, sorted by stream and version.
+    pub fn waiting(&self) -> Vec<WaitingEvent> {
+        let mut all = Vec::new();
+        for (s, state) in self.streams.iter().enumerate() {
+            let Some(extra) = state.extra.as_ref() else {
+                continue;
+            };
+            let name = &self.names[s];
+            let mut blocker: Option<String> = None;
+            let mut expected = state.applied + 1;
+            for (&version, slot) in &extra.slots {
+                if extra.in_flight_version == Some(expected) {
+                    expected += 1;
+                }
+                let monotonic = state.flags & MONOTONIC != 0;
+                let gap = !monotonic && version > expected;
+                if gap && blocker.is_none() {
+                    blocker = Some(format!(
+                        "gap: `{name}` is missing version {expected}{}",
+                        if state.flags & STALLED != 0 {
+                            " (stalled)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                match slot {
+                    Slot::Event(pending) => {
+                        let reason = match &blocker {
+                            Some(b) => format!("waits behind {b}"),
+                            None if pending.parked || version == expected => {
+                                match self.first_unmet(&pending.event) {
+                                    Some(d) => self.dependency_reason(&d),
+                                    None => "ready to apply".into(),
+                                }
+                            }
+                            None => "ready to apply".into(),
+                        };
+                        all.push(WaitingEvent {
+                            stream: name.clone(),
+                            version,
+                            id: Some(pending.event.id.clone()),
+                            reason,
+                        });
+                        if blocker.is_none() && pending.parked {
+                            blocker = Some(format!("parked `{name}` version {version}"));
+                        }
+                    }
+                    Slot::DeadLettered(id) => {
+                        if blocker.is_none() {
+                            blocker =
+                                Some(format!("dead letter {id} at `{name}` version {version}"));
+                        }
+                    }
+                    Slot::Skipped => {}
+                }
+                expected = version + 1;
+            }
+        }
+        all.sort_by(|a, b| (&a.stream, a.version).cmp(&(&b.stream, b.version)));
+        all
+    }
+
+    fn dependency_reason(&self, dependency: &Dependency) -> String {
+        let mut reason = format!(
+            "waits for `{}` to apply version {}",
+            dependency.stream, dependency.version
+        );
+        if let Some(&d) = self.ids.get(&*dependency.stream) {
+            let state = &self.streams[d as usize];
+            reason.push_str(&format!(" (it has applied {})", state.applied));
+            if let Some(Slot::DeadLettered(id)) = state
+                .extra
+                .as_ref()
+                .and_then(|x| x.slots.get(&(state.applied + 1)))
+            {
+                reason.push_str(&format!("; its next version is dead letter {id}"));
+            }
+        }
+        reason
+    }
+
+    /// Each tracked stream's applied version and final merge target, sorted by stream.
+    pub fn stream_positions(&self) -> Vec<(Arc<str>, u64, Option<Arc<str>>)> {
+        let mut all: Vec<_> = (0..self.streams.len() as StreamId)
+            .map(|s| {
+                let target = self.resolve(s);
+                let merged = (target != s).then(|| self.names[target as usize].clone());
+                (
+                    self.names[s as usize].clone(),
+                    self.streams[s as usize].applied,
+                    merged,
+                )
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// A stream's applied version (0 when unknown).
+    pub fn applied_version(&self, stream: &str) -> u64 {
+        self.ids
+            .get(stream)
+            .map_or(0, |&s| self.streams[s as usize].applied)
+    }
+
+    /// Where a stream's events land: itself, or the end of its alias chain.
+    pub fn resolve_document(&self, stream: &str) -> Option<Arc<str>> {
+        self.ids
+            .get(stream)
+            .map(|&s| self.names[self.resolve(s) as usize].clone())
+    }
+
+    // ----- internals -----
+
+    fn intern(&mut self, name: &str) -> StreamId {
+        if let Some(&s) = self.ids.get(name) {
+            return s;
+        }
+        let s = StreamId::try_from(self.streams.len()).expect("fewer than 2^32 streams");
+        let name: Arc<str> = Arc::from(name);
+        let mut state = StreamState::default();
+        if self.config.mode_for(&name) == VersionMode::Monotonic {
+            state.flags |= MONOTONIC;
+        }
+        self.ids.insert(name.clone(), s);
+        self.names.push(name);
+        self.streams.push(state);
+        s
+    }
+
+    fn extra(&mut self, s: StreamId) -> &mut StreamExtra {
+        let state = &mut self.streams[s as usize];
+        if state.extra.is_none() {
+            let mut extra = self.spare_extras.pop().unwrap_or_default();
+            extra.contiguous_through = state.applied;
+            state.extra = Some(extra);
+        }
+        state.extra.as_mut().expect("set above")
+    }
+
+    /// Gives an idle stream's extra state back: idle streams are the common case and
+    /// must stay small.
+    fn release_if_idle(&mut self, s: StreamId) {
+        let state = &mut self.streams[s as usize];
+        let idle = state.extra.as_ref().is_some_and(|x| {
+            x.slots.is_empty()
+                && x.alias.is_none()
+                && x.in_flight_version.is_none()
+                && x.gap_since_ms.is_none()
+        });
+        if idle {
+            let extra = state.extra.take().expect("checked above");
+            if self.spare_extras.len() < SPARE_EXTRAS_MAX {
+                self.spare_extras.push(extra);
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, s: StreamId) {
+        let state = &mut self.streams[s as usize];
+        if state.flags & DIRTY == 0 {
+            state.flags |= DIRTY;
+            self.dirty.push(s);
+        }
+    }
+
+    fn schedule(&mut self, s: StreamId) {
+        let state = &mut self.streams[s as usize];
+        if state.flags & (IN_READY | IN_FLIGHT | WAITING) != 0 {
+            return;
+        }
+        let Some(extra) = state.extra.as_ref() else {
+            return;
+        };
+        let has_head = match extra.slots.first_key_value() {
+            Some((&version, _)) => state.flags & MONOTONIC != 0 || version == state.applied + 1,
+            None => false,
+        };
+        if has_head {
+            state.flags |= IN_READY;
+            self.ready.push_back(s);
+        }
+    }
+
+    fn recompute_contiguous(&mut self, s: StreamId) {
+        let applied = self.streams[s as usize].applied;
+        self.extra(s).contiguous_through = applied;
+        self.extend_contiguous(s);
+    }
+
+    fn extend_contiguous(&mut self, s: StreamId) {
+        let applied = self.streams[s as usize].applied;
+        let extra = self.extra(s);
+        let mut through = extra.contiguous_through.max(applied);
+        while extra.slots.contains_key(&(through + 1))
+            || extra.in_flight_version == Some(through + 1)
+        {
+            through += 1;
+        }
+        extra.contiguous_through = through;
+    }
+
+    /// Opens or closes the stream's gap timer to match its state.
+    fn refresh_gap(&mut self, s: StreamId, now_ms: u64) {
+        let state = &mut self.streams[s as usize];
+        let Some(extra) = state.extra.as_mut() else {
+            return;
+        };
+        let gapped = state.flags & MONOTONIC == 0
+            && extra.in_flight_version.is_none()
+            && extra
+                .slots
+                .first_key_value()
+                .is_some_and(|(&version, _)| version > state.applied + 1);
+        match (gapped, extra.gap_since_ms) {
+            (true, None) => {
+                extra.gap_since_ms = Some(now_ms);
+                self.gaps.insert((now_ms, s));
+            }
+            (false, Some(since)) => {
+                extra.gap_since_ms = None;
+                self.gaps.remove(&(since, s));
+                if state.flags & STALLED != 0 {
+                    state.flags &= !STALLED;
+                    self.counters.stalled -= 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The head cannot move: everything behind it is made durable so that its offsets
+    /// settle at the next commit and the checkpoint is not held back by a wait of unknown
+    /// length.
+    fn block(&mut self, s: StreamId) {
+        self.streams[s as usize].flags |= WAITING;
+        let Some(extra) = self.streams[s as usize].extra.as_mut() else {
+            return;
+        };
+        for (&version, slot) in extra.slots.iter_mut() {
+            if let Slot::Event(pending) = slot {
+                if !pending.durable {
+                    pending.durable = true;
+                    self.pending_changed.insert((s, version));
+                }
+            }
+        }
+    }
+
+    fn unblock(&mut self, s: StreamId) {
+        self.streams[s as usize].flags &= !WAITING;
+        self.schedule(s);
+    }
+
+    fn first_unmet(&self, event: &Event) -> Option<Dependency> {
+        event
+            .after
+            .iter()
+            .find(|d| {
+                self.ids
+                    .get(&*d.stream)
+                    .map_or(0, |&t| self.streams[t as usize].applied)
+                    < d.version
+            })
+            .cloned()
+    }
+
+    /// Follows aliases to the end. Merges refuse cycles, so the chain ends.
+    fn resolve(&self, mut s: StreamId) -> StreamId {
+        while let Some((target, _)) = self.streams[s as usize]
+            .extra
+            .as_ref()
+            .and_then(|x| x.alias)
+        {
+            s = target;
+        }
+        s
+    }
+
+    fn try_dispatch(&mut self, now_ms: u64, s: StreamId) -> Option<Work> {
+        let state = &self.streams[s as usize];
+        if state.flags & (IN_FLIGHT | WAITING) != 0 {
+            return None;
+        }
+        let monotonic = state.flags & MONOTONIC != 0;
+        let applied = state.applied;
+        let (version, slot) = state.extra.as_ref()?.slots.first_key_value()?;
+        let version = *version;
+        if !monotonic && version != applied + 1 {
+            return None;
+        }
+        let pending = match slot {
+            Slot::DeadLettered(_) => {
+                self.block(s);
+                return None;
+            }
+            Slot::Skipped => {
+                self.extra(s).slots.remove(&version);
+                self.pending_changed.insert((s, version));
+                self.counters.skipped += 1;
+                self.advance(s, version);
+                self.schedule(s);
+                return None;
+            }
+            Slot::Event(pending) => pending,
+        };
+        // A merge must name a cut for each source before anything else is judged.
+        if let Op::Merge { from } = &pending.event.op {
+            if let Some(missing) = from.iter().find(|f| pending.event.cut_for(f).is_none()) {
+                let reason = format!(
+                    "merge has no cut for source `{missing}`: its `after` must name the last version of each source that belongs before the merge"
+                );
+                self.reject_head(now_ms, s, version, reason);
+                return None;
+            }
+        }
+        if let Some(dependency) = self.first_unmet(&pending.event) {
+            self.park(s, version, dependency);
+            return None;
+        }
+        let mut action = Action::Apply;
+        let target = self.resolve(s);
+        let mut source_ids = Vec::new();
+        let pending = match self.streams[s as usize]
+            .extra
+            .as_ref()
+            .and_then(|x| x.slots.get(&version))
+        {
+            Some(Slot::Event(pending)) => pending,
+            _ => unreachable!("head slot checked above"),
+        };
+        if let Op::Merge { from } = &pending.event.op {
+            let mut sources = Vec::with_capacity(from.len());
+            for source in from {
+                let source_id = self.ids.get(&**source).copied();
+                let refusal = match source_id {
+                    Some(id) if self.resolve(id) != id => Some(format!(
+                        "source `{source}` is already merged into `{}`",
+                        self.names[self.resolve(id) as usize]
+                    )),
+                    Some(id) if id == target => Some(format!(
+                        "alias cycle: `{}` is already merged into `{source}`",
+                        pending.event.stream
+                    )),
+                    // The cut was met, so the source is known.
+                    None => unreachable!("a source whose cut was met is tracked"),
+                    Some(id) => {
+                        sources.push(self.names[id as usize].clone());
+                        source_ids.push(id);
+                        None
+                    }
+                };
+                if let Some(reason) = refusal {
+                    self.reject_head(now_ms, s, version, reason);
+                    return None;
+                }
+            }
+            action = Action::Merge { sources };
+        }
+        let locked = std::iter::once(target).chain(source_ids.iter().copied());
+        if let Some(busy) = locked
+            .clone()
+            .find(|&d| self.streams[d as usize].flags & DOCUMENT_BUSY != 0)
+        {
+            self.document_waiters.entry(busy).or_default().push(s);
+            return None;
+        }
+        for d in locked {
+            self.streams[d as usize].flags |= DOCUMENT_BUSY;
+        }
+        let extra = self.extra(s);
+        let Some(Slot::Event(pending)) = extra.slots.remove(&version) else {
+            unreachable!("head slot checked above");
+        };
+        extra.in_flight_version = Some(version);
+        self.streams[s as usize].flags |= IN_FLIGHT;
+        self.in_flight += 1;
+        let pending = *pending;
+        Some(Work {
+            event: pending.event,
+            redirect: (target != s).then(|| self.names[target as usize].clone()),
+            action,
+            redirected: target != s,
+            stream: s,
+            position: pending.position,
+            written: pending.written,
+            target,
+            source_ids,
+        })
+    }
+
+    fn park(&mut self, s: StreamId, version: u64, dependency: Dependency) {
+        let awaited = self.intern(&dependency.stream);
+        let mut first_park = false;
+        if let Some(Slot::Event(pending)) = self.extra(s).slots.get_mut(&version) {
+            first_park = !pending.parked;
+            pending.parked = true;
+            // Parked events are durable whatever they were: the wait may be long.
+            pending.durable = true;
+        }
+        if first_park {
+            self.counters.parked += 1;
+        }
+        self.pending_changed.insert((s, version));
+        self.dependents
+            .entry(awaited)
+            .or_default()
+            .push((dependency.version, s));
+        self.streams[awaited as usize].flags |= HAS_WAITERS;
+        self.block(s);
+    }
+
+    /// Dead-letters the head of a stream in sequence: the stream waits behind it.
+    fn reject_head(&mut self, now_ms: u64, s: StreamId, version: u64, reason: String) {
+        let Some(Slot::Event(pending)) = self.extra(s).slots.remove(&version) else {
+            unreachable!("rejecting a head event that is not there");
+        };
+        if let Some(position) = pending.position {
+            self.checkpoints.settle(position);
+        }
+        let id = self.dead_letter_event(
+            now_ms,
+            DeadLetterKind::Sequenced,
+            &pending.event,
+            reason,
+            None,
+        );
+        self.extra(s).slots.insert(version, Slot::DeadLettered(id));
+        self.pending_changed.insert((s, version));
+        self.block(s);
+    }
+
+    fn wake_document_waiters(&mut self, document: StreamId) {
+        if let Some(waiters) = self.document_waiters.remove(&document) {
+            for waiter in waiters {
+                self.schedule(waiter);
+            }
+        }
+    }
+
+    fn dead_letter_event(
+        &mut self,
+        now_ms: u64,
+        kind: DeadLetterKind,
+        event: &Event,
+        reason: String,
+        position: Option<SourcePosition>,
+    ) -> u64 {
+        self.dead_letter(
+            now_ms,
+            kind,
+            Some(event.stream.clone()),
+            Some(event.version),
+            Some(event.id.clone()),
+            event.to_json_string(),
+            reason,
+            position,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dead_letter(
+        &mut self,
+        now_ms: u64,
+        kind: DeadLetterKind,
+        stream: Option<Box<str>>,
+        version: Option<u64>,
+        event_id: Option<Box<str>>,
+        body: String,
+        reason: String,
+        position: Option<SourcePosition>,
+    ) -> u64 {
+        let id = self.next_dead_letter_id;
+        self.next_dead_letter_id += 1;
+        self.counters.dead_lettered += 1;
+        self.notice(Notice::DeadLettered {
+            id,
+            stream: stream.as_deref().map(Arc::from),
+            reason: reason.clone(),
+        });
+        self.dead_letters_put.push(DeadLetter {
+            id,
+            kind,
+            stream,
+            version,
+            event_id,
+            body,
+            reason,
+            position,
+            at_ms: now_ms,
+        });
+        id
+    }
+
+    fn notice(&mut self, notice: Notice) {
+        if self.notices.len() == NOTICES_MAX {
+            self.notices.pop_front();
+            self.notices_dropped += 1;
+        }
+        self.notices.push_back(notice);
+    }
+}

@@ -1,0 +1,662 @@
+//! The event envelope: JSON in, a typed [`Event`] out, or an [`EnvelopeError`] naming the
+//! defect.
+//!
+//! Validation is strict where ordering depends on a field (`id`, `stream`, `version`,
+//! `after`, a merge's sources) because a wrong value there would silently corrupt the
+//! order of other events. Fields the core does not interpret are kept untouched in
+//! [`Event::extra`] and handed to projections.
+
+use crate::limits::{
+    AFTER_ENTRIES_MAX, EVENT_BYTES_MAX, EVENT_ID_BYTES_MAX, MERGE_SOURCES_MAX,
+    STREAM_NAME_BYTES_MAX,
+};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// What the built-in document projection does with an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Replace the document with `data`.
+    Set,
+    /// RFC 7396 merge patch of `data` onto the document.
+    Patch,
+    /// Add integers to top-level fields.
+    Incr,
+    /// Tombstone the document; the version is kept.
+    Delete,
+    /// Fold the named source streams into this one and alias them to it.
+    Merge {
+        /// The source streams, in the order they are folded.
+        from: Vec<Box<str>>,
+    },
+    /// An op only a custom projection understands (accepted with [`OpPolicy::Custom`]).
+    Custom(Box<str>),
+}
+
+impl Op {
+    /// The op's name as it appears in the envelope.
+    pub fn name(&self) -> &str {
+        match self {
+            Op::Set => "set",
+            Op::Patch => "patch",
+            Op::Incr => "incr",
+            Op::Delete => "delete",
+            Op::Merge { .. } => "merge",
+            Op::Custom(name) => name,
+        }
+    }
+}
+
+/// "Apply only once `stream` has applied `version`".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dependency {
+    /// The stream waited for.
+    pub stream: Box<str>,
+    /// The version it must have applied.
+    pub version: u64,
+}
+
+/// A validated event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Unique per event; a repeated id is a duplicate.
+    pub id: Box<str>,
+    /// The entity and ordering boundary.
+    pub stream: Box<str>,
+    /// Position in the stream, from 1.
+    pub version: u64,
+    /// The event's name (`type` in the envelope).
+    pub event_type: Box<str>,
+    /// What the document projection does.
+    pub op: Op,
+    /// The op's argument (`null` when absent).
+    pub data: Value,
+    /// Streams and versions that must be applied first.
+    pub after: Vec<Dependency>,
+    /// Every other field of the envelope, kept for projections.
+    pub extra: Option<Box<Map<String, Value>>>,
+}
+
+impl Event {
+    /// The envelope as a JSON object, fields in a stable order, extra fields kept.
+    pub fn to_json(&self) -> Value {
+        let mut object = Map::new();
+        object.insert("id".into(), Value::from(&*self.id));
+        object.insert("stream".into(), Value::from(&*self.stream));
+        object.insert("version".into(), Value::from(self.version));
+        object.insert("type".into(), Value::from(&*self.event_type));
+        object.insert("op".into(), Value::from(self.op.name()));
+        let data = match &self.op {
+            Op::Merge { from } if self.data.is_null() => {
+                let from: Vec<Value> = from.iter().map(|s| Value::from(&**s)).collect();
+                let mut data = Map::new();
+                data.insert("from".into(), Value::Array(from));
+                Value::Object(data)
+            }
+            _ => self.data.clone(),
+        };
+        if !data.is_null() {
+            object.insert("data".into(), data);
+        }
+        if !self.after.is_empty() {
+            let after = self
+                .after
+                .iter()
+                .map(|d| {
+                    let mut entry = Map::new();
+                    entry.insert("stream".into(), Value::from(&*d.stream));
+                    entry.insert("version".into(), Value::from(d.version));
+                    Value::Object(entry)
+                })
+                .collect();
+            object.insert("after".into(), Value::Array(after));
+        }
+        if let Some(extra) = &self.extra {
+            for (key, value) in extra.iter() {
+                object.insert(key.clone(), value.clone());
+            }
+        }
+        Value::Object(object)
+    }
+
+    /// The envelope as compact JSON text (what stores keep for buffered events).
+    pub fn to_json_string(&self) -> String {
+        self.to_json().to_string()
+    }
+
+    /// The cut this merge declares for `source`, if any.
+    pub fn cut_for(&self, source: &str) -> Option<u64> {
+        self.after
+            .iter()
+            .find(|d| &*d.stream == source)
+            .map(|d| d.version)
+    }
+}
+
+/// Which ops the parser accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OpPolicy {
+    /// Only the document projection's ops; any other is [`EnvelopeError::UnknownOp`].
+    #[default]
+    Document,
+    /// Unknown ops become [`Op::Custom`] for a custom projection; `merge` keeps its meaning.
+    Custom,
+}
+
+/// Why an envelope was refused. Each variant names one defect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// The text is longer than [`EVENT_BYTES_MAX`].
+    TooLarge {
+        /// The text's length in bytes.
+        bytes: usize,
+    },
+    /// The text is not valid JSON (or not UTF-8).
+    InvalidJson {
+        /// The parser's message.
+        detail: String,
+    },
+    /// The JSON value is not an object.
+    NotAnObject,
+    /// A required field is absent (or `null`).
+    MissingField {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A field has the wrong JSON type.
+    WrongType {
+        /// The field's name.
+        field: &'static str,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// A string field is empty.
+    Empty {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A string field is longer than its limit.
+    TooLong {
+        /// The field's name.
+        field: &'static str,
+        /// Its length in bytes.
+        bytes: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// `version` is not an integer ≥ 1 (zero, negative, fractional or out of range).
+    BadVersion {
+        /// The value as written.
+        value: String,
+    },
+    /// `after` is not an array of `{stream, version}` objects within the limits.
+    AfterMalformed {
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// `op` names no operation the document projection knows.
+    UnknownOp {
+        /// The op as written.
+        op: String,
+    },
+    /// A `merge` has no valid `data.from` list.
+    MergeMalformed {
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+impl fmt::Display for EnvelopeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnvelopeError::TooLarge { bytes } => {
+                write!(
+                    f,
+                    "event is {bytes} bytes, over the {EVENT_BYTES_MAX}-byte limit"
+                )
+            }
+            EnvelopeError::InvalidJson { detail } => write!(f, "invalid JSON: {detail}"),
+            EnvelopeError::NotAnObject => write!(f, "event is not a JSON object"),
+            EnvelopeError::MissingField { field } => write!(f, "missing field `{field}`"),
+            EnvelopeError::WrongType { field, expected } => {
+                write!(f, "field `{field}` must be {expected}")
+            }
+            EnvelopeError::Empty { field } => write!(f, "field `{field}` is empty"),
+            EnvelopeError::TooLong { field, bytes, max } => {
+                write!(
+                    f,
+                    "field `{field}` is {bytes} bytes, over the {max}-byte limit"
+                )
+            }
+            EnvelopeError::BadVersion { value } => {
+                write!(f, "`version` must be an integer >= 1, got {value}")
+            }
+            EnvelopeError::AfterMalformed { detail } => write!(f, "malformed `after`: {detail}"),
+            EnvelopeError::UnknownOp { op } => write!(f, "unknown op `{op}`"),
+            EnvelopeError::MergeMalformed { detail } => write!(f, "malformed merge: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for EnvelopeError {}
+
+/// Where a refused envelope belongs, when enough of it could be read.
+///
+/// With a stream and a version the core dead-letters the event in sequence (its stream
+/// waits at that version, visibly), instead of leaving an unexplained gap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routing {
+    /// The `id`, when it was valid.
+    pub id: Option<Box<str>>,
+    /// The `stream`, when it was valid.
+    pub stream: Option<Box<str>>,
+    /// The `version`, when it was valid.
+    pub version: Option<u64>,
+}
+
+/// A refused envelope: the defect and whatever routing could be recovered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    /// The defect.
+    pub error: EnvelopeError,
+    /// What could be read of the id, stream and version.
+    pub routing: Routing,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Parses and validates one envelope.
+pub fn parse_event(bytes: &[u8], policy: OpPolicy) -> Result<Event, ParseError> {
+    let unrouted = |error| ParseError {
+        error,
+        routing: Routing::default(),
+    };
+    if bytes.len() > EVENT_BYTES_MAX {
+        return Err(unrouted(EnvelopeError::TooLarge { bytes: bytes.len() }));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        unrouted(EnvelopeError::InvalidJson {
+            detail: e.to_string(),
+        })
+    })?;
+    match value {
+        Value::Object(object) => parse_object(object, policy),
+        _ => Err(unrouted(EnvelopeError::NotAnObject)),
+    }
+}
+
+/// Validates an already-decoded JSON object as an envelope.
+pub fn parse_object(mut object: Map<String, Value>, policy: OpPolicy) -> Result<Event, ParseError> {
+    let mut routing = Routing::default();
+    // Read the routing fields first and independently, so that a defect elsewhere still
+    // leaves the event routable to its stream.
+    let id = take_name(&mut object, "id", EVENT_ID_BYTES_MAX);
+    let stream = take_name(&mut object, "stream", STREAM_NAME_BYTES_MAX);
+    let version = take_version(&mut object);
+    routing.id = id.as_ref().ok().cloned();
+    routing.stream = stream.as_ref().ok().cloned();
+    routing.version = version.as_ref().ok().copied();
+    let fail = |error: EnvelopeError, routing: &Routing| ParseError {
+        error,
+        routing: routing.clone(),
+    };
+    let id = id.map_err(|e| fail(e, &routing))?;
+    let stream = stream.map_err(|e| fail(e, &routing))?;
+    let version = version.map_err(|e| fail(e, &routing))?;
+
+    let event_type = match object.remove("type") {
+        None | Some(Value::Null) => {
+            return Err(fail(
+                EnvelopeError::MissingField { field: "type" },
+                &routing,
+            ))
+        }
+        Some(Value::String(s)) => s.into_boxed_str(),
+        Some(_) => {
+            return Err(fail(
+                EnvelopeError::WrongType {
+                    field: "type",
+                    expected: "a string",
+                },
+                &routing,
+            ))
+        }
+    };
+    let op_name = match object.remove("op") {
+        None | Some(Value::Null) => {
+            return Err(fail(EnvelopeError::MissingField { field: "op" }, &routing))
+        }
+        Some(Value::String(s)) => s,
+        Some(_) => {
+            return Err(fail(
+                EnvelopeError::WrongType {
+                    field: "op",
+                    expected: "a string",
+                },
+                &routing,
+            ))
+        }
+    };
+    let data = object.remove("data").unwrap_or(Value::Null);
+    let after = match object.remove("after") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(value) => parse_after(value, &stream, version).map_err(|e| fail(e, &routing))?,
+    };
+    let op = match op_name.as_str() {
+        "set" => Op::Set,
+        "patch" => Op::Patch,
+        "incr" => Op::Incr,
+        "delete" => Op::Delete,
+        "merge" => Op::Merge {
+            from: parse_merge_sources(&data, &stream).map_err(|e| fail(e, &routing))?,
+        },
+        _ => match policy {
+            OpPolicy::Document => {
+                return Err(fail(EnvelopeError::UnknownOp { op: op_name }, &routing))
+            }
+            OpPolicy::Custom => Op::Custom(op_name.into_boxed_str()),
+        },
+    };
+    let extra = if object.is_empty() {
+        None
+    } else {
+        Some(Box::new(object))
+    };
+    Ok(Event {
+        id,
+        stream,
+        version,
+        event_type,
+        op,
+        data,
+        after,
+        extra,
+    })
+}
+
+fn take_name(
+    object: &mut Map<String, Value>,
+    field: &'static str,
+    max: usize,
+) -> Result<Box<str>, EnvelopeError> {
+    match object.remove(field) {
+        None | Some(Value::Null) => Err(EnvelopeError::MissingField { field }),
+        Some(Value::String(s)) => check_name(s, field, max),
+        Some(_) => Err(EnvelopeError::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+fn check_name(s: String, field: &'static str, max: usize) -> Result<Box<str>, EnvelopeError> {
+    if s.is_empty() {
+        Err(EnvelopeError::Empty { field })
+    } else if s.len() > max {
+        Err(EnvelopeError::TooLong {
+            field,
+            bytes: s.len(),
+            max,
+        })
+    } else {
+        Ok(s.into_boxed_str())
+    }
+}
+
+fn take_version(object: &mut Map<String, Value>) -> Result<u64, EnvelopeError> {
+    match object.remove("version") {
+        None | Some(Value::Null) => Err(EnvelopeError::MissingField { field: "version" }),
+        Some(value) => version_of(&value),
+    }
+}
+
+fn version_of(value: &Value) -> Result<u64, EnvelopeError> {
+    match value {
+        Value::Number(n) => match n.as_u64() {
+            Some(v) if v >= 1 => Ok(v),
+            _ => Err(EnvelopeError::BadVersion {
+                value: n.to_string(),
+            }),
+        },
+        _ => Err(EnvelopeError::WrongType {
+            field: "version",
+            expected: "an integer >= 1",
+        }),
+    }
+}
+
+fn parse_after(
+    value: Value,
+    own_stream: &str,
+    own_version: u64,
+) -> Result<Vec<Dependency>, EnvelopeError> {
+    let malformed = |detail: String| EnvelopeError::AfterMalformed { detail };
+    let Value::Array(entries) = value else {
+        return Err(malformed("must be an array".into()));
+    };
+    if entries.len() > AFTER_ENTRIES_MAX {
+        return Err(malformed(format!(
+            "{} entries, over the limit of {AFTER_ENTRIES_MAX}",
+            entries.len()
+        )));
+    }
+    let mut after = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.into_iter().enumerate() {
+        let Value::Object(mut entry) = entry else {
+            return Err(malformed(format!("entry {index} is not an object")));
+        };
+        let stream = take_name(&mut entry, "stream", STREAM_NAME_BYTES_MAX)
+            .map_err(|e| malformed(format!("entry {index}: {e}")))?;
+        let version = match entry.remove("version") {
+            None | Some(Value::Null) => {
+                return Err(malformed(format!("entry {index}: missing field `version`")))
+            }
+            Some(v) => version_of(&v).map_err(|e| malformed(format!("entry {index}: {e}")))?,
+        };
+        if &*stream == own_stream && version >= own_version {
+            // Waiting for itself (or its future) could never be satisfied.
+            return Err(malformed(format!(
+                "entry {index} waits for its own stream at version {version}, not before {own_version}"
+            )));
+        }
+        if after.iter().any(|d: &Dependency| d.stream == stream) {
+            return Err(malformed(format!("entry {index} names `{stream}` twice")));
+        }
+        after.push(Dependency { stream, version });
+    }
+    Ok(after)
+}
+
+fn parse_merge_sources(data: &Value, own_stream: &str) -> Result<Vec<Box<str>>, EnvelopeError> {
+    let malformed = |detail: String| EnvelopeError::MergeMalformed { detail };
+    let Some(from) = data.get("from") else {
+        return Err(malformed("`data.from` is missing".into()));
+    };
+    let Value::Array(from) = from else {
+        return Err(malformed(
+            "`data.from` must be an array of stream names".into(),
+        ));
+    };
+    if from.is_empty() || from.len() > MERGE_SOURCES_MAX {
+        return Err(malformed(format!(
+            "`data.from` must name 1 to {MERGE_SOURCES_MAX} streams, it names {}",
+            from.len()
+        )));
+    }
+    let mut sources: Vec<Box<str>> = Vec::with_capacity(from.len());
+    for source in from {
+        let Value::String(source) = source else {
+            return Err(malformed("`data.from` must hold only strings".into()));
+        };
+        let source = check_name(source.clone(), "data.from", STREAM_NAME_BYTES_MAX)
+            .map_err(|e| malformed(e.to_string()))?;
+        if &*source == own_stream {
+            return Err(malformed(format!(
+                "stream `{own_stream}` cannot merge into itself"
+            )));
+        }
+        if sources.contains(&source) {
+            return Err(malformed(format!("`{source}` is named twice")));
+        }
+        sources.push(source);
+    }
+    Ok(sources)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Event, ParseError> {
+        parse_event(text.as_bytes(), OpPolicy::Document)
+    }
+
+    fn error(text: &str) -> EnvelopeError {
+        parse(text).expect_err(text).error
+    }
+
+    #[test]
+    fn parses_a_full_event_and_keeps_extra_fields() {
+        let event = parse(
+            r#"{"id":"e1","stream":"s","version":3,"type":"T","op":"patch","data":{"a":1},
+                "after":[{"stream":"c","version":2}],"meta":{"k":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(&*event.id, "e1");
+        assert_eq!(event.version, 3);
+        assert_eq!(event.op, Op::Patch);
+        assert_eq!(
+            event.after,
+            vec![Dependency {
+                stream: "c".into(),
+                version: 2
+            }]
+        );
+        assert_eq!(
+            event.extra.as_ref().unwrap()["meta"],
+            serde_json::json!({"k": true})
+        );
+        let again = parse(&event.to_json_string()).unwrap();
+        assert_eq!(again, event);
+    }
+
+    #[test]
+    fn names_each_defect() {
+        assert!(matches!(error("{"), EnvelopeError::InvalidJson { .. }));
+        assert_eq!(error("[1]"), EnvelopeError::NotAnObject);
+        assert_eq!(
+            error(r#"{"stream":"s","version":1,"type":"T","op":"set"}"#),
+            EnvelopeError::MissingField { field: "id" }
+        );
+        assert_eq!(
+            error(r#"{"id":"","stream":"s","version":1,"type":"T","op":"set"}"#),
+            EnvelopeError::Empty { field: "id" }
+        );
+        let long = "x".repeat(257);
+        assert!(matches!(
+            error(&format!(
+                r#"{{"id":"{long}","stream":"s","version":1,"type":"T","op":"set"}}"#
+            )),
+            EnvelopeError::TooLong {
+                field: "id",
+                bytes: 257,
+                ..
+            }
+        ));
+        assert!(matches!(
+            error(&format!(
+                r#"{{"id":"i","stream":"{long}","version":1,"type":"T","op":"set"}}"#
+            )),
+            EnvelopeError::TooLong {
+                field: "stream",
+                ..
+            }
+        ));
+        assert_eq!(
+            error(r#"{"id":"i","version":1,"type":"T","op":"set"}"#),
+            EnvelopeError::MissingField { field: "stream" }
+        );
+        assert_eq!(
+            error(r#"{"id":"i","stream":"s","type":"T","op":"set"}"#),
+            EnvelopeError::MissingField { field: "version" }
+        );
+        for bad in ["0", "-1", "1.5", "1e30"] {
+            assert!(
+                matches!(
+                    error(&format!(
+                        r#"{{"id":"i","stream":"s","version":{bad},"type":"T","op":"set"}}"#
+                    )),
+                    EnvelopeError::BadVersion { .. }
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            error(r#"{"id":"i","stream":"s","version":"1","type":"T","op":"set"}"#),
+            EnvelopeError::WrongType {
+                field: "version",
+                ..
+            }
+        ));
+        assert!(matches!(
+            error(r#"{"id":"i","stream":"s","version":1,"type":"T","op":"set","after":{}}"#),
+            EnvelopeError::AfterMalformed { .. }
+        ));
+        assert!(matches!(
+            error(
+                r#"{"id":"i","stream":"s","version":1,"type":"T","op":"set","after":[{"stream":"c"}]}"#
+            ),
+            EnvelopeError::AfterMalformed { .. }
+        ));
+        assert!(matches!(
+            error(
+                r#"{"id":"i","stream":"s","version":2,"type":"T","op":"set","after":[{"stream":"s","version":2}]}"#
+            ),
+            EnvelopeError::AfterMalformed { .. }
+        ));
+        assert_eq!(
+            error(r#"{"id":"i","stream":"s","version":1,"type":"T","op":"frob"}"#),
+            EnvelopeError::UnknownOp { op: "frob".into() }
+        );
+        assert!(matches!(
+            error(
+                r#"{"id":"i","stream":"s","version":1,"type":"T","op":"merge","data":{"from":[]}}"#
+            ),
+            EnvelopeError::MergeMalformed { .. }
+        ));
+        assert!(matches!(
+            error(
+                r#"{"id":"i","stream":"s","version":1,"type":"T","op":"merge","data":{"from":["s"]}}"#
+            ),
+            EnvelopeError::MergeMalformed { .. }
+        ));
+        let huge = format!(r#"{{"id":"i","data":"{}"}}"#, "x".repeat(EVENT_BYTES_MAX));
+        assert!(matches!(error(&huge), EnvelopeError::TooLarge { .. }));
+    }
+
+    #[test]
+    fn keeps_routing_when_only_the_body_is_bad() {
+        let refused =
+            parse(r#"{"id":"i","stream":"s","version":4,"type":"T","op":"frob"}"#).unwrap_err();
+        assert_eq!(refused.routing.stream.as_deref(), Some("s"));
+        assert_eq!(refused.routing.version, Some(4));
+        assert_eq!(refused.routing.id.as_deref(), Some("i"));
+    }
+
+    #[test]
+    fn custom_policy_accepts_unknown_ops() {
+        let event = parse_event(
+            br#"{"id":"i","stream":"s","version":1,"type":"T","op":"frob"}"#,
+            OpPolicy::Custom,
+        )
+        .unwrap();
+        assert_eq!(event.op, Op::Custom("frob".into()));
+    }
+}

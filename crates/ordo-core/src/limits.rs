@@ -1,0 +1,30 @@
+//! Every bound the core enforces, named once.
+//!
+//! TigerBeetle's rule: everything has a limit. A limit hit by input is an operating error
+//! (a dead letter with a reason); a limit hit by the core's own bookkeeping is a bug.
+
+/// Largest accepted event, in bytes of its JSON text.
+pub const EVENT_BYTES_MAX: usize = 1024 * 1024;
+
+/// Longest `id`, in bytes.
+pub const EVENT_ID_BYTES_MAX: usize = 256;
+
+/// Longest `stream`, in bytes.
+pub const STREAM_NAME_BYTES_MAX: usize = 256;
+
+/// Most entries in one event's `after` list.
+pub const AFTER_ENTRIES_MAX: usize = 64;
+
+/// Most sources one `merge` may fold.
+pub const MERGE_SOURCES_MAX: usize = 64;
+
+/// Default capacity of the dedupe window: it remembers at least half this many of the
+/// most recent event ids, and at most this many (see [`crate::dedupe`]).
+pub const DEDUPE_WINDOW_IDS_DEFAULT: usize = 1 << 20;
+
+/// Default bound on the events one stream may hold waiting (gap buffer plus queue).
+/// An event beyond it is dead-lettered with a reason instead of growing memory.
+pub const STREAM_PENDING_EVENTS_DEFAULT: usize = 4096;
+
+/// Default time a gap may stay open before its stream is reported stalled.
+pub const GAP_TIMEOUT_MS_DEFAULT: u64 = 30_000;

@@ -1,0 +1,534 @@
+//! One script per mechanism of the engine. Each drives the engine through its public
+//! sans-IO API and checks the decisions, not a projection's output.
+
+use ordo_core::{
+    parse_event, Action, Config, DeadLetterKind, Disposition, Engine, Event, Notice, OpPolicy,
+    Outcome, ReplayOutcome, SourcePosition, VersionMode, Work,
+};
+use serde_json::{json, Value};
+
+fn event(value: Value) -> Event {
+    parse_event(value.to_string().as_bytes(), OpPolicy::Document).expect("valid test event")
+}
+
+fn incr(stream: &str, version: u64) -> Event {
+    event(
+        json!({"id": format!("{stream}-{version}"), "stream": stream, "version": version,
+                 "type": "T", "op": "incr", "data": {"n": 1}}),
+    )
+}
+
+fn after(stream: &str, version: u64, on: &str, on_version: u64) -> Event {
+    event(
+        json!({"id": format!("{stream}-{version}"), "stream": stream, "version": version,
+                 "type": "T", "op": "set", "data": {},
+                 "after": [{"stream": on, "version": on_version}]}),
+    )
+}
+
+fn merge(stream: &str, version: u64, cuts: &[(&str, u64)]) -> Event {
+    let from: Vec<&str> = cuts.iter().map(|(s, _)| *s).collect();
+    let after: Vec<Value> = cuts
+        .iter()
+        .map(|(s, v)| json!({"stream": s, "version": v}))
+        .collect();
+    event(
+        json!({"id": format!("{stream}-{version}"), "stream": stream, "version": version,
+                 "type": "Merged", "op": "merge", "data": {"from": from}, "after": after}),
+    )
+}
+
+fn at(offset: u64) -> Option<SourcePosition> {
+    Some(SourcePosition {
+        partition: 0,
+        offset,
+    })
+}
+
+/// Decides which events the pretend projection refuses, and why.
+type Rejector = Box<dyn Fn(&Event) -> Option<String>>;
+
+/// A driver that applies every work at once and records (stream, version, document).
+struct Driver {
+    engine: Engine,
+    log: Vec<(String, u64, String)>,
+    reject: Rejector,
+    offset: u64,
+}
+
+impl Driver {
+    fn new(config: Config) -> Self {
+        Driver {
+            engine: Engine::new(config),
+            log: Vec::new(),
+            reject: Box::new(|_| None),
+            offset: 0,
+        }
+    }
+
+    fn send(&mut self, event: Event) -> Disposition {
+        let position = at(self.offset);
+        self.offset += 1;
+        let disposition = self.engine.handle_event(0, position, event);
+        self.run();
+        disposition
+    }
+
+    fn run(&mut self) {
+        while let Some(work) = self.engine.poll_work(0) {
+            self.finish(work);
+        }
+    }
+
+    fn finish(&mut self, work: Work) {
+        let outcome = match (self.reject)(&work.event) {
+            Some(reason) => Outcome::Rejected { reason },
+            None => {
+                self.log.push((
+                    work.event.stream.to_string(),
+                    work.event.version,
+                    work.document().to_string(),
+                ));
+                Outcome::Applied
+            }
+        };
+        self.engine.handle_outcome(0, work, outcome);
+    }
+
+    fn applied(&self) -> Vec<(&str, u64)> {
+        self.log.iter().map(|(s, v, _)| (s.as_str(), *v)).collect()
+    }
+}
+
+#[test]
+fn gapless_version_n_plus_one_waits_for_n() {
+    let mut d = Driver::new(Config::default());
+    assert_eq!(d.send(incr("a", 3)), Disposition::Buffered);
+    assert_eq!(d.send(incr("a", 2)), Disposition::Buffered);
+    assert!(d.applied().is_empty());
+    assert_eq!(d.send(incr("a", 1)), Disposition::Queued);
+    assert_eq!(d.applied(), vec![("a", 1), ("a", 2), ("a", 3)]);
+    assert_eq!(d.engine.counters().buffered, 2);
+}
+
+#[test]
+fn skips_are_duplicates_when_the_id_was_seen_and_stale_otherwise() {
+    let mut d = Driver::new(Config::default());
+    d.send(incr("a", 1));
+    assert_eq!(d.send(incr("a", 1)), Disposition::Duplicate);
+    let other = event(
+        json!({"id": "other", "stream": "a", "version": 1, "type": "T", "op": "incr", "data": {}}),
+    );
+    assert_eq!(d.send(other), Disposition::Stale);
+    // A redelivery of an event still waiting in the buffer is a duplicate too.
+    d.send(incr("a", 3));
+    assert_eq!(d.send(incr("a", 3)), Disposition::Duplicate);
+    let counters = d.engine.counters();
+    assert_eq!(
+        (counters.duplicate, counters.stale, counters.applied),
+        (2, 1, 1)
+    );
+}
+
+#[test]
+fn a_second_event_claiming_a_waiting_version_is_a_conflict_dead_letter() {
+    let mut d = Driver::new(Config::default());
+    d.send(incr("a", 2));
+    let rival = event(
+        json!({"id": "rival", "stream": "a", "version": 2, "type": "T", "op": "incr", "data": {}}),
+    );
+    assert_eq!(d.send(rival), Disposition::DeadLettered);
+    let changes = d.engine.take_changes();
+    assert_eq!(changes.dead_letters_put[0].kind, DeadLetterKind::Conflict);
+    d.send(incr("a", 1));
+    assert_eq!(
+        d.applied(),
+        vec![("a", 1), ("a", 2)],
+        "the first claimant keeps the version"
+    );
+}
+
+#[test]
+fn dedupe_window_is_bounded_and_only_classifies() {
+    let mut d = Driver::new(Config {
+        dedupe_window_ids: 2,
+        ..Config::default()
+    });
+    d.send(incr("a", 1));
+    d.send(incr("a", 2));
+    d.send(incr("a", 3));
+    // a-1 fell out of the window: the version guard still skips it, as stale.
+    assert_eq!(d.send(incr("a", 1)), Disposition::Stale);
+    assert_eq!(d.send(incr("a", 3)), Disposition::Duplicate);
+    assert_eq!(d.engine.counters().applied, 3);
+}
+
+#[test]
+fn monotonic_mode_applies_newer_and_skips_older_without_waiting() {
+    let config = Config {
+        mode_rules: vec![("sensor-".into(), VersionMode::Monotonic)],
+        ..Config::default()
+    };
+    let mut d = Driver::new(config);
+    assert_eq!(d.send(incr("sensor-1", 100)), Disposition::Queued);
+    assert_eq!(d.send(incr("sensor-1", 90)), Disposition::Stale);
+    assert_eq!(d.send(incr("sensor-1", 250)), Disposition::Queued);
+    assert_eq!(d.applied(), vec![("sensor-1", 100), ("sensor-1", 250)]);
+    // Other streams stay gapless.
+    assert_eq!(d.send(incr("b", 2)), Disposition::Buffered);
+}
+
+#[test]
+fn an_old_gap_stalls_the_stream_and_only_an_operator_skips_it() {
+    let mut d = Driver::new(Config {
+        gap_timeout_ms: 1000,
+        ..Config::default()
+    });
+    d.send(incr("a", 1));
+    d.send(incr("a", 4));
+    assert_eq!(d.engine.poll_timeout(), Some(1000));
+    d.engine.handle_timeout(999);
+    assert_eq!(d.engine.counters().stalled, 0);
+    d.engine.handle_timeout(1000);
+    assert_eq!(d.engine.counters().stalled, 1);
+    let notices: Vec<Notice> = std::iter::from_fn(|| d.engine.poll_notice()).collect();
+    assert!(notices.contains(&Notice::Stalled {
+        stream: "a".into(),
+        missing: 2,
+        waiting: 4
+    }));
+    d.engine.handle_timeout(1_000_000);
+    assert_eq!(d.applied(), vec![("a", 1)], "time alone never skips a gap");
+    assert_eq!(d.engine.skip_gap(1000, "a"), Ok(2));
+    d.run();
+    assert_eq!(d.applied(), vec![("a", 1), ("a", 4)]);
+    let counters = d.engine.counters();
+    assert_eq!((counters.stalled, counters.skipped), (0, 2));
+}
+
+#[test]
+fn a_dependency_parks_until_its_version_applies_without_blocking_others() {
+    let mut d = Driver::new(Config::default());
+    assert_eq!(
+        d.send(after("product-1", 1, "category-9", 1)),
+        Disposition::Queued
+    );
+    d.send(incr("product-1", 2));
+    d.send(incr("other", 1));
+    assert_eq!(d.applied(), vec![("other", 1)]);
+    assert_eq!(d.engine.counters().parked, 1);
+    let waiting = d.engine.waiting();
+    assert!(
+        waiting[0]
+            .reason
+            .contains("waits for `category-9` to apply version 1"),
+        "{waiting:?}"
+    );
+    d.send(incr("category-9", 1));
+    assert_eq!(
+        d.applied(),
+        vec![
+            ("other", 1),
+            ("category-9", 1),
+            ("product-1", 1),
+            ("product-1", 2)
+        ]
+    );
+    assert_eq!(d.engine.counters().released, 1);
+}
+
+#[test]
+fn a_merge_waits_for_its_cuts_then_aliases_and_redirects_late_events() {
+    let mut d = Driver::new(Config::default());
+    d.send(merge("c", 1, &[("a", 2)]));
+    d.send(incr("a", 1));
+    assert_eq!(d.applied(), vec![("a", 1)], "the merge waits for a@2");
+    d.send(incr("a", 3)); // beyond the cut, arrives before a@2: waits in a's buffer
+    d.send(incr("a", 2));
+    let log: Vec<_> = d
+        .log
+        .iter()
+        .map(|(s, v, doc)| (s.as_str(), *v, doc.as_str()))
+        .collect();
+    // a@3 may go before or after the merge (no order between them); both are counted.
+    assert!(log.contains(&("c", 1, "c")));
+    assert_eq!(d.engine.counters().late_after_merge, 1);
+    d.send(incr("a", 4));
+    assert_eq!(
+        d.log.last().unwrap(),
+        &("a".to_string(), 4, "c".to_string())
+    );
+    let counters = d.engine.counters();
+    assert_eq!(counters.late_after_merge, 2);
+    assert!(counters.redirected >= 1);
+    assert_eq!(d.engine.resolve_document("a").as_deref(), Some("c"));
+}
+
+#[test]
+fn aliases_resolve_transitively() {
+    let mut d = Driver::new(Config::default());
+    d.send(incr("a", 1));
+    d.send(merge("b", 1, &[("a", 1)]));
+    d.send(merge("c", 1, &[("b", 1)]));
+    d.send(incr("a", 2));
+    assert_eq!(
+        d.log.last().unwrap(),
+        &("a".to_string(), 2, "c".to_string())
+    );
+    let positions = d.engine.stream_positions();
+    assert_eq!(positions[0], ("a".into(), 2, Some("c".into())));
+}
+
+#[test]
+fn merges_without_a_cut_or_making_a_cycle_are_dead_lettered() {
+    let mut d = Driver::new(Config::default());
+    let no_cut = event(
+        json!({"id": "m", "stream": "c", "version": 1, "type": "Merged", "op": "merge",
+                             "data": {"from": ["a"]}}),
+    );
+    d.send(no_cut);
+    let changes = d.engine.take_changes();
+    assert!(changes.dead_letters_put[0]
+        .reason
+        .contains("no cut for source `a`"));
+    assert_eq!(changes.dead_letters_put[0].kind, DeadLetterKind::Sequenced);
+
+    d.send(incr("x", 1));
+    d.send(merge("y", 1, &[("x", 1)])); // x -> y
+    d.send(merge("x", 2, &[("y", 1)])); // y -> x would close a cycle
+    let changes = d.engine.take_changes();
+    let reasons: Vec<&str> = changes
+        .dead_letters_put
+        .iter()
+        .map(|e| e.reason.as_str())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("already merged") || r.contains("cycle")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn a_rejected_event_blocks_its_stream_until_replay_or_skip_and_nothing_else() {
+    let mut d = Driver::new(Config::default());
+    d.reject = Box::new(|e| (&*e.stream == "a" && e.version == 2).then(|| "poison".to_string()));
+    d.send(incr("a", 1));
+    d.send(incr("a", 2));
+    d.send(incr("a", 3));
+    d.send(incr("b", 1));
+    assert_eq!(d.applied(), vec![("a", 1), ("b", 1)]);
+    let entry = d.engine.take_changes().dead_letters_put.remove(0);
+    assert_eq!(
+        (entry.kind, entry.version, entry.reason.as_str()),
+        (DeadLetterKind::Sequenced, Some(2), "poison")
+    );
+
+    // Replay while still poisonous: dead-lettered again, stream still waits.
+    assert_eq!(
+        d.engine.replay_dead_letter(0, &entry),
+        Ok(ReplayOutcome::Requeued)
+    );
+    d.run();
+    let entry = d.engine.take_changes().dead_letters_put.remove(0);
+    assert_eq!(d.applied(), vec![("a", 1), ("b", 1)]);
+
+    // Fixed downstream: replay applies it, and a@3 follows in order.
+    d.reject = Box::new(|_| None);
+    assert_eq!(
+        d.engine.replay_dead_letter(0, &entry),
+        Ok(ReplayOutcome::Requeued)
+    );
+    d.run();
+    assert_eq!(d.applied(), vec![("a", 1), ("b", 1), ("a", 2), ("a", 3)]);
+    // Replaying an entry again is refused: it no longer holds the stream.
+    assert!(d.engine.replay_dead_letter(0, &entry).is_err());
+}
+
+#[test]
+fn skipping_a_dead_letter_passes_its_version() {
+    let mut d = Driver::new(Config::default());
+    d.reject = Box::new(|e| (e.version == 1).then(|| "poison".to_string()));
+    d.send(incr("a", 1));
+    d.send(incr("a", 2));
+    let entry = d.engine.take_changes().dead_letters_put.remove(0);
+    d.engine.skip_dead_letter(0, &entry).unwrap();
+    d.run();
+    assert_eq!(d.applied(), vec![("a", 2)]);
+    assert_eq!(d.engine.counters().skipped, 1);
+}
+
+#[test]
+fn invalid_input_is_dead_lettered_in_sequence_when_routable_and_aside_when_not() {
+    let mut d = Driver::new(Config::default());
+    assert_eq!(
+        d.engine.handle_bytes(0, at(0), b"{not json"),
+        Disposition::DeadLettered
+    );
+    let bad_op = br#"{"id":"x","stream":"a","version":1,"type":"T","op":"frob"}"#;
+    assert_eq!(
+        d.engine.handle_bytes(0, at(1), bad_op),
+        Disposition::DeadLettered
+    );
+    d.engine.handle_event(0, at(2), incr("a", 2));
+    d.engine.handle_event(0, at(3), incr("b", 1));
+    d.run();
+    assert_eq!(
+        d.applied(),
+        vec![("b", 1)],
+        "a waits at its bad version 1; b flows"
+    );
+    let changes = d.engine.take_changes();
+    let kinds: Vec<_> = changes.dead_letters_put.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![DeadLetterKind::Unroutable, DeadLetterKind::Sequenced]
+    );
+    assert!(changes.dead_letters_put[1]
+        .reason
+        .contains("unknown op `frob`"));
+    assert_eq!(
+        changes.checkpoints,
+        vec![(0, 3)],
+        "every offset is settled: dead, buffered or applied"
+    );
+}
+
+#[test]
+fn the_pending_bound_dead_letters_instead_of_growing() {
+    let mut d = Driver::new(Config {
+        stream_pending_events_max: 2,
+        ..Config::default()
+    });
+    d.send(incr("a", 2));
+    d.send(incr("a", 3));
+    assert_eq!(d.send(incr("a", 4)), Disposition::DeadLettered);
+    let changes = d.engine.take_changes();
+    assert_eq!(changes.dead_letters_put[0].kind, DeadLetterKind::Overflow);
+    d.send(incr("a", 1));
+    assert_eq!(d.applied(), vec![("a", 1), ("a", 2), ("a", 3)]);
+    let entry = changes.dead_letters_put[0].clone();
+    assert_eq!(
+        d.engine.replay_dead_letter(0, &entry),
+        Ok(ReplayOutcome::Requeued)
+    );
+    d.run();
+    assert_eq!(d.applied().last(), Some(&("a", 4)));
+}
+
+#[test]
+fn at_most_one_work_per_stream_and_per_document_is_out() {
+    let mut engine = Engine::new(Config::default());
+    for stream in 0..50 {
+        for version in 1..=3 {
+            engine.handle_event(0, None, incr(&format!("s{stream}"), version));
+        }
+    }
+    let mut out = Vec::new();
+    while let Some(work) = engine.poll_work(0) {
+        out.push(work);
+    }
+    assert_eq!(out.len(), 50, "one per stream, all streams at once");
+    let mut documents: Vec<_> = out.iter().map(|w| w.document().to_string()).collect();
+    documents.sort();
+    documents.dedup();
+    assert_eq!(documents.len(), 50);
+    // Completing in reverse order keeps each stream in version order.
+    for work in out.into_iter().rev() {
+        assert_eq!(work.event.version, 1);
+        engine.handle_outcome(0, work, Outcome::Applied);
+    }
+    let next = engine.poll_work(0).unwrap();
+    assert_eq!(next.event.version, 2);
+    engine.handle_outcome(0, next, Outcome::Applied);
+}
+
+#[test]
+fn a_redirected_event_waits_while_its_target_document_is_busy() {
+    let mut engine = Engine::new(Config::default());
+    engine.handle_event(0, None, incr("a", 1));
+    let work = engine.poll_work(0).unwrap();
+    engine.handle_outcome(0, work, Outcome::Applied);
+    engine.handle_event(0, None, merge("c", 1, &[("a", 1)]));
+    let merge_work = engine.poll_work(0).unwrap();
+    assert!(matches!(merge_work.action, Action::Merge { .. }));
+    engine.handle_outcome(0, merge_work, Outcome::Applied);
+    engine.handle_event(0, None, incr("c", 2));
+    engine.handle_event(0, None, incr("a", 2));
+    let first = engine.poll_work(0).unwrap();
+    assert_eq!(first.document(), "c");
+    assert!(
+        engine.poll_work(0).is_none(),
+        "the other event for document c must wait"
+    );
+    engine.handle_outcome(0, first, Outcome::Applied);
+    let second = engine.poll_work(0).unwrap();
+    assert_eq!(second.document(), "c");
+    engine.handle_outcome(0, second, Outcome::Applied);
+}
+
+#[test]
+fn the_checkpoint_waits_for_work_in_flight_and_for_buffered_rows_to_be_written() {
+    let mut engine = Engine::new(Config::default());
+    engine.handle_event(0, at(0), incr("a", 1));
+    engine.handle_event(0, at(1), incr("b", 2)); // buffered: settles when written
+    let work = engine.poll_work(0).unwrap();
+    let changes = engine.take_changes();
+    assert_eq!(changes.checkpoints, vec![], "offset 0 is in flight");
+    assert_eq!(changes.pending_put.len(), 1);
+    engine.handle_outcome(0, work, Outcome::Applied);
+    assert_eq!(engine.take_changes().checkpoints, vec![(0, 1)]);
+}
+
+#[test]
+fn restore_resumes_parked_buffered_and_dead_lettered_state() {
+    let mut engine = Engine::new(Config::default());
+    engine.handle_event(0, at(0), after("p", 1, "cat", 1));
+    engine.handle_event(0, at(1), incr("p", 2));
+    engine.handle_event(0, at(2), incr("q", 1));
+    let work = engine.poll_work(0).unwrap();
+    engine.handle_outcome(
+        0,
+        work,
+        Outcome::Rejected {
+            reason: "poison".into(),
+        },
+    );
+    assert!(engine.poll_work(0).is_none());
+    let changes = engine.take_changes();
+    // Play the store: build the snapshot from the change set alone.
+    let snapshot = ordo_core::Snapshot {
+        streams: changes.streams.clone(),
+        pending: changes.pending_put.clone(),
+        blocking_dead_letters: changes
+            .dead_letters_put
+            .iter()
+            .map(|d| (d.stream.clone().unwrap(), d.version.unwrap(), d.id))
+            .collect(),
+        dedupe: changes.dedupe_put.clone(),
+        checkpoints: changes.checkpoints.clone(),
+        counters: changes.counters,
+        next_dead_letter_id: changes.next_dead_letter_id,
+    };
+    assert_eq!(snapshot.checkpoints, vec![(0, 2)]);
+    let mut restored = Engine::restore(Config::default(), snapshot, 0);
+    assert!(
+        restored.poll_work(0).is_none(),
+        "p still waits for cat, q for its dead letter"
+    );
+    assert_eq!(
+        restored.handle_event(0, at(3), incr("p", 2)),
+        Disposition::Duplicate
+    );
+    restored.handle_event(0, at(4), incr("cat", 1));
+    let mut applied = Vec::new();
+    while let Some(work) = restored.poll_work(0) {
+        applied.push((work.event.stream.to_string(), work.event.version));
+        restored.handle_outcome(0, work, Outcome::Applied);
+    }
+    assert_eq!(
+        applied,
+        vec![("cat".into(), 1), ("p".into(), 1), ("p".into(), 2)]
+    );
+}

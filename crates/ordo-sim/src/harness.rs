@@ -1,0 +1,253 @@
+//! A consumer made of the real engine, the real document projection and an in-memory
+//! store that keeps a *durable* copy apart from the *live* one.
+//!
+//! [`Harness::commit`] moves the engine's change set and the documents it touched into
+//! the durable copy in one step, as a store transaction would. [`Harness::crash`] throws
+//! away everything live and restores from the durable copy alone, so a test sees exactly
+//! what a process killed at that moment would come back to.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use ordo_core::{
+    Action, ChangeSet, Config, DeadLetter, Disposition, Engine, Event, Outcome, PendingRecord,
+    Snapshot, SourcePosition, StreamRecord, Work,
+};
+use ordo_projection::{Document, DocumentProjection, Projection};
+
+use crate::export::Export;
+use crate::oracle::row;
+use crate::rng::Rng;
+
+/// The in-memory store: what survived the last commit.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    streams: BTreeMap<Arc<str>, StreamRecord>,
+    pending: BTreeMap<(Box<str>, u64), PendingRecord>,
+    /// The dead-letter queue.
+    pub dead_letters: BTreeMap<u64, DeadLetter>,
+    dedupe: BTreeMap<u64, u64>,
+    checkpoints: BTreeMap<u32, u64>,
+    counters: ordo_core::Counters,
+    next_dead_letter_id: u64,
+    documents: HashMap<Arc<str>, Option<Document>>,
+    /// How many commits were made.
+    pub commits: u64,
+}
+
+impl MemoryStore {
+    /// Applies one change set and the documents written with it, atomically.
+    pub fn commit(&mut self, changes: ChangeSet, documents: Vec<(Arc<str>, Option<Document>)>) {
+        for record in changes.streams {
+            self.streams.insert(record.stream.clone(), record);
+        }
+        for key in changes.pending_delete {
+            self.pending.remove(&key);
+        }
+        for record in changes.pending_put {
+            self.pending
+                .insert((record.stream.clone(), record.version), record);
+        }
+        for id in changes.dead_letters_delete {
+            self.dead_letters.remove(&id);
+        }
+        for entry in changes.dead_letters_put {
+            self.dead_letters.insert(entry.id, entry);
+        }
+        for (sequence, hash) in changes.dedupe_put {
+            self.dedupe.insert(sequence, hash);
+        }
+        self.dedupe = self.dedupe.split_off(&changes.dedupe_floor);
+        for (partition, offset) in changes.checkpoints {
+            self.checkpoints.insert(partition, offset);
+        }
+        self.counters = changes.counters;
+        self.next_dead_letter_id = changes.next_dead_letter_id;
+        for (name, document) in documents {
+            self.documents.insert(name, document);
+        }
+        self.commits += 1;
+    }
+
+    /// What the engine needs to resume.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            streams: self.streams.values().cloned().collect(),
+            pending: self.pending.values().cloned().collect(),
+            blocking_dead_letters: self
+                .dead_letters
+                .values()
+                .filter(|d| d.kind == ordo_core::DeadLetterKind::Sequenced)
+                .filter_map(|d| Some((d.stream.clone()?, d.version?, d.id)))
+                .collect(),
+            dedupe: self.dedupe.iter().map(|(s, h)| (*s, *h)).collect(),
+            checkpoints: self.checkpoints.iter().map(|(p, o)| (*p, *o)).collect(),
+            counters: self.counters,
+            next_dead_letter_id: self.next_dead_letter_id,
+        }
+    }
+
+    /// The committed checkpoint of a partition.
+    pub fn checkpoint(&self, partition: u32) -> Option<u64> {
+        self.checkpoints.get(&partition).copied()
+    }
+
+    /// How many events wait in the store.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// Engine + projection + live documents + durable store.
+#[derive(Debug)]
+pub struct Harness {
+    config: Config,
+    /// The engine.
+    pub engine: Engine,
+    documents: HashMap<Arc<str>, Option<Document>>,
+    touched: HashSet<Arc<str>>,
+    /// The durable copy.
+    pub store: MemoryStore,
+    out: Vec<Work>,
+    /// The virtual clock, in ms.
+    pub now_ms: u64,
+    /// How many times the consumer crashed and restarted.
+    pub restarts: u64,
+}
+
+impl Harness {
+    /// A fresh consumer.
+    pub fn new(config: Config) -> Self {
+        Harness {
+            engine: Engine::new(config.clone()),
+            config,
+            documents: HashMap::new(),
+            touched: HashSet::new(),
+            store: MemoryStore::default(),
+            out: Vec::new(),
+            now_ms: 0,
+            restarts: 0,
+        }
+    }
+
+    /// Delivers one event.
+    pub fn deliver(&mut self, position: Option<SourcePosition>, event: Event) -> Disposition {
+        self.engine.handle_event(self.now_ms, position, event)
+    }
+
+    /// Delivers raw bytes (invalid input is dead-lettered by the engine).
+    pub fn deliver_bytes(&mut self, position: Option<SourcePosition>, bytes: &[u8]) -> Disposition {
+        self.engine.handle_bytes(self.now_ms, position, bytes)
+    }
+
+    /// Takes up to `concurrency` works out, then completes one of them (a random one
+    /// when `rng` is given, which interleaves streams as concurrent handlers would).
+    /// Returns false when nothing was out and nothing was ready.
+    pub fn step(&mut self, rng: Option<&mut Rng>, concurrency: usize) -> bool {
+        while self.out.len() < concurrency.max(1) {
+            match self.engine.poll_work(self.now_ms) {
+                Some(work) => self.out.push(work),
+                None => break,
+            }
+        }
+        if self.out.is_empty() {
+            return false;
+        }
+        let index = rng.map_or(0, |r| r.index(self.out.len()));
+        let work = self.out.swap_remove(index);
+        let outcome = self.apply(&work);
+        self.engine.handle_outcome(self.now_ms, work, outcome);
+        true
+    }
+
+    /// Steps until nothing is out or ready.
+    pub fn drain(&mut self, mut rng: Option<&mut Rng>, concurrency: usize) {
+        while self.step(rng.as_deref_mut(), concurrency) {}
+    }
+
+    fn apply(&mut self, work: &Work) -> Outcome {
+        let projection = DocumentProjection;
+        let target: Arc<str> = Arc::from(work.document());
+        let result = match &work.action {
+            Action::Apply => {
+                let document = self.documents.entry(target.clone()).or_insert(None);
+                projection.apply(document, &work.event)
+            }
+            Action::Merge { sources } => {
+                let mut folded = self.documents.get(&target).cloned().flatten();
+                let mut result = Ok(());
+                for source in sources {
+                    let source_document = self.documents.get(source).cloned().flatten();
+                    result = projection.fold(&mut folded, source_document);
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                if result.is_ok() {
+                    self.documents.insert(target.clone(), folded);
+                    for source in sources {
+                        self.documents.insert(source.clone(), None);
+                        self.touched.insert(source.clone());
+                    }
+                }
+                result
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.touched.insert(target);
+                Outcome::Applied
+            }
+            Err(rejection) => Outcome::Rejected {
+                reason: rejection.reason,
+            },
+        }
+    }
+
+    /// Commits the engine's changes and the documents they touched.
+    pub fn commit(&mut self) {
+        let changes = self.engine.take_changes();
+        let documents = self
+            .touched
+            .drain()
+            .map(|name| {
+                let document = self.documents.get(&name).cloned().flatten();
+                (name, document)
+            })
+            .collect();
+        self.store.commit(changes, documents);
+    }
+
+    /// Loses everything not committed and restarts from the store. Returns the committed
+    /// checkpoint of partition 0, from which the source must re-deliver.
+    pub fn crash(&mut self) -> Option<u64> {
+        self.out.clear();
+        self.touched.clear();
+        self.documents = self.store.documents.clone();
+        self.engine = Engine::restore(self.config.clone(), self.store.snapshot(), self.now_ms);
+        self.restarts += 1;
+        self.store.checkpoint(0)
+    }
+
+    /// Moves the clock and lets the engine look at its timers.
+    pub fn advance_clock(&mut self, elapsed_ms: u64) {
+        self.now_ms += elapsed_ms;
+        self.engine.handle_timeout(self.now_ms);
+    }
+
+    /// Every stream's live state.
+    pub fn export(&self) -> Export {
+        let mut export = Export::new();
+        for (stream, version, merged_into) in self.engine.stream_positions() {
+            if version == 0 && merged_into.is_none() && !self.documents.contains_key(&stream) {
+                continue;
+            }
+            let document = self.documents.get(&stream);
+            export.insert(
+                stream.to_string(),
+                row(version, merged_into.map(|m| m.to_string()), document),
+            );
+        }
+        export
+    }
+}
