@@ -14,8 +14,27 @@ pub struct Cli {
 /// The verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the field scenarios through injected disorder and check against the oracle.
+    /// Run the field scenarios through injected disorder on the embedded log and SQLite,
+    /// and check them against the in-order oracle.
     Demo(DemoArgs),
+    /// Consume a source into a store.
+    Run(RunArgs),
+    /// Append JSONL events to the embedded event log, as given.
+    Append(AppendArgs),
+    /// Print every stream's state as JSONL, sorted by stream.
+    Export(StoreArgs),
+    /// The dead-letter queue.
+    Dlq {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Events waiting on a gap or a dependency.
+    Parked {
+        /// What to do with them.
+        #[command(subcommand)]
+        command: ParkedCommand,
+    },
     /// Run the performance suite; every figure is a ratio against a same-run baseline.
     Bench(BenchArgs),
 }
@@ -32,6 +51,136 @@ pub struct DemoArgs {
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Engine settings shared by the verbs that consume.
+#[derive(Debug, Args, Clone)]
+pub struct EngineArgs {
+    /// Report a stream stalled when a gap stays open this long.
+    #[arg(long, value_name = "MS")]
+    pub gap_timeout_ms: Option<u64>,
+    /// Streams whose name starts with PREFIX use monotonic versions (repeatable).
+    #[arg(long, value_name = "PREFIX")]
+    pub monotonic: Vec<String>,
+    /// How many event ids the dedupe window remembers.
+    #[arg(long, value_name = "IDS")]
+    pub dedupe_window: Option<usize>,
+    /// Most events one stream may hold waiting before further ones are dead-lettered.
+    #[arg(long, value_name = "EVENTS")]
+    pub stream_pending_max: Option<usize>,
+}
+
+/// `ordo run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where events come from: file:PATH, log:PATH or kafka://HOST:PORT/TOPIC?group=G.
+    #[arg(long)]
+    pub source: String,
+    /// Where state goes: sqlite:PATH or postgres://...
+    #[arg(long)]
+    pub store: String,
+    /// Stop once the source is drained and nothing can progress.
+    #[arg(long)]
+    pub exit_when_idle: bool,
+    /// End with one JSON object of counters on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when the dead-letter queue is not empty at the end.
+    #[arg(long)]
+    pub fail_on_dead_letters: bool,
+    /// Deliveries per commit at most.
+    #[arg(long, value_name = "EVENTS")]
+    pub batch: Option<usize>,
+    /// Longest time a delivery waits for its commit.
+    #[arg(long, value_name = "MS")]
+    pub commit_interval_ms: Option<u64>,
+    /// Print progress to stderr every few seconds.
+    #[arg(long)]
+    pub progress: bool,
+    /// Engine settings.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `ordo append`.
+#[derive(Debug, Args)]
+pub struct AppendArgs {
+    /// The embedded event log (created if missing).
+    #[arg(long)]
+    pub log: String,
+    /// JSONL file to append (standard input when absent).
+    pub file: Option<String>,
+}
+
+/// Verbs that only need a store.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The store: sqlite:PATH or postgres://...
+    #[arg(long)]
+    pub store: String,
+}
+
+/// `ordo dlq ...`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters with their reasons.
+    List(ListArgs),
+    /// Put dead letters back in their streams (rate-limited, version-guarded).
+    Replay(ReplayArgs),
+    /// Pass over dead letters so their streams go on.
+    Skip(SkipArgs),
+}
+
+/// `... list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The store.
+    #[arg(long)]
+    pub store: String,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dlq replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The store.
+    #[arg(long)]
+    pub store: String,
+    /// Entries to replay (repeatable); all entries when absent.
+    #[arg(long = "id", value_name = "ID")]
+    pub ids: Vec<u64>,
+    /// Replays per second at most, as N or N/s.
+    #[arg(long, default_value = "100/s")]
+    pub rate: String,
+    /// One JSON object per replayed entry.
+    #[arg(long)]
+    pub json: bool,
+    /// Engine settings (default: the ones the last `run` recorded in the store).
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `dlq skip`.
+#[derive(Debug, Args)]
+pub struct SkipArgs {
+    /// The store.
+    #[arg(long)]
+    pub store: String,
+    /// Entries to skip (repeatable, at least one).
+    #[arg(long = "id", value_name = "ID", required = true)]
+    pub ids: Vec<u64>,
+    /// Engine settings (default: the ones the last `run` recorded in the store).
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `ordo parked ...`.
+#[derive(Debug, Subcommand)]
+pub enum ParkedCommand {
+    /// List waiting events and what each waits for.
+    List(ListArgs),
 }
 
 /// `ordo bench`.

@@ -1,74 +1,186 @@
-//! `ordo demo`: the field scenarios through injected disorder, checked against the
-//! in-order oracle, with a naive consumer for contrast.
+//! `ordo demo`: the field scenarios through injected disorder on the embedded event log
+//! and the SQLite store, with a crash half-way, checked against the in-order oracle, with
+//! a naive consumer for contrast.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 
-use ordo_sim::convergence::{run_deliveries, Options};
+use anyhow::Context;
+use ordo_core::Config;
+use ordo_log::EventLog;
+use ordo_runtime::{Consumer, LogSource, RunEnd, RunOptions};
 use ordo_sim::scenarios::Scenario;
+use ordo_sim::{compare, count_wrong, naive, oracle, Export, Row};
+use ordo_store::{SqliteStore, Store};
 use serde_json::json;
 
 use crate::cli::DemoArgs;
 
+/// Deliveries per commit in the demo: small, so the crash loses a real batch.
+const DEMO_BATCH_EVENTS: usize = 256;
+
+/// A scratch directory removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Outcome {
+    deliveries: usize,
+    entities: usize,
+    divergence: ordo_sim::Divergence,
+    naive_wrong: usize,
+    counters: ordo_core::Counters,
+    dead_letters: usize,
+}
+
+fn run_scenario(
+    scenario: Scenario,
+    args: &DemoArgs,
+    scratch: &Scratch,
+) -> anyhow::Result<(usize, Outcome)> {
+    let history = scenario.history(args.seed, args.events);
+    let deliveries = scenario.deliveries(args.seed, &history);
+    let log_path = scratch.0.join(format!("{}-log.db", scenario.name()));
+    let store_path = scratch.0.join(format!("{}-state.db", scenario.name()));
+    let log_path = log_path
+        .to_str()
+        .context("scratch path is UTF-8")?
+        .to_string();
+    let store_path = store_path
+        .to_str()
+        .context("scratch path is UTF-8")?
+        .to_string();
+
+    // Saved to the embedded log in delivery order: the disorder is in the log itself.
+    let mut log = EventLog::open(&log_path, true)?;
+    let lines: Vec<String> = deliveries.iter().map(|e| e.to_json_string()).collect();
+    log.append_lines(lines.iter().map(String::as_str))?;
+    drop(log);
+
+    let source_key = format!("log:{log_path}");
+    let stop = AtomicBool::new(false);
+    let progress = !args.json && deliveries.len() >= 50_000;
+    // First run: crash half-way; the uncommitted batch is lost, as with kill -9.
+    {
+        let store = SqliteStore::open(&store_path, true)?;
+        let mut consumer = Consumer::open(store, &source_key, Config::default())?;
+        consumer.verbose = false;
+        let mut source = LogSource::open(&log_path)?;
+        let options = RunOptions {
+            exit_when_idle: true,
+            commit_events_max: DEMO_BATCH_EVENTS,
+            crash_after_deliveries: Some(deliveries.len() as u64 / 2),
+            progress,
+            ..RunOptions::default()
+        };
+        let report = ordo_runtime::run(&mut consumer, &mut source, &options, &stop)?;
+        anyhow::ensure!(
+            report.end == RunEnd::Crashed,
+            "the demo's crash did not happen"
+        );
+    }
+    // Restart from what was committed and run until idle.
+    let store = SqliteStore::open(&store_path, true)?;
+    let mut consumer = Consumer::open(store, &source_key, Config::default())?;
+    consumer.verbose = false;
+    let mut source = LogSource::open(&log_path)?;
+    let options = RunOptions {
+        exit_when_idle: true,
+        commit_events_max: DEMO_BATCH_EVENTS,
+        progress,
+        ..RunOptions::default()
+    };
+    let report = ordo_runtime::run(&mut consumer, &mut source, &options, &stop)?;
+    let store = consumer.store();
+    let mut actual = Export::new();
+    for row in store.export()? {
+        actual.insert(
+            row.stream,
+            Row {
+                version: row.version,
+                doc: row.doc,
+                deleted: row.deleted,
+                merged_into: row.merged_into,
+            },
+        );
+    }
+    let expected = oracle::run(&history);
+    let naive = naive::run(&deliveries);
+    Ok((
+        history.len(),
+        Outcome {
+            deliveries: deliveries.len(),
+            entities: expected.len(),
+            divergence: compare(&expected, &actual, true),
+            naive_wrong: count_wrong(&expected, &naive, false),
+            counters: report.counters,
+            dead_letters: store.dead_letters()?.len(),
+        },
+    ))
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let scratch = Scratch(std::env::temp_dir().join(format!("ordo-demo-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).context("creating a scratch directory")?;
     let mut all_converged = true;
     let mut reports = Vec::new();
     for scenario in Scenario::ALL {
-        let history = scenario.history(args.seed, args.events);
-        let deliveries = scenario.deliveries(args.seed, &history);
-        let options = Options {
-            concurrency: 8,
-            commit_percent: 5,
-            crash_percent: 0,
-            ..Options::default()
-        };
-        let report = run_deliveries(args.seed, &history, &deliveries, options);
-        all_converged &= report.converged();
         if !args.json {
-            let c = report.counters;
             println!("== {}: {}", scenario.name(), scenario.summary());
+        }
+        let (events, outcome) = run_scenario(scenario, &args, &scratch)?;
+        let converged = outcome.divergence.is_empty();
+        all_converged &= converged;
+        if !args.json {
+            let c = outcome.counters;
             println!(
-                "   {} events delivered as {} ({} extra copies), {} entities",
-                history.len(),
-                deliveries.len(),
-                deliveries.len() - history.len(),
-                report.streams
+                "   {events} events saved to the embedded log as {} deliveries ({} extra copies), {} entities;",
+                outcome.deliveries,
+                outcome.deliveries - events,
+                outcome.entities
             );
+            println!("   consumed into SQLite with a crash half-way (the uncommitted batch lost) and a restart");
             println!(
-                "   absorbed: dedupe {} duplicates, version guard {} stale, gap buffer {} buffered, dependency wait {} parked / {} released",
+                "   absorbed: dedupe {} duplicates | version guard {} stale | gap buffer {} buffered | dependency wait {} parked, {} released",
                 c.duplicate, c.stale, c.buffered, c.parked, c.released
             );
             println!(
-                "             alias redirect {} redirected, {} late after merge, dead letters {}, stalled {}",
-                c.redirected, c.late_after_merge, c.dead_lettered, c.stalled
+                "             alias redirect {} redirected, {} late after merge | dead letters {} | stalled {}",
+                c.redirected, c.late_after_merge, outcome.dead_letters, c.stalled
             );
-            if report.converged() {
+            if converged {
                 println!(
                     "   ordo:  all {} entities equal the in-order oracle",
-                    report.streams
+                    outcome.entities
                 );
             } else {
                 println!(
-                    "   ordo:  DIVERGED on {} entities ({} events left waiting); rerun with --seed {}\n{}",
-                    report.divergence.streams.len(),
-                    report.left_waiting.len(),
+                    "   ordo:  DIVERGED on {} entities; rerun with --seed {}\n{}",
+                    outcome.divergence.streams.len(),
                     args.seed,
-                    report.divergence
+                    outcome.divergence
                 );
             }
             println!(
                 "   naive: {} of {} entities wrong (arrival order, no guard)\n",
-                report.naive_wrong, report.streams
+                outcome.naive_wrong, outcome.entities
             );
         }
         reports.push(json!({
             "scenario": scenario.name(),
-            "events": history.len(),
-            "deliveries": deliveries.len(),
-            "entities": report.streams,
-            "converged": report.converged(),
-            "divergences": report.divergence.streams.len(),
-            "naive_wrong": report.naive_wrong,
-            "counters": report.counters.to_json(),
+            "events": events,
+            "deliveries": outcome.deliveries,
+            "entities": outcome.entities,
+            "converged": converged,
+            "divergences": outcome.divergence.streams.len(),
+            "naive_wrong": outcome.naive_wrong,
+            "dead_letters": outcome.dead_letters,
+            "counters": outcome.counters.to_json(),
         }));
     }
     if args.json {

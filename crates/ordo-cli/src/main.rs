@@ -1,11 +1,17 @@
 //! `ordo`: the order-surviving event consumer's command-line tool.
 //!
 //! Raw flags are parsed by clap into [`cli::Cli`]; each verb resolves them into its own
-//! configuration before doing any work.
+//! configuration (see `settings`) before doing any work. Exit codes: 0 ok, 1 the run
+//! found a problem, 2 bad usage or input.
 
+mod append;
 mod bench;
 mod cli;
 mod demo;
+mod dlq;
+mod export;
+mod run;
+mod settings;
 
 use std::process::ExitCode;
 
@@ -25,6 +31,17 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         cli::Command::Demo(args) => demo::run(args),
+        cli::Command::Run(args) => run::run(args),
+        cli::Command::Append(args) => append::run(args),
+        cli::Command::Export(args) => export::run(args),
+        cli::Command::Dlq { command } => match command {
+            cli::DlqCommand::List(args) => dlq::list(args),
+            cli::DlqCommand::Replay(args) => dlq::replay(args),
+            cli::DlqCommand::Skip(args) => dlq::skip(args),
+        },
+        cli::Command::Parked { command } => match command {
+            cli::ParkedCommand::List(args) => dlq::parked(args),
+        },
         cli::Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -806,7 +806,7 @@ impl Engine {
     /// Reports gaps older than the gap timeout as stalled.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         while let Some(&(since, s)) = self.gaps.first() {
-            if since + self.config.gap_timeout_ms > now_ms {
+            if since.saturating_add(self.config.gap_timeout_ms) > now_ms {
                 break;
             }
             self.gaps.remove(&(since, s));
@@ -824,6 +824,13 @@ impl Engine {
                 waiting,
             });
         }
+    }
+
+    /// The source has nothing more to deliver (a drained file, `--exit-when-idle`): no
+    /// open gap can fill any more, so each is reported stalled now instead of at the gap
+    /// timeout.
+    pub fn handle_source_drained(&mut self) {
+        self.handle_timeout(u64::MAX);
     }
 
     // ----- outputs -----

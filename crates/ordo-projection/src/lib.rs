@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use ordo_core::{Event, Op};
+use ordo_core::{Action, Event, Op, Outcome, Work};
 use serde_json::{Map, Number, Value};
 
 /// Why a projection refused an event. The event is dead-lettered with this reason and
@@ -52,6 +52,67 @@ pub trait Projection {
         target: &mut Option<Self::Document>,
         source: Option<Self::Document>,
     ) -> Result<(), Rejection>;
+}
+
+/// Access to the documents a [`Work`] touches, however they are held (a map, a cache in
+/// front of a store). Every slot asked for must be present (loaded beforehand).
+pub trait DocumentSlots<D> {
+    /// The document of `stream`, for reading and writing.
+    fn slot(&mut self, stream: &str) -> &mut Option<D>;
+}
+
+impl<D> DocumentSlots<D> for std::collections::HashMap<std::sync::Arc<str>, Option<D>> {
+    fn slot(&mut self, stream: &str) -> &mut Option<D> {
+        if !self.contains_key(stream) {
+            self.insert(std::sync::Arc::from(stream), None);
+        }
+        self.get_mut(stream).expect("inserted above")
+    }
+}
+
+/// Runs one [`Work`] through a projection: applies the event, or folds a merge's sources
+/// into the target and clears them. Nothing changes when the outcome is a rejection.
+pub fn run_work<P: Projection>(
+    projection: &P,
+    work: &Work,
+    documents: &mut impl DocumentSlots<P::Document>,
+) -> Outcome {
+    let result = match &work.action {
+        Action::Apply => projection.apply(documents.slot(work.document()), &work.event),
+        Action::Merge { sources } => {
+            let mut folded = documents.slot(work.document()).clone();
+            let mut result = Ok(());
+            for source in sources {
+                let source_document = documents.slot(source).clone();
+                result = projection.fold(&mut folded, source_document);
+                if result.is_err() {
+                    break;
+                }
+            }
+            if result.is_ok() {
+                *documents.slot(work.document()) = folded;
+                for source in sources {
+                    *documents.slot(source) = None;
+                }
+            }
+            result
+        }
+    };
+    match result {
+        Ok(()) => Outcome::Applied,
+        Err(rejection) => Outcome::Rejected {
+            reason: rejection.reason,
+        },
+    }
+}
+
+/// The documents a [`Work`] writes when applied: its document and a merge's sources.
+pub fn touched(work: &Work) -> Vec<&str> {
+    let mut streams = vec![work.document()];
+    if let Action::Merge { sources } = &work.action {
+        streams.extend(sources.iter().map(|s| &**s));
+    }
+    streams
 }
 
 /// One stream's state under the document projection.

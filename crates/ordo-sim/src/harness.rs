@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use ordo_core::{
-    Action, ChangeSet, Config, DeadLetter, Disposition, Engine, Event, Outcome, PendingRecord,
-    Snapshot, SourcePosition, StreamRecord, Work,
+    ChangeSet, Config, DeadLetter, Disposition, Engine, Event, Outcome, PendingRecord, Snapshot,
+    SourcePosition, StreamRecord, Work,
 };
-use ordo_projection::{Document, DocumentProjection, Projection};
+use ordo_projection::{run_work, touched, Document, DocumentProjection};
 
 use crate::export::Export;
 use crate::oracle::row;
@@ -166,42 +166,13 @@ impl Harness {
     }
 
     fn apply(&mut self, work: &Work) -> Outcome {
-        let projection = DocumentProjection;
-        let target: Arc<str> = Arc::from(work.document());
-        let result = match &work.action {
-            Action::Apply => {
-                let document = self.documents.entry(target.clone()).or_insert(None);
-                projection.apply(document, &work.event)
+        let outcome = run_work(&DocumentProjection, work, &mut self.documents);
+        if outcome == Outcome::Applied {
+            for stream in touched(work) {
+                self.touched.insert(Arc::from(stream));
             }
-            Action::Merge { sources } => {
-                let mut folded = self.documents.get(&target).cloned().flatten();
-                let mut result = Ok(());
-                for source in sources {
-                    let source_document = self.documents.get(source).cloned().flatten();
-                    result = projection.fold(&mut folded, source_document);
-                    if result.is_err() {
-                        break;
-                    }
-                }
-                if result.is_ok() {
-                    self.documents.insert(target.clone(), folded);
-                    for source in sources {
-                        self.documents.insert(source.clone(), None);
-                        self.touched.insert(source.clone());
-                    }
-                }
-                result
-            }
-        };
-        match result {
-            Ok(()) => {
-                self.touched.insert(target);
-                Outcome::Applied
-            }
-            Err(rejection) => Outcome::Rejected {
-                reason: rejection.reason,
-            },
         }
+        outcome
     }
 
     /// Commits the engine's changes and the documents they touched.

@@ -1,0 +1,197 @@
+//! `ordo dlq list|replay|skip` and `ordo parked list`.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ordo_core::{DeadLetter, Engine, ReplayOutcome};
+use ordo_runtime::{now_ms, Consumer};
+use ordo_store::Store;
+use serde_json::json;
+
+use crate::cli::{ListArgs, ReplayArgs, SkipArgs};
+use crate::settings::{engine_config, open_store};
+
+/// The checkpoint key operator verbs use: they deliver nothing, so they write none.
+const OPERATOR_SOURCE: &str = "ordo:operator";
+
+fn entry_json(entry: &DeadLetter) -> serde_json::Value {
+    json!({
+        "id": entry.id,
+        "stream": entry.stream.as_deref(),
+        "version": entry.version,
+        "event_id": entry.event_id.as_deref(),
+        "kind": entry.kind.name(),
+        "reason": entry.reason,
+        "partition": entry.position.map(|p| p.partition),
+        "offset": entry.position.map(|p| p.offset),
+        "body": entry.body,
+    })
+}
+
+pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let mut store = open_store(&args.store, false)?;
+    let entries = store.dead_letters()?;
+    if args.json {
+        for entry in &entries {
+            println!("{}", entry_json(entry));
+        }
+    } else if entries.is_empty() {
+        println!("the dead-letter queue is empty");
+    } else {
+        println!(
+            "{:>6}  {:<10}  {:<28}  {:>8}  reason",
+            "id", "kind", "stream", "version"
+        );
+        for entry in &entries {
+            println!(
+                "{:>6}  {:<10}  {:<28}  {:>8}  {}",
+                entry.id,
+                entry.kind.name(),
+                entry.stream.as_deref().unwrap_or("-"),
+                entry.version.map_or("-".to_string(), |v| v.to_string()),
+                entry.reason
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_rate(rate: &str) -> anyhow::Result<f64> {
+    let number = rate.strip_suffix("/s").unwrap_or(rate);
+    let per_second: f64 = number
+        .parse()
+        .with_context(|| format!("--rate `{rate}` is not N or N/s"))?;
+    if !(per_second > 0.0 && per_second.is_finite()) {
+        bail!("--rate must be positive");
+    }
+    Ok(per_second)
+}
+
+fn select(entries: Vec<DeadLetter>, ids: &[u64]) -> anyhow::Result<Vec<DeadLetter>> {
+    if ids.is_empty() {
+        return Ok(entries);
+    }
+    let mut selected = Vec::new();
+    for id in ids {
+        match entries.iter().find(|e| e.id == *id) {
+            Some(entry) => selected.push(entry.clone()),
+            None => bail!("no dead letter with id {id}"),
+        }
+    }
+    Ok(selected)
+}
+
+pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let per_second = parse_rate(&args.rate)?;
+    let mut store = open_store(&args.store, false)?;
+    store.acquire_lease("ordo dlq replay")?;
+    let config = engine_config(&args.engine, &store)?;
+    let entries = select(store.dead_letters()?, &args.ids)?;
+    let mut consumer = Consumer::open(store, OPERATOR_SOURCE, config)?;
+    let interval = Duration::from_secs_f64(1.0 / per_second);
+    let started = Instant::now();
+    let mut failures = 0;
+    for (index, entry) in entries.iter().enumerate() {
+        // Rate limit: entry i goes no earlier than i / rate seconds after the start.
+        let due = started + interval.mul_f64(index as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let result = consumer.replay(entry);
+        consumer.commit()?;
+        let (status, detail) = match &result {
+            Ok(ReplayOutcome::Requeued) => ("requeued", String::new()),
+            Ok(ReplayOutcome::AlreadyApplied) => {
+                ("already-applied", "version guard: a counted no-op".into())
+            }
+            Ok(ReplayOutcome::DeadLetteredAgain) => ("dead-lettered-again", "see dlq list".into()),
+            Err(reason) => {
+                failures += 1;
+                ("refused", reason.clone())
+            }
+        };
+        if args.json {
+            println!(
+                "{}",
+                json!({"id": entry.id, "stream": entry.stream.as_deref(), "version": entry.version, "result": status, "reason": detail})
+            );
+        } else {
+            println!(
+                "dead letter {}: {status}{}",
+                entry.id,
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({detail})")
+                }
+            );
+        }
+    }
+    eprintln!("ordo: counters now: {}", consumer.counters());
+    Ok(if failures > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn skip(args: SkipArgs) -> anyhow::Result<ExitCode> {
+    let mut store = open_store(&args.store, false)?;
+    store.acquire_lease("ordo dlq skip")?;
+    let config = engine_config(&args.engine, &store)?;
+    let entries = select(store.dead_letters()?, &args.ids)?;
+    let mut consumer = Consumer::open(store, OPERATOR_SOURCE, config)?;
+    let mut failures = 0;
+    for entry in &entries {
+        match consumer.skip(entry) {
+            Ok(()) => println!("dead letter {}: skipped", entry.id),
+            Err(reason) => {
+                failures += 1;
+                println!("dead letter {}: refused ({reason})", entry.id);
+            }
+        }
+        consumer.commit()?;
+    }
+    Ok(if failures > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn parked(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let mut store = open_store(&args.store, false)?;
+    let config = engine_config(
+        &crate::cli::EngineArgs {
+            gap_timeout_ms: None,
+            monotonic: Vec::new(),
+            dedupe_window: None,
+            stream_pending_max: None,
+        },
+        &store,
+    )?;
+    let engine = Engine::restore(config, store.snapshot(OPERATOR_SOURCE)?, now_ms());
+    let waiting = engine.waiting();
+    if args.json {
+        for event in &waiting {
+            println!(
+                "{}",
+                json!({"id": event.id.as_deref(), "stream": &*event.stream, "version": event.version, "reason": event.reason})
+            );
+        }
+    } else if waiting.is_empty() {
+        println!("nothing is waiting");
+    } else {
+        for event in &waiting {
+            println!(
+                "{} v{} ({}): {}",
+                event.stream,
+                event.version,
+                event.id.as_deref().unwrap_or("-"),
+                event.reason
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,80 @@
+//! `ordo run`: consume a source into a store.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ordo_runtime::{run_until_signal, Consumer, RunEnd, RunOptions, SourceUrl};
+use ordo_store::{FaultStage, Store};
+
+use crate::cli::RunArgs;
+use crate::settings::{engine_config, open_store, record_engine_config};
+
+/// Environment variable that makes commit number N fail half-way (tests only):
+/// `N:documents` or `N:checkpoints`.
+const FAULT_VARIABLE: &str = "ORDO_FAULT_COMMIT";
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let source_url = SourceUrl::parse(&args.source)?;
+    let mut store = open_store(&args.store, true)?;
+    store.acquire_lease("ordo run")?;
+    let config = engine_config(&args.engine, &store)?;
+    record_engine_config(&mut store, &config)?;
+    if let Ok(fault) = std::env::var(FAULT_VARIABLE) {
+        let (commit, stage) = fault
+            .split_once(':')
+            .with_context(|| format!("{FAULT_VARIABLE} must be N:documents or N:checkpoints"))?;
+        let stage = match stage {
+            "documents" => FaultStage::AfterDocuments,
+            "checkpoints" => FaultStage::AfterCheckpoints,
+            other => anyhow::bail!("{FAULT_VARIABLE}: unknown stage `{other}`"),
+        };
+        store.inject_fault(commit.parse().context("fault commit number")?, stage);
+    }
+    let source = ordo_runtime::source::open(&source_url)?;
+    let consumer = Consumer::open(store, &source_url.checkpoint_key(), config)?;
+    let mut options = RunOptions {
+        exit_when_idle: args.exit_when_idle,
+        progress: args.progress,
+        ..RunOptions::default()
+    };
+    if let Some(batch) = args.batch {
+        anyhow::ensure!(batch > 0, "--batch must be at least 1");
+        options.commit_events_max = batch;
+    }
+    if let Some(interval) = args.commit_interval_ms {
+        options.commit_interval_ms = interval;
+    }
+    let (report, mut consumer) = match run_until_signal(consumer, source, options) {
+        Ok(done) => done,
+        Err(error) => {
+            eprintln!("ordo: run failed, nothing of the failed batch was written: {error}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let dead_letters = consumer.store().dead_letters()?.len();
+    let counters = report.counters;
+    if args.json {
+        println!("{}", counters.to_json());
+    }
+    let how = match report.end {
+        RunEnd::Idle => "source drained, nothing can progress",
+        RunEnd::Finished => "source ended",
+        RunEnd::Stopped => "stopped by signal after committing the last batch",
+        RunEnd::Crashed => "crashed on purpose",
+    };
+    eprintln!(
+        "ordo: {how}; {} delivered in this run, {} commits; store counters: {counters}; {dead_letters} dead letters",
+        report.delivered, report.commits
+    );
+    if consumer.notices_suppressed() > 0 {
+        eprintln!(
+            "ordo: {} further notices not printed (see the counters)",
+            consumer.notices_suppressed()
+        );
+    }
+    Ok(if args.fail_on_dead_letters && dead_letters > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

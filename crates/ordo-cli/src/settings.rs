@@ -1,0 +1,86 @@
+//! Raw flags resolved into the engine's configuration, and the store URL into a store.
+
+use anyhow::{bail, Context};
+use ordo_core::{Config, VersionMode};
+use ordo_store::{OpenError, SqliteStore, StoreUrl};
+use serde_json::{json, Value};
+
+use crate::cli::EngineArgs;
+
+/// The key under which `run` records its engine settings in the store.
+const ENGINE_SETTINGS_KEY: &str = "engine";
+
+/// Opens the store a URL names. `create` for verbs that write a new store.
+pub fn open_store(url: &str, create: bool) -> anyhow::Result<SqliteStore> {
+    match StoreUrl::parse(url)? {
+        StoreUrl::Sqlite(path) => Ok(SqliteStore::open(&path, create)?),
+        StoreUrl::Postgres(_) => bail!(OpenError::Database(
+            "the PostgreSQL store is not in this build yet (use sqlite:PATH)".into()
+        )),
+    }
+}
+
+/// The engine configuration: flags first, then what the store recorded, then defaults.
+pub fn engine_config(args: &EngineArgs, store: &SqliteStore) -> anyhow::Result<Config> {
+    let recorded: Value = match store.setting(ENGINE_SETTINGS_KEY)? {
+        Some(text) => {
+            serde_json::from_str(&text).context("the store's recorded engine settings")?
+        }
+        None => Value::Null,
+    };
+    let mut config = Config::default();
+    let recorded_u64 = |key: &str| recorded.get(key).and_then(Value::as_u64);
+    config.gap_timeout_ms = args
+        .gap_timeout_ms
+        .or(recorded_u64("gap_timeout_ms"))
+        .unwrap_or(config.gap_timeout_ms);
+    if let Some(ids) = args
+        .dedupe_window
+        .or(recorded_u64("dedupe_window").map(|v| v as usize))
+    {
+        if ids == 0 {
+            bail!("--dedupe-window must be at least 1");
+        }
+        config.dedupe_window_ids = ids;
+    }
+    if let Some(max) = args
+        .stream_pending_max
+        .or(recorded_u64("stream_pending_max").map(|v| v as usize))
+    {
+        if max == 0 {
+            bail!("--stream-pending-max must be at least 1");
+        }
+        config.stream_pending_events_max = max;
+    }
+    let prefixes: Vec<String> = if args.monotonic.is_empty() {
+        recorded
+            .get("monotonic")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        args.monotonic.clone()
+    };
+    config.mode_rules = prefixes
+        .into_iter()
+        .map(|p| (p, VersionMode::Monotonic))
+        .collect();
+    Ok(config)
+}
+
+/// Records the engine configuration so that operator verbs restore the same engine.
+pub fn record_engine_config(store: &mut SqliteStore, config: &Config) -> anyhow::Result<()> {
+    let monotonic: Vec<&str> = config.mode_rules.iter().map(|(p, _)| p.as_str()).collect();
+    let settings = json!({
+        "gap_timeout_ms": config.gap_timeout_ms,
+        "dedupe_window": config.dedupe_window_ids,
+        "stream_pending_max": config.stream_pending_events_max,
+        "monotonic": monotonic,
+    });
+    store.set_setting(ENGINE_SETTINGS_KEY, &settings.to_string())?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The consumer: the engine, the document projection, a document cache and a store,
+//! tied together. The run loop and the operator verbs (`dlq replay`, `dlq skip`) all
+//! go through it, so there is one way state changes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ordo_core::{Config, Counters, DeadLetter, Engine, Notice, Outcome, SourcePosition, Work};
+use ordo_projection::{run_work, touched, Document, DocumentProjection};
+use ordo_store::{CommitBatch, CommitError, ReadError, Store};
+
+/// Most documents kept in memory between commits; beyond it, clean ones are dropped.
+pub const DOCUMENT_CACHE_MAX: usize = 200_000;
+
+/// Most notices printed per commit; the rest are counted (counters say it all anyway).
+pub const NOTICES_PRINTED_PER_COMMIT_MAX: usize = 20;
+
+/// Milliseconds since the Unix epoch: the runtime's clock, passed into the core.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why the consumer stopped working.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConsumeError {
+    /// The store could not be read.
+    Read(ReadError),
+    /// A commit failed; nothing of its batch was written.
+    Commit(CommitError),
+}
+
+impl std::fmt::Display for ConsumeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConsumeError::Read(e) => e.fmt(f),
+            ConsumeError::Commit(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConsumeError {}
+
+impl From<ReadError> for ConsumeError {
+    fn from(error: ReadError) -> Self {
+        ConsumeError::Read(error)
+    }
+}
+
+impl From<CommitError> for ConsumeError {
+    fn from(error: CommitError) -> Self {
+        ConsumeError::Commit(error)
+    }
+}
+
+#[derive(Default)]
+struct DocumentCache {
+    documents: HashMap<Arc<str>, Option<Document>>,
+    dirty: HashSet<Arc<str>>,
+}
+
+/// Engine + projection + cache + store for one source.
+pub struct Consumer<S: Store> {
+    /// The engine.
+    pub engine: Engine,
+    store: S,
+    source: String,
+    cache: DocumentCache,
+    uncommitted_events: u64,
+    notices_printed: usize,
+    notices_suppressed: u64,
+    /// Print notices to stderr.
+    pub verbose: bool,
+}
+
+impl<S: Store> Consumer<S> {
+    /// Resumes from what the store holds for `source`.
+    pub fn open(mut store: S, source: &str, config: Config) -> Result<Self, ConsumeError> {
+        let snapshot = store.snapshot(source)?;
+        Ok(Consumer {
+            engine: Engine::restore(config, snapshot, now_ms()),
+            store,
+            source: source.into(),
+            cache: DocumentCache::default(),
+            uncommitted_events: 0,
+            notices_printed: 0,
+            notices_suppressed: 0,
+            verbose: true,
+        })
+    }
+
+    /// The store.
+    pub fn store(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Hands one delivery (raw bytes) to the engine.
+    pub fn deliver(&mut self, position: SourcePosition, bytes: &[u8]) {
+        self.engine.handle_bytes(now_ms(), Some(position), bytes);
+        self.uncommitted_events += 1;
+    }
+
+    /// Deliveries since the last commit.
+    pub fn uncommitted_events(&self) -> u64 {
+        self.uncommitted_events
+    }
+
+    /// Applies everything the engine has ready.
+    pub fn apply_ready(&mut self) -> Result<u64, ConsumeError> {
+        let mut applied = 0;
+        while let Some(work) = self.engine.poll_work(now_ms()) {
+            let outcome = self.apply(&work)?;
+            self.engine.handle_outcome(now_ms(), work, outcome);
+            applied += 1;
+        }
+        self.engine.handle_timeout(now_ms());
+        self.print_notices();
+        Ok(applied)
+    }
+
+    fn apply(&mut self, work: &Work) -> Result<Outcome, ConsumeError> {
+        let streams = touched(work);
+        let missing: Vec<Arc<str>> = streams
+            .iter()
+            .filter(|s| !self.cache.documents.contains_key(**s))
+            .map(|s| Arc::from(*s))
+            .collect();
+        if !missing.is_empty() {
+            let loaded = self.store.documents(&missing)?;
+            for (stream, document) in missing.into_iter().zip(loaded) {
+                self.cache.documents.insert(stream, document);
+            }
+        }
+        let outcome = run_work(&DocumentProjection, work, &mut self.cache.documents);
+        if outcome == Outcome::Applied {
+            for stream in streams {
+                if !self.cache.dirty.contains(stream) {
+                    self.cache.dirty.insert(Arc::from(stream));
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Writes everything since the last commit in one transaction.
+    pub fn commit(&mut self) -> Result<(), ConsumeError> {
+        let changes = self.engine.take_changes();
+        let documents: Vec<(Arc<str>, Option<Document>)> = self
+            .cache
+            .dirty
+            .drain()
+            .map(|stream| {
+                let document = self.cache.documents.get(&stream).cloned().flatten();
+                (stream, document)
+            })
+            .collect();
+        self.store
+            .commit(&self.source, CommitBatch { changes, documents })?;
+        self.uncommitted_events = 0;
+        self.notices_printed = 0;
+        if self.cache.documents.len() > DOCUMENT_CACHE_MAX {
+            self.cache.documents.clear();
+        }
+        Ok(())
+    }
+
+    /// Replays one dead letter and applies what it unblocks (commit separately).
+    pub fn replay(&mut self, entry: &DeadLetter) -> Result<ordo_core::ReplayOutcome, String> {
+        let outcome = self
+            .engine
+            .replay_dead_letter(now_ms(), entry)
+            .map_err(|e| e.to_string())?;
+        self.apply_ready().map_err(|e| e.to_string())?;
+        Ok(outcome)
+    }
+
+    /// Skips one dead letter and applies what it unblocks (commit separately).
+    pub fn skip(&mut self, entry: &DeadLetter) -> Result<(), String> {
+        self.engine
+            .skip_dead_letter(now_ms(), entry)
+            .map_err(|e| e.to_string())?;
+        self.apply_ready().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The counters now.
+    pub fn counters(&self) -> Counters {
+        self.engine.counters()
+    }
+
+    fn print_notices(&mut self) {
+        while let Some(notice) = self.engine.poll_notice() {
+            if !self.verbose {
+                continue;
+            }
+            if self.notices_printed >= NOTICES_PRINTED_PER_COMMIT_MAX {
+                self.notices_suppressed += 1;
+                continue;
+            }
+            self.notices_printed += 1;
+            match notice {
+                Notice::Stalled {
+                    stream,
+                    missing,
+                    waiting,
+                } => eprintln!(
+                    "ordo: stalled: `{stream}` is missing version {missing} (version {waiting} waits); skip it with an operator action once it is known lost"
+                ),
+                Notice::DeadLettered { id, stream, reason } => eprintln!(
+                    "ordo: dead letter {id}{}: {reason}",
+                    stream.map(|s| format!(" (stream `{s}`)")).unwrap_or_default()
+                ),
+                Notice::LateAfterMerge {
+                    stream,
+                    version,
+                    target,
+                } => eprintln!(
+                    "ordo: late after merge: `{stream}` version {version} applied to `{target}`"
+                ),
+            }
+        }
+    }
+
+    /// Notices not printed because of the per-commit limit.
+    pub fn notices_suppressed(&self) -> u64 {
+        self.notices_suppressed
+    }
+}

@@ -1,0 +1,10 @@
+//! ordo's runtime: a source feeding the core, the document projection applying what the
+//! core releases, and a store committing each batch in one transaction.
+
+pub mod consumer;
+pub mod run;
+pub mod source;
+
+pub use consumer::{now_ms, ConsumeError, Consumer};
+pub use run::{run, run_until_signal, RunEnd, RunError, RunOptions, RunReport};
+pub use source::{FileSource, LogSource, Polled, Source, SourceError, SourceUrl};

@@ -1,0 +1,248 @@
+//! Sources: where deliveries come from. `file:PATH` (a JSONL file read once) and
+//! `log:PATH` (the embedded event log, caught up from the stored position, then
+//! followed live).
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use ordo_core::SourcePosition;
+use ordo_log::{EventLog, LogError};
+
+/// A parsed source URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceUrl {
+    /// `file:PATH`.
+    File(String),
+    /// `log:PATH`.
+    Log(String),
+    /// `kafka://HOST:PORT/TOPIC?group=G`.
+    Kafka(String),
+}
+
+impl SourceUrl {
+    /// Parses a source URL.
+    pub fn parse(url: &str) -> Result<Self, SourceError> {
+        if let Some(path) = url.strip_prefix("file:") {
+            return non_empty(path, url).map(SourceUrl::File);
+        }
+        if let Some(path) = url.strip_prefix("log:") {
+            return non_empty(path, url).map(SourceUrl::Log);
+        }
+        if url.starts_with("kafka://") {
+            return Ok(SourceUrl::Kafka(url.into()));
+        }
+        Err(SourceError::BadUrl(url.into()))
+    }
+
+    /// The key under which this source's checkpoints are stored.
+    pub fn checkpoint_key(&self) -> String {
+        match self {
+            SourceUrl::File(path) => format!("file:{path}"),
+            SourceUrl::Log(path) => format!("log:{path}"),
+            SourceUrl::Kafka(url) => url.clone(),
+        }
+    }
+}
+
+fn non_empty(path: &str, url: &str) -> Result<String, SourceError> {
+    if path.is_empty() {
+        Err(SourceError::BadUrl(url.into()))
+    } else {
+        Ok(path.into())
+    }
+}
+
+/// Why a source failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// Not a source URL ordo understands.
+    BadUrl(String),
+    /// The file cannot be read.
+    File {
+        /// The path.
+        path: String,
+        /// What the system said.
+        detail: String,
+    },
+    /// The event log failed.
+    Log(LogError),
+    /// This build has no such source.
+    Unsupported(String),
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceError::BadUrl(url) => write!(
+                f,
+                "unsupported source URL `{url}` (expected file:PATH, log:PATH or kafka://HOST:PORT/TOPIC?group=G)"
+            ),
+            SourceError::File { path, detail } => write!(f, "cannot read `{path}`: {detail}"),
+            SourceError::Log(error) => error.fmt(f),
+            SourceError::Unsupported(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+impl From<LogError> for SourceError {
+    fn from(error: LogError) -> Self {
+        SourceError::Log(error)
+    }
+}
+
+/// What one poll of a source gave.
+#[derive(Debug)]
+pub enum Polled {
+    /// Deliveries, in order.
+    Events(Vec<(SourcePosition, Vec<u8>)>),
+    /// Nothing arrived within the wait; the source is caught up for now.
+    Idle,
+    /// The source has ended and will never deliver again.
+    Finished,
+}
+
+/// A source of deliveries.
+pub trait Source: Send {
+    /// Skips what the stored checkpoints say was settled.
+    fn resume(&mut self, checkpoints: &[(u32, u64)]);
+
+    /// Up to `max` deliveries, waiting up to `wait` when none is there yet.
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError>;
+}
+
+/// `file:PATH`: each line is one delivery, its offset the line's index (from 0).
+pub struct FileSource {
+    reader: BufReader<File>,
+    path: String,
+    next_offset: u64,
+    resume_after: Option<u64>,
+}
+
+impl FileSource {
+    /// Opens the file.
+    pub fn open(path: &str) -> Result<Self, SourceError> {
+        let file = File::open(path).map_err(|e| SourceError::File {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+        Ok(FileSource {
+            reader: BufReader::with_capacity(1 << 20, file),
+            path: path.into(),
+            next_offset: 0,
+            resume_after: None,
+        })
+    }
+}
+
+impl Source for FileSource {
+    fn resume(&mut self, checkpoints: &[(u32, u64)]) {
+        self.resume_after = checkpoints.iter().find(|(p, _)| *p == 0).map(|(_, o)| *o);
+    }
+
+    fn poll(&mut self, max: usize, _wait: Duration) -> Result<Polled, SourceError> {
+        let mut events = Vec::new();
+        while events.len() < max {
+            let mut line = Vec::new();
+            let read = self
+                .reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| SourceError::File {
+                    path: self.path.clone(),
+                    detail: e.to_string(),
+                })?;
+            if read == 0 {
+                break;
+            }
+            let offset = self.next_offset;
+            self.next_offset += 1;
+            if self.resume_after.is_some_and(|after| offset <= after) {
+                continue;
+            }
+            while matches!(line.last(), Some(b'\n' | b'\r')) {
+                line.pop();
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                // Blank lines are not events; they still take an offset so that resuming
+                // counts lines the same way every time.
+                continue;
+            }
+            events.push((
+                SourcePosition {
+                    partition: 0,
+                    offset,
+                },
+                line,
+            ));
+        }
+        Ok(if events.is_empty() {
+            Polled::Finished
+        } else {
+            Polled::Events(events)
+        })
+    }
+}
+
+/// `log:PATH`: the embedded event log; offsets are log positions.
+pub struct LogSource {
+    log: EventLog,
+    after: u64,
+}
+
+impl LogSource {
+    /// Opens the log (it must exist).
+    pub fn open(path: &str) -> Result<Self, SourceError> {
+        Ok(LogSource {
+            log: EventLog::open(path, false)?,
+            after: 0,
+        })
+    }
+}
+
+impl Source for LogSource {
+    fn resume(&mut self, checkpoints: &[(u32, u64)]) {
+        self.after = checkpoints
+            .iter()
+            .find(|(p, _)| *p == 0)
+            .map_or(0, |(_, o)| *o);
+    }
+
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {
+        let mut rows = self.log.read(self.after, max)?;
+        if rows.is_empty() && !wait.is_zero() && self.log.wait_for_append(self.after, wait)? {
+            rows = self.log.read(self.after, max)?;
+        }
+        if rows.is_empty() {
+            return Ok(Polled::Idle);
+        }
+        self.after = rows.last().map_or(self.after, |(p, _)| *p);
+        Ok(Polled::Events(
+            rows.into_iter()
+                .map(|(offset, body)| {
+                    (
+                        SourcePosition {
+                            partition: 0,
+                            offset,
+                        },
+                        body.into_bytes(),
+                    )
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// Opens the source a URL names.
+pub fn open(url: &SourceUrl) -> Result<Box<dyn Source>, SourceError> {
+    match url {
+        SourceUrl::File(path) => Ok(Box::new(FileSource::open(path)?)),
+        SourceUrl::Log(path) => Ok(Box::new(LogSource::open(path)?)),
+        SourceUrl::Kafka(_) => Err(SourceError::Unsupported(
+            "the Kafka source is not in this build yet".into(),
+        )),
+    }
+}

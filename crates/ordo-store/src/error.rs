@@ -1,0 +1,118 @@
+//! One error type per store operation.
+
+use std::fmt;
+
+/// Why a store could not be opened.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The URL is not one ordo understands.
+    BadUrl(String),
+    /// The store does not exist and this operation does not create one.
+    Missing(String),
+    /// The file or its directory cannot be created or written.
+    NotWritable {
+        /// The path.
+        path: String,
+        /// What the system said.
+        detail: String,
+    },
+    /// The store was written by a newer ordo; opening it could corrupt it.
+    NewerSchema {
+        /// The schema version found.
+        found: i64,
+        /// The newest version this build understands.
+        supported: i64,
+    },
+    /// Another process holds the store for writing.
+    LeaseHeld {
+        /// What holds it.
+        holder: String,
+        /// Its process id.
+        pid: u32,
+    },
+    /// Any other database error.
+    Database(String),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::BadUrl(url) => write!(
+                f,
+                "unsupported store URL `{url}` (expected sqlite:PATH or postgres://...)"
+            ),
+            OpenError::Missing(path) => write!(f, "store `{path}` does not exist"),
+            OpenError::NotWritable { path, detail } => {
+                write!(f, "store `{path}` cannot be opened for writing: {detail}")
+            }
+            OpenError::NewerSchema { found, supported } => write!(
+                f,
+                "store schema version {found} is newer than this ordo supports ({supported}); upgrade ordo"
+            ),
+            OpenError::LeaseHeld { holder, pid } => write!(
+                f,
+                "store is in use by `{holder}` (pid {pid}); stop it first"
+            ),
+            OpenError::Database(detail) => write!(f, "store error: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Why a read failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The database failed.
+    Database(String),
+    /// A stored value does not decode (a bug or a damaged store).
+    Corrupt(String),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Database(detail) => write!(f, "store read failed: {detail}"),
+            ReadError::Corrupt(detail) => write!(f, "store holds an undecodable value: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+impl From<rusqlite::Error> for ReadError {
+    fn from(error: rusqlite::Error) -> Self {
+        ReadError::Database(error.to_string())
+    }
+}
+
+/// Why a commit failed. Nothing of the batch was written.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// The database stayed busy through every retry.
+    Busy {
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// A fault injected for testing stopped the commit half-way (rolled back).
+    Injected(String),
+    /// Any other database error.
+    Database(String),
+}
+
+impl fmt::Display for CommitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommitError::Busy { attempts } => {
+                write!(f, "store stayed busy through {attempts} commit attempts")
+            }
+            CommitError::Injected(what) => write!(f, "injected fault: {what}"),
+            CommitError::Database(detail) => write!(f, "commit failed: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for CommitError {}

@@ -1,0 +1,860 @@
+//! The embedded default store: one SQLite file (WAL, synchronous=NORMAL).
+//!
+//! Every batch is one `BEGIN IMMEDIATE` transaction holding the documents, the stream
+//! versions and aliases, the waiting events, the dead letters, the dedupe window (one
+//! blob row per batch, not one row per event) and the source checkpoints.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ordo_core::{
+    parse_event, Counters, DeadLetter, DeadLetterKind, OpPolicy, PendingRecord, PendingState,
+    Snapshot, SourcePosition, StreamRecord,
+};
+use ordo_projection::Document;
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde_json::Value;
+
+use crate::error::{CommitError, OpenError, ReadError};
+use crate::{CommitBatch, ExportRow, Lease, Store};
+
+/// The schema this build writes. A store with a higher version is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long SQLite itself waits on a lock before answering busy.
+pub const BUSY_TIMEOUT_MS: u64 = 2_000;
+
+/// Most attempts at one commit while the database answers busy.
+pub const COMMIT_ATTEMPTS_MAX: u32 = 5;
+
+/// A lease whose holder has not written for this long is considered abandoned.
+pub const LEASE_EXPIRY_MS: u64 = 15_000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    stream TEXT PRIMARY KEY, doc TEXT, deleted INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS streams (
+    stream TEXT PRIMARY KEY, applied INTEGER NOT NULL, alias_target TEXT, alias_cut INTEGER);
+CREATE TABLE IF NOT EXISTS pending (
+    stream TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, event TEXT,
+    PRIMARY KEY (stream, version));
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, stream TEXT, version INTEGER, event_id TEXT,
+    body TEXT NOT NULL, reason TEXT NOT NULL, partition INTEGER, offset INTEGER,
+    at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dedupe_blocks (
+    first_sequence INTEGER PRIMARY KEY, last_sequence INTEGER NOT NULL, hashes BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    source TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+    PRIMARY KEY (source, partition));
+CREATE TABLE IF NOT EXISTS lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, pid INTEGER NOT NULL,
+    heartbeat_ms INTEGER NOT NULL);
+";
+
+/// Where an injected commit fault strikes (for crash-consistency tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultStage {
+    /// After the documents are written, before the positions: "state written, position
+    /// not recorded" if the transaction were not atomic.
+    AfterDocuments,
+    /// After the positions are written (written first), before the documents: "position
+    /// recorded, state not written".
+    AfterCheckpoints,
+}
+
+/// A SQLite-backed [`Store`].
+pub struct SqliteStore {
+    connection: Connection,
+    path: String,
+    fault: Option<(u64, FaultStage)>,
+    commits: u64,
+    leased: bool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn database(error: rusqlite::Error) -> OpenError {
+    OpenError::Database(error.to_string())
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked)
+    )
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, creating it (and its schema) when `create` is set.
+    pub fn open(path: &str, create: bool) -> Result<Self, OpenError> {
+        let file = Path::new(path);
+        if !create && !file.exists() {
+            return Err(OpenError::Missing(path.into()));
+        }
+        if create && !file.exists() {
+            let parent = file.parent().filter(|p| !p.as_os_str().is_empty());
+            if let Some(parent) = parent {
+                if !parent.is_dir() {
+                    return Err(OpenError::NotWritable {
+                        path: path.into(),
+                        detail: format!("directory `{}` does not exist", parent.display()),
+                    });
+                }
+            }
+        }
+        let flags = if create {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        };
+        let connection =
+            Connection::open_with_flags(file, flags).map_err(|e| OpenError::NotWritable {
+                path: path.into(),
+                detail: e.to_string(),
+            })?;
+        connection
+            .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+            .map_err(database)?;
+        // WAL lets readers (export, dlq list) run beside the consumer; NORMAL syncs at
+        // checkpoints, which in WAL mode loses no committed transaction on a process
+        // crash (only on power loss, the last ones).
+        let mode: String = connection
+            .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+            .map_err(|e| OpenError::NotWritable {
+                path: path.into(),
+                detail: e.to_string(),
+            })?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(OpenError::Database(format!(
+                "could not enable WAL (got {mode})"
+            )));
+        }
+        connection
+            .execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;")
+            .map_err(database)?;
+        let mut store = SqliteStore {
+            connection,
+            path: path.into(),
+            fault: None,
+            commits: 0,
+            leased: false,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), OpenError> {
+        let found: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .or_else(|e| match e {
+                // A fresh file has no meta table yet.
+                rusqlite::Error::SqliteFailure(_, Some(ref message))
+                    if message.contains("no such table") =>
+                {
+                    Ok(None)
+                }
+                other => Err(other),
+            })
+            .map_err(database)?;
+        if let Some(found) = found {
+            let found: i64 = found
+                .parse()
+                .map_err(|_| OpenError::Database(format!("bad schema_version `{found}`")))?;
+            if found > SCHEMA_VERSION {
+                return Err(OpenError::NewerSchema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+        }
+        let transaction = self.connection.transaction().map_err(database)?;
+        transaction.execute_batch(SCHEMA).map_err(database)?;
+        transaction
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![SCHEMA_VERSION.to_string()],
+            )
+            .map_err(database)?;
+        transaction.commit().map_err(database)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Makes commit number `commit` (1-based) fail at `stage`, rolled back (tests only).
+    pub fn inject_fault(&mut self, commit: u64, stage: FaultStage) {
+        self.fault = Some((commit, stage));
+    }
+
+    /// Takes the store for writing; refused while another live holder has it.
+    pub fn acquire_lease(&mut self, holder: &str) -> Result<(), OpenError> {
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(database)?;
+        let current: Option<Lease> = transaction
+            .query_row(
+                "SELECT holder, pid, heartbeat_ms FROM lease WHERE id = 1",
+                [],
+                |row| {
+                    Ok(Lease {
+                        holder: row.get(0)?,
+                        pid: row.get::<_, i64>(1)? as u32,
+                        heartbeat_ms: row.get::<_, i64>(2)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(database)?;
+        if let Some(lease) = current {
+            let fresh = now_ms().saturating_sub(lease.heartbeat_ms) < LEASE_EXPIRY_MS;
+            let alive = Path::new(&format!("/proc/{}", lease.pid)).exists();
+            if fresh && alive && lease.pid != std::process::id() {
+                return Err(OpenError::LeaseHeld {
+                    holder: lease.holder,
+                    pid: lease.pid,
+                });
+            }
+        }
+        transaction
+            .execute(
+                "INSERT INTO lease (id, holder, pid, heartbeat_ms) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, pid = excluded.pid,
+                 heartbeat_ms = excluded.heartbeat_ms",
+                params![holder, std::process::id() as i64, now_ms() as i64],
+            )
+            .map_err(database)?;
+        transaction.commit().map_err(database)?;
+        self.leased = true;
+        Ok(())
+    }
+
+    /// Gives the store back.
+    pub fn release_lease(&mut self) {
+        if self.leased {
+            let _ = self.connection.execute(
+                "DELETE FROM lease WHERE id = 1 AND pid = ?1",
+                params![std::process::id() as i64],
+            );
+            self.leased = false;
+        }
+    }
+
+    /// How many events wait in the store.
+    pub fn pending_count(&mut self) -> Result<u64, ReadError> {
+        Ok(self
+            .connection
+            .query_row("SELECT COUNT(*) FROM pending", [], |row| {
+                row.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    /// Writes a free-form setting (the run's engine configuration, for operator verbs).
+    pub fn set_setting(&mut self, key: &str, value: &str) -> Result<(), ReadError> {
+        self.connection.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![format!("setting:{key}"), value],
+        )?;
+        Ok(())
+    }
+
+    /// Reads a setting written by [`Self::set_setting`].
+    pub fn setting(&self, key: &str) -> Result<Option<String>, ReadError> {
+        self.meta(&format!("setting:{key}"))
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, ReadError> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                params![key],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn write(&mut self, source: &str, batch: &CommitBatch) -> Result<(), WriteFailure> {
+        let commit_number = self.commits + 1;
+        let fault = self
+            .fault
+            .filter(|(n, _)| *n == commit_number)
+            .map(|(_, stage)| stage);
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changes = &batch.changes;
+        let write_checkpoints =
+            |transaction: &rusqlite::Transaction| -> Result<(), rusqlite::Error> {
+                let mut statement = transaction.prepare_cached(
+                    "INSERT INTO checkpoints (source, partition, offset) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (source, partition) DO UPDATE SET offset = excluded.offset",
+                )?;
+                for (partition, offset) in &changes.checkpoints {
+                    statement.execute(params![source, *partition as i64, *offset as i64])?;
+                }
+                Ok(())
+            };
+        if fault == Some(FaultStage::AfterCheckpoints) {
+            write_checkpoints(&transaction)?;
+            return Err(injected("after checkpoints, before documents"));
+        }
+        {
+            let mut statement = transaction.prepare_cached(
+                "INSERT INTO documents (stream, doc, deleted) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (stream) DO UPDATE SET doc = excluded.doc, deleted = excluded.deleted",
+            )?;
+            for (stream, document) in &batch.documents {
+                let (doc, deleted) = match document {
+                    Some(Document::Live(value)) => (Some(value.to_string()), 0),
+                    Some(Document::Deleted) => (None, 1),
+                    None => (None, 0),
+                };
+                statement.execute(params![&**stream, doc, deleted])?;
+            }
+        }
+        if fault == Some(FaultStage::AfterDocuments) {
+            return Err(injected("after documents, before checkpoints"));
+        }
+        {
+            let mut statement = transaction.prepare_cached(
+                "INSERT INTO streams (stream, applied, alias_target, alias_cut) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (stream) DO UPDATE SET applied = excluded.applied,
+                 alias_target = excluded.alias_target, alias_cut = excluded.alias_cut",
+            )?;
+            for record in &changes.streams {
+                let (target, cut) = match &record.alias {
+                    Some((target, cut)) => (Some(&**target), Some(*cut as i64)),
+                    None => (None, None),
+                };
+                statement.execute(params![&*record.stream, record.applied as i64, target, cut])?;
+            }
+        }
+        {
+            let mut delete = transaction
+                .prepare_cached("DELETE FROM pending WHERE stream = ?1 AND version = ?2")?;
+            for (stream, version) in &changes.pending_delete {
+                delete.execute(params![&**stream, *version as i64])?;
+            }
+            let mut put = transaction.prepare_cached(
+                "INSERT INTO pending (stream, version, state, event) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state, event = excluded.event",
+            )?;
+            for record in &changes.pending_put {
+                let state = match record.state {
+                    PendingState::Buffered => "buffered",
+                    PendingState::Parked => "parked",
+                    PendingState::Skipped => "skipped",
+                };
+                let event = record.event.as_ref().map(|e| e.to_json_string());
+                put.execute(params![
+                    &*record.stream,
+                    record.version as i64,
+                    state,
+                    event
+                ])?;
+            }
+        }
+        {
+            let mut delete =
+                transaction.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
+            for id in &changes.dead_letters_delete {
+                delete.execute(params![*id as i64])?;
+            }
+            let mut put = transaction.prepare_cached(
+                "INSERT OR REPLACE INTO dead_letters
+                 (id, kind, stream, version, event_id, body, reason, partition, offset, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for entry in &changes.dead_letters_put {
+                put.execute(params![
+                    entry.id as i64,
+                    entry.kind.name(),
+                    entry.stream.as_deref(),
+                    entry.version.map(|v| v as i64),
+                    entry.event_id.as_deref(),
+                    entry.body,
+                    entry.reason,
+                    entry.position.map(|p| p.partition as i64),
+                    entry.position.map(|p| p.offset as i64),
+                    entry.at_ms as i64,
+                ])?;
+            }
+        }
+        if let (Some(first), Some(last)) = (changes.dedupe_put.first(), changes.dedupe_put.last()) {
+            // Sequences in one change set are consecutive; keep the block contiguous.
+            let mut hashes = Vec::with_capacity(changes.dedupe_put.len() * 8);
+            for (_, hash) in &changes.dedupe_put {
+                hashes.extend_from_slice(&hash.to_le_bytes());
+            }
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO dedupe_blocks (first_sequence, last_sequence, hashes) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![first.0 as i64, last.0 as i64, hashes])?;
+        }
+        transaction
+            .prepare_cached("DELETE FROM dedupe_blocks WHERE last_sequence < ?1")?
+            .execute(params![changes.dedupe_floor as i64])?;
+        write_checkpoints(&transaction)?;
+        {
+            let mut meta = transaction.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?;
+            meta.execute(params!["counters", changes.counters.to_json().to_string()])?;
+            meta.execute(params![
+                "next_dead_letter_id",
+                changes.next_dead_letter_id.to_string()
+            ])?;
+            meta.execute(params!["dedupe_floor", changes.dedupe_floor.to_string()])?;
+        }
+        if self.leased {
+            transaction
+                .prepare_cached("UPDATE lease SET heartbeat_ms = ?1 WHERE id = 1")?
+                .execute(params![now_ms() as i64])?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+}
+
+/// Why one commit attempt failed.
+enum WriteFailure {
+    Database(rusqlite::Error),
+    Injected(String),
+}
+
+impl From<rusqlite::Error> for WriteFailure {
+    fn from(error: rusqlite::Error) -> Self {
+        WriteFailure::Database(error)
+    }
+}
+
+fn injected(what: &str) -> WriteFailure {
+    WriteFailure::Injected(format!("ordo injected fault: {what}"))
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.release_lease();
+    }
+}
+
+fn corrupt(what: impl Into<String>) -> ReadError {
+    ReadError::Corrupt(what.into())
+}
+
+impl Store for SqliteStore {
+    fn snapshot(&mut self, source: &str) -> Result<Snapshot, ReadError> {
+        let mut snapshot = Snapshot::default();
+        {
+            let mut statement = self
+                .connection
+                .prepare("SELECT stream, applied, alias_target, alias_cut FROM streams")?;
+            let rows = statement.query_map([], |row| {
+                let stream: String = row.get(0)?;
+                let applied: i64 = row.get(1)?;
+                let target: Option<String> = row.get(2)?;
+                let cut: Option<i64> = row.get(3)?;
+                Ok(StreamRecord {
+                    stream: Arc::from(stream),
+                    applied: applied as u64,
+                    alias: target.zip(cut).map(|(t, c)| (Arc::from(t), c as u64)),
+                })
+            })?;
+            for row in rows {
+                snapshot.streams.push(row?);
+            }
+        }
+        {
+            let mut statement = self.connection.prepare(
+                "SELECT stream, version, state, event FROM pending ORDER BY stream, version",
+            )?;
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                let stream: String = row.get(0)?;
+                let version: i64 = row.get(1)?;
+                let state: String = row.get(2)?;
+                let event: Option<String> = row.get(3)?;
+                let state = match state.as_str() {
+                    "buffered" => PendingState::Buffered,
+                    "parked" => PendingState::Parked,
+                    "skipped" => PendingState::Skipped,
+                    other => return Err(corrupt(format!("pending state `{other}`"))),
+                };
+                let event = match event {
+                    Some(text) => Some(
+                        parse_event(text.as_bytes(), OpPolicy::Custom)
+                            .map_err(|e| corrupt(format!("pending event of `{stream}`: {e}")))?,
+                    ),
+                    None => None,
+                };
+                snapshot.pending.push(PendingRecord {
+                    stream: stream.into(),
+                    version: version as u64,
+                    state,
+                    event,
+                });
+            }
+        }
+        {
+            let mut statement = self.connection.prepare(
+                "SELECT stream, version, id FROM dead_letters
+                 WHERE kind = 'sequenced' AND stream IS NOT NULL AND version IS NOT NULL",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?.into_boxed_str(),
+                    row.get::<_, i64>(1)? as u64,
+                    row.get::<_, i64>(2)? as u64,
+                ))
+            })?;
+            for row in rows {
+                snapshot.blocking_dead_letters.push(row?);
+            }
+        }
+        let floor: u64 = self
+            .meta("dedupe_floor")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        {
+            let mut statement = self.connection.prepare(
+                "SELECT first_sequence, hashes FROM dedupe_blocks ORDER BY first_sequence",
+            )?;
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                let first: i64 = row.get(0)?;
+                let hashes: Vec<u8> = row.get(1)?;
+                if !hashes.len().is_multiple_of(8) {
+                    return Err(corrupt("dedupe block length"));
+                }
+                for (index, chunk) in hashes.chunks_exact(8).enumerate() {
+                    let sequence = first as u64 + index as u64;
+                    if sequence >= floor {
+                        let hash = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+                        snapshot.dedupe.push((sequence, hash));
+                    }
+                }
+            }
+        }
+        {
+            let mut statement = self
+                .connection
+                .prepare("SELECT partition, offset FROM checkpoints WHERE source = ?1")?;
+            let rows = statement.query_map(params![source], |row| {
+                Ok((row.get::<_, i64>(0)? as u32, row.get::<_, i64>(1)? as u64))
+            })?;
+            for row in rows {
+                snapshot.checkpoints.push(row?);
+            }
+        }
+        snapshot.counters = self.counters()?;
+        snapshot.next_dead_letter_id = self
+            .meta("next_dead_letter_id")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        Ok(snapshot)
+    }
+
+    fn documents(&mut self, streams: &[Arc<str>]) -> Result<Vec<Option<Document>>, ReadError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT doc, deleted FROM documents WHERE stream = ?1")?;
+        let mut documents = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let row: Option<(Option<String>, i64)> = statement
+                .query_row(params![&**stream], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            documents.push(match row {
+                None | Some((None, 0)) => None,
+                Some((None, _)) => Some(Document::Deleted),
+                Some((Some(text), _)) => Some(Document::Live(
+                    serde_json::from_str(&text)
+                        .map_err(|e| corrupt(format!("document of `{stream}`: {e}")))?,
+                )),
+            });
+        }
+        Ok(documents)
+    }
+
+    fn commit(&mut self, source: &str, batch: CommitBatch) -> Result<(), CommitError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.write(source, &batch) {
+                Ok(()) => {
+                    self.commits += 1;
+                    return Ok(());
+                }
+                Err(WriteFailure::Injected(message)) => {
+                    self.commits += 1;
+                    self.fault = None;
+                    return Err(CommitError::Injected(message));
+                }
+                Err(WriteFailure::Database(error)) if is_busy(&error) => {
+                    if attempts >= COMMIT_ATTEMPTS_MAX {
+                        return Err(CommitError::Busy { attempts });
+                    }
+                    std::thread::sleep(Duration::from_millis(50 * u64::from(attempts)));
+                }
+                Err(WriteFailure::Database(error)) => {
+                    return Err(CommitError::Database(error.to_string()))
+                }
+            }
+        }
+    }
+
+    fn dead_letters(&mut self) -> Result<Vec<DeadLetter>, ReadError> {
+        let mut statement = self.connection.prepare(
+            "SELECT id, kind, stream, version, event_id, body, reason, partition, offset, at_ms
+             FROM dead_letters ORDER BY id",
+        )?;
+        let mut rows = statement.query([])?;
+        let mut entries = Vec::new();
+        while let Some(row) = rows.next()? {
+            let kind: String = row.get(1)?;
+            let partition: Option<i64> = row.get(7)?;
+            let offset: Option<i64> = row.get(8)?;
+            entries.push(DeadLetter {
+                id: row.get::<_, i64>(0)? as u64,
+                kind: DeadLetterKind::from_name(&kind)
+                    .ok_or_else(|| corrupt(format!("dead letter kind `{kind}`")))?,
+                stream: row.get::<_, Option<String>>(2)?.map(String::into_boxed_str),
+                version: row.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                event_id: row.get::<_, Option<String>>(4)?.map(String::into_boxed_str),
+                body: row.get(5)?,
+                reason: row.get(6)?,
+                position: partition.zip(offset).map(|(p, o)| SourcePosition {
+                    partition: p as u32,
+                    offset: o as u64,
+                }),
+                at_ms: row.get::<_, i64>(9)? as u64,
+            });
+        }
+        Ok(entries)
+    }
+
+    fn export(&mut self) -> Result<Vec<ExportRow>, ReadError> {
+        let mut aliases: HashMap<String, String> = HashMap::new();
+        let mut rows: Vec<(String, u64, Option<String>, bool)> = Vec::new();
+        {
+            let mut statement = self.connection.prepare(
+                "SELECT s.stream, s.applied, s.alias_target, d.doc, COALESCE(d.deleted, 0)
+                 FROM streams s LEFT JOIN documents d ON d.stream = s.stream
+                 WHERE s.applied > 0 OR s.alias_target IS NOT NULL
+                 ORDER BY s.stream",
+            )?;
+            let mut query = statement.query([])?;
+            while let Some(row) = query.next()? {
+                let stream: String = row.get(0)?;
+                if let Some(target) = row.get::<_, Option<String>>(2)? {
+                    aliases.insert(stream.clone(), target);
+                }
+                rows.push((
+                    stream,
+                    row.get::<_, i64>(1)? as u64,
+                    row.get(3)?,
+                    row.get::<_, i64>(4)? != 0,
+                ));
+            }
+        }
+        let resolve = |stream: &str| {
+            let mut current = stream;
+            for _ in 0..=aliases.len() {
+                match aliases.get(current) {
+                    Some(next) => current = next,
+                    None => break,
+                }
+            }
+            current.to_string()
+        };
+        rows.into_iter()
+            .map(|(stream, version, doc, deleted)| {
+                let target = resolve(&stream);
+                let merged_into = (target != stream).then_some(target);
+                let doc = match (&merged_into, doc) {
+                    (None, Some(text)) => Some(
+                        serde_json::from_str::<Value>(&text)
+                            .map_err(|e| corrupt(format!("document of `{stream}`: {e}")))?,
+                    ),
+                    _ => None,
+                };
+                Ok(ExportRow {
+                    deleted: deleted && merged_into.is_none(),
+                    stream,
+                    version,
+                    doc,
+                    merged_into,
+                })
+            })
+            .collect()
+    }
+
+    fn counters(&mut self) -> Result<Counters, ReadError> {
+        let Some(text) = self.meta("counters")? else {
+            return Ok(Counters::default());
+        };
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| corrupt(format!("counters: {e}")))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| corrupt("counters are not an object"))?;
+        Ok(Counters::from_fields(
+            object
+                .iter()
+                .filter_map(|(k, v)| v.as_u64().map(|v| (k.as_str(), v))),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ordo_core::{Config, Engine, Outcome};
+
+    fn event(stream: &str, version: u64) -> ordo_core::Event {
+        let text = format!(
+            r#"{{"id":"{stream}-{version}","stream":"{stream}","version":{version},"type":"T","op":"incr","data":{{"n":1}}}}"#
+        );
+        parse_event(text.as_bytes(), OpPolicy::Document).unwrap()
+    }
+
+    #[test]
+    fn a_commit_round_trips_through_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let path = path.to_str().unwrap();
+        let mut store = SqliteStore::open(path, true).unwrap();
+        let mut engine = Engine::new(Config::default());
+        let at = |offset| {
+            Some(SourcePosition {
+                partition: 0,
+                offset,
+            })
+        };
+        engine.handle_event(0, at(0), event("a", 1));
+        engine.handle_event(0, at(1), event("a", 3));
+        engine.handle_bytes(0, at(2), b"garbage");
+        let work = engine.poll_work(0).unwrap();
+        engine.handle_outcome(0, work, Outcome::Applied);
+        let changes = engine.take_changes();
+        let documents = vec![(
+            Arc::from("a"),
+            Some(Document::Live(serde_json::json!({"n": 1}))),
+        )];
+        store
+            .commit("file:x", CommitBatch { changes, documents })
+            .unwrap();
+
+        let snapshot = store.snapshot("file:x").unwrap();
+        assert_eq!(snapshot.checkpoints, vec![(0, 2)]);
+        assert_eq!(snapshot.pending.len(), 1);
+        assert_eq!(snapshot.dedupe.len(), 2);
+        assert_eq!(store.snapshot("other").unwrap().checkpoints, vec![]);
+        assert_eq!(
+            store.dead_letters().unwrap()[0].kind,
+            DeadLetterKind::Unroutable
+        );
+        let export = store.export().unwrap();
+        assert_eq!(export[0].doc, Some(serde_json::json!({"n": 1})));
+        assert_eq!(export[0].version, 1);
+        let restored = Engine::restore(Config::default(), snapshot, 0);
+        assert_eq!(restored.applied_version("a"), 1);
+    }
+
+    #[test]
+    fn an_injected_fault_rolls_back_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = SqliteStore::open(path.to_str().unwrap(), true).unwrap();
+        for stage in [FaultStage::AfterDocuments, FaultStage::AfterCheckpoints] {
+            store.inject_fault(store.commits + 1, stage);
+            let changes = ordo_core::ChangeSet {
+                checkpoints: vec![(0, 9)],
+                ..Default::default()
+            };
+            let documents = vec![(Arc::from("a"), Some(Document::Deleted))];
+            assert!(matches!(
+                store.commit("src", CommitBatch { changes, documents }),
+                Err(CommitError::Injected(_))
+            ));
+            assert_eq!(store.snapshot("src").unwrap().checkpoints, vec![]);
+            assert_eq!(store.documents(&[Arc::from("a")]).unwrap(), vec![None]);
+        }
+    }
+
+    #[test]
+    fn refuses_a_newer_schema_and_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let path = path.to_str().unwrap();
+        assert!(matches!(
+            SqliteStore::open(path, false),
+            Err(OpenError::Missing(_))
+        ));
+        drop(SqliteStore::open(path, true).unwrap());
+        let connection = Connection::open(path).unwrap();
+        connection
+            .execute(
+                "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+                [],
+            )
+            .unwrap();
+        drop(connection);
+        assert!(matches!(
+            SqliteStore::open(path, true),
+            Err(OpenError::NewerSchema { found: 99, .. })
+        ));
+        let nowhere = dir.path().join("no/such/dir/s.db");
+        assert!(matches!(
+            SqliteStore::open(nowhere.to_str().unwrap(), true),
+            Err(OpenError::NotWritable { .. })
+        ));
+    }
+
+    #[test]
+    fn a_lease_keeps_a_second_writer_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let path = path.to_str().unwrap();
+        let mut first = SqliteStore::open(path, true).unwrap();
+        first.acquire_lease("run").unwrap();
+        // Same process: allowed (pid equal). Simulate another live holder by pid 1.
+        first
+            .connection
+            .execute("UPDATE lease SET pid = 1", [])
+            .unwrap();
+        let mut second = SqliteStore::open(path, true).unwrap();
+        assert!(matches!(
+            second.acquire_lease("run"),
+            Err(OpenError::LeaseHeld { pid: 1, .. })
+        ));
+    }
+}
