@@ -3,5 +3,6 @@
 
 pub mod alloc;
 pub mod core;
+pub mod embedded;
 
 pub use alloc::CountingAllocator;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use ordo_bench::core::{self as core_bench, CoreShape};
+use ordo_bench::embedded::{self, EmbeddedShape};
 use serde_json::json;
 
 use crate::cli::BenchArgs;
@@ -18,6 +19,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         shape.streams, shape.versions, shape.displacement, shape.duplicate_percent
     );
     let core = core_bench::run(shape);
+    let embedded_shape = if args.quick {
+        EmbeddedShape::quick()
+    } else {
+        EmbeddedShape::full()
+    };
+    eprintln!(
+        "embedded: {} events through the log, runtime and SQLite ...",
+        embedded_shape.events
+    );
+    let embedded = embedded::run(embedded_shape).map_err(anyhow::Error::msg)?;
     if args.json {
         let report = json!({
             "engine_events_per_s": core.engine_events_per_s.round(),
@@ -28,6 +39,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "engine_cold_baseline_events_per_s": core.baseline_cold_events_per_s.round(),
             "bytes_per_idle_stream": core.bytes_per_idle_stream.round(),
             "bytes_per_idle_stream_with_dedupe": core.bytes_per_idle_stream_with_dedupe.round(),
+            "embedded_events_per_s": embedded.embedded_events_per_s.round(),
+            "embedded_baseline_events_per_s": embedded.baseline_events_per_s.round(),
+            "embedded_vs_raw_sqlite": round3(embedded.ratio),
+            "embedded_events": embedded.events,
         });
         println!("{report}");
     } else {
@@ -56,6 +71,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!(
             "{:<44} {:>14.0}",
             "  ... with one dedupe id per stream", core.bytes_per_idle_stream_with_dedupe
+        );
+        println!(
+            "{:<44} {:>14.0} {:>14.0} {:>8.3}",
+            "embedded durable events/s (vs raw upserts)",
+            embedded.embedded_events_per_s,
+            embedded.baseline_events_per_s,
+            embedded.ratio
         );
         println!("core counters: {}", core.counters);
     }

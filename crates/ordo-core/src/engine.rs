@@ -598,8 +598,17 @@ impl Engine {
             .extra
             .as_ref()
             .map_or(0, |x| x.slots.len());
-        // The head is always taken: it is what lets the waiting ones drain.
-        if pending_count >= self.config.stream_pending_events_max && version != applied + 1 {
+        // What extends the run from the applied version is always taken while the stream
+        // flows: it is what lets the waiting ones drain. The bound is for what waits.
+        let state = &self.streams[s as usize];
+        let flows_next = state.flags & WAITING == 0
+            && version
+                <= state
+                    .extra
+                    .as_ref()
+                    .map_or(applied, |x| x.contiguous_through.max(applied))
+                    + 1;
+        if pending_count >= self.config.stream_pending_events_max && !flows_next {
             let reason = format!(
                 "stream `{}` already holds {pending_count} waiting events (the bound); \
                  replay this entry once the stream has caught up",

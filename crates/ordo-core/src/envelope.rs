@@ -292,62 +292,93 @@ pub fn parse_event(bytes: &[u8], policy: OpPolicy) -> Result<Event, ParseError> 
     }
 }
 
-/// Validates an already-decoded JSON object as an envelope.
-pub fn parse_object(mut object: Map<String, Value>, policy: OpPolicy) -> Result<Event, ParseError> {
-    let mut routing = Routing::default();
-    // Read the routing fields first and independently, so that a defect elsewhere still
-    // leaves the event routable to its stream.
-    let id = take_name(&mut object, "id", EVENT_ID_BYTES_MAX);
-    let stream = take_name(&mut object, "stream", STREAM_NAME_BYTES_MAX);
-    let version = take_version(&mut object);
-    routing.id = id.as_ref().ok().cloned();
-    routing.stream = stream.as_ref().ok().cloned();
-    routing.version = version.as_ref().ok().copied();
-    let fail = |error: EnvelopeError, routing: &Routing| ParseError {
-        error,
-        routing: routing.clone(),
-    };
-    let id = id.map_err(|e| fail(e, &routing))?;
-    let stream = stream.map_err(|e| fail(e, &routing))?;
-    let version = version.map_err(|e| fail(e, &routing))?;
+/// The envelope's known fields, split from the rest in one pass (no per-field removal,
+/// which would reorder or shift the remaining ones).
+#[derive(Default)]
+struct Fields {
+    id: Option<Value>,
+    stream: Option<Value>,
+    version: Option<Value>,
+    event_type: Option<Value>,
+    op: Option<Value>,
+    data: Option<Value>,
+    after: Option<Value>,
+    extra: Map<String, Value>,
+}
 
-    let event_type = match object.remove("type") {
+impl Fields {
+    fn split(object: Map<String, Value>) -> Self {
+        let mut fields = Fields::default();
+        for (key, value) in object {
+            let slot = match key.as_str() {
+                "id" => &mut fields.id,
+                "stream" => &mut fields.stream,
+                "version" => &mut fields.version,
+                "type" => &mut fields.event_type,
+                "op" => &mut fields.op,
+                "data" => &mut fields.data,
+                "after" => &mut fields.after,
+                _ => {
+                    fields.extra.insert(key, value);
+                    continue;
+                }
+            };
+            *slot = Some(value);
+        }
+        fields
+    }
+}
+
+/// Validates an already-decoded JSON object as an envelope.
+pub fn parse_object(object: Map<String, Value>, policy: OpPolicy) -> Result<Event, ParseError> {
+    let fields = Fields::split(object);
+    // The routing fields are read first and independently, so that a defect elsewhere
+    // still leaves the event routable to its stream.
+    let id = name_of(fields.id, "id", EVENT_ID_BYTES_MAX);
+    let stream = name_of(fields.stream, "stream", STREAM_NAME_BYTES_MAX);
+    let version = match fields.version {
+        None | Some(Value::Null) => Err(EnvelopeError::MissingField { field: "version" }),
+        Some(value) => version_of(&value),
+    };
+    // Routing is only copied out when something is wrong.
+    let fail = |error: EnvelopeError| ParseError {
+        error,
+        routing: Routing {
+            id: id.as_ref().ok().cloned(),
+            stream: stream.as_ref().ok().cloned(),
+            version: version.as_ref().ok().copied(),
+        },
+    };
+    let (stream_ok, version_ok) = match (&id, &stream, &version) {
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(fail(e.clone())),
+        (Ok(_), Ok(stream), Ok(version)) => (stream, *version),
+    };
+    let event_type = match fields.event_type {
         None | Some(Value::Null) => {
-            return Err(fail(
-                EnvelopeError::MissingField { field: "type" },
-                &routing,
-            ))
+            return Err(fail(EnvelopeError::MissingField { field: "type" }))
         }
         Some(Value::String(s)) => s.into_boxed_str(),
         Some(_) => {
-            return Err(fail(
-                EnvelopeError::WrongType {
-                    field: "type",
-                    expected: "a string",
-                },
-                &routing,
-            ))
+            return Err(fail(EnvelopeError::WrongType {
+                field: "type",
+                expected: "a string",
+            }))
         }
     };
-    let op_name = match object.remove("op") {
-        None | Some(Value::Null) => {
-            return Err(fail(EnvelopeError::MissingField { field: "op" }, &routing))
-        }
+    let op_name = match fields.op {
+        None | Some(Value::Null) => return Err(fail(EnvelopeError::MissingField { field: "op" })),
         Some(Value::String(s)) => s,
         Some(_) => {
-            return Err(fail(
-                EnvelopeError::WrongType {
-                    field: "op",
-                    expected: "a string",
-                },
-                &routing,
-            ))
+            return Err(fail(EnvelopeError::WrongType {
+                field: "op",
+                expected: "a string",
+            }))
         }
     };
-    let data = object.remove("data").unwrap_or(Value::Null);
-    let after = match object.remove("after") {
+    let data = fields.data.unwrap_or(Value::Null);
+    let after = match fields.after {
         None | Some(Value::Null) => Vec::new(),
-        Some(value) => parse_after(value, &stream, version).map_err(|e| fail(e, &routing))?,
+        Some(value) => parse_after(value, stream_ok, version_ok).map_err(&fail)?,
     };
     let op = match op_name.as_str() {
         "set" => Op::Set,
@@ -355,24 +386,25 @@ pub fn parse_object(mut object: Map<String, Value>, policy: OpPolicy) -> Result<
         "incr" => Op::Incr,
         "delete" => Op::Delete,
         "merge" => Op::Merge {
-            from: parse_merge_sources(&data, &stream).map_err(|e| fail(e, &routing))?,
+            from: parse_merge_sources(&data, stream_ok).map_err(&fail)?,
         },
         _ => match policy {
-            OpPolicy::Document => {
-                return Err(fail(EnvelopeError::UnknownOp { op: op_name }, &routing))
-            }
+            OpPolicy::Document => return Err(fail(EnvelopeError::UnknownOp { op: op_name })),
             OpPolicy::Custom => Op::Custom(op_name.into_boxed_str()),
         },
     };
-    let extra = if object.is_empty() {
+    let extra = if fields.extra.is_empty() {
         None
     } else {
-        Some(Box::new(object))
+        Some(Box::new(fields.extra))
+    };
+    let (Ok(id), Ok(stream)) = (id, stream) else {
+        unreachable!("checked above");
     };
     Ok(Event {
         id,
         stream,
-        version,
+        version: version_ok,
         event_type,
         op,
         data,
@@ -381,12 +413,12 @@ pub fn parse_object(mut object: Map<String, Value>, policy: OpPolicy) -> Result<
     })
 }
 
-fn take_name(
-    object: &mut Map<String, Value>,
+fn name_of(
+    value: Option<Value>,
     field: &'static str,
     max: usize,
 ) -> Result<Box<str>, EnvelopeError> {
-    match object.remove(field) {
+    match value {
         None | Some(Value::Null) => Err(EnvelopeError::MissingField { field }),
         Some(Value::String(s)) => check_name(s, field, max),
         Some(_) => Err(EnvelopeError::WrongType {
@@ -407,13 +439,6 @@ fn check_name(s: String, field: &'static str, max: usize) -> Result<Box<str>, En
         })
     } else {
         Ok(s.into_boxed_str())
-    }
-}
-
-fn take_version(object: &mut Map<String, Value>) -> Result<u64, EnvelopeError> {
-    match object.remove("version") {
-        None | Some(Value::Null) => Err(EnvelopeError::MissingField { field: "version" }),
-        Some(value) => version_of(&value),
     }
 }
 
@@ -452,7 +477,7 @@ fn parse_after(
         let Value::Object(mut entry) = entry else {
             return Err(malformed(format!("entry {index} is not an object")));
         };
-        let stream = take_name(&mut entry, "stream", STREAM_NAME_BYTES_MAX)
+        let stream = name_of(entry.remove("stream"), "stream", STREAM_NAME_BYTES_MAX)
             .map_err(|e| malformed(format!("entry {index}: {e}")))?;
         let version = match entry.remove("version") {
             None | Some(Value::Null) => {

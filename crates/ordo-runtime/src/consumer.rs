@@ -2,13 +2,13 @@
 //! tied together. The run loop and the operator verbs (`dlq replay`, `dlq skip`) all
 //! go through it, so there is one way state changes.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ordo_core::{Config, Counters, DeadLetter, Engine, Notice, Outcome, SourcePosition, Work};
-use ordo_projection::{run_work, touched, Document, DocumentProjection};
+use ordo_projection::{run_work, Document, DocumentProjection, DocumentSlots};
 use ordo_store::{CommitBatch, CommitError, ReadError, Store};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Most documents kept in memory between commits; beyond it, clean ones are dropped.
 pub const DOCUMENT_CACHE_MAX: usize = 200_000;
@@ -56,10 +56,29 @@ impl From<CommitError> for ConsumeError {
     }
 }
 
+/// Documents read from the store or written since; `dirty` ones go into the next commit.
 #[derive(Default)]
 struct DocumentCache {
-    documents: HashMap<Arc<str>, Option<Document>>,
-    dirty: HashSet<Arc<str>>,
+    documents: FxHashMap<Arc<str>, Option<Document>>,
+    dirty: FxHashSet<Arc<str>>,
+}
+
+impl DocumentSlots<Document> for DocumentCache {
+    fn slot(&mut self, stream: &str) -> &mut Option<Document> {
+        // Every slot a work touches was loaded before the projection runs; a write marks
+        // it dirty (the projection may write any slot it is given).
+        if !self.dirty.contains(stream) {
+            let key = self
+                .documents
+                .get_key_value(stream)
+                .map(|(k, _)| k.clone())
+                .expect("document loaded before use");
+            self.dirty.insert(key);
+        }
+        self.documents
+            .get_mut(stream)
+            .expect("document loaded before use")
+    }
 }
 
 /// Engine + projection + cache + store for one source.
@@ -122,27 +141,28 @@ impl<S: Store> Consumer<S> {
     }
 
     fn apply(&mut self, work: &Work) -> Result<Outcome, ConsumeError> {
-        let streams = touched(work);
-        let missing: Vec<Arc<str>> = streams
-            .iter()
-            .filter(|s| !self.cache.documents.contains_key(**s))
-            .map(|s| Arc::from(*s))
-            .collect();
-        if !missing.is_empty() {
-            let loaded = self.store.documents(&missing)?;
-            for (stream, document) in missing.into_iter().zip(loaded) {
-                self.cache.documents.insert(stream, document);
+        self.load(work.document())?;
+        if let ordo_core::Action::Merge { sources } = &work.action {
+            for source in sources {
+                self.load(source)?;
             }
         }
-        let outcome = run_work(&DocumentProjection, work, &mut self.cache.documents);
-        if outcome == Outcome::Applied {
-            for stream in streams {
-                if !self.cache.dirty.contains(stream) {
-                    self.cache.dirty.insert(Arc::from(stream));
-                }
-            }
+        // A rejected work leaves its documents unchanged; marking them dirty then only
+        // rewrites the same value.
+        Ok(run_work(&DocumentProjection, work, &mut self.cache))
+    }
+
+    fn load(&mut self, stream: &str) -> Result<(), ConsumeError> {
+        if !self.cache.documents.contains_key(stream) {
+            let stream: Arc<str> = Arc::from(stream);
+            let document = self
+                .store
+                .documents(std::slice::from_ref(&stream))?
+                .pop()
+                .flatten();
+            self.cache.documents.insert(stream, document);
         }
-        Ok(outcome)
+        Ok(())
     }
 
     /// Writes everything since the last commit in one transaction.

@@ -70,6 +70,7 @@ pub enum FaultStage {
 pub struct SqliteStore {
     connection: Connection,
     path: String,
+    commit_attempts_max: u32,
     fault: Option<(u64, FaultStage)>,
     commits: u64,
     leased: bool,
@@ -151,6 +152,7 @@ impl SqliteStore {
         let mut store = SqliteStore {
             connection,
             path: path.into(),
+            commit_attempts_max: COMMIT_ATTEMPTS_MAX,
             fault: None,
             commits: 0,
             leased: false,
@@ -204,6 +206,15 @@ impl SqliteStore {
     /// The file's path.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Sets how long SQLite waits on a lock and how many commit attempts are made.
+    pub fn set_busy_limits(&mut self, timeout_ms: u64, attempts: u32) -> Result<(), ReadError> {
+        assert!(attempts >= 1, "at least one commit attempt");
+        self.connection
+            .busy_timeout(Duration::from_millis(timeout_ms))?;
+        self.commit_attempts_max = attempts;
+        Ok(())
     }
 
     /// Makes commit number `commit` (1-based) fail at `stage`, rolled back (tests only).
@@ -619,7 +630,7 @@ impl Store for SqliteStore {
                     return Err(CommitError::Injected(message));
                 }
                 Err(WriteFailure::Database(error)) if is_busy(&error) => {
-                    if attempts >= COMMIT_ATTEMPTS_MAX {
+                    if attempts >= self.commit_attempts_max {
                         return Err(CommitError::Busy { attempts });
                     }
                     std::thread::sleep(Duration::from_millis(50 * u64::from(attempts)));
@@ -837,6 +848,41 @@ mod tests {
             SqliteStore::open(nowhere.to_str().unwrap(), true),
             Err(OpenError::NotWritable { .. })
         ));
+    }
+
+    #[test]
+    fn a_busy_database_is_retried_within_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let path = path.to_str().unwrap().to_string();
+        let mut store = SqliteStore::open(&path, true).unwrap();
+        store.set_busy_limits(50, 3).unwrap();
+        let hold = |millis: u64| {
+            let path = path.clone();
+            let (locked, wait) = std::sync::mpsc::channel();
+            let holder = std::thread::spawn(move || {
+                let mut other = Connection::open(&path).unwrap();
+                let transaction = other
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .unwrap();
+                locked.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(millis));
+                transaction.commit().unwrap();
+            });
+            wait.recv().unwrap();
+            holder
+        };
+        // Held briefly: a later attempt gets through.
+        let holder = hold(120);
+        store.commit("src", CommitBatch::default()).unwrap();
+        holder.join().unwrap();
+        // Held past every attempt: a clear error, nothing written.
+        let holder = hold(2_000);
+        assert!(matches!(
+            store.commit("src", CommitBatch::default()),
+            Err(CommitError::Busy { attempts: 3 })
+        ));
+        holder.join().unwrap();
     }
 
     #[test]

@@ -1,0 +1,185 @@
+//! Embedded end-to-end: the embedded log through the runtime into the SQLite store,
+//! durable (WAL, synchronous=NORMAL), beside a raw batched SQLite upsert loop reading the
+//! same log: the hand-written consumer with no ordering guarantees at all.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use ordo_core::Config;
+use ordo_log::EventLog;
+use ordo_runtime::{Consumer, LogSource, RunOptions};
+use ordo_sim::Rng;
+use ordo_store::SqliteStore;
+use rusqlite::{params, Connection};
+
+/// The embedded benchmark's size.
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddedShape {
+    /// Events in the log.
+    pub events: usize,
+    /// Distinct streams.
+    pub streams: usize,
+    /// Repetitions; the best counts.
+    pub repetitions: usize,
+}
+
+impl EmbeddedShape {
+    /// 200k events over 10k streams.
+    pub fn full() -> Self {
+        EmbeddedShape {
+            events: 200_000,
+            streams: 10_000,
+            repetitions: 2,
+        }
+    }
+
+    /// 50k events, for `--quick`.
+    pub fn quick() -> Self {
+        EmbeddedShape {
+            events: 50_000,
+            streams: 5_000,
+            repetitions: 1,
+        }
+    }
+}
+
+/// Results of the embedded benchmark.
+#[derive(Clone, Debug)]
+pub struct EmbeddedResult {
+    /// Deliveries in the log.
+    pub events: usize,
+    /// ordo's durable events per second (best repetition).
+    pub embedded_events_per_s: f64,
+    /// The raw upsert loop's events per second (best repetition).
+    pub baseline_events_per_s: f64,
+    /// ordo / raw.
+    pub ratio: f64,
+}
+
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn build_log(path: &str, shape: EmbeddedShape) -> Result<usize, String> {
+    let mut rng = Rng::derive(1, "embedded-bench");
+    let mut versions = vec![0u64; shape.streams];
+    let mut keyed: Vec<(usize, String)> = Vec::with_capacity(shape.events + shape.events / 50);
+    for i in 0..shape.events {
+        let s = rng.index(shape.streams);
+        versions[s] += 1;
+        let line = format!(
+            r#"{{"id":"e{i}","stream":"account-{s}","version":{},"type":"Credited","op":"incr","data":{{"balance":{},"operations":1}}}}"#,
+            versions[s],
+            rng.range(1, 100)
+        );
+        // Up to 50 places of displacement (retries, partition lag), 2% redelivered.
+        let key = i + rng.index(51);
+        if rng.chance(2) {
+            keyed.push((key + rng.index(200), line.clone()));
+        }
+        keyed.push((key, line));
+    }
+    keyed.sort_by_key(|(key, _)| *key);
+    let mut log = EventLog::open(path, true).map_err(|e| e.to_string())?;
+    log.append_lines(keyed.iter().map(|(_, l)| l.as_str()))
+        .map_err(|e| e.to_string())?;
+    Ok(keyed.len())
+}
+
+fn run_ordo(log: &str, store: &str) -> Result<f64, String> {
+    let started = Instant::now();
+    let store = SqliteStore::open(store, true).map_err(|e| e.to_string())?;
+    let mut consumer = Consumer::open(store, &format!("log:{log}"), Config::default())
+        .map_err(|e| e.to_string())?;
+    consumer.verbose = false;
+    let mut source = LogSource::open(log).map_err(|e| e.to_string())?;
+    let options = RunOptions {
+        exit_when_idle: true,
+        ..RunOptions::default()
+    };
+    let report = ordo_runtime::run(
+        &mut consumer,
+        &mut source,
+        &options,
+        &AtomicBool::new(false),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(report.delivered as f64 / started.elapsed().as_secs_f64())
+}
+
+fn run_raw(log_path: &str, store: &str) -> Result<f64, String> {
+    let started = Instant::now();
+    let mut log = EventLog::open(log_path, false).map_err(|e| e.to_string())?;
+    let mut db = Connection::open(store).map_err(|e| e.to_string())?;
+    db.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .map_err(|e| e.to_string())?;
+    db.execute_batch(
+        "PRAGMA synchronous=NORMAL;
+         CREATE TABLE IF NOT EXISTS docs (stream TEXT PRIMARY KEY, doc TEXT);
+         CREATE TABLE IF NOT EXISTS position (id INTEGER PRIMARY KEY, offset INTEGER);",
+    )
+    .map_err(|e| e.to_string())?;
+    let mut after = 0;
+    let mut count = 0usize;
+    loop {
+        let rows = log
+            .read(after, ordo_runtime::run::COMMIT_EVENTS_MAX_DEFAULT)
+            .map_err(|e| e.to_string())?;
+        let Some((last, _)) = rows.last() else {
+            break;
+        };
+        after = *last;
+        let transaction = db.transaction().map_err(|e| e.to_string())?;
+        {
+            let mut upsert = transaction
+                .prepare_cached(
+                    "INSERT INTO docs (stream, doc) VALUES (?1, ?2)
+                     ON CONFLICT (stream) DO UPDATE SET doc = excluded.doc",
+                )
+                .map_err(|e| e.to_string())?;
+            for (_, body) in &rows {
+                let value: serde_json::Value =
+                    serde_json::from_str(body).map_err(|e| e.to_string())?;
+                let stream = value["stream"].as_str().unwrap_or_default();
+                upsert
+                    .execute(params![stream, value["data"].to_string()])
+                    .map_err(|e| e.to_string())?;
+                count += 1;
+            }
+            transaction
+                .execute(
+                    "INSERT OR REPLACE INTO position (id, offset) VALUES (1, ?1)",
+                    params![after as i64],
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        transaction.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs the embedded benchmark.
+pub fn run(shape: EmbeddedShape) -> Result<EmbeddedResult, String> {
+    let scratch = Scratch(std::env::temp_dir().join(format!("ordo-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).map_err(|e| e.to_string())?;
+    let path = |name: &str| scratch.0.join(name).to_string_lossy().into_owned();
+    let log = path("log.db");
+    let events = build_log(&log, shape)?;
+    let mut ordo_best: f64 = 0.0;
+    let mut raw_best: f64 = 0.0;
+    for repetition in 0..shape.repetitions {
+        ordo_best = ordo_best.max(run_ordo(&log, &path(&format!("ordo-{repetition}.db")))?);
+        raw_best = raw_best.max(run_raw(&log, &path(&format!("raw-{repetition}.db")))?);
+    }
+    Ok(EmbeddedResult {
+        events,
+        embedded_events_per_s: ordo_best,
+        baseline_events_per_s: raw_best,
+        ratio: ordo_best / raw_best,
+    })
+}

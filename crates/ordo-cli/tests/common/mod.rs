@@ -1,0 +1,106 @@
+//! Helpers for driving the built `ordo` binary as a user would.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use ordo_core::Event;
+use ordo_sim::{Export, Row};
+
+/// The built binary.
+pub fn ordo() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ordo"))
+}
+
+/// Runs `ordo` with arguments and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    ordo()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ordo runs")
+}
+
+/// Runs `ordo`, asserting exit code 0.
+pub fn ok(args: &[&str]) -> Output {
+    let output = run(args);
+    assert!(
+        output.status.success(),
+        "ordo {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A scratch directory for one test.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// A new directory.
+    pub fn new() -> Self {
+        Scratch {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// A path inside it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `sqlite:` URL of a store file inside it.
+    pub fn store(&self, name: &str) -> String {
+        format!("sqlite:{}", self.path(name).display())
+    }
+}
+
+/// Writes events as JSONL.
+pub fn write_events(path: &Path, events: &[Event]) {
+    let mut file = std::fs::File::create(path).expect("create jsonl");
+    for event in events {
+        writeln!(file, "{}", event.to_json_string()).expect("write jsonl");
+    }
+}
+
+/// Writes raw lines.
+pub fn write_lines(path: &Path, lines: &[&str]) {
+    let mut file = std::fs::File::create(path).expect("create jsonl");
+    for line in lines {
+        writeln!(file, "{line}").expect("write line");
+    }
+}
+
+/// Reads `ordo export` output into the simulator's export shape.
+pub fn export(store: &str) -> Export {
+    let output = ok(&["export", "--store", store]);
+    let mut export = Export::new();
+    for line in String::from_utf8(output.stdout).expect("utf-8").lines() {
+        let row: serde_json::Value = serde_json::from_str(line).expect("export line is JSON");
+        let stream = row["stream"].as_str().expect("stream").to_string();
+        export.insert(
+            stream,
+            Row {
+                version: row["version"].as_u64().expect("version"),
+                doc: (!row["doc"].is_null()).then(|| row["doc"].clone()),
+                deleted: row["deleted"].as_bool().expect("deleted"),
+                merged_into: row["merged_into"].as_str().map(String::from),
+            },
+        );
+    }
+    export
+}
+
+/// Parses JSON lines.
+pub fn json_lines(output: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}

@@ -1,0 +1,334 @@
+//! The built binary, run as a user runs it: append, run, export, dead letters, parked
+//! events, bad input. Every final state is compared with the in-order oracle.
+
+mod common;
+
+use common::{export, json_lines, ok, run, write_events, write_lines, Scratch};
+use ordo_sim::workload::{deliver, random_history, Disorder, Shape};
+use ordo_sim::{compare, oracle};
+
+const COUNTER_KEYS: [&str; 10] = [
+    "applied",
+    "duplicate",
+    "stale",
+    "buffered",
+    "parked",
+    "released",
+    "redirected",
+    "late_after_merge",
+    "dead_lettered",
+    "stalled",
+];
+
+fn shape() -> Shape {
+    Shape {
+        streams: 30,
+        events: 1500,
+        ..Shape::default()
+    }
+}
+
+#[test]
+fn log_source_end_to_end_matches_the_oracle() {
+    for seed in [11, 12, 13] {
+        let scratch = Scratch::new();
+        let history = random_history(seed, shape());
+        let deliveries = deliver(seed, &history, Disorder::Shuffle, 20);
+        let input = scratch.path("in.jsonl");
+        write_events(&input, &deliveries);
+        let log = scratch.path("log.db");
+        let log = log.to_str().unwrap();
+        ok(&["append", "--log", log, input.to_str().unwrap()]);
+        let store = scratch.store("state.db");
+        let output = ok(&[
+            "run",
+            "--source",
+            &format!("log:{log}"),
+            "--store",
+            &store,
+            "--exit-when-idle",
+            "--json",
+            "--batch",
+            "100",
+        ]);
+        let counters: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("one JSON object");
+        for key in COUNTER_KEYS {
+            assert!(
+                counters[key].is_u64(),
+                "seed {seed}: counter `{key}` missing in {counters}"
+            );
+        }
+        assert_eq!(
+            counters["applied"].as_u64().unwrap() + counters["duplicate"].as_u64().unwrap(),
+            deliveries.len() as u64,
+            "seed {seed}: every delivery applied once or skipped as a duplicate"
+        );
+        let divergence = compare(&oracle::run(&history), &export(&store), true);
+        assert!(divergence.is_empty(), "seed {seed} diverged:\n{divergence}");
+    }
+}
+
+#[test]
+fn file_source_end_to_end_matches_the_oracle_and_resumes() {
+    let seed = 21;
+    let scratch = Scratch::new();
+    let history = random_history(seed, shape());
+    let deliveries = deliver(seed, &history, Disorder::Window(10), 10);
+    let input = scratch.path("in.jsonl");
+    write_events(&input, &deliveries);
+    let store = scratch.store("state.db");
+    let source = format!("file:{}", input.display());
+    ok(&[
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--exit-when-idle",
+    ]);
+    let first = export(&store);
+    assert!(compare(&oracle::run(&history), &first, true).is_empty());
+    // A second run resumes after the stored checkpoint: nothing is re-applied.
+    let output = ok(&[
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--exit-when-idle",
+        "--json",
+    ]);
+    let counters: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(counters["applied"].as_u64().unwrap(), history.len() as u64);
+    assert_eq!(export(&store), first);
+}
+
+#[test]
+fn malformed_lines_are_dead_letters_with_reasons_and_block_nothing_else() {
+    let scratch = Scratch::new();
+    let input = scratch.path("in.jsonl");
+    write_lines(
+        &input,
+        &[
+            r#"{"id":"a1","stream":"a","version":1,"type":"T","op":"incr","data":{"n":1}}"#,
+            r#"{not json"#,
+            r#"{"id":"x","version":1,"type":"T","op":"set","data":{}}"#,
+            r#"{"id":"a2","stream":"a","version":2,"type":"T","op":"frobnicate","data":{}}"#,
+            r#"{"id":"a3","stream":"a","version":3,"type":"T","op":"incr","data":{"n":1}}"#,
+            r#"{"id":"b1","stream":"b","version":1,"type":"T","op":"set","data":{"ok":true}}"#,
+            r#"{"id":"c1","stream":"c","version":1,"type":"T","op":"set","data":{"s":"text"}}"#,
+            r#"{"id":"c2","stream":"c","version":2,"type":"T","op":"incr","data":{"s":1}}"#,
+            r#"{"id":"d0","stream":"d","version":0,"type":"T","op":"set","data":{}}"#,
+        ],
+    );
+    let store = scratch.store("state.db");
+    let source = format!("file:{}", input.display());
+    let output = run(&[
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--exit-when-idle",
+        "--fail-on-dead-letters",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "dead letters with --fail-on-dead-letters"
+    );
+
+    let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
+    let reasons: Vec<&str> = entries
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(entries.len(), 5, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("invalid JSON")));
+    assert!(reasons.iter().any(|r| r.contains("missing field `stream`")));
+    assert!(reasons
+        .iter()
+        .any(|r| r.contains("unknown op `frobnicate`")));
+    assert!(reasons
+        .iter()
+        .any(|r| r.contains("holds \"text\", not an integer")));
+    assert!(reasons
+        .iter()
+        .any(|r| r.contains("`version` must be an integer >= 1")));
+    for entry in &entries {
+        assert!(
+            entry.get("stream").is_some()
+                && entry.get("version").is_some()
+                && entry.get("id").is_some()
+        );
+    }
+
+    let state = export(&store);
+    assert_eq!(
+        state["b"].doc,
+        Some(serde_json::json!({"ok": true})),
+        "b is not blocked"
+    );
+    assert_eq!(state["a"].version, 1, "a waits at its bad version 2");
+    assert_eq!(state["c"].version, 1, "c waits behind its rejected incr");
+
+    let parked = json_lines(&ok(&["parked", "list", "--store", &store, "--json"]));
+    let a3 = parked
+        .iter()
+        .find(|p| p["id"] == "a3")
+        .expect("a3 is listed as waiting");
+    assert!(
+        a3["reason"].as_str().unwrap().contains("dead letter"),
+        "{a3}"
+    );
+
+    // Skipping the sequenced entry lets `a` go on to version 3.
+    let a2 = entries.iter().find(|e| e["event_id"] == "a2").unwrap();
+    ok(&[
+        "dlq",
+        "skip",
+        "--store",
+        &store,
+        "--id",
+        &a2["id"].to_string(),
+    ]);
+    let state = export(&store);
+    assert_eq!(state["a"].version, 3);
+    assert_eq!(state["a"].doc, Some(serde_json::json!({"n": 2})));
+
+    // Replaying what still does not parse is refused, and the entry stays.
+    let garbage = entries
+        .iter()
+        .find(|e| e["reason"].as_str().unwrap().contains("invalid JSON"))
+        .unwrap();
+    let output = run(&[
+        "dlq",
+        "replay",
+        "--store",
+        &store,
+        "--id",
+        &garbage["id"].to_string(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        json_lines(&ok(&["dlq", "list", "--store", &store, "--json"])).len(),
+        4
+    );
+}
+
+#[test]
+fn dlq_replay_is_version_guarded_and_rate_limited() {
+    let scratch = Scratch::new();
+    let input = scratch.path("in.jsonl");
+    let line = |id: &str, v: u64| {
+        format!(
+            r#"{{"id":"{id}","stream":"s","version":{v},"type":"T","op":"incr","data":{{"n":1}}}}"#
+        )
+    };
+    // Version 3 waits first; a rival for version 3 is a conflict; with a bound of one
+    // waiting event, version 4 is dead-lettered as overflow; 1 and 2 (heads) still go.
+    let lines = [
+        line("s3", 3),
+        line("rival", 3),
+        line("s4", 4),
+        line("s1", 1),
+        line("s2", 2),
+    ];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    write_lines(&input, &lines);
+    let store = scratch.store("state.db");
+    let source = format!("file:{}", input.display());
+    ok(&[
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--exit-when-idle",
+        "--stream-pending-max",
+        "1",
+    ]);
+    let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"overflow"), "{entries:?}");
+    assert_eq!(
+        export(&store)["s"].version,
+        3,
+        "4 waits in the dead-letter queue"
+    );
+
+    let started = std::time::Instant::now();
+    let output = ok(&[
+        "dlq", "replay", "--store", &store, "--rate", "10/s", "--json",
+    ]);
+    let results = json_lines(&output);
+    assert_eq!(results.len(), entries.len());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(100 * (entries.len() as u64 - 1)),
+        "replays are spaced by the rate"
+    );
+    let by_id = |id: &str| {
+        results
+            .iter()
+            .find(|r| r["id"] == entries.iter().find(|e| e["event_id"] == id).unwrap()["id"])
+            .unwrap()
+    };
+    assert_eq!(by_id("s4")["result"], "requeued");
+    assert_eq!(by_id("rival")["result"], "already-applied", "version guard");
+    let state = export(&store);
+    assert_eq!(state["s"].version, 4);
+    assert_eq!(state["s"].doc, Some(serde_json::json!({"n": 4})));
+    assert!(json_lines(&ok(&["dlq", "list", "--store", &store, "--json"])).is_empty());
+}
+
+#[test]
+fn bad_paths_and_urls_are_clear_errors_with_exit_code_2() {
+    let scratch = Scratch::new();
+    let missing = scratch.store("missing.db");
+    let output = run(&["export", "--store", &missing]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
+
+    let input = scratch.path("in.jsonl");
+    write_lines(&input, &[]);
+    let nowhere = format!("sqlite:{}", scratch.path("no/such/dir/state.db").display());
+    let output = run(&[
+        "run",
+        "--source",
+        &format!("file:{}", input.display()),
+        "--store",
+        &nowhere,
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("directory"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let output = run(&[
+        "run",
+        "--source",
+        "ftp://x",
+        "--store",
+        &scratch.store("s.db"),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = run(&[
+        "run",
+        "--source",
+        "file:/no/such/file.jsonl",
+        "--store",
+        &scratch.store("s.db"),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read"));
+    let output = run(&["export", "--store", "mysql://x"]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = run(&["frobnicate"]);
+    assert_eq!(output.status.code(), Some(2));
+}
