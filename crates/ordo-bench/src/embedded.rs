@@ -55,6 +55,50 @@ pub struct EmbeddedResult {
     pub baseline_events_per_s: f64,
     /// ordo / raw.
     pub ratio: f64,
+    /// Live tail: append-to-delivery latency, median (ms).
+    pub tail_latency_ms_p50: f64,
+    /// Live tail: append-to-delivery latency, 99th percentile (ms).
+    pub tail_latency_ms_p99: f64,
+}
+
+/// Events appended one at a time for the live-tail latency measurement.
+pub const TAIL_EVENTS: usize = 200;
+
+/// Measures how soon a reader caught up at the log's end sees a new append: a writer
+/// appends one event at a time through its own handle while a `LogSource` waits.
+fn tail_latency(log_path: &str) -> Result<(f64, f64), String> {
+    use ordo_runtime::{Polled, Source};
+    let mut writer = EventLog::open(log_path, false).map_err(|e| e.to_string())?;
+    let start_position = writer.last_position().map_err(|e| e.to_string())?;
+    let reader_path = log_path.to_string();
+    let reader = std::thread::spawn(move || -> Result<Vec<Instant>, String> {
+        let mut source = LogSource::open(&reader_path).map_err(|e| e.to_string())?;
+        source.resume(&[(0, start_position)]);
+        let mut seen = Vec::with_capacity(TAIL_EVENTS);
+        while seen.len() < TAIL_EVENTS {
+            match source.poll(1, std::time::Duration::from_secs(5)).map_err(|e| e.to_string())? {
+                Polled::Events(events) => seen.extend(events.iter().map(|_| Instant::now())),
+                Polled::Idle | Polled::Finished => return Err("the live tail saw nothing for 5 s".into()),
+            }
+        }
+        Ok(seen)
+    });
+    let mut appended = Vec::with_capacity(TAIL_EVENTS);
+    for i in 0..TAIL_EVENTS {
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let line = format!(r#"{{"id":"tail-{i}","stream":"tail","version":{},"type":"T","op":"incr","data":{{"n":1}}}}"#, i + 1);
+        appended.push(Instant::now());
+        writer.append_lines([line.as_str()]).map_err(|e| e.to_string())?;
+    }
+    let seen = reader.join().map_err(|_| "the tail reader panicked".to_string())??;
+    let mut latencies: Vec<f64> = seen
+        .iter()
+        .zip(&appended)
+        .map(|(seen, appended)| seen.saturating_duration_since(*appended).as_secs_f64() * 1000.0)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
 }
 
 struct Scratch(PathBuf);
@@ -176,7 +220,10 @@ pub fn run(shape: EmbeddedShape) -> Result<EmbeddedResult, String> {
         ordo_best = ordo_best.max(run_ordo(&log, &path(&format!("ordo-{repetition}.db")))?);
         raw_best = raw_best.max(run_raw(&log, &path(&format!("raw-{repetition}.db")))?);
     }
+    let (tail_latency_ms_p50, tail_latency_ms_p99) = tail_latency(&log)?;
     Ok(EmbeddedResult {
+        tail_latency_ms_p50,
+        tail_latency_ms_p99,
         events,
         embedded_events_per_s: ordo_best,
         baseline_events_per_s: raw_best,

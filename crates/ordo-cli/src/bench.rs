@@ -43,6 +43,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "embedded_baseline_events_per_s": embedded.baseline_events_per_s.round(),
             "embedded_vs_raw_sqlite": round3(embedded.ratio),
             "embedded_events": embedded.events,
+            "tail_latency_ms_p50": round3(embedded.tail_latency_ms_p50),
+            "tail_latency_ms_p99": round3(embedded.tail_latency_ms_p99),
         });
         println!("{report}");
     } else {
@@ -78,6 +80,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             embedded.embedded_events_per_s,
             embedded.baseline_events_per_s,
             embedded.ratio
+        );
+        println!(
+            "{:<44} {:>14.3} {:>14}",
+            "live tail latency p50 / p99 (ms)",
+            embedded.tail_latency_ms_p50,
+            format!("{:.3}", embedded.tail_latency_ms_p99)
         );
         println!("core counters: {}", core.counters);
     }
