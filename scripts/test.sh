@@ -17,6 +17,14 @@ set +e
 cargo test --workspace --all-targets 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+if [ "$status" -eq 0 ]; then
+  echo "== ordo chaos: a few hundred seeds through the CLI"
+  set +e
+  cargo run -q -p ordo-cli -- chaos --seeds 300 --matrix-seeds 2 | tee -a "$log"
+  chaos_status=${PIPESTATUS[0]}
+  set -e
+  if [ "$chaos_status" -ne 0 ]; then status=$chaos_status; fi
+fi
 # One closing line over every test binary, so the total is what a reader sees last.
 passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')

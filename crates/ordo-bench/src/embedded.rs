@@ -76,9 +76,14 @@ fn tail_latency(log_path: &str) -> Result<(f64, f64), String> {
         source.resume(&[(0, start_position)]);
         let mut seen = Vec::with_capacity(TAIL_EVENTS);
         while seen.len() < TAIL_EVENTS {
-            match source.poll(1, std::time::Duration::from_secs(5)).map_err(|e| e.to_string())? {
+            match source
+                .poll(1, std::time::Duration::from_secs(5))
+                .map_err(|e| e.to_string())?
+            {
                 Polled::Events(events) => seen.extend(events.iter().map(|_| Instant::now())),
-                Polled::Idle | Polled::Finished => return Err("the live tail saw nothing for 5 s".into()),
+                Polled::Idle | Polled::Finished => {
+                    return Err("the live tail saw nothing for 5 s".into())
+                }
             }
         }
         Ok(seen)
@@ -86,11 +91,18 @@ fn tail_latency(log_path: &str) -> Result<(f64, f64), String> {
     let mut appended = Vec::with_capacity(TAIL_EVENTS);
     for i in 0..TAIL_EVENTS {
         std::thread::sleep(std::time::Duration::from_millis(3));
-        let line = format!(r#"{{"id":"tail-{i}","stream":"tail","version":{},"type":"T","op":"incr","data":{{"n":1}}}}"#, i + 1);
+        let line = format!(
+            r#"{{"id":"tail-{i}","stream":"tail","version":{},"type":"T","op":"incr","data":{{"n":1}}}}"#,
+            i + 1
+        );
         appended.push(Instant::now());
-        writer.append_lines([line.as_str()]).map_err(|e| e.to_string())?;
+        writer
+            .append_lines([line.as_str()])
+            .map_err(|e| e.to_string())?;
     }
-    let seen = reader.join().map_err(|_| "the tail reader panicked".to_string())??;
+    let seen = reader
+        .join()
+        .map_err(|_| "the tail reader panicked".to_string())??;
     let mut latencies: Vec<f64> = seen
         .iter()
         .zip(&appended)

@@ -35,6 +35,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ParkedCommand,
     },
+    /// Deterministic disorder simulation against the in-order oracle.
+    Chaos(ChaosArgs),
     /// Run the performance suite; every figure is a ratio against a same-run baseline.
     Bench(BenchArgs),
 }
@@ -190,6 +192,33 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ordo chaos`.
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    /// One scenario (bank, merges, catalog, event-store, mixed); all, round-robin, when
+    /// absent.
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// How many seeds (from 0, or from --first-seed).
+    #[arg(long, default_value_t = 200)]
+    pub seeds: u64,
+    /// The first seed of the range.
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
+    /// Reproduce exactly one seed, printing its trace tail.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Events per run.
+    #[arg(long, default_value_t = 400)]
+    pub events: usize,
+    /// Seeds per cell of the survival matrix (0: skip it).
+    #[arg(long, default_value_t = 10)]
+    pub matrix_seeds: u64,
+    /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
 }

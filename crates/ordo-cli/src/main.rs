@@ -6,6 +6,7 @@
 
 mod append;
 mod bench;
+mod chaos;
 mod cli;
 mod demo;
 mod dlq;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         cli::Command::Parked { command } => match command {
             cli::ParkedCommand::List(args) => dlq::parked(args),
         },
+        cli::Command::Chaos(args) => chaos::run(args),
         cli::Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -92,6 +92,24 @@ impl MemoryStore {
         self.checkpoints.get(&partition).copied()
     }
 
+    /// A stream's committed applied version (0 when unknown).
+    pub fn applied(&self, stream: &str) -> u64 {
+        self.streams.get(stream).map_or(0, |r| r.applied)
+    }
+
+    /// Whether the store holds a waiting event (or skip marker) at this stream version.
+    pub fn is_pending(&self, stream: &str, version: u64) -> bool {
+        self.pending
+            .contains_key(&(Box::<str>::from(stream), version))
+    }
+
+    /// Whether the store holds a dead letter for this event id.
+    pub fn is_dead_lettered(&self, event_id: &str) -> bool {
+        self.dead_letters
+            .values()
+            .any(|d| d.event_id.as_deref() == Some(event_id))
+    }
+
     /// How many events wait in the store.
     pub fn pending_count(&self) -> usize {
         self.pending.len()
@@ -113,6 +131,21 @@ pub struct Harness {
     pub now_ms: u64,
     /// How many times the consumer crashed and restarted.
     pub restarts: u64,
+    /// Event ids the simulated handler refuses (poison) until removed from here.
+    pub poison: HashSet<Box<str>>,
+}
+
+/// One completed work, as [`Harness::step`] reports it to checkers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The event's stream.
+    pub stream: Box<str>,
+    /// The event's version.
+    pub version: u64,
+    /// The event's id.
+    pub id: Box<str>,
+    /// Whether it was applied (else dead-lettered).
+    pub applied: bool,
 }
 
 impl Harness {
@@ -127,6 +160,7 @@ impl Harness {
             out: Vec::new(),
             now_ms: 0,
             restarts: 0,
+            poison: HashSet::new(),
         }
     }
 
@@ -142,8 +176,8 @@ impl Harness {
 
     /// Takes up to `concurrency` works out, then completes one of them (a random one
     /// when `rng` is given, which interleaves streams as concurrent handlers would).
-    /// Returns false when nothing was out and nothing was ready.
-    pub fn step(&mut self, rng: Option<&mut Rng>, concurrency: usize) -> bool {
+    /// Returns what was completed, or `None` when nothing was out and nothing was ready.
+    pub fn step(&mut self, rng: Option<&mut Rng>, concurrency: usize) -> Option<Step> {
         while self.out.len() < concurrency.max(1) {
             match self.engine.poll_work(self.now_ms) {
                 Some(work) => self.out.push(work),
@@ -151,21 +185,50 @@ impl Harness {
             }
         }
         if self.out.is_empty() {
-            return false;
+            return None;
         }
         let index = rng.map_or(0, |r| r.index(self.out.len()));
         let work = self.out.swap_remove(index);
         let outcome = self.apply(&work);
+        let step = Step {
+            stream: work.event.stream.clone(),
+            version: work.event.version,
+            id: work.event.id.clone(),
+            applied: outcome == Outcome::Applied,
+        };
         self.engine.handle_outcome(self.now_ms, work, outcome);
-        true
+        Some(step)
+    }
+
+    /// Completes every work already out, in order, without taking new ones (what a
+    /// consumer does with in-flight work when a partition is revoked).
+    pub fn complete_out(&mut self) -> Vec<Step> {
+        let mut steps = Vec::new();
+        while !self.out.is_empty() {
+            let work = self.out.remove(0);
+            let outcome = self.apply(&work);
+            steps.push(Step {
+                stream: work.event.stream.clone(),
+                version: work.event.version,
+                id: work.event.id.clone(),
+                applied: outcome == Outcome::Applied,
+            });
+            self.engine.handle_outcome(self.now_ms, work, outcome);
+        }
+        steps
     }
 
     /// Steps until nothing is out or ready.
     pub fn drain(&mut self, mut rng: Option<&mut Rng>, concurrency: usize) {
-        while self.step(rng.as_deref_mut(), concurrency) {}
+        while self.step(rng.as_deref_mut(), concurrency).is_some() {}
     }
 
     fn apply(&mut self, work: &Work) -> Outcome {
+        if self.poison.contains(&work.event.id) {
+            return Outcome::Rejected {
+                reason: "simulated handler failure (poison event)".into(),
+            };
+        }
         let outcome = run_work(&DocumentProjection, work, &mut self.documents);
         if outcome == Outcome::Applied {
             for stream in touched(work) {

@@ -3,6 +3,7 @@
 //!
 //! One seed reproduces one whole run; every failure prints its seed.
 
+pub mod chaos;
 pub mod convergence;
 pub mod export;
 pub mod harness;
@@ -13,5 +14,5 @@ pub mod scenarios;
 pub mod workload;
 
 pub use export::{compare, count_wrong, Divergence, Export, Row};
-pub use harness::{Harness, MemoryStore};
+pub use harness::{Harness, MemoryStore, Step};
 pub use rng::Rng;
