@@ -3,6 +3,15 @@
 # Usage: scripts/test.sh            (CI runs exactly this through .ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# The Kafka tests need tansu, a Kafka-compatible broker (memory storage needs the
+# dynostore feature). Installed once per machine (about 15 minutes), reused after.
+if ! command -v tansu >/dev/null 2>&1; then
+  echo "== installing tansu 0.6.0 (once per machine)"
+  cargo install tansu --version 0.6.0 --features dynostore --locked || \
+    cargo install tansu --version 0.6.0 --features dynostore
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -35,6 +35,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ParkedCommand,
     },
+    /// Publish the store's outbox to Kafka, keyed by stream, in order.
+    Relay(RelayArgs),
     /// Deterministic disorder simulation against the in-order oracle.
     Chaos(ChaosArgs),
     /// Run the performance suite; every figure is a ratio against a same-run baseline.
@@ -99,6 +101,10 @@ pub struct RunArgs {
     /// Print progress to stderr every few seconds.
     #[arg(long)]
     pub progress: bool,
+    /// Kafka: quiet time, with every assigned partition at its end, that counts as
+    /// drained for --exit-when-idle.
+    #[arg(long, value_name = "MS", default_value_t = ordo_kafka::IDLE_MS_DEFAULT)]
+    pub idle_ms: u64,
     /// Engine settings.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -221,4 +227,21 @@ pub struct ChaosArgs {
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ordo relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// The store whose outbox is published.
+    #[arg(long)]
+    pub store: String,
+    /// Where to: kafka://HOST:PORT/TOPIC (extra ?key=value go to the producer).
+    #[arg(long)]
+    pub to: String,
+    /// Stop once the outbox is empty.
+    #[arg(long)]
+    pub exit_when_idle: bool,
+    /// Outbox rows per batch.
+    #[arg(long, default_value_t = ordo_kafka::relay::RELAY_BATCH_DEFAULT)]
+    pub batch: usize,
 }

@@ -11,6 +11,7 @@ mod cli;
 mod demo;
 mod dlq;
 mod export;
+mod relay;
 mod run;
 mod settings;
 
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         cli::Command::Parked { command } => match command {
             cli::ParkedCommand::List(args) => dlq::parked(args),
         },
+        cli::Command::Relay(args) => relay::run(args),
         cli::Command::Chaos(args) => chaos::run(args),
         cli::Command::Bench(args) => bench::run(args),
     };

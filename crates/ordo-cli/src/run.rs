@@ -16,7 +16,11 @@ const FAULT_VARIABLE: &str = "ORDO_FAULT_COMMIT";
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let source_url = SourceUrl::parse(&args.source)?;
     let mut store = open_store(&args.store, true)?;
-    store.acquire_lease("ordo run")?;
+    // A Kafka consumer group shares one store among its members, and the group gives
+    // each partition to one member; other sources have exactly one writer.
+    if !matches!(source_url, SourceUrl::Kafka(_)) {
+        store.acquire_lease("ordo run")?;
+    }
     let config = engine_config(&args.engine, &store)?;
     record_engine_config(&mut store, &config)?;
     if let Ok(fault) = std::env::var(FAULT_VARIABLE) {
@@ -30,8 +34,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         store.inject_fault(commit.parse().context("fault commit number")?, stage);
     }
-    let source = ordo_runtime::source::open(&source_url)?;
-    let consumer = Consumer::open(store, &source_url.checkpoint_key(), config)?;
+    let (source, checkpoint_key): (Box<dyn ordo_runtime::Source>, String) = match &source_url {
+        SourceUrl::Kafka(url) => {
+            let url = ordo_kafka::KafkaUrl::parse(url).map_err(anyhow::Error::msg)?;
+            // Positions belong to the topic and the group, not to a broker address.
+            let key = format!(
+                "kafka:{}?group={}",
+                url.topic,
+                url.group.clone().unwrap_or_default()
+            );
+            (
+                Box::new(ordo_kafka::KafkaSource::open(&url, args.idle_ms)?),
+                key,
+            )
+        }
+        other => (ordo_runtime::source::open(other)?, other.checkpoint_key()),
+    };
+    let consumer = Consumer::open(store, &checkpoint_key, config)?;
     let mut options = RunOptions {
         exit_when_idle: args.exit_when_idle,
         progress: args.progress,

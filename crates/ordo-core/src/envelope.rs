@@ -205,6 +205,16 @@ pub enum EnvelopeError {
         /// What is wrong with it.
         detail: String,
     },
+    /// The message is empty (a broker message with no value).
+    EmptyMessage,
+    /// The broker message's key is not the event's `stream`: it may sit in the wrong
+    /// partition, so its order relative to its stream is unknown.
+    KeyMismatch {
+        /// The message key.
+        key: String,
+        /// The event's stream.
+        stream: String,
+    },
 }
 
 impl fmt::Display for EnvelopeError {
@@ -235,6 +245,13 @@ impl fmt::Display for EnvelopeError {
             EnvelopeError::AfterMalformed { detail } => write!(f, "malformed `after`: {detail}"),
             EnvelopeError::UnknownOp { op } => write!(f, "unknown op `{op}`"),
             EnvelopeError::MergeMalformed { detail } => write!(f, "malformed merge: {detail}"),
+            EnvelopeError::EmptyMessage => write!(f, "empty message"),
+            EnvelopeError::KeyMismatch { key, stream } => {
+                write!(
+                    f,
+                    "message key `{key}` is not the event's stream `{stream}`"
+                )
+            }
         }
     }
 }
@@ -280,6 +297,9 @@ pub fn parse_event(bytes: &[u8], policy: OpPolicy) -> Result<Event, ParseError> 
     };
     if bytes.len() > EVENT_BYTES_MAX {
         return Err(unrouted(EnvelopeError::TooLarge { bytes: bytes.len() }));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(unrouted(EnvelopeError::EmptyMessage));
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         unrouted(EnvelopeError::InvalidJson {

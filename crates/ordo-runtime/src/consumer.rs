@@ -122,6 +122,50 @@ impl<S: Store> Consumer<S> {
         self.uncommitted_events += 1;
     }
 
+    /// Hands one broker message to the engine, dead-lettering it when its key is not
+    /// its stream.
+    pub fn deliver_keyed(&mut self, position: SourcePosition, bytes: &[u8], key: Option<&[u8]>) {
+        let Some(key) = key else {
+            return self.deliver(position, bytes);
+        };
+        let now = now_ms();
+        match ordo_core::parse_event(bytes, self.engine.config().op_policy) {
+            Ok(event) if event.stream.as_bytes() == key => {
+                self.engine.handle_event(now, Some(position), event);
+            }
+            Ok(event) => {
+                let refused = ordo_core::ParseError {
+                    error: ordo_core::EnvelopeError::KeyMismatch {
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        stream: event.stream.to_string(),
+                    },
+                    routing: ordo_core::envelope::Routing {
+                        id: Some(event.id.clone()),
+                        stream: Some(event.stream.clone()),
+                        version: Some(event.version),
+                    },
+                };
+                self.engine
+                    .handle_invalid(now, Some(position), bytes, refused);
+            }
+            Err(refused) => {
+                self.engine
+                    .handle_invalid(now, Some(position), bytes, refused);
+            }
+        }
+        self.uncommitted_events += 1;
+    }
+
+    /// Rebuilds the engine from the store (after a partition assignment: another process
+    /// may have moved the assigned streams on). Commit first.
+    pub fn reload(&mut self) -> Result<(), ConsumeError> {
+        let config = self.engine.config().clone();
+        let snapshot = self.store.snapshot(&self.source)?;
+        self.engine = Engine::restore(config, snapshot, now_ms());
+        self.cache = DocumentCache::default();
+        Ok(())
+    }
+
     /// Deliveries since the last commit.
     pub fn uncommitted_events(&self) -> u64 {
         self.uncommitted_events

@@ -149,9 +149,25 @@ pub fn run<S: Store>(
         let mut drained = false;
         let mut finished = false;
         match polled {
+            Polled::Revoked(_) | Polled::Assigned(_) => {
+                // Whatever was read is applied and committed before partitions change
+                // hands; on assignment the state is re-read, since another process may
+                // have moved the assigned streams on.
+                consumer.apply_ready()?;
+                consumer.commit()?;
+                commits += 1;
+                oldest_uncommitted = None;
+                if matches!(polled, Polled::Assigned(_)) {
+                    consumer.reload()?;
+                }
+                source.committed(&consumer.engine.checkpoints());
+                source.complete_rebalance(&consumer.engine.checkpoints())?;
+                continue;
+            }
+            Polled::Nothing => {}
             Polled::Events(events) => {
-                for (position, bytes) in events {
-                    consumer.deliver(position, &bytes);
+                for (position, bytes, key) in events {
+                    consumer.deliver_keyed(position, &bytes, key.as_deref());
                     delivered += 1;
                     oldest_uncommitted.get_or_insert_with(Instant::now);
                     if options.crash_after_deliveries == Some(delivered) {
@@ -178,6 +194,7 @@ pub fn run<S: Store>(
             consumer.commit()?;
             commits += 1;
             oldest_uncommitted = None;
+            source.committed(&consumer.engine.checkpoints());
         }
         if options.progress
             && last_progress.elapsed() >= Duration::from_millis(PROGRESS_INTERVAL_MS)

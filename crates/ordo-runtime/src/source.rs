@@ -71,6 +71,8 @@ pub enum SourceError {
     Log(LogError),
     /// This build has no such source.
     Unsupported(String),
+    /// The broker failed or cannot be reached.
+    Broker(String),
 }
 
 impl fmt::Display for SourceError {
@@ -83,6 +85,7 @@ impl fmt::Display for SourceError {
             SourceError::File { path, detail } => write!(f, "cannot read `{path}`: {detail}"),
             SourceError::Log(error) => error.fmt(f),
             SourceError::Unsupported(what) => write!(f, "{what}"),
+            SourceError::Broker(detail) => write!(f, "broker: {detail}"),
         }
     }
 }
@@ -95,15 +98,27 @@ impl From<LogError> for SourceError {
     }
 }
 
+/// One delivery: where it was read, its bytes, and its broker key (when it has one).
+pub type Delivery = (SourcePosition, Vec<u8>, Option<Vec<u8>>);
+
 /// What one poll of a source gave.
 #[derive(Debug)]
 pub enum Polled {
     /// Deliveries, in order.
-    Events(Vec<(SourcePosition, Vec<u8>)>),
+    Events(Vec<Delivery>),
+    /// Nothing arrived within the wait, but the source is not drained (a consumer group
+    /// still joining, a partition not yet read to its end).
+    Nothing,
     /// Nothing arrived within the wait; the source is caught up for now.
     Idle,
     /// The source has ended and will never deliver again.
     Finished,
+    /// Partitions are being taken away: apply and commit, then call
+    /// [`Source::complete_rebalance`].
+    Revoked(Vec<u32>),
+    /// Partitions are being given: commit, reload state from the store, then call
+    /// [`Source::complete_rebalance`] with the stored checkpoints.
+    Assigned(Vec<u32>),
 }
 
 /// A source of deliveries.
@@ -113,6 +128,16 @@ pub trait Source: Send {
 
     /// Up to `max` deliveries, waiting up to `wait` when none is there yet.
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError>;
+
+    /// Finishes a rebalance announced by [`Polled::Revoked`] or [`Polled::Assigned`],
+    /// once the consumer has committed (assignments resume at these checkpoints).
+    fn complete_rebalance(&mut self, _checkpoints: &[(u32, u64)]) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    /// The store committed these checkpoints (a Kafka source also commits them to the
+    /// broker, for lag monitoring only).
+    fn committed(&mut self, _checkpoints: &[(u32, u64)]) {}
 }
 
 /// `file:PATH`: each line is one delivery, its offset the line's index (from 0).
@@ -177,6 +202,7 @@ impl Source for FileSource {
                     offset,
                 },
                 line,
+                None,
             ));
         }
         Ok(if events.is_empty() {
@@ -229,6 +255,7 @@ impl Source for LogSource {
                             offset,
                         },
                         body.into_bytes(),
+                        None,
                     )
                 })
                 .collect(),

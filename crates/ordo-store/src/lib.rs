@@ -7,6 +7,7 @@
 //! position moved together, or neither did.
 
 mod error;
+pub mod outbox;
 mod sqlite;
 mod url;
 

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS dedupe_blocks (
 CREATE TABLE IF NOT EXISTS checkpoints (
     source TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
     PRIMARY KEY (source, partition));
+CREATE TABLE IF NOT EXISTS outbox (
+    position INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, body TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (published, position);
 CREATE TABLE IF NOT EXISTS lease (
     id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, pid INTEGER NOT NULL,
     heartbeat_ms INTEGER NOT NULL);
@@ -274,6 +278,44 @@ impl SqliteStore {
             );
             self.leased = false;
         }
+    }
+
+    /// Appends events to the outbox in one transaction of its own (see [`crate::outbox`]
+    /// for writing them in the application's transaction).
+    pub fn outbox_append(&mut self, events: &[(String, String)]) -> Result<(), ReadError> {
+        let transaction = self.connection.transaction()?;
+        for (stream, body) in events {
+            crate::outbox::write(&transaction, stream, body)?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Up to `limit` unpublished outbox rows, in order, as (position, stream, body).
+    pub fn outbox_unpublished(
+        &mut self,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, String)>, ReadError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT position, stream, body FROM outbox WHERE published = 0 ORDER BY position LIMIT ?1",
+        )?;
+        let rows = statement.query_map(params![limit as i64], |row| {
+            Ok((row.get::<_, i64>(0)? as u64, row.get(1)?, row.get(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?);
+        }
+        Ok(out)
+    }
+
+    /// Marks every outbox row up to `position` published.
+    pub fn outbox_mark_published(&mut self, position: u64) -> Result<(), ReadError> {
+        self.connection.execute(
+            "UPDATE outbox SET published = 1 WHERE published = 0 AND position <= ?1",
+            params![position as i64],
+        )?;
+        Ok(())
     }
 
     /// How many events wait in the store.

@@ -1,0 +1,446 @@
+//! ordo against a real Kafka-protocol broker (tansu, memory storage, on a free loopback
+//! port, started per test and killed afterwards). Each final state is compared with the
+//! in-order oracle.
+//!
+//! `scripts/test.sh` installs tansu (`cargo install tansu --version 0.6.0 --features
+//! dynostore`) when it is not on PATH.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{export, json_lines, ok, ordo, run, Scratch};
+use ordo_core::Event;
+use ordo_sim::scenarios::Scenario;
+use ordo_sim::workload::{deliver, random_history, Disorder, Shape};
+use ordo_sim::{compare, oracle, Rng};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// Longest wait for the broker to listen.
+const BROKER_START_MS: u64 = 15_000;
+
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu is on PATH (scripts/test.sh installs it: cargo install tansu --version 0.6.0 --features dynostore)");
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_millis(BROKER_START_MS),
+                "tansu did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, port }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn create_topic(&self, topic: &str, partitions: u32) {
+        let status = Command::new("tansu")
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://{}", self.address()),
+                "--partitions",
+                &partitions.to_string(),
+                topic,
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("tansu topic create");
+        assert!(status.success());
+    }
+
+    fn source(&self, topic: &str, group: &str) -> String {
+        format!(
+            "kafka://{}/{topic}?group={group}&session.timeout.ms=6000",
+            self.address()
+        )
+    }
+
+    fn producer(&self) -> BaseProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.address())
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.max.bytes", "3000000")
+            .create()
+            .expect("producer")
+    }
+
+    /// Produces events keyed by stream; `partition_of` pins a partition when given.
+    fn produce(&self, topic: &str, events: &[Event], partition_of: Option<&dyn Fn(&str) -> i32>) {
+        let producer = self.producer();
+        for event in events {
+            let body = event.to_json_string();
+            let mut record = BaseRecord::to(topic).key(&*event.stream).payload(&body);
+            if let Some(partition_of) = partition_of {
+                record = record.partition(partition_of(&event.stream));
+            }
+            send(&producer, record);
+        }
+        producer.flush(Duration::from_secs(30)).expect("flush");
+    }
+
+    fn produce_raw(&self, topic: &str, messages: &[(Option<&str>, Vec<u8>)]) {
+        let producer = self.producer();
+        for (key, payload) in messages {
+            let mut record: BaseRecord<'_, str, [u8]> =
+                BaseRecord::to(topic).payload(payload.as_slice());
+            if let Some(key) = key {
+                record = record.key(*key);
+            }
+            send(&producer, record);
+        }
+        producer.flush(Duration::from_secs(30)).expect("flush");
+    }
+}
+
+fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, K, P>,
+) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, returned)) => {
+                record = returned;
+                producer.poll(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn hash_partition(stream: &str, partitions: u32) -> i32 {
+    (ordo_core::dedupe::id_hash(stream) % u64::from(partitions)) as i32
+}
+
+fn run_until_idle(source: &str, store: &str) -> serde_json::Value {
+    let output = ok(&[
+        "run",
+        "--source",
+        source,
+        "--store",
+        store,
+        "--exit-when-idle",
+        "--json",
+        "--idle-ms",
+        "1000",
+    ]);
+    serde_json::from_slice(&output.stdout).expect("counters")
+}
+
+#[test]
+fn kafka_end_to_end_matches_the_oracle() {
+    let broker = Broker::start();
+    broker.create_topic("events", 3);
+    let seed = 31;
+    let history = random_history(
+        seed,
+        Shape {
+            streams: 40,
+            events: 2000,
+            ..Shape::default()
+        },
+    );
+    let deliveries = deliver(seed, &history, Disorder::Window(20), 10);
+    broker.produce("events", &deliveries, None);
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let counters = run_until_idle(&broker.source("events", "g1"), &store);
+    assert_eq!(
+        counters["applied"].as_u64().unwrap() + counters["duplicate"].as_u64().unwrap(),
+        deliveries.len() as u64
+    );
+    let divergence = compare(&oracle::run(&history), &export(&store), true);
+    assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
+    // A second run resumes at the stored offsets: nothing new.
+    let again = run_until_idle(&broker.source("events", "g1"), &store);
+    assert_eq!(again["applied"], counters["applied"]);
+}
+
+#[test]
+fn malformed_messages_become_dead_letters_with_partition_offset_and_reason() {
+    let broker = Broker::start();
+    broker.create_topic("bad", 1);
+    let good = r#"{"id":"a1","stream":"a","version":1,"type":"T","op":"set","data":{"ok":true}}"#;
+    let wrong_key = r#"{"id":"b1","stream":"b","version":1,"type":"T","op":"set","data":{}}"#;
+    let huge = format!(
+        r#"{{"id":"c1","stream":"c","version":1,"type":"T","op":"set","data":{{"x":"{}"}}}}"#,
+        "x".repeat(1_100_000)
+    );
+    broker.produce_raw(
+        "bad",
+        &[
+            (Some("z"), b"{not json".to_vec()),
+            (Some("b"), Vec::new()),
+            (Some("not-b"), wrong_key.as_bytes().to_vec()),
+            (Some("c"), huge.into_bytes()),
+            (Some("a"), good.as_bytes().to_vec()),
+        ],
+    );
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    run_until_idle(&broker.source("bad", "g"), &store);
+    let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
+    let reasons: Vec<&str> = entries
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(entries.len(), 4, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("invalid JSON")));
+    assert!(reasons.iter().any(|r| r.contains("empty message")));
+    assert!(reasons
+        .iter()
+        .any(|r| r.contains("message key `not-b` is not the event's stream `b`")));
+    assert!(reasons
+        .iter()
+        .any(|r| r.contains("over the 1048576-byte limit")));
+    for entry in &entries {
+        assert_eq!(entry["partition"], 0);
+        assert!(entry["offset"].is_u64());
+    }
+    assert_eq!(
+        export(&store)["a"].doc,
+        Some(serde_json::json!({"ok": true})),
+        "good messages are not blocked"
+    );
+}
+
+#[test]
+fn sigkill_mid_run_then_restart_matches_the_oracle() {
+    let broker = Broker::start();
+    broker.create_topic("events", 3);
+    let seed = 41;
+    let history = Scenario::Mixed.history(seed, 6000);
+    let deliveries = Scenario::Mixed.deliveries(seed, &history);
+    broker.produce("events", &deliveries, None);
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let source = broker.source("events", "g");
+    let mut rng = Rng::derive(seed, "kill");
+    for _ in 0..3 {
+        let mut child = ordo()
+            .args([
+                "run", "--source", &source, "--store", &store, "--batch", "32",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.range(1500, 3500)));
+        let _ = Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+    run_until_idle(&source, &store);
+    let divergence = compare(&oracle::run(&history), &export(&store), true);
+    assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
+}
+
+#[test]
+fn keys_moving_between_partitions_mid_stream_converge() {
+    // tansu 0.6 cannot add partitions, so the repartition is staged as a consumer sees
+    // it: six partitions, the first part keyed onto three of them, the rest onto six.
+    let broker = Broker::start();
+    broker.create_topic("moving", 6);
+    let seed = 51;
+    let history = random_history(
+        seed,
+        Shape {
+            streams: 40,
+            events: 2000,
+            ..Shape::default()
+        },
+    );
+    let deliveries = deliver(seed, &history, Disorder::Window(5), 5);
+    let (first, rest) = deliveries.split_at(deliveries.len() / 2);
+    broker.produce("moving", first, Some(&|s| hash_partition(s, 3)));
+    broker.produce("moving", rest, Some(&|s| hash_partition(s, 6)));
+    let moved = first
+        .iter()
+        .filter(|e| hash_partition(&e.stream, 3) != hash_partition(&e.stream, 6))
+        .count();
+    assert!(moved > 0, "some keys must move");
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let counters = run_until_idle(&broker.source("moving", "g"), &store);
+    assert!(
+        counters["buffered"].as_u64().unwrap() > 0,
+        "moved keys arrive out of order somewhere"
+    );
+    let divergence = compare(&oracle::run(&history), &export(&store), true);
+    assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
+}
+
+#[test]
+fn a_consumer_group_with_a_member_added_and_one_stopped_matches_the_oracle() {
+    let broker = Broker::start();
+    broker.create_topic("group", 4);
+    let seed = 61;
+    // Streams that do not depend on each other: cross-partition dependencies and merges
+    // between members need the shared-store coordination of the PostgreSQL store.
+    let history = Scenario::Bank.history(seed, 6000);
+    let deliveries = Scenario::Bank.deliveries(seed, &history);
+    broker.produce("group", &deliveries, None);
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let source = broker.source("group", "shared");
+    let spawn = || {
+        ordo()
+            .args([
+                "run", "--source", &source, "--store", &store, "--batch", "64",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = spawn(); // joins: the group rebalances
+    std::thread::sleep(Duration::from_millis(4000));
+    let _ = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status();
+    let first_out = first.wait_with_output().unwrap();
+    assert_eq!(
+        first_out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first_out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(3000)); // the second takes everything over
+    let _ = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status();
+    let second_out = second.wait_with_output().unwrap();
+    assert_eq!(
+        second_out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&second_out.stderr)
+    );
+    run_until_idle(&source, &store);
+    let divergence = compare(&oracle::run(&history), &export(&store), true);
+    assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
+}
+
+#[test]
+fn a_relay_crash_between_publish_and_mark_is_absorbed_by_the_consumer() {
+    let broker = Broker::start();
+    broker.create_topic("outbox", 3);
+    let scratch = Scratch::new();
+    let app_store = scratch.store("app.db");
+    let seed = 71;
+    let history = Scenario::EventStore.history(seed, 600);
+    {
+        let path = scratch.path("app.db");
+        let mut store = ordo_store::SqliteStore::open(path.to_str().unwrap(), true).unwrap();
+        let rows: Vec<(String, String)> = history
+            .iter()
+            .map(|e| (e.stream.to_string(), e.to_json_string()))
+            .collect();
+        store.outbox_append(&rows).unwrap();
+    }
+    let to = format!("kafka://{}/outbox", broker.address());
+    let crashed = ordo()
+        .args([
+            "relay",
+            "--store",
+            &app_store,
+            "--to",
+            &to,
+            "--exit-when-idle",
+            "--batch",
+            "100",
+        ])
+        .env("ORDO_RELAY_CRASH_AFTER_BATCHES", "2")
+        .output()
+        .unwrap();
+    assert_eq!(
+        crashed.status.code(),
+        Some(137),
+        "the relay crashed on purpose"
+    );
+    ok(&[
+        "relay",
+        "--store",
+        &app_store,
+        "--to",
+        &to,
+        "--exit-when-idle",
+        "--batch",
+        "100",
+    ]);
+    let store = scratch.store("state.db");
+    let counters = run_until_idle(&broker.source("outbox", "g"), &store);
+    assert_eq!(
+        counters["duplicate"].as_u64(),
+        Some(100),
+        "the batch published but not marked went out twice"
+    );
+    assert_eq!(counters["applied"].as_u64(), Some(history.len() as u64));
+    let divergence = compare(&oracle::run(&history), &export(&store), true);
+    assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error_not_a_hang() {
+    let scratch = Scratch::new();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = run(&[
+        "run",
+        "--source",
+        &format!("kafka://127.0.0.1:{port}/t?group=g"),
+        "--store",
+        &scratch.store("s.db"),
+        "--exit-when-idle",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no answer from"), "{stderr}");
+}

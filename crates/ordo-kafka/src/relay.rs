@@ -1,0 +1,163 @@
+//! `ordo relay`: publishes the store's outbox to Kafka, keyed by stream, in order.
+//!
+//! Each batch is sent with an idempotent producer (`enable.idempotence=true`,
+//! `acks=all`: no duplicates or reordering from the producer's own retries), flushed, and
+//! only then marked published. A crash between the flush and the mark publishes the batch
+//! again on restart: at-least-once, and the consumer's dedupe absorbs the copies.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ordo_store::SqliteStore;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+use crate::url::KafkaUrl;
+
+/// Outbox rows per batch by default.
+pub const RELAY_BATCH_DEFAULT: usize = 1000;
+
+/// Longest wait for a batch's deliveries.
+pub const FLUSH_TIMEOUT_MS: u64 = 30_000;
+
+/// How long an idle relay sleeps between looks at the outbox.
+pub const IDLE_POLL_MS: u64 = 50;
+
+/// How the relay runs.
+#[derive(Clone, Debug)]
+pub struct RelayOptions {
+    /// Stop once the outbox is empty.
+    pub exit_when_idle: bool,
+    /// Rows per batch.
+    pub batch: usize,
+    /// Exit abruptly after publishing (and before marking) this many batches (tests).
+    pub crash_after_published_batches: Option<u64>,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            exit_when_idle: false,
+            batch: RELAY_BATCH_DEFAULT,
+            crash_after_published_batches: None,
+        }
+    }
+}
+
+/// What a relay run did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RelayReport {
+    /// Events published (and marked).
+    pub published: u64,
+    /// Batches.
+    pub batches: u64,
+}
+
+struct DeliveryCounter {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+        if let Err((error, _)) = result {
+            eprintln!("ordo relay: delivery failed: {error}");
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Runs the relay until the outbox is empty (with `exit_when_idle`) or `stop` is set.
+pub fn run(
+    store: &mut SqliteStore,
+    url: &KafkaUrl,
+    options: &RelayOptions,
+    stop: &AtomicBool,
+) -> Result<RelayReport, String> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &url.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000");
+    for (key, value) in &url.params {
+        config.set(key, value);
+    }
+    let producer: BaseProducer<DeliveryCounter> = config
+        .create_with_context(DeliveryCounter {
+            failed: AtomicU64::new(0),
+        })
+        .map_err(|e| format!("cannot create a producer: {e}"))?;
+    producer
+        .client()
+        .fetch_metadata(
+            Some(&url.topic),
+            Duration::from_millis(crate::BROKER_WAIT_MS),
+        )
+        .map_err(|e| {
+            format!(
+                "no answer from {} within {} s: {e}",
+                url.brokers,
+                crate::BROKER_WAIT_MS / 1000
+            )
+        })?;
+    let mut report = RelayReport::default();
+    while !stop.load(Ordering::SeqCst) {
+        let rows = store
+            .outbox_unpublished(options.batch)
+            .map_err(|e| e.to_string())?;
+        let Some(&(last, _, _)) = rows.last() else {
+            if options.exit_when_idle {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(IDLE_POLL_MS));
+            continue;
+        };
+        for (_, stream, body) in &rows {
+            let mut record = BaseRecord::to(&url.topic)
+                .key(stream.as_str())
+                .payload(body.as_str());
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                        record = returned;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                    Err((error, _)) => return Err(format!("cannot send: {error}")),
+                }
+            }
+        }
+        producer
+            .flush(Duration::from_millis(FLUSH_TIMEOUT_MS))
+            .map_err(|e| {
+                format!(
+                    "deliveries not confirmed within {} s: {e}",
+                    FLUSH_TIMEOUT_MS / 1000
+                )
+            })?;
+        let failed = producer.context().failed.swap(0, Ordering::SeqCst);
+        if failed > 0 {
+            return Err(format!(
+                "{failed} deliveries failed; the batch stays unpublished and will be sent again"
+            ));
+        }
+        report.batches += 1;
+        if options.crash_after_published_batches == Some(report.batches) {
+            // Published, not marked: the restart publishes this batch again.
+            std::process::exit(137);
+        }
+        store
+            .outbox_mark_published(last)
+            .map_err(|e| e.to_string())?;
+        report.published += rows.len() as u64;
+    }
+    Ok(report)
+}

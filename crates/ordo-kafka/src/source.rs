@@ -1,0 +1,313 @@
+//! The consumer-group source.
+//!
+//! Rebalances are not answered inside librdkafka's callback: the callback only records
+//! them, and the run loop answers after it has applied and committed what it read
+//! (librdkafka allows the assign/unassign call to come after the callback, within the
+//! session timeout). So a revoked partition is released only once its work is durable,
+//! and an assigned one resumes at the offset committed in ordo's store.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ordo_core::SourcePosition;
+use ordo_runtime::{Polled, Source, SourceError};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+
+use crate::url::KafkaUrl;
+
+/// How long to wait for the broker to answer at start before giving up with an error.
+pub const BROKER_WAIT_MS: u64 = 10_000;
+
+/// Default quiet time, with every assigned partition read to its end, after which an
+/// `--exit-when-idle` run counts the source as drained.
+pub const IDLE_MS_DEFAULT: u64 = 1_500;
+
+#[derive(Debug)]
+enum Rebalance {
+    Revoke(Vec<i32>),
+    Assign(Vec<i32>),
+}
+
+/// Records rebalances for the run loop instead of answering them at once.
+struct GroupContext {
+    topic: String,
+    pending: Mutex<VecDeque<Rebalance>>,
+    /// Set when the source is dropped: the consumer's close must not wait for answers
+    /// nobody will give, and everything was committed before.
+    closing: AtomicBool,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        error: RDKafkaRespErr,
+        list: &mut TopicPartitionList,
+    ) {
+        if self.closing.load(Ordering::SeqCst) {
+            let _ = match error {
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => consumer.assign(list),
+                _ => consumer.unassign(),
+            };
+            return;
+        }
+        let partitions: Vec<i32> = list
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect();
+        let event = match error {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(partitions),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(partitions),
+            // An error rebalance: treat as losing everything, then rejoin.
+            _ => Rebalance::Revoke(partitions),
+        };
+        self.pending
+            .lock()
+            .expect("rebalance queue")
+            .push_back(event);
+    }
+}
+
+/// `kafka://HOST:PORT/TOPIC?group=G`: one member of a consumer group.
+pub struct KafkaSource {
+    consumer: BaseConsumer<GroupContext>,
+    topic: String,
+    /// Assigned partitions, and whether each has been read to its end.
+    assigned: BTreeMap<i32, bool>,
+    answering: Option<Rebalance>,
+    last_message: Instant,
+    idle: Duration,
+}
+
+impl KafkaSource {
+    /// Joins the group. Fails with a clear error when the broker does not answer within
+    /// [`BROKER_WAIT_MS`] or the topic does not exist.
+    pub fn open(url: &KafkaUrl, idle_ms: u64) -> Result<Self, SourceError> {
+        let group = url
+            .group
+            .clone()
+            .ok_or_else(|| SourceError::Broker("a Kafka source needs ?group=NAME".into()))?;
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &url.brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("partition.assignment.strategy", "range");
+        for (key, value) in &url.params {
+            config.set(key, value);
+        }
+        let context = GroupContext {
+            topic: url.topic.clone(),
+            pending: Mutex::new(VecDeque::new()),
+            closing: AtomicBool::new(false),
+        };
+        let consumer: BaseConsumer<GroupContext> = config
+            .create_with_context(context)
+            .map_err(|e| SourceError::Broker(format!("cannot create a consumer: {e}")))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&url.topic), Duration::from_millis(BROKER_WAIT_MS))
+            .map_err(|e| {
+                SourceError::Broker(format!(
+                    "no answer from {} within {} s: {e}",
+                    url.brokers,
+                    BROKER_WAIT_MS / 1000
+                ))
+            })?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == url.topic && t.error().is_none() && !t.partitions().is_empty());
+        if !exists {
+            return Err(SourceError::Broker(format!(
+                "topic `{}` does not exist",
+                url.topic
+            )));
+        }
+        consumer
+            .subscribe(&[&url.topic])
+            .map_err(|e| SourceError::Broker(format!("cannot subscribe: {e}")))?;
+        Ok(KafkaSource {
+            consumer,
+            topic: url.topic.clone(),
+            assigned: BTreeMap::new(),
+            answering: None,
+            last_message: Instant::now(),
+            idle: Duration::from_millis(idle_ms),
+        })
+    }
+
+    fn next_rebalance(&self) -> Option<Rebalance> {
+        self.consumer
+            .context()
+            .pending
+            .lock()
+            .expect("rebalance queue")
+            .pop_front()
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.consumer
+            .context()
+            .closing
+            .store(true, Ordering::SeqCst);
+        // A revocation recorded but not answered yet would hold the close forever.
+        if let Some(Rebalance::Revoke(_)) = self.answering.take() {
+            let _ = self.consumer.unassign();
+        }
+        self.consumer.unsubscribe();
+    }
+}
+
+impl Source for KafkaSource {
+    fn resume(&mut self, _checkpoints: &[(u32, u64)]) {
+        // Positions arrive with each assignment (complete_rebalance).
+    }
+
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {
+        let deadline = Instant::now() + wait;
+        let mut events = Vec::new();
+        loop {
+            if self.answering.is_none() {
+                if let Some(rebalance) = self.next_rebalance() {
+                    if !events.is_empty() {
+                        // Hand over what was read first; the rebalance comes next call.
+                        self.consumer
+                            .context()
+                            .pending
+                            .lock()
+                            .expect("rebalance queue")
+                            .push_front(rebalance);
+                        break;
+                    }
+                    let polled = match &rebalance {
+                        Rebalance::Revoke(p) => {
+                            Polled::Revoked(p.iter().map(|&p| p as u32).collect())
+                        }
+                        Rebalance::Assign(p) => {
+                            Polled::Assigned(p.iter().map(|&p| p as u32).collect())
+                        }
+                    };
+                    self.answering = Some(rebalance);
+                    return Ok(polled);
+                }
+            }
+            if events.len() >= max {
+                break;
+            }
+            let timeout = if events.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Ok(message)) => {
+                    let partition = message.partition();
+                    self.assigned.insert(partition, false);
+                    self.last_message = Instant::now();
+                    events.push((
+                        SourcePosition {
+                            partition: partition as u32,
+                            offset: message.offset() as u64,
+                        },
+                        message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        message.key().map(<[u8]>::to_vec),
+                    ));
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    if let Some(eof) = self.assigned.get_mut(&partition) {
+                        *eof = true;
+                    }
+                }
+                Some(Err(error)) => {
+                    // librdkafka retries transport errors itself; report and go on.
+                    eprintln!("ordo: kafka: {error}");
+                    if events.is_empty() && Instant::now() >= deadline {
+                        break;
+                    }
+                }
+            }
+            if events.is_empty() && Instant::now() >= deadline {
+                break;
+            }
+        }
+        if !events.is_empty() {
+            return Ok(Polled::Events(events));
+        }
+        let drained = !self.assigned.is_empty()
+            && self.assigned.values().all(|&eof| eof)
+            && self.last_message.elapsed() >= self.idle;
+        Ok(if drained {
+            Polled::Idle
+        } else {
+            Polled::Nothing
+        })
+    }
+
+    fn complete_rebalance(&mut self, checkpoints: &[(u32, u64)]) -> Result<(), SourceError> {
+        let broker = |what: &str, e: KafkaError| SourceError::Broker(format!("{what}: {e}"));
+        match self.answering.take() {
+            Some(Rebalance::Revoke(_)) => {
+                self.assigned.clear();
+                self.consumer
+                    .unassign()
+                    .map_err(|e| broker("cannot release partitions", e))?;
+            }
+            Some(Rebalance::Assign(partitions)) => {
+                let mut list = TopicPartitionList::new();
+                for &partition in &partitions {
+                    // Resume after the offset ordo's store committed with the state.
+                    let offset = checkpoints
+                        .iter()
+                        .find(|(p, _)| *p == partition as u32)
+                        .map_or(Offset::Beginning, |(_, o)| Offset::Offset(*o as i64 + 1));
+                    list.add_partition_offset(&self.topic, partition, offset)
+                        .map_err(|e| broker("bad assignment", e))?;
+                    self.assigned.insert(partition, false);
+                }
+                self.last_message = Instant::now();
+                self.consumer
+                    .assign(&list)
+                    .map_err(|e| broker("cannot take partitions", e))?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn committed(&mut self, checkpoints: &[(u32, u64)]) {
+        // For lag monitoring only: ordo's store holds the positions that count.
+        let mut list = TopicPartitionList::new();
+        for &(partition, offset) in checkpoints {
+            if self.assigned.contains_key(&(partition as i32)) {
+                let _ = list.add_partition_offset(
+                    &self.topic,
+                    partition as i32,
+                    Offset::Offset(offset as i64 + 1),
+                );
+            }
+        }
+        if list.count() > 0 {
+            let _ = self.consumer.commit(&list, CommitMode::Async);
+        }
+    }
+}
