@@ -9,8 +9,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # dynostore feature). Installed once per machine (about 15 minutes), reused after.
 if ! command -v tansu >/dev/null 2>&1; then
   echo "== installing tansu 0.6.0 (once per machine)"
-  cargo install tansu --version 0.6.0 --features dynostore --locked || \
-    cargo install tansu --version 0.6.0 --features dynostore
+  cargo install tansu --version 0.6.0 --features dynostore
 fi
 
 echo "== cargo fmt --check"

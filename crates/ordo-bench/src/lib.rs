@@ -4,5 +4,6 @@
 pub mod alloc;
 pub mod core;
 pub mod embedded;
+pub mod kafka;
 
 pub use alloc::CountingAllocator;

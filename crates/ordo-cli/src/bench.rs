@@ -29,6 +29,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         embedded_shape.events
     );
     let embedded = embedded::run(embedded_shape).map_err(anyhow::Error::msg)?;
+    let kafka_events = if args.quick { 30_000 } else { 100_000 };
+    eprintln!("kafka: {kafka_events} events through tansu, ordo vs a raw consume loop ...");
+    let kafka = ordo_bench::kafka::run(kafka_events);
     if args.json {
         let report = json!({
             "engine_events_per_s": core.engine_events_per_s.round(),
@@ -45,6 +48,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "embedded_events": embedded.events,
             "tail_latency_ms_p50": round3(embedded.tail_latency_ms_p50),
             "tail_latency_ms_p99": round3(embedded.tail_latency_ms_p99),
+            "kafka_events_per_s": kafka.as_ref().ok().map(|k| k.kafka_events_per_s.round()),
+            "kafka_raw_events_per_s": kafka.as_ref().ok().map(|k| k.raw_events_per_s.round()),
+            "kafka_vs_raw": kafka.as_ref().ok().map(|k| round3(k.ratio)),
+            "kafka_skipped": kafka.as_ref().err(),
         });
         println!("{report}");
     } else {
@@ -87,6 +94,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             embedded.tail_latency_ms_p50,
             format!("{:.3}", embedded.tail_latency_ms_p99)
         );
+        match &kafka {
+            Ok(k) => println!(
+                "{:<44} {:>14.0} {:>14.0} {:>8.3}",
+                "kafka -> SQLite events/s (vs raw consume)", k.kafka_events_per_s, k.raw_events_per_s, k.ratio
+            ),
+            Err(why) => println!("{:<44} skipped: {why}", "kafka -> SQLite events/s"),
+        }
         println!("core counters: {}", core.counters);
     }
     Ok(ExitCode::SUCCESS)

@@ -81,6 +81,10 @@ pub struct RunReport {
     pub delivered: u64,
     /// Commits made in this run.
     pub commits: u64,
+    /// When the first delivery of this run arrived (throughput measurements).
+    pub first_delivery: Option<Instant>,
+    /// When the last delivery of this run arrived.
+    pub last_delivery: Option<Instant>,
 }
 
 /// Why a run failed.
@@ -127,6 +131,8 @@ pub fn run<S: Store>(
     source.resume(&consumer.engine.checkpoints());
     let mut delivered = 0u64;
     let mut commits = 0u64;
+    let mut first_delivery = None;
+    let mut last_delivery = None;
     let mut oldest_uncommitted: Option<Instant> = None;
     let mut last_progress = Instant::now();
     let started = Instant::now();
@@ -170,12 +176,16 @@ pub fn run<S: Store>(
                     consumer.deliver_keyed(position, &bytes, key.as_deref());
                     delivered += 1;
                     oldest_uncommitted.get_or_insert_with(Instant::now);
+                    first_delivery.get_or_insert_with(Instant::now);
+                    last_delivery = Some(Instant::now());
                     if options.crash_after_deliveries == Some(delivered) {
                         return Ok(RunReport {
                             end: RunEnd::Crashed,
                             counters: consumer.counters(),
                             delivered,
                             commits,
+                            first_delivery,
+                            last_delivery,
                         });
                     }
                 }
@@ -224,6 +234,8 @@ pub fn run<S: Store>(
         counters: consumer.counters(),
         delivered,
         commits,
+        first_delivery,
+        last_delivery,
     })
 }
 
