@@ -47,7 +47,11 @@ impl Drop for Broker {
 
 /// Runs the benchmark, or says why it cannot.
 pub fn run(events: usize) -> Result<KafkaResult, String> {
-    let port = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?.local_addr().map_err(|e| e.to_string())?.port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| e.to_string())?
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .port();
     let listener = format!("tcp://127.0.0.1:{port}");
     let child = Command::new("tansu")
         .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener, "--storage-engine", "memory://tansu/"])
@@ -65,7 +69,15 @@ pub fn run(events: usize) -> Result<KafkaResult, String> {
     }
     let brokers = format!("127.0.0.1:{port}");
     let status = Command::new("tansu")
-        .args(["topic", "create", "--broker", &listener, "--partitions", &PARTITIONS.to_string(), "bench"])
+        .args([
+            "topic",
+            "create",
+            "--broker",
+            &listener,
+            "--partitions",
+            &PARTITIONS.to_string(),
+            "bench",
+        ])
         .stdout(Stdio::null())
         .status()
         .map_err(|e| e.to_string())?;
@@ -117,7 +129,9 @@ fn produce(brokers: &str, events: usize) -> Result<(), String> {
             }
         }
     }
-    producer.flush(Duration::from_secs(60)).map_err(|e| e.to_string())
+    producer
+        .flush(Duration::from_secs(60))
+        .map_err(|e| e.to_string())
 }
 
 fn raw_loop(brokers: &str, events: usize, group: &str) -> Result<f64, String> {
@@ -167,16 +181,26 @@ fn ordo_run(brokers: &str) -> Result<f64, String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let store_path = dir.join("state.db");
     let result = (|| {
-        let store = SqliteStore::open(store_path.to_str().ok_or("path")?, true).map_err(|e| e.to_string())?;
-        let url = KafkaUrl::parse(&format!("kafka://{brokers}/bench?group=bench-ordo&session.timeout.ms=6000"))?;
+        let store = SqliteStore::open(store_path.to_str().ok_or("path")?, true)
+            .map_err(|e| e.to_string())?;
+        let url = KafkaUrl::parse(&format!(
+            "kafka://{brokers}/bench?group=bench-ordo&session.timeout.ms=6000"
+        ))?;
         let mut source = KafkaSource::open(&url, IDLE_MS).map_err(|e| e.to_string())?;
-        let mut consumer = Consumer::open(store, "kafka:bench?group=bench-ordo", Config::default()).map_err(|e| e.to_string())?;
+        let mut consumer = Consumer::open(store, "kafka:bench?group=bench-ordo", Config::default())
+            .map_err(|e| e.to_string())?;
         consumer.verbose = false;
         let options = RunOptions {
             exit_when_idle: true,
             ..RunOptions::default()
         };
-        let report = ordo_runtime::run(&mut consumer, &mut source, &options, &AtomicBool::new(false)).map_err(|e| e.to_string())?;
+        let report = ordo_runtime::run(
+            &mut consumer,
+            &mut source,
+            &options,
+            &AtomicBool::new(false),
+        )
+        .map_err(|e| e.to_string())?;
         let ended = Instant::now() - Duration::from_millis(IDLE_MS);
         let first = report.first_delivery.ok_or("ordo read nothing")?;
         Ok(report.delivered as f64 / ended.duration_since(first).as_secs_f64())

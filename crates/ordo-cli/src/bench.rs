@@ -97,7 +97,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         match &kafka {
             Ok(k) => println!(
                 "{:<44} {:>14.0} {:>14.0} {:>8.3}",
-                "kafka -> SQLite events/s (vs raw consume)", k.kafka_events_per_s, k.raw_events_per_s, k.ratio
+                "kafka -> SQLite events/s (vs raw consume)",
+                k.kafka_events_per_s,
+                k.raw_events_per_s,
+                k.ratio
             ),
             Err(why) => println!("{:<44} skipped: {why}", "kafka -> SQLite events/s"),
         }

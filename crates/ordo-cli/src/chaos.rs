@@ -70,8 +70,13 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let mut summary = Summary::default();
     for seed in args.first_seed..args.first_seed + args.seeds {
         let report = run_seed(seed, &options_for(seed));
-        if !report.ok() && summary.first_failure.is_none() && !args.json {
-            eprintln!("{}", failure_text(&report));
+        if !report.ok() {
+            // Every failing seed is named; the first few with their traces.
+            if summary.divergences < 3 {
+                eprintln!("{}", failure_text(&report));
+            } else {
+                eprintln!("seed {seed} FAILED (reproduce with --seed {seed})");
+            }
         }
         summary.add(&report);
         if last_progress.elapsed() >= PROGRESS_INTERVAL {

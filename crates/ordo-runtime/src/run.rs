@@ -18,7 +18,7 @@ use crate::consumer::{ConsumeError, Consumer};
 use crate::source::{Polled, Source, SourceError};
 
 /// Default deliveries per commit.
-pub const COMMIT_EVENTS_MAX_DEFAULT: usize = 8192;
+pub const COMMIT_EVENTS_MAX_DEFAULT: usize = 32_768;
 
 /// Default longest time a delivery waits for its commit.
 pub const COMMIT_INTERVAL_MS_DEFAULT: u64 = 50;
