@@ -53,58 +53,63 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "kafka_vs_raw": kafka.as_ref().ok().map(|k| round3(k.ratio)),
             "kafka_skipped": kafka.as_ref().err(),
         });
-        println!("{report}");
+        outln!("{report}");
     } else {
-        println!(
+        outln!(
             "{:<44} {:>14} {:>14} {:>8}",
-            "measure", "ordo", "baseline", "ratio"
+            "measure",
+            "ordo",
+            "baseline",
+            "ratio"
         );
-        println!(
+        outln!(
             "{:<44} {:>14.0} {:>14.0} {:>8.3}",
             "core decisions/s (vs HashMap apply loop)",
             core.engine_events_per_s,
             core.baseline_events_per_s,
             core.ratio
         );
-        println!(
+        outln!(
             "{:<44} {:>14.0} {:>14.0} {:>8.3}",
             "  ... cold (every stream new)",
             core.engine_cold_events_per_s,
             core.baseline_cold_events_per_s,
             core.engine_cold_events_per_s / core.baseline_cold_events_per_s
         );
-        println!(
+        outln!(
             "{:<44} {:>14.0}",
-            "heap bytes per idle stream", core.bytes_per_idle_stream
+            "heap bytes per idle stream",
+            core.bytes_per_idle_stream
         );
-        println!(
+        outln!(
             "{:<44} {:>14.0}",
-            "  ... with one dedupe id per stream", core.bytes_per_idle_stream_with_dedupe
+            "  ... with one dedupe id per stream",
+            core.bytes_per_idle_stream_with_dedupe
         );
-        println!(
+        outln!(
             "{:<44} {:>14.0} {:>14.0} {:>8.3}",
             "embedded durable events/s (vs raw upserts)",
             embedded.embedded_events_per_s,
             embedded.baseline_events_per_s,
             embedded.ratio
         );
-        println!(
+        outln!(
             "{:<44} {:>14.3} {:>14}",
             "live tail latency p50 / p99 (ms)",
             embedded.tail_latency_ms_p50,
             format!("{:.3}", embedded.tail_latency_ms_p99)
         );
         match &kafka {
-            Ok(k) => println!(
+            Ok(k) => outln!(
                 "{:<44} {:>14.0} {:>14.0} {:>8.3}",
                 "kafka -> SQLite events/s (vs raw consume)",
                 k.kafka_events_per_s,
                 k.raw_events_per_s,
                 k.ratio
             ),
-            Err(why) => println!("{:<44} skipped: {why}", "kafka -> SQLite events/s"),
+            Err(why) => outln!("{:<44} skipped: {why}", "kafka -> SQLite events/s"),
         }
-        println!("core counters: {}", core.counters);
+        outln!("core counters: {}", core.counters);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,7 +31,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         let options = options_for(seed);
         let report = run_seed(seed, &options);
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "seed": seed,
@@ -46,17 +46,17 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
                 })
             );
         } else if report.ok() {
-            println!(
+            outln!(
                 "seed {seed} ({}): converged; trace hash {:016x}\n  mechanisms: {}\n  faults: {}",
                 options.workload.name(),
                 report.trace_hash,
                 report.counters,
                 report.faults.to_json()
             );
-            println!("  naive wrong {}, partition-ordered wrong {}, last-writer-wins wrong {} (of {} entities)",
+            outln!("  naive wrong {}, partition-ordered wrong {}, last-writer-wins wrong {} (of {} entities)",
                 report.naive_wrong, report.partition_ordered_wrong, report.lww_wrong, report.entities);
         } else {
-            println!("{}", failure_text(&report));
+            outln!("{}", failure_text(&report));
         }
         return Ok(if report.ok() {
             ExitCode::SUCCESS
@@ -103,7 +103,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
                        "naive": row.naive, "lww": row.lww})
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({
                 "seeds": summary.seeds,
@@ -122,7 +122,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         );
     } else {
         let names: Vec<&str> = scenarios.iter().map(|s| s.name()).collect();
-        println!(
+        outln!(
             "ordo chaos: {} seeds over {} ({} events each), {:.1} s, {:.0} seeds/min",
             summary.seeds,
             names.join(", "),
@@ -130,37 +130,48 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
             elapsed,
             seeds_per_minute
         );
-        println!(
+        outln!(
             "  ordo divergences: {} (invariant violations: {})",
-            summary.divergences, summary.invariant_violations
+            summary.divergences,
+            summary.invariant_violations
         );
-        println!(
+        outln!(
             "  baselines on the same deliveries, seeds with a wrong entity: naive {} | partition-ordered, no version guard {} | last-writer-wins {}",
             summary.naive_divergences, summary.partition_ordered_divergences, summary.lww_divergences
         );
-        println!("  what each mechanism absorbed:");
+        outln!("  what each mechanism absorbed:");
         for (name, value) in &summary.counters {
-            println!("    {name:<18} {value}");
+            outln!("    {name:<18} {value}");
         }
-        println!("  faults injected: {}", summary.faults.to_json());
+        outln!("  faults injected: {}", summary.faults.to_json());
         if !matrix.is_empty() {
-            println!(
+            outln!(
                 "\n  survival matrix: seeds (of {}) a design got wrong, each fault alone",
                 args.matrix_seeds
             );
-            println!(
+            outln!(
                 "    {:<14} {:<10} {:>6} {:>18} {:>7} {:>17}",
-                "fault", "workload", "ordo", "partition-ordered", "naive", "last-writer-wins"
+                "fault",
+                "workload",
+                "ordo",
+                "partition-ordered",
+                "naive",
+                "last-writer-wins"
             );
             for row in &matrix {
-                println!(
+                outln!(
                     "    {:<14} {:<10} {:>6} {:>18} {:>7} {:>17}",
-                    row.fault, row.workload, row.ordo, row.partition_ordered, row.naive, row.lww
+                    row.fault,
+                    row.workload,
+                    row.ordo,
+                    row.partition_ordered,
+                    row.naive,
+                    row.lww
                 );
             }
         }
         if let Some(failure) = &summary.first_failure {
-            println!("\nfirst failure:\n{failure}");
+            outln!("\nfirst failure:\n{failure}");
         }
     }
     Ok(if summary.divergences == 0 {

@@ -131,44 +131,45 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
     for scenario in Scenario::ALL {
         if !args.json {
-            println!("== {}: {}", scenario.name(), scenario.summary());
+            outln!("== {}: {}", scenario.name(), scenario.summary());
         }
         let (events, outcome) = run_scenario(scenario, &args, &scratch)?;
         let converged = outcome.divergence.is_empty();
         all_converged &= converged;
         if !args.json {
             let c = outcome.counters;
-            println!(
+            outln!(
                 "   {events} events saved to the embedded log as {} deliveries ({} extra copies), {} entities;",
                 outcome.deliveries,
                 outcome.deliveries - events,
                 outcome.entities
             );
-            println!("   consumed into SQLite with a crash half-way (the uncommitted batch lost) and a restart");
-            println!(
+            outln!("   consumed into SQLite with a crash half-way (the uncommitted batch lost) and a restart");
+            outln!(
                 "   absorbed: dedupe {} duplicates | version guard {} stale | gap buffer {} buffered | dependency wait {} parked, {} released",
                 c.duplicate, c.stale, c.buffered, c.parked, c.released
             );
-            println!(
+            outln!(
                 "             alias redirect {} redirected, {} late after merge | dead letters {} | stalled {}",
                 c.redirected, c.late_after_merge, outcome.dead_letters, c.stalled
             );
             if converged {
-                println!(
+                outln!(
                     "   ordo:  all {} entities equal the in-order oracle",
                     outcome.entities
                 );
             } else {
-                println!(
+                outln!(
                     "   ordo:  DIVERGED on {} entities; rerun with --seed {}\n{}",
                     outcome.divergence.streams.len(),
                     args.seed,
                     outcome.divergence
                 );
             }
-            println!(
+            outln!(
                 "   naive: {} of {} entities wrong (arrival order, no guard)\n",
-                outcome.naive_wrong, outcome.entities
+                outcome.naive_wrong,
+                outcome.entities
             );
         }
         reports.push(json!({
@@ -184,14 +185,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }));
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({"converged": all_converged, "scenarios": reports})
         );
     } else if all_converged {
-        println!("converged: every scenario matches the in-order oracle");
+        outln!("converged: every scenario matches the in-order oracle");
     } else {
-        println!("NOT converged: see the scenarios above");
+        outln!("NOT converged: see the scenarios above");
     }
     Ok(if all_converged {
         ExitCode::SUCCESS

@@ -34,17 +34,20 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let entries = store.dead_letters()?;
     if args.json {
         for entry in &entries {
-            println!("{}", entry_json(entry));
+            outln!("{}", entry_json(entry));
         }
     } else if entries.is_empty() {
-        println!("the dead-letter queue is empty");
+        outln!("the dead-letter queue is empty");
     } else {
-        println!(
+        outln!(
             "{:>6}  {:<10}  {:<28}  {:>8}  reason",
-            "id", "kind", "stream", "version"
+            "id",
+            "kind",
+            "stream",
+            "version"
         );
         for entry in &entries {
-            println!(
+            outln!(
                 "{:>6}  {:<10}  {:<28}  {:>8}  {}",
                 entry.id,
                 entry.kind.name(),
@@ -112,12 +115,12 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             }
         };
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 json!({"id": entry.id, "stream": entry.stream.as_deref(), "version": entry.version, "result": status, "reason": detail})
             );
         } else {
-            println!(
+            outln!(
                 "dead letter {}: {status}{}",
                 entry.id,
                 if detail.is_empty() {
@@ -145,10 +148,10 @@ pub fn skip(args: SkipArgs) -> anyhow::Result<ExitCode> {
     let mut failures = 0;
     for entry in &entries {
         match consumer.skip(entry) {
-            Ok(()) => println!("dead letter {}: skipped", entry.id),
+            Ok(()) => outln!("dead letter {}: skipped", entry.id),
             Err(reason) => {
                 failures += 1;
-                println!("dead letter {}: refused ({reason})", entry.id);
+                outln!("dead letter {}: refused ({reason})", entry.id);
             }
         }
         consumer.commit()?;
@@ -175,16 +178,16 @@ pub fn parked(args: ListArgs) -> anyhow::Result<ExitCode> {
     let waiting = engine.waiting();
     if args.json {
         for event in &waiting {
-            println!(
+            outln!(
                 "{}",
                 json!({"id": event.id.as_deref(), "stream": &*event.stream, "version": event.version, "reason": event.reason})
             );
         }
     } else if waiting.is_empty() {
-        println!("nothing is waiting");
+        outln!("nothing is waiting");
     } else {
         for event in &waiting {
-            println!(
+            outln!(
                 "{} v{} ({}): {}",
                 event.stream,
                 event.version,

@@ -4,6 +4,17 @@
 //! configuration (see `settings`) before doing any work. Exit codes: 0 ok, 1 the run
 //! found a problem, 2 bad usage or input.
 
+/// `println!` that ends the process quietly when stdout is closed (`ordo export | head`),
+/// instead of panicking on the broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(141);
+        }
+    }};
+}
+
 mod append;
 mod bench;
 mod chaos;

@@ -73,7 +73,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let dead_letters = consumer.store().dead_letters()?.len();
     let counters = report.counters;
     if args.json {
-        println!("{}", counters.to_json());
+        outln!("{}", counters.to_json());
     }
     let how = match report.end {
         RunEnd::Idle => "source drained, nothing can progress",
