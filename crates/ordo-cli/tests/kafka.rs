@@ -319,26 +319,31 @@ fn a_consumer_group_with_a_member_added_and_one_stopped_matches_the_oracle() {
     let seed = 61;
     // Streams that do not depend on each other: cross-partition dependencies and merges
     // between members need the shared-store coordination of the PostgreSQL store.
-    let history = Scenario::Bank.history(seed, 6000);
+    let history = Scenario::Bank.history(seed, 9_000);
     let deliveries = Scenario::Bank.deliveries(seed, &history);
-    broker.produce("group", &deliveries, None);
+    let thirds: Vec<&[Event]> = deliveries.chunks(deliveries.len().div_ceil(3)).collect();
     let scratch = Scratch::new();
     let store = scratch.store("state.db");
     let source = broker.source("group", "shared");
     let spawn = || {
         ordo()
             .args([
-                "run", "--source", &source, "--store", &store, "--batch", "64",
+                "run", "--source", &source, "--store", &store, "--batch", "16",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
+    // Traffic arrives while the group changes: a first member alone, a second joining
+    // (rebalance), the first leaving (rebalance), the second alone.
+    broker.produce("group", thirds[0], None);
     let first = spawn();
-    std::thread::sleep(Duration::from_millis(1500));
-    let second = spawn(); // joins: the group rebalances
-    std::thread::sleep(Duration::from_millis(4000));
+    std::thread::sleep(Duration::from_millis(2000));
+    let second = spawn();
+    std::thread::sleep(Duration::from_millis(6000));
+    broker.produce("group", thirds[1], None);
+    std::thread::sleep(Duration::from_millis(3000));
     let _ = Command::new("kill")
         .args(["-TERM", &first.id().to_string()])
         .status();
@@ -349,7 +354,9 @@ fn a_consumer_group_with_a_member_added_and_one_stopped_matches_the_oracle() {
         "{}",
         String::from_utf8_lossy(&first_out.stderr)
     );
-    std::thread::sleep(Duration::from_millis(3000)); // the second takes everything over
+    std::thread::sleep(Duration::from_millis(6000));
+    broker.produce("group", thirds[2], None);
+    std::thread::sleep(Duration::from_millis(3000));
     let _ = Command::new("kill")
         .args(["-TERM", &second.id().to_string()])
         .status();
@@ -359,6 +366,19 @@ fn a_consumer_group_with_a_member_added_and_one_stopped_matches_the_oracle() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&second_out.stderr)
+    );
+    let delivered = |stderr: &[u8]| -> u64 {
+        let text = String::from_utf8_lossy(stderr);
+        text.split(" delivered in this run")
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no delivery count in: {text}"))
+    };
+    let (first_count, second_count) = (delivered(&first_out.stderr), delivered(&second_out.stderr));
+    assert!(
+        first_count > 0 && second_count > 0,
+        "both members consumed: {first_count}, {second_count}"
     );
     run_until_idle(&source, &store);
     let divergence = compare(&oracle::run(&history), &export(&store), true);

@@ -24,7 +24,7 @@ use crate::{CommitBatch, ExportRow, Lease, Store};
 pub const SCHEMA_VERSION: i64 = 1;
 
 /// How long SQLite itself waits on a lock before answering busy.
-pub const BUSY_TIMEOUT_MS: u64 = 2_000;
+pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 /// Most attempts at one commit while the database answers busy.
 pub const COMMIT_ATTEMPTS_MAX: u32 = 5;
@@ -195,7 +195,12 @@ impl SqliteStore {
                 });
             }
         }
-        let transaction = self.connection.transaction().map_err(database)?;
+        // IMMEDIATE: take the write lock up front, so a busy database is waited for
+        // instead of failing the upgrade from a read lock.
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(database)?;
         transaction.execute_batch(SCHEMA).map_err(database)?;
         transaction
             .execute(
@@ -283,7 +288,9 @@ impl SqliteStore {
     /// Appends events to the outbox in one transaction of its own (see [`crate::outbox`]
     /// for writing them in the application's transaction).
     pub fn outbox_append(&mut self, events: &[(String, String)]) -> Result<(), ReadError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for (stream, body) in events {
             crate::outbox::write(&transaction, stream, body)?;
         }
