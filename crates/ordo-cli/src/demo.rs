@@ -63,10 +63,9 @@ fn run_scenario(
     drop(log);
 
     let source_key = format!("log:{log_path}");
-    let stop = AtomicBool::new(false);
     let progress = !args.json && deliveries.len() >= 50_000;
-    // First run: crash half-way; the uncommitted batch is lost, as with kill -9.
-    {
+    // One run of the real runtime on a freshly opened store: a restart each time.
+    let consume = |crash_after_deliveries: Option<u64>| -> anyhow::Result<(ordo_runtime::RunReport, Consumer<SqliteStore>)> {
         let store = SqliteStore::open(&store_path, true)?;
         let mut consumer = Consumer::open(store, &source_key, Config::default())?;
         consumer.verbose = false;
@@ -74,28 +73,21 @@ fn run_scenario(
         let options = RunOptions {
             exit_when_idle: true,
             commit_events_max: DEMO_BATCH_EVENTS,
-            crash_after_deliveries: Some(deliveries.len() as u64 / 2),
+            crash_after_deliveries,
             progress,
             ..RunOptions::default()
         };
-        let report = ordo_runtime::run(&mut consumer, &mut source, &options, &stop)?;
-        anyhow::ensure!(
-            report.end == RunEnd::Crashed,
-            "the demo's crash did not happen"
-        );
-    }
-    // Restart from what was committed and run until idle.
-    let store = SqliteStore::open(&store_path, true)?;
-    let mut consumer = Consumer::open(store, &source_key, Config::default())?;
-    consumer.verbose = false;
-    let mut source = LogSource::open(&log_path)?;
-    let options = RunOptions {
-        exit_when_idle: true,
-        commit_events_max: DEMO_BATCH_EVENTS,
-        progress,
-        ..RunOptions::default()
+        let report = ordo_runtime::run(&mut consumer, &mut source, &options, &AtomicBool::new(false))?;
+        Ok((report, consumer))
     };
-    let report = ordo_runtime::run(&mut consumer, &mut source, &options, &stop)?;
+    // First run: crash half-way; the uncommitted batch is lost, as with kill -9.
+    let (crashed, _) = consume(Some(deliveries.len() as u64 / 2))?;
+    anyhow::ensure!(
+        crashed.end == RunEnd::Crashed,
+        "the demo's crash did not happen"
+    );
+    // Restart from what was committed and run until idle.
+    let (report, mut consumer) = consume(None)?;
     let store = consumer.store();
     let mut actual = Export::new();
     for row in store.export()? {
