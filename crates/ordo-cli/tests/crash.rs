@@ -6,7 +6,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{export, ok, ordo, run, write_events, Scratch};
+use common::{export, ok, ordo, run, run_idle, write_events, Scratch};
 use ordo_core::{Event, Op};
 use ordo_sim::workload::{deliver, event, random_history, Disorder, Shape};
 use ordo_sim::{compare, oracle, Rng};
@@ -71,14 +71,7 @@ fn sigkill_at_random_moments_then_restart_converges_to_the_oracle() {
         killed_mid_run >= 2,
         "seed {seed}: only {killed_mid_run} kills landed mid-run; the test proves nothing"
     );
-    ok(&[
-        "run",
-        "--source",
-        &source,
-        "--store",
-        &store,
-        "--exit-when-idle",
-    ]);
+    run_idle(&source, &store, &[]);
     let divergence = compare(&oracle::run(&history), &export(&store), true);
     assert!(
         divergence.is_empty(),
@@ -156,15 +149,7 @@ fn an_injected_commit_fault_writes_neither_state_nor_position() {
         let applied_before = assert_counts_match_versions(&store, stage);
         assert!(applied_before > 0, "{stage}: earlier commits are kept");
         // The restart re-reads from the committed position and applies nothing twice.
-        let output = ok(&[
-            "run",
-            "--source",
-            &source,
-            "--store",
-            &store,
-            "--exit-when-idle",
-            "--json",
-        ]);
+        let output = run_idle(&source, &store, &["--json"]);
         let counters: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         let total = assert_counts_match_versions(&store, stage);
         assert_eq!(

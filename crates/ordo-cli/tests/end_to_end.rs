@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{export, json_lines, ok, run, write_events, write_lines, Scratch};
+use common::{export, json_lines, ok, run, run_idle, write_events, write_lines, Scratch};
 use ordo_sim::workload::{deliver, random_history, Disorder, Shape};
 use ordo_sim::{compare, oracle};
 
@@ -79,26 +79,11 @@ fn file_source_end_to_end_matches_the_oracle_and_resumes() {
     write_events(&input, &deliveries);
     let store = scratch.store("state.db");
     let source = format!("file:{}", input.display());
-    ok(&[
-        "run",
-        "--source",
-        &source,
-        "--store",
-        &store,
-        "--exit-when-idle",
-    ]);
+    run_idle(&source, &store, &[]);
     let first = export(&store);
     assert!(compare(&oracle::run(&history), &first, true).is_empty());
     // A second run resumes after the stored checkpoint: nothing is re-applied.
-    let output = ok(&[
-        "run",
-        "--source",
-        &source,
-        "--store",
-        &store,
-        "--exit-when-idle",
-        "--json",
-    ]);
+    let output = run_idle(&source, &store, &["--json"]);
     let counters: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(counters["applied"].as_u64().unwrap(), history.len() as u64);
     assert_eq!(export(&store), first);
@@ -239,16 +224,7 @@ fn dlq_replay_is_version_guarded_and_rate_limited() {
     write_lines(&input, &lines);
     let store = scratch.store("state.db");
     let source = format!("file:{}", input.display());
-    ok(&[
-        "run",
-        "--source",
-        &source,
-        "--store",
-        &store,
-        "--exit-when-idle",
-        "--stream-pending-max",
-        "1",
-    ]);
+    run_idle(&source, &store, &["--stream-pending-max", "1"]);
     let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
     let kinds: Vec<&str> = entries
         .iter()

@@ -11,7 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{export, json_lines, ok, ordo, run, Scratch};
+use common::{export, json_lines, ok, ordo, run, run_idle, Scratch};
 use ordo_core::Event;
 use ordo_sim::scenarios::Scenario;
 use ordo_sim::workload::{deliver, random_history, Disorder, Shape};
@@ -154,17 +154,7 @@ fn hash_partition(stream: &str, partitions: u32) -> i32 {
 }
 
 fn run_until_idle(source: &str, store: &str) -> serde_json::Value {
-    let output = ok(&[
-        "run",
-        "--source",
-        source,
-        "--store",
-        store,
-        "--exit-when-idle",
-        "--json",
-        "--idle-ms",
-        "1000",
-    ]);
+    let output = run_idle(source, store, &["--json", "--idle-ms", "1000"]);
     serde_json::from_slice(&output.stdout).expect("counters")
 }
 

@@ -36,6 +36,20 @@ pub fn ok(args: &[&str]) -> Output {
     output
 }
 
+/// `ordo run --source SOURCE --store STORE --exit-when-idle EXTRA…`, asserting exit 0.
+pub fn run_idle(source: &str, store: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "--source",
+        source,
+        "--store",
+        store,
+        "--exit-when-idle",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
 /// A scratch directory for one test.
 pub struct Scratch {
     dir: tempfile::TempDir,
