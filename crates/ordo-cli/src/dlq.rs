@@ -89,7 +89,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let per_second = parse_rate(&args.rate)?;
     let mut store = open_store(&args.store, false)?;
     store.acquire_lease("ordo dlq replay")?;
-    let config = engine_config(&args.engine, &store)?;
+    let config = engine_config(&args.engine, &mut store)?;
     let entries = select(store.dead_letters()?, &args.ids)?;
     let mut consumer = Consumer::open(store, OPERATOR_SOURCE, config)?;
     let interval = Duration::from_secs_f64(1.0 / per_second);
@@ -142,7 +142,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 pub fn skip(args: SkipArgs) -> anyhow::Result<ExitCode> {
     let mut store = open_store(&args.store, false)?;
     store.acquire_lease("ordo dlq skip")?;
-    let config = engine_config(&args.engine, &store)?;
+    let config = engine_config(&args.engine, &mut store)?;
     let entries = select(store.dead_letters()?, &args.ids)?;
     let mut consumer = Consumer::open(store, OPERATOR_SOURCE, config)?;
     let mut failures = 0;
@@ -172,7 +172,7 @@ pub fn parked(args: ListArgs) -> anyhow::Result<ExitCode> {
             dedupe_window: None,
             stream_pending_max: None,
         },
-        &store,
+        &mut store,
     )?;
     let engine = Engine::restore(config, store.snapshot(OPERATOR_SOURCE)?, now_ms());
     let waiting = engine.waiting();

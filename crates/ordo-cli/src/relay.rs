@@ -7,7 +7,7 @@ use ordo_kafka::relay::{self, RelayOptions};
 use ordo_kafka::KafkaUrl;
 
 use crate::cli::RelayArgs;
-use crate::settings::open_store;
+use crate::settings::open_sqlite;
 
 /// Environment variable that makes the relay exit after publishing (and before marking)
 /// this many batches (tests only).
@@ -16,7 +16,7 @@ const CRASH_VARIABLE: &str = "ORDO_RELAY_CRASH_AFTER_BATCHES";
 pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     let url = KafkaUrl::parse(&args.to).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
-    let mut store = open_store(&args.store, false)?;
+    let mut store = open_sqlite(&args.store, false)?;
     store.acquire_lease("ordo relay")?;
     let options = RelayOptions {
         exit_when_idle: args.exit_when_idle,

@@ -21,7 +21,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !matches!(source_url, SourceUrl::Kafka(_)) {
         store.acquire_lease("ordo run")?;
     }
-    let config = engine_config(&args.engine, &store)?;
+    let config = engine_config(&args.engine, &mut store)?;
     record_engine_config(&mut store, &config)?;
     if let Ok(fault) = std::env::var(FAULT_VARIABLE) {
         let (commit, stage) = fault
@@ -32,7 +32,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "checkpoints" => FaultStage::AfterCheckpoints,
             other => anyhow::bail!("{FAULT_VARIABLE}: unknown stage `{other}`"),
         };
-        store.inject_fault(commit.parse().context("fault commit number")?, stage);
+        match &mut store {
+            ordo_store::AnyStore::Sqlite(sqlite) => {
+                sqlite.inject_fault(commit.parse().context("fault commit number")?, stage)
+            }
+            ordo_store::AnyStore::Postgres(_) => {
+                anyhow::bail!("{FAULT_VARIABLE} works with SQLite stores only")
+            }
+        }
     }
     let (source, checkpoint_key): (Box<dyn ordo_runtime::Source>, String) = match &source_url {
         SourceUrl::Kafka(url) => {

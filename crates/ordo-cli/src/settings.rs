@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use ordo_core::{Config, VersionMode};
-use ordo_store::{OpenError, SqliteStore, StoreUrl};
+use ordo_store::{AnyStore, OpenError, SqliteStore, StoreUrl};
 use serde_json::{json, Value};
 
 use crate::cli::EngineArgs;
@@ -11,17 +11,22 @@ use crate::cli::EngineArgs;
 const ENGINE_SETTINGS_KEY: &str = "engine";
 
 /// Opens the store a URL names. `create` for verbs that write a new store.
-pub fn open_store(url: &str, create: bool) -> anyhow::Result<SqliteStore> {
+pub fn open_store(url: &str, create: bool) -> anyhow::Result<AnyStore> {
+    Ok(AnyStore::open(url, create)?)
+}
+
+/// Opens a SQLite store (verbs that need SQLite-only features, such as the outbox).
+pub fn open_sqlite(url: &str, create: bool) -> anyhow::Result<SqliteStore> {
     match StoreUrl::parse(url)? {
         StoreUrl::Sqlite(path) => Ok(SqliteStore::open(&path, create)?),
         StoreUrl::Postgres(_) => bail!(OpenError::Database(
-            "the PostgreSQL store is not in this build yet (use sqlite:PATH)".into()
+            "the outbox relay reads a SQLite store for now (use sqlite:PATH)".into()
         )),
     }
 }
 
 /// The engine configuration: flags first, then what the store recorded, then defaults.
-pub fn engine_config(args: &EngineArgs, store: &SqliteStore) -> anyhow::Result<Config> {
+pub fn engine_config(args: &EngineArgs, store: &mut AnyStore) -> anyhow::Result<Config> {
     let recorded: Value = match store.setting(ENGINE_SETTINGS_KEY)? {
         Some(text) => {
             serde_json::from_str(&text).context("the store's recorded engine settings")?
@@ -73,7 +78,7 @@ pub fn engine_config(args: &EngineArgs, store: &SqliteStore) -> anyhow::Result<C
 }
 
 /// Records the engine configuration so that operator verbs restore the same engine.
-pub fn record_engine_config(store: &mut SqliteStore, config: &Config) -> anyhow::Result<()> {
+pub fn record_engine_config(store: &mut AnyStore, config: &Config) -> anyhow::Result<()> {
     let monotonic: Vec<&str> = config.mode_rules.iter().map(|(p, _)| p.as_str()).collect();
     let settings = json!({
         "gap_timeout_ms": config.gap_timeout_ms,

@@ -308,3 +308,49 @@ fn bad_paths_and_urls_are_clear_errors_with_exit_code_2() {
     let output = run(&["frobnicate"]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn postgres_store_end_to_end_matches_the_oracle() {
+    let seed = 91;
+    let scratch = Scratch::new();
+    let history = random_history(seed, shape());
+    let deliveries = deliver(seed, &history, Disorder::Shuffle, 15);
+    let input = scratch.path("in.jsonl");
+    write_events(&input, &deliveries);
+    let schema = format!("ordo_e2e_{}", std::process::id());
+    let mut admin =
+        postgres::Client::connect("postgres://postgres@127.0.0.1:5432/test", postgres::NoTls)
+            .expect("PostgreSQL on 127.0.0.1:5432 (database `test`)");
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
+    let store = format!("postgres://postgres@127.0.0.1:5432/test?schema={schema}");
+    let output = run_idle(
+        &format!("file:{}", input.display()),
+        &store,
+        &["--json", "--batch", "300"],
+    );
+    let counters: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        counters["applied"].as_u64().unwrap() + counters["duplicate"].as_u64().unwrap(),
+        deliveries.len() as u64
+    );
+    let divergence = compare(&oracle::run(&history), &export(&store), true);
+    assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
+}
+
+#[test]
+fn a_postgres_password_never_appears_in_errors() {
+    let output = run(&[
+        "export",
+        "--store",
+        "postgres://ordo:sup3rsecret@127.0.0.1:1/test",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(!stderr.contains("sup3rsecret"), "{stderr}");
+}

@@ -8,6 +8,7 @@
 
 mod error;
 pub mod outbox;
+mod pg;
 mod sqlite;
 mod url;
 
@@ -17,6 +18,7 @@ use ordo_core::{ChangeSet, DeadLetter, Snapshot};
 use ordo_projection::Document;
 
 pub use error::{CommitError, OpenError, ReadError};
+pub use pg::{PostgresStore, POSTGRES_SCHEMA_VERSION};
 pub use sqlite::{FaultStage, SqliteStore, SCHEMA_VERSION};
 pub use url::StoreUrl;
 
@@ -87,4 +89,91 @@ pub trait Store {
 
     /// The counters as of the last commit.
     fn counters(&mut self) -> Result<ordo_core::Counters, ReadError>;
+}
+
+/// Either store, chosen by URL (what the CLI opens).
+#[derive(Debug)]
+pub enum AnyStore {
+    /// `sqlite:PATH`.
+    Sqlite(SqliteStore),
+    /// `postgres://…`.
+    Postgres(PostgresStore),
+}
+
+impl AnyStore {
+    /// Opens the store a URL names; `create` for verbs that may create a SQLite file.
+    pub fn open(url: &str, create: bool) -> Result<Self, OpenError> {
+        match StoreUrl::parse(url)? {
+            StoreUrl::Sqlite(path) => Ok(AnyStore::Sqlite(SqliteStore::open(&path, create)?)),
+            StoreUrl::Postgres(url) => Ok(AnyStore::Postgres(PostgresStore::open(&url)?)),
+        }
+    }
+
+    /// Takes a SQLite store for writing (PostgreSQL stores are shared by design).
+    pub fn acquire_lease(&mut self, holder: &str) -> Result<(), OpenError> {
+        match self {
+            AnyStore::Sqlite(store) => store.acquire_lease(holder),
+            AnyStore::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// Writes a setting.
+    pub fn set_setting(&mut self, key: &str, value: &str) -> Result<(), ReadError> {
+        match self {
+            AnyStore::Sqlite(store) => store.set_setting(key, value),
+            AnyStore::Postgres(store) => store.set_setting(key, value),
+        }
+    }
+
+    /// Reads a setting.
+    pub fn setting(&mut self, key: &str) -> Result<Option<String>, ReadError> {
+        match self {
+            AnyStore::Sqlite(store) => store.setting(key),
+            AnyStore::Postgres(store) => store.setting(key),
+        }
+    }
+}
+
+impl Store for AnyStore {
+    fn snapshot(&mut self, source: &str) -> Result<Snapshot, ReadError> {
+        match self {
+            AnyStore::Sqlite(s) => s.snapshot(source),
+            AnyStore::Postgres(s) => s.snapshot(source),
+        }
+    }
+
+    fn documents(&mut self, streams: &[Arc<str>]) -> Result<Vec<Option<Document>>, ReadError> {
+        match self {
+            AnyStore::Sqlite(s) => s.documents(streams),
+            AnyStore::Postgres(s) => s.documents(streams),
+        }
+    }
+
+    fn commit(&mut self, source: &str, batch: CommitBatch) -> Result<(), CommitError> {
+        match self {
+            AnyStore::Sqlite(s) => s.commit(source, batch),
+            AnyStore::Postgres(s) => s.commit(source, batch),
+        }
+    }
+
+    fn dead_letters(&mut self) -> Result<Vec<DeadLetter>, ReadError> {
+        match self {
+            AnyStore::Sqlite(s) => s.dead_letters(),
+            AnyStore::Postgres(s) => s.dead_letters(),
+        }
+    }
+
+    fn export(&mut self) -> Result<Vec<ExportRow>, ReadError> {
+        match self {
+            AnyStore::Sqlite(s) => s.export(),
+            AnyStore::Postgres(s) => s.export(),
+        }
+    }
+
+    fn counters(&mut self) -> Result<ordo_core::Counters, ReadError> {
+        match self {
+            AnyStore::Sqlite(s) => s.counters(),
+            AnyStore::Postgres(s) => s.counters(),
+        }
+    }
 }
