@@ -10,7 +10,6 @@ use ordo_core::Config;
 use ordo_log::EventLog;
 use ordo_runtime::{Consumer, LogSource, RunOptions};
 use ordo_sim::Rng;
-use ordo_store::SqliteStore;
 use rusqlite::{params, Connection};
 
 /// The embedded benchmark's size.
@@ -147,7 +146,7 @@ fn build_log(path: &str, shape: EmbeddedShape) -> Result<usize, String> {
 
 fn run_ordo(log: &str, store: &str) -> Result<f64, String> {
     let started = Instant::now();
-    let store = SqliteStore::open(store, true).map_err(|e| e.to_string())?;
+    let store = ordo_store::AnyStore::open(store, true).map_err(|e| e.to_string())?;
     let mut consumer = Consumer::open(store, &format!("log:{log}"), Config::default())
         .map_err(|e| e.to_string())?;
     consumer.verbose = false;
@@ -227,7 +226,10 @@ pub fn run(shape: EmbeddedShape) -> Result<EmbeddedResult, String> {
     let mut ordo_best: f64 = 0.0;
     let mut raw_best: f64 = 0.0;
     for repetition in 0..shape.repetitions {
-        ordo_best = ordo_best.max(run_ordo(&log, &path(&format!("ordo-{repetition}.db")))?);
+        ordo_best = ordo_best.max(run_ordo(
+            &log,
+            &format!("sqlite:{}", path(&format!("ordo-{repetition}.db"))),
+        )?);
         raw_best = raw_best.max(run_raw(&log, &path(&format!("raw-{repetition}.db")))?);
     }
     let (tail_latency_ms_p50, tail_latency_ms_p99) = tail_latency(&log)?;
@@ -236,6 +238,110 @@ pub fn run(shape: EmbeddedShape) -> Result<EmbeddedResult, String> {
         tail_latency_ms_p99,
         events,
         embedded_events_per_s: ordo_best,
+        baseline_events_per_s: raw_best,
+        ratio: ordo_best / raw_best,
+    })
+}
+
+/// Results of the PostgreSQL benchmark.
+#[derive(Clone, Debug)]
+pub struct PostgresResult {
+    /// Deliveries in the log.
+    pub events: usize,
+    /// ordo into PostgreSQL, durable, events per second.
+    pub postgres_events_per_s: f64,
+    /// The raw batched `UNNEST` upsert loop's events per second.
+    pub baseline_events_per_s: f64,
+    /// ordo / raw.
+    pub ratio: f64,
+}
+
+/// The server the PostgreSQL benchmark uses (the local one, trust auth).
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn run_raw_postgres(log_path: &str, schema: &str) -> Result<f64, String> {
+    let started = Instant::now();
+    let mut log = EventLog::open(log_path, false).map_err(|e| e.to_string())?;
+    let mut client =
+        postgres::Client::connect(POSTGRES_URL, postgres::NoTls).map_err(|e| e.to_string())?;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema};
+             CREATE TABLE IF NOT EXISTS docs (stream TEXT PRIMARY KEY, doc TEXT);
+             CREATE TABLE IF NOT EXISTS position (id INT PRIMARY KEY, \"offset\" BIGINT);"
+        ))
+        .map_err(|e| e.to_string())?;
+    let mut after = 0;
+    let mut count = 0usize;
+    loop {
+        let rows = log
+            .read(after, ordo_runtime::run::COMMIT_EVENTS_MAX_DEFAULT)
+            .map_err(|e| e.to_string())?;
+        let Some((last, _)) = rows.last() else {
+            break;
+        };
+        after = *last;
+        // The last write of a stream in a batch wins, as in row-by-row upserts.
+        let mut latest: std::collections::HashMap<String, String> =
+            std::collections::HashMap::new();
+        for (_, body) in &rows {
+            let value: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+            let stream = value["stream"].as_str().unwrap_or_default().to_string();
+            latest.insert(stream, value["data"].to_string());
+            count += 1;
+        }
+        let (streams, docs): (Vec<String>, Vec<String>) = latest.into_iter().unzip();
+        let mut transaction = client.transaction().map_err(|e| e.to_string())?;
+        transaction
+            .execute(
+                "INSERT INTO docs (stream, doc) SELECT * FROM UNNEST($1::text[], $2::text[])
+                 ON CONFLICT (stream) DO UPDATE SET doc = excluded.doc",
+                &[&streams, &docs],
+            )
+            .map_err(|e| e.to_string())?;
+        transaction
+            .execute(
+                "INSERT INTO position (id, \"offset\") VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET \"offset\" = excluded.\"offset\"",
+                &[&(after as i64)],
+            )
+            .map_err(|e| e.to_string())?;
+        transaction.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Runs the PostgreSQL benchmark, or says why it cannot.
+pub fn run_postgres(shape: EmbeddedShape) -> Result<PostgresResult, String> {
+    let mut admin = postgres::Client::connect(POSTGRES_URL, postgres::NoTls)
+        .map_err(|e| format!("no PostgreSQL at 127.0.0.1:5432 ({e})"))?;
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("ordo-pg-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).map_err(|e| e.to_string())?;
+    let log = scratch.0.join("log.db").to_string_lossy().into_owned();
+    let events = build_log(&log, shape)?;
+    let mut ordo_best: f64 = 0.0;
+    let mut raw_best: f64 = 0.0;
+    for repetition in 0..shape.repetitions {
+        let ordo_schema = format!("ordo_bench_{}_{repetition}", std::process::id());
+        let raw_schema = format!("ordo_bench_raw_{}_{repetition}", std::process::id());
+        for schema in [&ordo_schema, &raw_schema] {
+            admin
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .map_err(|e| e.to_string())?;
+        }
+        ordo_best = ordo_best.max(run_ordo(
+            &log,
+            &format!("{POSTGRES_URL}?schema={ordo_schema}"),
+        )?);
+        raw_best = raw_best.max(run_raw_postgres(&log, &raw_schema)?);
+        for schema in [&ordo_schema, &raw_schema] {
+            let _ = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+    }
+    Ok(PostgresResult {
+        events,
+        postgres_events_per_s: ordo_best,
         baseline_events_per_s: raw_best,
         ratio: ordo_best / raw_best,
     })

@@ -29,6 +29,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         embedded_shape.events
     );
     let embedded = embedded::run(embedded_shape).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "postgres: {} events through the log, runtime and PostgreSQL ...",
+        embedded_shape.events
+    );
+    let postgres = embedded::run_postgres(embedded_shape);
     let kafka_events = if args.quick { 30_000 } else { 100_000 };
     eprintln!("kafka: {kafka_events} events through tansu, ordo vs a raw consume loop ...");
     let kafka = ordo_bench::kafka::run(kafka_events);
@@ -52,6 +57,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "kafka_raw_events_per_s": kafka.as_ref().ok().map(|k| k.raw_events_per_s.round()),
             "kafka_vs_raw": kafka.as_ref().ok().map(|k| round3(k.ratio)),
             "kafka_skipped": kafka.as_ref().err(),
+            "postgres_events_per_s": postgres.as_ref().ok().map(|p| p.postgres_events_per_s.round()),
+            "postgres_raw_events_per_s": postgres.as_ref().ok().map(|p| p.baseline_events_per_s.round()),
+            "postgres_vs_raw": postgres.as_ref().ok().map(|p| round3(p.ratio)),
+            "postgres_skipped": postgres.as_ref().err(),
         });
         outln!("{report}");
     } else {
@@ -108,6 +117,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 k.ratio
             ),
             Err(why) => outln!("{:<44} skipped: {why}", "kafka -> SQLite events/s"),
+        }
+        match &postgres {
+            Ok(p) => outln!(
+                "{:<44} {:>14.0} {:>14.0} {:>8.3}",
+                "postgres durable events/s (vs raw UNNEST)",
+                p.postgres_events_per_s,
+                p.baseline_events_per_s,
+                p.ratio
+            ),
+            Err(why) => outln!("{:<44} skipped: {why}", "postgres durable events/s"),
         }
         outln!("core counters: {}", core.counters);
     }

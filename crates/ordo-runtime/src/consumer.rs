@@ -13,6 +13,9 @@ use rustc_hash::{FxHashMap, FxHashSet};
 /// Most documents kept in memory between commits; beyond it, clean ones are dropped.
 pub const DOCUMENT_CACHE_MAX: usize = 200_000;
 
+/// Most works taken out of the engine per round of [`Consumer::apply_ready`].
+pub const WORKS_PER_ROUND_MAX: usize = 4096;
+
 /// Most notices printed per commit; the rest are counted (counters say it all anyway).
 pub const NOTICES_PRINTED_PER_COMMIT_MAX: usize = 20;
 
@@ -172,12 +175,39 @@ impl<S: Store> Consumer<S> {
     }
 
     /// Applies everything the engine has ready.
+    ///
+    /// Works are taken out in rounds of up to [`WORKS_PER_ROUND_MAX`]: the engine never
+    /// hands out two that touch one stream or one document, so a round can be applied in
+    /// any order; its documents are read from the store in one call first (one round trip
+    /// to a database server instead of one per stream).
     pub fn apply_ready(&mut self) -> Result<u64, ConsumeError> {
         let mut applied = 0;
-        while let Some(work) = self.engine.poll_work(now_ms()) {
-            let outcome = self.apply(&work)?;
-            self.engine.handle_outcome(now_ms(), work, outcome);
-            applied += 1;
+        let mut round: Vec<Work> = Vec::new();
+        loop {
+            while round.len() < WORKS_PER_ROUND_MAX {
+                match self.engine.poll_work(now_ms()) {
+                    Some(work) => round.push(work),
+                    None => break,
+                }
+            }
+            if round.is_empty() {
+                break;
+            }
+            let mut streams: Vec<&str> = Vec::new();
+            for work in &round {
+                streams.push(work.document());
+                if let ordo_core::Action::Merge { sources } = &work.action {
+                    streams.extend(sources.iter().map(|s| &**s));
+                }
+            }
+            // Borrow juggling: collect names first, then read.
+            let names: Vec<Arc<str>> = streams.into_iter().map(Arc::from).collect();
+            self.prefetch(names.iter().map(|s| &**s))?;
+            for work in round.drain(..) {
+                let outcome = self.apply(&work)?;
+                self.engine.handle_outcome(now_ms(), work, outcome);
+                applied += 1;
+            }
         }
         self.engine.handle_timeout(now_ms());
         self.print_notices();
@@ -194,6 +224,29 @@ impl<S: Store> Consumer<S> {
         // A rejected work leaves its documents unchanged; marking them dirty then only
         // rewrites the same value.
         Ok(run_work(&DocumentProjection, work, &mut self.cache))
+    }
+
+    /// Reads the documents of these streams that are not cached, in one store call (one
+    /// round trip to a database server instead of one per stream).
+    pub fn prefetch<'a>(
+        &mut self,
+        streams: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ConsumeError> {
+        let mut missing: Vec<Arc<str>> = Vec::new();
+        for stream in streams {
+            if !self.cache.documents.contains_key(stream) && !missing.iter().any(|m| &**m == stream)
+            {
+                missing.push(Arc::from(stream));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let loaded = self.store.documents(&missing)?;
+        for (stream, document) in missing.into_iter().zip(loaded) {
+            self.cache.documents.insert(stream, document);
+        }
+        Ok(())
     }
 
     fn load(&mut self, stream: &str) -> Result<(), ConsumeError> {
