@@ -193,16 +193,28 @@ impl<S: Store> Consumer<S> {
             if round.is_empty() {
                 break;
             }
-            let mut streams: Vec<&str> = Vec::new();
+            // The engine locks every document a work touches (a merge's sources too), so the
+            // documents of one round are all distinct.
+            let mut missing: Vec<Arc<str>> = Vec::new();
             for work in &round {
-                streams.push(work.document());
+                let mut note = |stream: &str| {
+                    if !self.cache.documents.contains_key(stream) {
+                        missing.push(Arc::from(stream));
+                    }
+                };
+                note(work.document());
                 if let ordo_core::Action::Merge { sources } = &work.action {
-                    streams.extend(sources.iter().map(|s| &**s));
+                    for source in sources {
+                        note(source);
+                    }
                 }
             }
-            // Borrow juggling: collect names first, then read.
-            let names: Vec<Arc<str>> = streams.into_iter().map(Arc::from).collect();
-            self.prefetch(names.iter().map(|s| &**s))?;
+            if !missing.is_empty() {
+                let loaded = self.store.documents(&missing)?;
+                for (stream, document) in missing.into_iter().zip(loaded) {
+                    self.cache.documents.insert(stream, document);
+                }
+            }
             for work in round.drain(..) {
                 let outcome = self.apply(&work)?;
                 self.engine.handle_outcome(now_ms(), work, outcome);
@@ -224,29 +236,6 @@ impl<S: Store> Consumer<S> {
         // A rejected work leaves its documents unchanged; marking them dirty then only
         // rewrites the same value.
         Ok(run_work(&DocumentProjection, work, &mut self.cache))
-    }
-
-    /// Reads the documents of these streams that are not cached, in one store call (one
-    /// round trip to a database server instead of one per stream).
-    pub fn prefetch<'a>(
-        &mut self,
-        streams: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), ConsumeError> {
-        let mut missing: Vec<Arc<str>> = Vec::new();
-        for stream in streams {
-            if !self.cache.documents.contains_key(stream) && !missing.iter().any(|m| &**m == stream)
-            {
-                missing.push(Arc::from(stream));
-            }
-        }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let loaded = self.store.documents(&missing)?;
-        for (stream, document) in missing.into_iter().zip(loaded) {
-            self.cache.documents.insert(stream, document);
-        }
-        Ok(())
     }
 
     fn load(&mut self, stream: &str) -> Result<(), ConsumeError> {
