@@ -144,24 +144,28 @@ fn build_log(path: &str, shape: EmbeddedShape) -> Result<usize, String> {
     Ok(keyed.len())
 }
 
-fn run_ordo(log: &str, store: &str) -> Result<f64, String> {
-    let started = Instant::now();
+/// Opens a fresh consumer on `store` and runs it until `source` is drained.
+pub(crate) fn consume_until_idle(
+    store: &str,
+    checkpoint_key: &str,
+    source: &mut dyn ordo_runtime::Source,
+) -> Result<ordo_runtime::RunReport, String> {
     let store = ordo_store::AnyStore::open(store, true).map_err(|e| e.to_string())?;
-    let mut consumer = Consumer::open(store, &format!("log:{log}"), Config::default())
-        .map_err(|e| e.to_string())?;
+    let mut consumer =
+        Consumer::open(store, checkpoint_key, Config::default()).map_err(|e| e.to_string())?;
     consumer.verbose = false;
-    let mut source = LogSource::open(log).map_err(|e| e.to_string())?;
     let options = RunOptions {
         exit_when_idle: true,
         ..RunOptions::default()
     };
-    let report = ordo_runtime::run(
-        &mut consumer,
-        &mut source,
-        &options,
-        &AtomicBool::new(false),
-    )
-    .map_err(|e| e.to_string())?;
+    ordo_runtime::run(&mut consumer, source, &options, &AtomicBool::new(false))
+        .map_err(|e| e.to_string())
+}
+
+fn run_ordo(log: &str, store: &str) -> Result<f64, String> {
+    let started = Instant::now();
+    let mut source = LogSource::open(log).map_err(|e| e.to_string())?;
+    let report = consume_until_idle(store, &format!("log:{log}"), &mut source)?;
     Ok(report.delivered as f64 / started.elapsed().as_secs_f64())
 }
 

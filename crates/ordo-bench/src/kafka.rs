@@ -4,14 +4,10 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use ordo_core::Config;
 use ordo_kafka::{KafkaSource, KafkaUrl};
-use ordo_runtime::{Consumer, RunOptions};
 use ordo_sim::Rng;
-use ordo_store::SqliteStore;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
@@ -181,26 +177,16 @@ fn ordo_run(brokers: &str) -> Result<f64, String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let store_path = dir.join("state.db");
     let result = (|| {
-        let store = SqliteStore::open(store_path.to_str().ok_or("path")?, true)
-            .map_err(|e| e.to_string())?;
         let url = KafkaUrl::parse(&format!(
             "kafka://{brokers}/bench?group=bench-ordo&session.timeout.ms=6000"
         ))?;
         let mut source = KafkaSource::open(&url, IDLE_MS).map_err(|e| e.to_string())?;
-        let mut consumer = Consumer::open(store, "kafka:bench?group=bench-ordo", Config::default())
-            .map_err(|e| e.to_string())?;
-        consumer.verbose = false;
-        let options = RunOptions {
-            exit_when_idle: true,
-            ..RunOptions::default()
-        };
-        let report = ordo_runtime::run(
-            &mut consumer,
+        let store = format!("sqlite:{}", store_path.to_str().ok_or("path")?);
+        let report = crate::embedded::consume_until_idle(
+            &store,
+            "kafka:bench?group=bench-ordo",
             &mut source,
-            &options,
-            &AtomicBool::new(false),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let ended = Instant::now() - Duration::from_millis(IDLE_MS);
         let first = report.first_delivery.ok_or("ordo read nothing")?;
         Ok(report.delivered as f64 / ended.duration_since(first).as_secs_f64())

@@ -216,7 +216,7 @@ impl<S: Store> Consumer<S> {
                 }
             }
             for work in round.drain(..) {
-                let outcome = self.apply(&work)?;
+                let outcome = self.apply(&work);
                 self.engine.handle_outcome(now_ms(), work, outcome);
                 applied += 1;
             }
@@ -226,29 +226,11 @@ impl<S: Store> Consumer<S> {
         Ok(applied)
     }
 
-    fn apply(&mut self, work: &Work) -> Result<Outcome, ConsumeError> {
-        self.load(work.document())?;
-        if let ordo_core::Action::Merge { sources } = &work.action {
-            for source in sources {
-                self.load(source)?;
-            }
-        }
+    /// Runs one work; its documents were read into the cache by its round.
+    fn apply(&mut self, work: &Work) -> Outcome {
         // A rejected work leaves its documents unchanged; marking them dirty then only
         // rewrites the same value.
-        Ok(run_work(&DocumentProjection, work, &mut self.cache))
-    }
-
-    fn load(&mut self, stream: &str) -> Result<(), ConsumeError> {
-        if !self.cache.documents.contains_key(stream) {
-            let stream: Arc<str> = Arc::from(stream);
-            let document = self
-                .store
-                .documents(std::slice::from_ref(&stream))?
-                .pop()
-                .flatten();
-            self.cache.documents.insert(stream, document);
-        }
-        Ok(())
+        run_work(&DocumentProjection, work, &mut self.cache)
     }
 
     /// Writes everything since the last commit in one transaction.

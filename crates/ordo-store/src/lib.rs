@@ -9,6 +9,7 @@
 mod error;
 pub mod outbox;
 mod pg;
+mod rows;
 mod sqlite;
 mod url;
 

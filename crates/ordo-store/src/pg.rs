@@ -13,15 +13,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ordo_core::{
-    parse_event, Counters, DeadLetter, DeadLetterKind, OpPolicy, PendingRecord, PendingState,
-    Snapshot, SourcePosition, StreamRecord,
-};
+use ordo_core::{Counters, DeadLetter, DeadLetterKind, Snapshot, SourcePosition, StreamRecord};
 use ordo_projection::Document;
 use postgres::{Client, NoTls};
-use serde_json::Value;
 
 use crate::error::{CommitError, OpenError, ReadError};
+use crate::rows::{self, corrupt};
 use crate::url::redact;
 use crate::{CommitBatch, ExportRow, Store};
 
@@ -241,11 +238,7 @@ impl PostgresStore {
             let states: Vec<&str> = changes
                 .pending_put
                 .iter()
-                .map(|r| match r.state {
-                    PendingState::Buffered => "buffered",
-                    PendingState::Parked => "parked",
-                    PendingState::Skipped => "skipped",
-                })
+                .map(|r| rows::pending_state_name(r.state))
                 .collect();
             let events: Vec<Option<String>> = changes
                 .pending_put
@@ -348,10 +341,6 @@ fn split_schema(url: &str) -> (String, Option<String>) {
     (url, schema)
 }
 
-fn corrupt(what: impl Into<String>) -> ReadError {
-    ReadError::Corrupt(what.into())
-}
-
 impl Store for PostgresStore {
     fn snapshot(&mut self, source: &str) -> Result<Snapshot, ReadError> {
         let mut snapshot = Snapshot::default();
@@ -371,26 +360,13 @@ impl Store for PostgresStore {
             "SELECT stream, version, state, event FROM pending ORDER BY stream, version",
             &[],
         )? {
-            let stream: String = row.get(0);
-            let state = match row.get::<_, String>(2).as_str() {
-                "buffered" => PendingState::Buffered,
-                "parked" => PendingState::Parked,
-                "skipped" => PendingState::Skipped,
-                other => return Err(corrupt(format!("pending state `{other}`"))),
-            };
-            let event = match row.get::<_, Option<String>>(3) {
-                Some(text) => Some(
-                    parse_event(text.as_bytes(), OpPolicy::Custom)
-                        .map_err(|e| corrupt(format!("pending event of `{stream}`: {e}")))?,
-                ),
-                None => None,
-            };
-            snapshot.pending.push(PendingRecord {
-                stream: stream.into(),
-                version: row.get::<_, i64>(1) as u64,
-                state,
-                event,
-            });
+            let state: String = row.get(2);
+            snapshot.pending.push(rows::pending_record(
+                row.get(0),
+                row.get::<_, i64>(1) as u64,
+                &state,
+                row.get(3),
+            )?);
         }
         for row in self.client.query(
             "SELECT stream, version, id FROM dead_letters
@@ -413,15 +389,7 @@ impl Store for PostgresStore {
         )? {
             let first: i64 = row.get(0);
             let hashes: Vec<u8> = row.get(1);
-            for (index, chunk) in hashes.chunks_exact(8).enumerate() {
-                let sequence = first as u64 + index as u64;
-                if sequence >= floor {
-                    snapshot.dedupe.push((
-                        sequence,
-                        u64::from_le_bytes(chunk.try_into().expect("8 bytes")),
-                    ));
-                }
-            }
+            rows::dedupe_block(first as u64, &hashes, floor, &mut snapshot.dedupe)?;
         }
         for row in self.client.query(
             "SELECT partition, \"offset\" FROM checkpoints WHERE source = $1",
@@ -447,16 +415,7 @@ impl Store for PostgresStore {
             &[&names],
         )? {
             let stream: String = row.get(0);
-            let doc: Option<String> = row.get(1);
-            let deleted: bool = row.get(2);
-            let document = match (doc, deleted) {
-                (Some(text), _) => Some(Document::Live(
-                    serde_json::from_str(&text)
-                        .map_err(|e| corrupt(format!("document of `{stream}`: {e}")))?,
-                )),
-                (None, true) => Some(Document::Deleted),
-                (None, false) => None,
-            };
+            let document = rows::document(&stream, row.get(1), row.get(2))?;
             found.insert(stream, document);
         }
         Ok(streams
@@ -500,71 +459,28 @@ impl Store for PostgresStore {
     }
 
     fn export(&mut self) -> Result<Vec<ExportRow>, ReadError> {
-        let mut aliases: HashMap<String, String> = HashMap::new();
-        let mut rows = Vec::new();
-        for row in self.client.query(
-            "SELECT s.stream, s.applied, s.alias_target, d.doc, COALESCE(d.deleted, FALSE)
-             FROM streams s LEFT JOIN documents d ON d.stream = s.stream
-             WHERE s.applied > 0 OR s.alias_target IS NOT NULL
-             ORDER BY s.stream COLLATE \"C\"",
-            &[],
-        )? {
-            let stream: String = row.get(0);
-            if let Some(target) = row.get::<_, Option<String>>(2) {
-                aliases.insert(stream.clone(), target);
-            }
-            rows.push((
-                stream,
-                row.get::<_, i64>(1) as u64,
-                row.get::<_, Option<String>>(3),
-                row.get::<_, bool>(4),
-            ));
-        }
-        let resolve = |stream: &str| {
-            let mut current = stream;
-            for _ in 0..=aliases.len() {
-                match aliases.get(current) {
-                    Some(next) => current = next,
-                    None => break,
-                }
-            }
-            current.to_string()
-        };
-        rows.into_iter()
-            .map(|(stream, version, doc, deleted)| {
-                let target = resolve(&stream);
-                let merged_into = (target != stream).then_some(target);
-                let doc = match (&merged_into, doc) {
-                    (None, Some(text)) => Some(
-                        serde_json::from_str::<Value>(&text)
-                            .map_err(|e| corrupt(format!("document of `{stream}`: {e}")))?,
-                    ),
-                    _ => None,
-                };
-                Ok(ExportRow {
-                    deleted: deleted && merged_into.is_none(),
-                    stream,
-                    version,
-                    doc,
-                    merged_into,
-                })
+        let found = self
+            .client
+            .query(
+                "SELECT s.stream, s.applied, s.alias_target, d.doc, COALESCE(d.deleted, FALSE)
+                 FROM streams s LEFT JOIN documents d ON d.stream = s.stream
+                 WHERE s.applied > 0 OR s.alias_target IS NOT NULL
+                 ORDER BY s.stream COLLATE \"C\"",
+                &[],
+            )?
+            .into_iter()
+            .map(|row| rows::StreamRow {
+                stream: row.get(0),
+                version: row.get::<_, i64>(1) as u64,
+                alias_target: row.get(2),
+                doc: row.get(3),
+                deleted: row.get(4),
             })
-            .collect()
+            .collect();
+        rows::export_rows(found)
     }
 
     fn counters(&mut self) -> Result<Counters, ReadError> {
-        let Some(text) = self.meta("counters")? else {
-            return Ok(Counters::default());
-        };
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| corrupt(format!("counters: {e}")))?;
-        let object = value
-            .as_object()
-            .ok_or_else(|| corrupt("counters are not an object"))?;
-        Ok(Counters::from_fields(
-            object
-                .iter()
-                .filter_map(|(k, v)| v.as_u64().map(|v| (k.as_str(), v))),
-        ))
+        rows::counters(self.meta("counters")?)
     }
 }

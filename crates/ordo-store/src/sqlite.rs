@@ -4,20 +4,16 @@
 //! versions and aliases, the waiting events, the dead letters, the dedupe window (one
 //! blob row per batch, not one row per event) and the source checkpoints.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ordo_core::{
-    parse_event, Counters, DeadLetter, DeadLetterKind, OpPolicy, PendingRecord, PendingState,
-    Snapshot, SourcePosition, StreamRecord,
-};
+use ordo_core::{Counters, DeadLetter, DeadLetterKind, Snapshot, SourcePosition, StreamRecord};
 use ordo_projection::Document;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
-use serde_json::Value;
 
 use crate::error::{CommitError, OpenError, ReadError};
+use crate::rows::{self, corrupt};
 use crate::{CommitBatch, ExportRow, Lease, Store};
 
 /// The schema this build writes. A store with a higher version is refused.
@@ -427,11 +423,7 @@ impl SqliteStore {
                  ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state, event = excluded.event",
             )?;
             for record in &changes.pending_put {
-                let state = match record.state {
-                    PendingState::Buffered => "buffered",
-                    PendingState::Parked => "parked",
-                    PendingState::Skipped => "skipped",
-                };
+                let state = rows::pending_state_name(record.state);
                 let event = record.event.as_ref().map(|e| e.to_json_string());
                 put.execute(params![
                     &*record.stream,
@@ -527,10 +519,6 @@ impl Drop for SqliteStore {
     }
 }
 
-fn corrupt(what: impl Into<String>) -> ReadError {
-    ReadError::Corrupt(what.into())
-}
-
 impl Store for SqliteStore {
     fn snapshot(&mut self, source: &str) -> Result<Snapshot, ReadError> {
         let mut snapshot = Snapshot::default();
@@ -559,29 +547,14 @@ impl Store for SqliteStore {
             )?;
             let mut rows = statement.query([])?;
             while let Some(row) = rows.next()? {
-                let stream: String = row.get(0)?;
                 let version: i64 = row.get(1)?;
                 let state: String = row.get(2)?;
-                let event: Option<String> = row.get(3)?;
-                let state = match state.as_str() {
-                    "buffered" => PendingState::Buffered,
-                    "parked" => PendingState::Parked,
-                    "skipped" => PendingState::Skipped,
-                    other => return Err(corrupt(format!("pending state `{other}`"))),
-                };
-                let event = match event {
-                    Some(text) => Some(
-                        parse_event(text.as_bytes(), OpPolicy::Custom)
-                            .map_err(|e| corrupt(format!("pending event of `{stream}`: {e}")))?,
-                    ),
-                    None => None,
-                };
-                snapshot.pending.push(PendingRecord {
-                    stream: stream.into(),
-                    version: version as u64,
-                    state,
-                    event,
-                });
+                snapshot.pending.push(rows::pending_record(
+                    row.get(0)?,
+                    version as u64,
+                    &state,
+                    row.get(3)?,
+                )?);
             }
         }
         {
@@ -612,16 +585,7 @@ impl Store for SqliteStore {
             while let Some(row) = rows.next()? {
                 let first: i64 = row.get(0)?;
                 let hashes: Vec<u8> = row.get(1)?;
-                if !hashes.len().is_multiple_of(8) {
-                    return Err(corrupt("dedupe block length"));
-                }
-                for (index, chunk) in hashes.chunks_exact(8).enumerate() {
-                    let sequence = first as u64 + index as u64;
-                    if sequence >= floor {
-                        let hash = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-                        snapshot.dedupe.push((sequence, hash));
-                    }
-                }
+                rows::dedupe_block(first as u64, &hashes, floor, &mut snapshot.dedupe)?;
             }
         }
         {
@@ -653,12 +617,8 @@ impl Store for SqliteStore {
                 .query_row(params![&**stream], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             documents.push(match row {
-                None | Some((None, 0)) => None,
-                Some((None, _)) => Some(Document::Deleted),
-                Some((Some(text), _)) => Some(Document::Live(
-                    serde_json::from_str(&text)
-                        .map_err(|e| corrupt(format!("document of `{stream}`: {e}")))?,
-                )),
+                None => None,
+                Some((doc, deleted)) => rows::document(stream, doc, deleted != 0)?,
             });
         }
         Ok(documents)
@@ -722,82 +682,35 @@ impl Store for SqliteStore {
     }
 
     fn export(&mut self) -> Result<Vec<ExportRow>, ReadError> {
-        let mut aliases: HashMap<String, String> = HashMap::new();
-        let mut rows: Vec<(String, u64, Option<String>, bool)> = Vec::new();
-        {
-            let mut statement = self.connection.prepare(
-                "SELECT s.stream, s.applied, s.alias_target, d.doc, COALESCE(d.deleted, 0)
-                 FROM streams s LEFT JOIN documents d ON d.stream = s.stream
-                 WHERE s.applied > 0 OR s.alias_target IS NOT NULL
-                 ORDER BY s.stream",
-            )?;
-            let mut query = statement.query([])?;
-            while let Some(row) = query.next()? {
-                let stream: String = row.get(0)?;
-                if let Some(target) = row.get::<_, Option<String>>(2)? {
-                    aliases.insert(stream.clone(), target);
-                }
-                rows.push((
-                    stream,
-                    row.get::<_, i64>(1)? as u64,
-                    row.get(3)?,
-                    row.get::<_, i64>(4)? != 0,
-                ));
-            }
+        let mut statement = self.connection.prepare(
+            "SELECT s.stream, s.applied, s.alias_target, d.doc, COALESCE(d.deleted, 0)
+             FROM streams s LEFT JOIN documents d ON d.stream = s.stream
+             WHERE s.applied > 0 OR s.alias_target IS NOT NULL
+             ORDER BY s.stream",
+        )?;
+        let mut query = statement.query([])?;
+        let mut found = Vec::new();
+        while let Some(row) = query.next()? {
+            found.push(rows::StreamRow {
+                stream: row.get(0)?,
+                version: row.get::<_, i64>(1)? as u64,
+                alias_target: row.get(2)?,
+                doc: row.get(3)?,
+                deleted: row.get::<_, i64>(4)? != 0,
+            });
         }
-        let resolve = |stream: &str| {
-            let mut current = stream;
-            for _ in 0..=aliases.len() {
-                match aliases.get(current) {
-                    Some(next) => current = next,
-                    None => break,
-                }
-            }
-            current.to_string()
-        };
-        rows.into_iter()
-            .map(|(stream, version, doc, deleted)| {
-                let target = resolve(&stream);
-                let merged_into = (target != stream).then_some(target);
-                let doc = match (&merged_into, doc) {
-                    (None, Some(text)) => Some(
-                        serde_json::from_str::<Value>(&text)
-                            .map_err(|e| corrupt(format!("document of `{stream}`: {e}")))?,
-                    ),
-                    _ => None,
-                };
-                Ok(ExportRow {
-                    deleted: deleted && merged_into.is_none(),
-                    stream,
-                    version,
-                    doc,
-                    merged_into,
-                })
-            })
-            .collect()
+        rows::export_rows(found)
     }
 
     fn counters(&mut self) -> Result<Counters, ReadError> {
-        let Some(text) = self.meta("counters")? else {
-            return Ok(Counters::default());
-        };
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| corrupt(format!("counters: {e}")))?;
-        let object = value
-            .as_object()
-            .ok_or_else(|| corrupt("counters are not an object"))?;
-        Ok(Counters::from_fields(
-            object
-                .iter()
-                .filter_map(|(k, v)| v.as_u64().map(|v| (k.as_str(), v))),
-        ))
+        rows::counters(self.meta("counters")?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ordo_core::{Config, Engine, Outcome};
+    use ordo_core::{parse_event, Config, Engine, OpPolicy, Outcome};
 
     fn event(stream: &str, version: u64) -> ordo_core::Event {
         let text = format!(
