@@ -5,5 +5,6 @@ pub mod alloc;
 pub mod core;
 pub mod embedded;
 pub mod kafka;
+pub mod slow;
 
 pub use alloc::CountingAllocator;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use ordo_bench::core::{self as core_bench, CoreShape};
 use ordo_bench::embedded::{self, EmbeddedShape};
+use ordo_bench::slow::{self, SlowShape};
 use serde_json::json;
 
 use crate::cli::BenchArgs;
@@ -19,6 +20,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         shape.streams, shape.versions, shape.displacement, shape.duplicate_percent
     );
     let core = core_bench::run(shape);
+    let slow_shape = if args.quick {
+        SlowShape::quick()
+    } else {
+        SlowShape::full()
+    };
+    eprintln!(
+        "slow handlers: {} events, 0-{} ms each, concurrency {}, partition / keys {:?} / unordered ...",
+        slow_shape.events, slow_shape.handler_ms_max, slow_shape.concurrency, slow_shape.keys
+    );
+    let slow = slow::run(slow_shape);
+    if let Some(path) = &args.plot {
+        std::fs::write(path, slow::plot_svg(&slow))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        eprintln!("slow handlers: chart written to {}", path.display());
+    }
     let embedded_shape = if args.quick {
         EmbeddedShape::quick()
     } else {
@@ -47,6 +63,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "engine_cold_baseline_events_per_s": core.baseline_cold_events_per_s.round(),
             "bytes_per_idle_stream": core.bytes_per_idle_stream.round(),
             "bytes_per_idle_stream_with_dedupe": core.bytes_per_idle_stream_with_dedupe.round(),
+            "slow_handler_events": slow.shape.events,
+            "slow_handler_concurrency": slow.shape.concurrency,
+            "slow_partition_events_per_s": slow.rate("partition", None).round(),
+            "slow_key_events_per_s": slow.rows.iter().filter_map(|r| r.keys.map(|k| (k.to_string(), json!(r.events_per_s.round())))).collect::<serde_json::Map<String, serde_json::Value>>(),
+            "slow_unordered_events_per_s": slow.rate("unordered", None).round(),
+            "key_parallel_vs_partition": round3(slow.key_parallel_vs_partition),
+            "key_parallel_vs_unordered": round3(slow.key_parallel_vs_unordered),
             "embedded_events_per_s": embedded.embedded_events_per_s.round(),
             "embedded_baseline_events_per_s": embedded.baseline_events_per_s.round(),
             "embedded_vs_raw_sqlite": round3(embedded.ratio),
@@ -94,6 +117,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "{:<44} {:>14.0}",
             "  ... with one dedupe id per stream",
             core.bytes_per_idle_stream_with_dedupe
+        );
+        for row in &slow.rows {
+            let label = match row.keys {
+                Some(keys) => format!("slow handlers, key-ordered, {keys} keys"),
+                None => format!("slow handlers, {}", row.mode),
+            };
+            outln!("{:<44} {:>14.0}", label, row.events_per_s);
+        }
+        outln!(
+            "{:<44} {:>14.0} {:>14.0} {:>8.3}",
+            "  key_parallel_vs_partition",
+            slow.rate("key", slow.shape.keys.last().copied()),
+            slow.rate("partition", None),
+            slow.key_parallel_vs_partition
+        );
+        outln!(
+            "{:<44} {:>14.0} {:>14.0} {:>8.3}",
+            "  key_parallel_vs_unordered",
+            slow.rate("key", slow.shape.keys.last().copied()),
+            slow.rate("unordered", None),
+            slow.key_parallel_vs_unordered
         );
         outln!(
             "{:<44} {:>14.0} {:>14.0} {:>8.3}",

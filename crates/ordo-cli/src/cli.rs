@@ -200,6 +200,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the slow-handler table as an SVG chart (events/s against keys) here.
+    #[arg(long, value_name = "PATH")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// `ordo chaos`.

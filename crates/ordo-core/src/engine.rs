@@ -31,11 +31,12 @@ use crate::counters::Counters;
 use crate::dedupe::{id_hash, DedupeWindow};
 use crate::envelope::{parse_event, Dependency, Event, Op, OpPolicy, ParseError};
 use crate::limits::{
-    DEDUPE_WINDOW_IDS_DEFAULT, GAP_TIMEOUT_MS_DEFAULT, STREAM_PENDING_EVENTS_DEFAULT,
+    DEDUPE_WINDOW_IDS_DEFAULT, GAP_TIMEOUT_MS_DEFAULT, PARKED_STREAMS_IN_MEMORY_DEFAULT,
+    STREAM_PENDING_EVENTS_DEFAULT,
 };
 use crate::state::{
-    ChangeSet, DeadLetter, DeadLetterKind, PendingRecord, PendingState, Snapshot, StreamRecord,
-    VersionMode,
+    ChangeSet, DeadLetter, DeadLetterKind, Load, Loaded, PendingRecord, PendingState, Snapshot,
+    StreamRecord, VersionMode,
 };
 
 /// Most notices kept for [`Engine::poll_notice`]; older ones are dropped and counted.
@@ -59,6 +60,8 @@ pub struct Config {
     pub gap_timeout_ms: u64,
     /// Which ops envelopes may carry.
     pub op_policy: OpPolicy,
+    /// Most parked streams kept in memory; beyond it they are spilled to the store.
+    pub parked_streams_in_memory_max: usize,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             stream_pending_events_max: STREAM_PENDING_EVENTS_DEFAULT,
             gap_timeout_ms: GAP_TIMEOUT_MS_DEFAULT,
             op_policy: OpPolicy::Document,
+            parked_streams_in_memory_max: PARKED_STREAMS_IN_MEMORY_DEFAULT,
         }
     }
 }
@@ -266,21 +270,27 @@ pub struct WaitingEvent {
     pub reason: String,
 }
 
-const IN_FLIGHT: u8 = 1;
-const IN_READY: u8 = 1 << 1;
-const DIRTY: u8 = 1 << 2;
-const MONOTONIC: u8 = 1 << 3;
-const DOCUMENT_BUSY: u8 = 1 << 4;
-const STALLED: u8 = 1 << 5;
+const IN_FLIGHT: u16 = 1;
+const IN_READY: u16 = 1 << 1;
+const DIRTY: u16 = 1 << 2;
+const MONOTONIC: u16 = 1 << 3;
+const DOCUMENT_BUSY: u16 = 1 << 4;
+const STALLED: u16 = 1 << 5;
 /// The head is parked or dead-lettered: everything behind it is made durable.
-const WAITING: u8 = 1 << 6;
-const HAS_WAITERS: u8 = 1 << 7;
+const WAITING: u16 = 1 << 6;
+const HAS_WAITERS: u16 = 1 << 7;
+/// Parked, with its waiting events only in the store (see [`Engine::poll_load`]).
+const SPILLED: u16 = 1 << 8;
+/// In `parked_queue`.
+const IN_PARKED_QUEUE: u16 = 1 << 9;
+/// A [`Load::Stream`] for it is out.
+const LOAD_REQUESTED: u16 = 1 << 10;
 
 /// Per-stream state, kept small: idle streams are the common case.
 #[derive(Debug, Default)]
 struct StreamState {
     applied: u64,
-    flags: u8,
+    flags: u16,
     extra: Option<Box<StreamExtra>>,
 }
 
@@ -309,6 +319,9 @@ struct Pending {
     /// The event's offset while it is unsettled. A waiting event's offset settles when the
     /// change set that writes its row is taken; an applied one's when it is applied.
     position: Option<SourcePosition>,
+    /// The partition it was read from, kept after its offset settles: members of a group
+    /// sharing a store restore only the waiting events of their own partitions.
+    home_partition: Option<u32>,
     /// Must be written to the store if it is still waiting at the next commit.
     durable: bool,
     /// The store holds its row.
@@ -346,6 +359,17 @@ pub struct Engine {
     /// allocate. Boxed on purpose: they move in and out of `StreamState::extra` as is.
     #[allow(clippy::vec_box)]
     spare_extras: Vec<Box<StreamExtra>>,
+    /// Streams that parked, oldest first (some may have moved on since): the candidates
+    /// for spilling when more than `parked_streams_in_memory_max` are in memory.
+    parked_queue: VecDeque<StreamId>,
+    /// Awaited stream → the lowest version spilled streams wait for in it.
+    spilled_waiters: FxHashMap<StreamId, u64>,
+    /// Events that arrived for spilled streams, until their stream is loaded.
+    held: FxHashMap<StreamId, Vec<(Option<SourcePosition>, Event)>>,
+    /// Loads for the store to answer ([`Engine::poll_load`]).
+    loads: VecDeque<Load>,
+    /// Streams spilled and loads answered since this engine started (diagnostics).
+    spill_totals: (u64, u64),
 }
 
 /// Most released per-stream extras kept for reuse.
@@ -377,6 +401,11 @@ impl Engine {
             notices: VecDeque::new(),
             notices_dropped: 0,
             spare_extras: Vec::new(),
+            parked_queue: VecDeque::new(),
+            spilled_waiters: FxHashMap::default(),
+            held: FxHashMap::default(),
+            loads: VecDeque::new(),
+            spill_totals: (0, 0),
         }
     }
 
@@ -406,6 +435,14 @@ impl Engine {
                     .insert(version, Slot::DeadLettered(id));
             }
         }
+        for (stream, _) in snapshot.spilled {
+            let s = engine.intern(&stream);
+            engine.streams[s as usize].flags |= SPILLED | WAITING;
+        }
+        for (awaited, version) in snapshot.spilled_waiters {
+            let a = engine.intern(&awaited);
+            engine.add_spilled_waiter(a, version);
+        }
         for record in snapshot.pending {
             let s = engine.intern(&record.stream);
             if record.version <= engine.streams[s as usize].applied {
@@ -420,6 +457,7 @@ impl Engine {
                     Slot::Event(Box::new(Pending {
                         event,
                         position: None,
+                        home_partition: record.partition,
                         durable: true,
                         written: true,
                         parked: state == PendingState::Parked,
@@ -461,7 +499,7 @@ impl Engine {
     /// Whether nothing can progress without new input or an operator: no work is out
     /// and none is ready.
     pub fn is_quiescent(&self) -> bool {
-        self.in_flight == 0 && self.ready.is_empty()
+        self.in_flight == 0 && self.ready.is_empty() && self.loads.is_empty()
     }
 
     /// Whether every delivered offset is settled.
@@ -566,6 +604,12 @@ impl Engine {
         if version <= applied {
             return self.skip(seen);
         }
+        if self.streams[s as usize].flags & SPILLED != 0 {
+            // Its waiting events are in the store: decide once they are back.
+            self.request_stream_load(s);
+            self.held.entry(s).or_default().push((position, event));
+            return Disposition::Buffered;
+        }
         // The same version already waiting or in flight: a redelivery, or a conflict.
         if let Some(extra) = self.streams[s as usize].extra.as_deref() {
             let holder = match extra.slots.get(&version) {
@@ -638,6 +682,7 @@ impl Engine {
             Slot::Event(Box::new(Pending {
                 event,
                 position,
+                home_partition: position.map(|p| p.partition),
                 durable: !in_line,
                 written: false,
                 parked: false,
@@ -787,6 +832,7 @@ impl Engine {
         if self.streams[s as usize].flags & HAS_WAITERS != 0 {
             self.release_dependents(s, applied);
         }
+        self.wake_spilled_waiters(s);
     }
 
     fn release_dependents(&mut self, s: StreamId, applied: u64) {
@@ -896,6 +942,8 @@ impl Engine {
         }
         let mut changed: Vec<(StreamId, u64)> = self.pending_changed.drain().collect();
         changed.sort_unstable();
+        // Parked rows say what they wait for (filled in below, once no slot is borrowed).
+        let mut parked_rows: Vec<(usize, Vec<Dependency>)> = Vec::new();
         for (s, version) in changed {
             let name: Box<str> = (*self.names[s as usize]).into();
             let Some(extra) = self.streams[s as usize].extra.as_mut() else {
@@ -912,7 +960,11 @@ impl Engine {
                     if let Some(position) = pending.position.take() {
                         self.checkpoints.settle(position);
                     }
+                    if pending.parked {
+                        parked_rows.push((changes.pending_put.len(), pending.event.after.clone()));
+                    }
                     changes.pending_put.push(PendingRecord {
+                        awaits: None,
                         stream: name,
                         version,
                         state: if pending.parked {
@@ -921,6 +973,7 @@ impl Engine {
                             PendingState::Buffered
                         },
                         event: Some(pending.event.clone()),
+                        partition: pending.home_partition,
                     })
                 }
                 Some(Slot::Skipped) => changes.pending_put.push(PendingRecord {
@@ -928,15 +981,26 @@ impl Engine {
                     version,
                     state: PendingState::Skipped,
                     event: None,
+                    partition: None,
+                    awaits: None,
                 }),
                 _ => changes.pending_delete.push((name, version)),
             }
+        }
+        for (row, after) in parked_rows {
+            changes.pending_put[row].awaits = after
+                .iter()
+                .find(|d| self.applied_version(&d.stream) < d.version)
+                .map(|d| (d.stream.clone(), d.version));
         }
         changes.dead_letters_put = std::mem::take(&mut self.dead_letters_put);
         changes.dead_letters_delete = std::mem::take(&mut self.dead_letters_delete);
         changes.dedupe_put = std::mem::take(&mut self.dedupe_put);
         // After the pending rows above: their offsets settle in this very change set.
         changes.checkpoints = self.checkpoints.take_changes();
+        // Every parked stream's rows are in this change set or an earlier one: the
+        // longest-parked may now leave memory.
+        self.spill_parked();
         changes
     }
 
@@ -948,6 +1012,10 @@ impl Engine {
             .ids
             .get(stream)
             .ok_or_else(|| OperatorError::UnknownStream(stream.into()))?;
+        if self.streams[s as usize].flags & SPILLED != 0 {
+            // Parked, so no gap in front of it.
+            return Err(OperatorError::NoGap(stream.into()));
+        }
         let applied = self.streams[s as usize].applied;
         let first = self.streams[s as usize]
             .extra
@@ -1030,7 +1098,16 @@ impl Engine {
         self.dead_letters_delete.push(entry.id);
         // No source position: the event is written to the store in the same commit that
         // deletes the dead letter, so a crash cannot lose it.
-        Ok(match self.handle_event(now_ms, None, event) {
+        let version = event.version;
+        let disposition = self.handle_event(now_ms, None, event);
+        if let Some(Slot::Event(pending)) = self.streams[s as usize]
+            .extra
+            .as_mut()
+            .and_then(|x| x.slots.get_mut(&version))
+        {
+            pending.home_partition = entry.position.map(|p| p.partition);
+        }
+        Ok(match disposition {
             Disposition::Duplicate | Disposition::Stale => ReplayOutcome::AlreadyApplied,
             Disposition::DeadLettered => ReplayOutcome::DeadLetteredAgain,
             Disposition::Queued | Disposition::Buffered => ReplayOutcome::Requeued,
@@ -1051,6 +1128,303 @@ impl Engine {
             Some(Slot::DeadLettered(id)) if *id == entry.id => Ok(s),
             _ => Err(not_blocking),
         }
+    }
+
+    // ----- other members' progress -----
+
+    /// Whether parked events wait for other streams (an `after` or a merge cut). A member
+    /// of a group sharing a store then reads those streams' positions when another member
+    /// may have moved them ([`Self::awaited_streams`], [`Self::handle_progress`]).
+    pub fn is_awaiting(&self) -> bool {
+        !self.dependents.is_empty() || !self.spilled_waiters.is_empty()
+    }
+
+    /// The streams that parked events wait for, sorted (see [`Self::is_awaiting`]).
+    pub fn awaited_streams(&self) -> Vec<Arc<str>> {
+        let mut awaited: Vec<Arc<str>> = self
+            .dependents
+            .keys()
+            .chain(self.spilled_waiters.keys())
+            .map(|&s| self.names[s as usize].clone())
+            .collect();
+        awaited.sort();
+        awaited.dedup();
+        awaited
+    }
+
+    /// Another member (sharing the store) moved a stream this engine does not own: its
+    /// applied version and alias as the store has them now. Parked events waiting for it
+    /// are released. Ignored for a stream with an event in flight here (this engine owns
+    /// it; a store conflict, not this call, settles a disagreement). Nothing is marked for
+    /// writing: the record came from the store. Returns whether the stream moved.
+    pub fn handle_progress(&mut self, now_ms: u64, record: &StreamRecord) -> bool {
+        let Some(&s) = self.ids.get(&*record.stream) else {
+            return false;
+        };
+        if self.streams[s as usize].flags & IN_FLIGHT != 0 {
+            return false;
+        }
+        let mut moved = false;
+        if let Some((target, cut)) = &record.alias {
+            let known = self.streams[s as usize]
+                .extra
+                .as_ref()
+                .is_some_and(|x| x.alias.is_some());
+            if !known {
+                let t = self.intern(target);
+                self.extra(s).alias = Some((t, *cut));
+                moved = true;
+            }
+        }
+        if record.applied > self.streams[s as usize].applied {
+            moved = true;
+            self.streams[s as usize].applied = record.applied;
+            if let Some(extra) = self.streams[s as usize].extra.as_mut() {
+                // What waits here at or below the new position belongs to the member that
+                // applied it; forget it without touching its rows.
+                let passed: Vec<u64> = extra
+                    .slots
+                    .range(..=record.applied)
+                    .map(|(v, _)| *v)
+                    .collect();
+                for version in passed {
+                    extra.slots.remove(&version);
+                }
+                self.recompute_contiguous(s);
+                self.refresh_gap(s, now_ms);
+            }
+            if self.streams[s as usize].flags & HAS_WAITERS != 0 {
+                self.release_dependents(s, record.applied);
+            }
+            self.wake_spilled_waiters(s);
+            self.schedule(s);
+            self.release_if_idle(s);
+        }
+        moved
+    }
+
+    // ----- spilled streams -----
+
+    /// The next load the store must answer with [`Self::handle_loaded`]: waiting events
+    /// of spilled streams that may go on now, or of a spilled stream a new event arrived
+    /// for. Answer every load before the next [`Self::take_changes`].
+    pub fn poll_load(&mut self) -> Option<Load> {
+        self.loads.pop_front()
+    }
+
+    /// The store's answer to a [`Load`]: the spilled streams' waiting events come back
+    /// into memory and go on (or park again), and events held for them are accepted.
+    pub fn handle_loaded(&mut self, now_ms: u64, load: &Load, loaded: Loaded) {
+        self.spill_totals.1 += 1;
+        let mut streams: Vec<StreamId> = Vec::new();
+        if let Load::Stream(stream) = load {
+            if let Some(&s) = self.ids.get(&**stream) {
+                streams.push(s);
+            }
+        }
+        let mut records = loaded.records;
+        records.sort_by(|a, b| (&a.stream, a.version).cmp(&(&b.stream, b.version)));
+        for record in records {
+            let Some(&s) = self.ids.get(&*record.stream) else {
+                continue;
+            };
+            if self.streams[s as usize].flags & SPILLED == 0 {
+                // Already in memory (loaded by an earlier answer), or not this engine's.
+                continue;
+            }
+            if streams.last() != Some(&s) {
+                streams.push(s);
+            }
+            if record.version <= self.streams[s as usize].applied {
+                self.pending_changed.insert((s, record.version));
+                continue;
+            }
+            let slot = match (record.state, record.event) {
+                (PendingState::Skipped, _) | (_, None) => Slot::Skipped,
+                (state, Some(event)) => Slot::Event(Box::new(Pending {
+                    event,
+                    position: None,
+                    home_partition: record.partition,
+                    durable: true,
+                    written: true,
+                    parked: state == PendingState::Parked,
+                })),
+            };
+            self.extra(s).slots.insert(record.version, slot);
+        }
+        streams.sort_unstable();
+        streams.dedup();
+        for s in streams {
+            if self.streams[s as usize].flags & SPILLED == 0 {
+                continue;
+            }
+            self.streams[s as usize].flags &= !(SPILLED | LOAD_REQUESTED);
+            if self.streams[s as usize].extra.is_some() {
+                self.recompute_contiguous(s);
+                self.refresh_gap(s, now_ms);
+            }
+            // Dispatch decides again: go on, or park on what is still missing.
+            self.unblock(s);
+            for (position, event) in self.held.remove(&s).unwrap_or_default() {
+                let disposition = self.accept(now_ms, position, event);
+                let waiting = matches!(disposition, Disposition::Queued | Disposition::Buffered);
+                if let (Some(position), false) = (position, waiting) {
+                    self.checkpoints.settle(position);
+                }
+            }
+            self.release_if_idle(s);
+        }
+        if let (Load::Waiters { awaited, .. }, Some(version)) = (load, loaded.waiters_remaining_min)
+        {
+            let a = self.intern(awaited);
+            self.add_spilled_waiter(a, version);
+        }
+    }
+
+    /// Streams spilled and loads answered since this engine was created or restored.
+    pub fn spill_totals(&self) -> (u64, u64) {
+        self.spill_totals
+    }
+
+    /// How many streams are spilled (their waiting events only in the store).
+    pub fn spilled_streams(&self) -> usize {
+        self.streams
+            .iter()
+            .filter(|state| state.flags & SPILLED != 0)
+            .count()
+    }
+
+    fn request_stream_load(&mut self, s: StreamId) {
+        if self.streams[s as usize].flags & LOAD_REQUESTED == 0 {
+            self.streams[s as usize].flags |= LOAD_REQUESTED;
+            self.loads
+                .push_back(Load::Stream(self.names[s as usize].clone()));
+        }
+    }
+
+    /// Spilled streams wait for `version` of `awaited`; if it applied already, load them.
+    fn add_spilled_waiter(&mut self, awaited: StreamId, version: u64) {
+        if self.streams[awaited as usize].applied >= version {
+            self.loads.push_back(Load::Waiters {
+                awaited: self.names[awaited as usize].clone(),
+                through: self.streams[awaited as usize].applied,
+            });
+            return;
+        }
+        let needed = self.spilled_waiters.entry(awaited).or_insert(version);
+        *needed = (*needed).min(version);
+    }
+
+    fn wake_spilled_waiters(&mut self, s: StreamId) {
+        if self.spilled_waiters.is_empty() {
+            return;
+        }
+        let applied = self.streams[s as usize].applied;
+        if self
+            .spilled_waiters
+            .get(&s)
+            .is_some_and(|&needed| needed <= applied)
+        {
+            self.spilled_waiters.remove(&s);
+            self.loads.push_back(Load::Waiters {
+                awaited: self.names[s as usize].clone(),
+                through: applied,
+            });
+        }
+    }
+
+    /// Moves the longest-parked streams out of memory while more than the configured
+    /// number are parked in memory. Only a stream whose every waiting event is written
+    /// (and settled) and whose head is parked on an unmet dependency qualifies.
+    fn spill_parked(&mut self) {
+        let max = self.config.parked_streams_in_memory_max;
+        if self.parked_queue.len() <= max {
+            return;
+        }
+        let mut spilled: FxHashMap<StreamId, FxHashSet<StreamId>> = FxHashMap::default();
+        let mut kept = VecDeque::new();
+        while self.parked_queue.len() > max {
+            let Some(s) = self.parked_queue.pop_front() else {
+                break;
+            };
+            self.streams[s as usize].flags &= !IN_PARKED_QUEUE;
+            let Some(dependency) = self.spillable(s) else {
+                // Moved on, or not (yet) spillable: still parked ones stay candidates.
+                if self.streams[s as usize].flags & WAITING != 0
+                    && self.streams[s as usize].flags & SPILLED == 0
+                    && self.parked_head(s)
+                {
+                    kept.push_back(s);
+                }
+                continue;
+            };
+            let awaited = self.intern(&dependency.stream);
+            spilled.entry(awaited).or_default().insert(s);
+            self.add_spilled_waiter(awaited, dependency.version);
+            self.spill_totals.0 += 1;
+            let state = &mut self.streams[s as usize];
+            state.flags |= SPILLED;
+            if let Some(mut extra) = state.extra.take() {
+                extra.slots.clear();
+                extra.contiguous_through = 0;
+                if self.spare_extras.len() < SPARE_EXTRAS_MAX {
+                    self.spare_extras.push(extra);
+                }
+            }
+        }
+        for s in kept.into_iter().rev() {
+            self.streams[s as usize].flags |= IN_PARKED_QUEUE;
+            self.parked_queue.push_front(s);
+        }
+        for (awaited, gone) in spilled {
+            if let Some(waiters) = self.dependents.get_mut(&awaited) {
+                waiters.retain(|(_, waiter)| !gone.contains(waiter));
+                if waiters.is_empty() {
+                    self.dependents.remove(&awaited);
+                    self.streams[awaited as usize].flags &= !HAS_WAITERS;
+                }
+            }
+        }
+    }
+
+    fn parked_head(&self, s: StreamId) -> bool {
+        self.streams[s as usize]
+            .extra
+            .as_ref()
+            .and_then(|x| x.slots.first_key_value())
+            .is_some_and(|(_, slot)| matches!(slot, Slot::Event(p) if p.parked))
+    }
+
+    /// The dependency a parked stream waits for, if the stream may be spilled now.
+    fn spillable(&self, s: StreamId) -> Option<Dependency> {
+        let state = &self.streams[s as usize];
+        if state.flags & (IN_FLIGHT | IN_READY | SPILLED) != 0 || state.flags & WAITING == 0 {
+            return None;
+        }
+        let extra = state.extra.as_ref()?;
+        if extra.alias.is_some() || extra.in_flight_version.is_some() {
+            return None;
+        }
+        let all_written = extra.slots.values().all(|slot| match slot {
+            Slot::Event(p) => p.written && p.position.is_none(),
+            Slot::Skipped => true,
+            Slot::DeadLettered(_) => false,
+        });
+        if !all_written || self.pending_changed_for(s) {
+            return None;
+        }
+        let (_, Slot::Event(head)) = extra.slots.first_key_value()? else {
+            return None;
+        };
+        if !head.parked {
+            return None;
+        }
+        self.first_unmet(&head.event)
+    }
+
+    fn pending_changed_for(&self, s: StreamId) -> bool {
+        // Cheap in practice: take_changes drained the set just before spilling.
+        !self.pending_changed.is_empty() && self.pending_changed.iter().any(|(p, _)| *p == s)
     }
 
     // ----- views -----
@@ -1224,7 +1598,9 @@ impl Engine {
 
     fn schedule(&mut self, s: StreamId) {
         let state = &mut self.streams[s as usize];
-        if state.flags & (IN_READY | IN_FLIGHT | WAITING) != 0 {
+        // A spilled stream's events are in the store: nothing of it goes before they are
+        // loaded back.
+        if state.flags & (IN_READY | IN_FLIGHT | WAITING | SPILLED) != 0 {
             return;
         }
         let Some(extra) = state.extra.as_ref() else {
@@ -1314,12 +1690,7 @@ impl Engine {
         event
             .after
             .iter()
-            .find(|d| {
-                self.ids
-                    .get(&*d.stream)
-                    .map_or(0, |&t| self.streams[t as usize].applied)
-                    < d.version
-            })
+            .find(|d| self.applied_version(&d.stream) < d.version)
             .cloned()
     }
 
@@ -1465,6 +1836,10 @@ impl Engine {
             .or_default()
             .push((dependency.version, s));
         self.streams[awaited as usize].flags |= HAS_WAITERS;
+        if self.streams[s as usize].flags & IN_PARKED_QUEUE == 0 {
+            self.streams[s as usize].flags |= IN_PARKED_QUEUE;
+            self.parked_queue.push_back(s);
+        }
         self.block(s);
     }
 

@@ -22,6 +22,6 @@ pub use engine::{
 };
 pub use envelope::{parse_event, Dependency, EnvelopeError, Event, Op, OpPolicy, ParseError};
 pub use state::{
-    ChangeSet, DeadLetter, DeadLetterKind, PendingRecord, PendingState, Snapshot, StreamRecord,
-    VersionMode,
+    ChangeSet, DeadLetter, DeadLetterKind, Load, Loaded, PendingRecord, PendingState, Snapshot,
+    StreamRecord, VersionMode,
 };

@@ -26,5 +26,11 @@ pub const DEDUPE_WINDOW_IDS_DEFAULT: usize = 1 << 20;
 /// An event beyond it is dead-lettered with a reason instead of growing memory.
 pub const STREAM_PENDING_EVENTS_DEFAULT: usize = 4096;
 
+/// Default bound on the parked streams (head waiting for an `after` or a merge cut) whose
+/// events are kept in memory. Beyond it the longest-parked streams are spilled: their
+/// events stay only in the store until what they wait for applies, so a million parked
+/// events cost the heap no more than this many.
+pub const PARKED_STREAMS_IN_MEMORY_DEFAULT: usize = 50_000;
+
 /// Default time a gap may stay open before its stream is reported stalled.
 pub const GAP_TIMEOUT_MS_DEFAULT: u64 = 30_000;

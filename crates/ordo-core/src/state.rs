@@ -53,6 +53,37 @@ pub struct PendingRecord {
     pub state: PendingState,
     /// The event (absent for [`PendingState::Skipped`]).
     pub event: Option<Event>,
+    /// The source partition it was read from, when known: in a consumer group sharing a
+    /// store, only the member owning that partition restores it.
+    pub partition: Option<u32>,
+    /// For a parked event: the stream and version it waits for. The store indexes it, so
+    /// that parked events can stay in the store (spilled) until what they wait for applies.
+    pub awaits: Option<(Box<str>, u64)>,
+}
+
+/// Waiting events the engine asks the store for (see [`crate::Engine::poll_load`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// The waiting events of every spilled stream whose parked head waits for `awaited`
+    /// at a version up to `through` (it has just applied that far).
+    Waiters {
+        /// The stream waited for.
+        awaited: Arc<str>,
+        /// Its applied version now.
+        through: u64,
+    },
+    /// Every waiting event of one spilled stream (a new event arrived for it).
+    Stream(Arc<str>),
+}
+
+/// The store's answer to a [`Load`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Loaded {
+    /// The waiting events (and skip markers) of the streams asked for.
+    pub records: Vec<PendingRecord>,
+    /// For [`Load::Waiters`]: the lowest version of the awaited stream that spilled
+    /// events still wait for beyond `through`, if any.
+    pub waiters_remaining_min: Option<u64>,
 }
 
 /// What kind of dead letter an entry is, which decides what replay and skip do.
@@ -169,4 +200,25 @@ pub struct Snapshot {
     pub counters: Counters,
     /// The next dead-letter id to hand out.
     pub next_dead_letter_id: u64,
+    /// Streams whose head is parked, with their partition: their waiting events stay in
+    /// the store (not in `pending`) until what they wait for applies.
+    pub spilled: Vec<(Box<str>, Option<u32>)>,
+    /// For each stream spilled streams wait for, the lowest version any of them needs.
+    pub spilled_waiters: Vec<(Box<str>, u64)>,
+}
+
+impl Snapshot {
+    /// Keeps only the waiting events a member owning `partitions` should restore: those
+    /// read from one of them, and those whose partition is unknown (operator replays,
+    /// skip markers). Another member's waiting events stay in the store for it.
+    pub fn retain_partitions(&mut self, partitions: &[u32]) {
+        self.pending.retain(|record| {
+            record
+                .partition
+                .is_none_or(|partition| partitions.contains(&partition))
+        });
+        self.spilled.retain(|(_, partition)| {
+            partition.is_none_or(|partition| partitions.contains(&partition))
+        });
+    }
 }

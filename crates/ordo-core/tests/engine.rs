@@ -510,6 +510,7 @@ fn restore_resumes_parked_buffered_and_dead_lettered_state() {
         checkpoints: changes.checkpoints.clone(),
         counters: changes.counters,
         next_dead_letter_id: changes.next_dead_letter_id,
+        ..ordo_core::Snapshot::default()
     };
     assert_eq!(snapshot.checkpoints, vec![(0, 2)]);
     let mut restored = Engine::restore(Config::default(), snapshot, 0);
@@ -531,4 +532,83 @@ fn restore_resumes_parked_buffered_and_dead_lettered_state() {
         applied,
         vec![("cat".into(), 1), ("p".into(), 1), ("p".into(), 2)]
     );
+}
+
+#[test]
+fn another_members_progress_releases_parked_events_and_writes_nothing() {
+    let mut driver = Driver::new(Config::default());
+    // `product` waits for `category` 1, which another member owns.
+    driver.send(after("product", 1, "category", 1));
+    assert!(driver.log.is_empty());
+    assert!(driver.engine.is_awaiting());
+    assert_eq!(
+        driver
+            .engine
+            .awaited_streams()
+            .iter()
+            .map(|s| &**s)
+            .collect::<Vec<_>>(),
+        vec!["category"]
+    );
+    driver.engine.take_changes();
+    // The other member applied `category` 1 (as read back from the store).
+    let moved = driver.engine.handle_progress(
+        0,
+        &ordo_core::StreamRecord {
+            stream: "category".into(),
+            applied: 1,
+            alias: None,
+        },
+    );
+    assert!(moved);
+    driver.run();
+    assert_eq!(
+        driver.log.len(),
+        1,
+        "released and applied: {:?}",
+        driver.log
+    );
+    assert!(!driver.engine.is_awaiting());
+    let changes = driver.engine.take_changes();
+    // Only this member's own stream is written; `category` came from the store.
+    let written: Vec<&str> = changes.streams.iter().map(|r| &*r.stream).collect();
+    assert_eq!(written, vec!["product"]);
+    // Old news changes nothing.
+    assert!(!driver.engine.handle_progress(
+        0,
+        &ordo_core::StreamRecord {
+            stream: "category".into(),
+            applied: 1,
+            alias: None,
+        },
+    ));
+}
+
+#[test]
+fn a_member_restores_only_the_waiting_events_of_its_partitions() {
+    let mut snapshot = ordo_core::Snapshot::default();
+    for (stream, partition) in [("a", Some(0)), ("b", Some(1)), ("c", None)] {
+        snapshot.pending.push(ordo_core::PendingRecord {
+            stream: stream.into(),
+            version: 2,
+            state: ordo_core::PendingState::Buffered,
+            event: Some(incr(stream, 2)),
+            partition,
+            awaits: None,
+        });
+    }
+    snapshot.retain_partitions(&[1]);
+    let kept: Vec<&str> = snapshot.pending.iter().map(|r| &*r.stream).collect();
+    assert_eq!(kept, vec!["b", "c"]);
+    // The partition survives a restore and the next write of the row.
+    let mut engine = Engine::restore(Config::default(), snapshot, 0);
+    engine.handle_event(0, at(9), incr("b", 3));
+    engine.handle_source_drained();
+    let changes = engine.take_changes();
+    let b3 = changes
+        .pending_put
+        .iter()
+        .find(|r| &*r.stream == "b" && r.version == 3)
+        .expect("b 3 waits behind the gap at 1");
+    assert_eq!(b3.partition, Some(0));
 }

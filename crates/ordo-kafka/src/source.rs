@@ -26,6 +26,10 @@ use crate::url::KafkaUrl;
 /// How long to wait for the broker to answer at start before giving up with an error.
 pub const BROKER_WAIT_MS: u64 = 10_000;
 
+/// Most stale messages dropped from the consumer's queue when reading again from the
+/// checkpoints (librdkafka queues at most `queued.max.messages.kbytes` of them).
+pub const REWIND_DRAIN_MAX: usize = 1_000_000;
+
 /// Default quiet time, with every assigned partition read to its end, after which an
 /// `--exit-when-idle` run counts the source as drained.
 pub const IDLE_MS_DEFAULT: u64 = 1_500;
@@ -222,7 +226,11 @@ impl Source for KafkaSource {
                 None => break,
                 Some(Ok(message)) => {
                     let partition = message.partition();
-                    self.assigned.insert(partition, false);
+                    let Some(eof) = self.assigned.get_mut(&partition) else {
+                        // Fetched for an assignment that has since been taken back.
+                        continue;
+                    };
+                    *eof = false;
                     self.last_message = Instant::now();
                     events.push((
                         SourcePosition {
@@ -292,6 +300,48 @@ impl Source for KafkaSource {
             None => {}
         }
         Ok(())
+    }
+
+    fn is_group(&self) -> bool {
+        true
+    }
+
+    fn rewind(&mut self, checkpoints: &[(u32, u64)]) -> Result<(), SourceError> {
+        // Unassign, then assign at the stored offsets: dropping the assignment stops the
+        // fetchers and discards what they fetched, so reading resumes exactly at the
+        // checkpoints. (Re-assigning without unassigning keeps a partition's fetch
+        // position; seeking left partitions without fetching on tansu 0.6.)
+        let mut list = TopicPartitionList::new();
+        for (&partition, eof) in self.assigned.iter_mut() {
+            let offset = checkpoints
+                .iter()
+                .find(|(p, _)| *p == partition as u32)
+                .map_or(Offset::Beginning, |(_, o)| Offset::Offset(*o as i64 + 1));
+            list.add_partition_offset(&self.topic, partition, offset)
+                .map_err(|e| SourceError::Broker(format!("bad assignment: {e}")))?;
+            *eof = false;
+        }
+        self.last_message = Instant::now();
+        self.consumer
+            .unassign()
+            .map_err(|e| SourceError::Broker(format!("cannot release partitions: {e}")))?;
+        // Messages fetched before the unassign may still wait in the consumer's queue;
+        // handed over, they would reach the engine ahead of the offsets being read again
+        // and move the checkpoint past events not yet applied. Drop them.
+        let mut dropped = 0;
+        while dropped < REWIND_DRAIN_MAX {
+            match self.consumer.poll(Duration::ZERO) {
+                Some(Ok(_)) => dropped += 1,
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+        if list.count() == 0 {
+            return Ok(());
+        }
+        self.consumer.assign(&list).map_err(|e| {
+            SourceError::Broker(format!("cannot read again from the checkpoints: {e}"))
+        })
     }
 
     fn committed(&mut self, checkpoints: &[(u32, u64)]) {

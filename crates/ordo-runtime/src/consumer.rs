@@ -16,6 +16,9 @@ pub const DOCUMENT_CACHE_MAX: usize = 200_000;
 /// Most works taken out of the engine per round of [`Consumer::apply_ready`].
 pub const WORKS_PER_ROUND_MAX: usize = 4096;
 
+/// Most stream positions read per query when refreshing what parked events wait for.
+pub const AWAITED_READ_CHUNK_MAX: usize = 10_000;
+
 /// Most notices printed per commit; the rest are counted (counters say it all anyway).
 pub const NOTICES_PRINTED_PER_COMMIT_MAX: usize = 20;
 
@@ -94,6 +97,8 @@ pub struct Consumer<S: Store> {
     uncommitted_events: u64,
     notices_printed: usize,
     notices_suppressed: u64,
+    /// The partitions this process owns in a consumer group (`None`: the whole source).
+    owned: Option<Vec<u32>>,
     /// Print notices to stderr.
     pub verbose: bool,
 }
@@ -110,6 +115,7 @@ impl<S: Store> Consumer<S> {
             uncommitted_events: 0,
             notices_printed: 0,
             notices_suppressed: 0,
+            owned: None,
             verbose: true,
         })
     }
@@ -163,10 +169,53 @@ impl<S: Store> Consumer<S> {
     /// may have moved the assigned streams on). Commit first.
     pub fn reload(&mut self) -> Result<(), ConsumeError> {
         let config = self.engine.config().clone();
-        let snapshot = self.store.snapshot(&self.source)?;
+        let mut snapshot = self.store.snapshot(&self.source)?;
+        if let Some(owned) = &self.owned {
+            // Another member's waiting events are its own to apply.
+            snapshot.retain_partitions(owned);
+        }
         self.engine = Engine::restore(config, snapshot, now_ms());
         self.cache = DocumentCache::default();
+        self.store.forget_documents();
+        self.uncommitted_events = 0;
         Ok(())
+    }
+
+    /// Takes `partitions` (a consumer-group assignment, the whole of it): the store fences
+    /// their earlier owners, and the next [`Self::reload`] restores only their waiting
+    /// events.
+    pub fn claim(&mut self, partitions: &[u32]) -> Result<(), ConsumeError> {
+        self.store.claim(&self.source, partitions)?;
+        self.owned = Some(partitions.to_vec());
+        Ok(())
+    }
+
+    /// Gives partitions up (a revocation, after the commit that settles them).
+    pub fn release(&mut self, partitions: &[u32]) {
+        self.store.release(partitions);
+        if let Some(owned) = self.owned.as_mut() {
+            owned.retain(|p| !partitions.contains(p));
+        }
+    }
+
+    /// Whether this consumer is one member of a group sharing its store.
+    pub fn is_group_member(&self) -> bool {
+        self.owned.is_some()
+    }
+
+    /// Reads the positions of the streams parked events wait for and hands them to the
+    /// engine (another member may have applied them). Returns how many moved.
+    pub fn refresh_awaited(&mut self) -> Result<usize, ConsumeError> {
+        let awaited = self.engine.awaited_streams();
+        let mut moved = 0;
+        for chunk in awaited.chunks(AWAITED_READ_CHUNK_MAX) {
+            for record in self.store.stream_records(chunk)? {
+                if self.engine.handle_progress(now_ms(), &record) {
+                    moved += 1;
+                }
+            }
+        }
+        Ok(moved)
     }
 
     /// Deliveries since the last commit.
@@ -184,6 +233,12 @@ impl<S: Store> Consumer<S> {
         let mut applied = 0;
         let mut round: Vec<Work> = Vec::new();
         loop {
+            // Spilled streams that may go on (or got a new event) come back first.
+            while let Some(load) = self.engine.poll_load() {
+                let loaded = self.store.load_pending(&load)?;
+
+                self.engine.handle_loaded(now_ms(), &load, loaded);
+            }
             while round.len() < WORKS_PER_ROUND_MAX {
                 match self.engine.poll_work(now_ms()) {
                     Some(work) => round.push(work),
@@ -191,7 +246,11 @@ impl<S: Store> Consumer<S> {
                 }
             }
             if round.is_empty() {
-                break;
+                if self.engine.is_quiescent() {
+                    break;
+                }
+                // Nothing ready, but loads are out: answer them and look again.
+                continue;
             }
             // The engine locks every document a work touches (a merge's sources too), so the
             // documents of one round are all distinct.
@@ -247,10 +306,12 @@ impl<S: Store> Consumer<S> {
             .collect();
         self.store
             .commit(&self.source, CommitBatch { changes, documents })?;
+
         self.uncommitted_events = 0;
         self.notices_printed = 0;
         if self.cache.documents.len() > DOCUMENT_CACHE_MAX {
             self.cache.documents.clear();
+            self.store.forget_documents();
         }
         Ok(())
     }

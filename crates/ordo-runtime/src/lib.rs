@@ -2,9 +2,11 @@
 //! core releases, and a store committing each batch in one transaction.
 
 pub mod consumer;
+pub mod handlers;
 pub mod run;
 pub mod source;
 
 pub use consumer::{now_ms, ConsumeError, Consumer};
+pub use handlers::{apply_concurrently, HandlerReport};
 pub use run::{run, run_until_signal, RunEnd, RunError, RunOptions, RunReport};
 pub use source::{FileSource, LogSource, Polled, Source, SourceError, SourceUrl};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ordo_core::Counters;
-use ordo_store::Store;
+use ordo_store::{CommitError, Store};
 
 use crate::consumer::{ConsumeError, Consumer};
 use crate::source::{Polled, Source, SourceError};
@@ -25,6 +25,14 @@ pub const COMMIT_INTERVAL_MS_DEFAULT: u64 = 50;
 
 /// How long one poll of an idle source waits (also how fast a stop request is seen).
 pub const POLL_WAIT_MS: u64 = 50;
+
+/// How often a group member re-reads the streams its parked events wait for when no
+/// notification came (the fallback for a lost `NOTIFY` or a store without them).
+pub const AWAITED_RECHECK_MS: u64 = 1_000;
+
+/// Most commit conflicts in a row before a run gives up (each one rebuilds the state from
+/// the store and reads the uncommitted deliveries again).
+pub const CONFLICTS_IN_A_ROW_MAX: u32 = 20;
 
 /// How often progress is printed when asked for.
 pub const PROGRESS_INTERVAL_MS: u64 = 2_000;
@@ -95,6 +103,13 @@ pub enum RunError {
     Source(SourceError),
     /// The store failed (nothing of the failed batch was written).
     Consume(ConsumeError),
+    /// Commits kept conflicting with other processes sharing the store.
+    Conflicts {
+        /// Conflicts in a row.
+        count: u32,
+        /// The last one.
+        last: String,
+    },
 }
 
 impl std::fmt::Display for RunError {
@@ -102,6 +117,10 @@ impl std::fmt::Display for RunError {
         match self {
             RunError::Source(e) => e.fmt(f),
             RunError::Consume(e) => e.fmt(f),
+            RunError::Conflicts { count, last } => write!(
+                f,
+                "{count} commits in a row conflicted with other processes sharing the store; last: {last}"
+            ),
         }
     }
 }
@@ -131,16 +150,28 @@ pub fn run<S: Store>(
     source.resume(&consumer.engine.checkpoints());
     let mut delivered = 0u64;
     let mut commits = 0u64;
+    let mut conflicts = 0u32;
     let mut first_delivery = None;
     let mut last_delivery = None;
     let mut oldest_uncommitted: Option<Instant> = None;
     let mut last_progress = Instant::now();
+    let mut last_recheck = Instant::now();
     let started = Instant::now();
     let commit_interval = Duration::from_millis(options.commit_interval_ms);
+    let recheck_interval = Duration::from_millis(AWAITED_RECHECK_MS);
+    if source.is_group() && !consumer.is_group_member() {
+        // Nothing is owned until the first assignment: restore no member's waiting
+        // events before then.
+        consumer.claim(&[])?;
+        consumer.reload()?;
+    }
     // Whatever a restart restored may be ready at once.
     consumer.apply_ready()?;
     let end = loop {
         if stop.load(Ordering::SeqCst) {
+            // A conflict here leaves the batch to be read again by the next owner.
+            commit(consumer, source, &mut conflicts, false)?;
+            commits += 1;
             break RunEnd::Stopped;
         }
         let room = options
@@ -155,19 +186,31 @@ pub fn run<S: Store>(
         let mut drained = false;
         let mut finished = false;
         match polled {
-            Polled::Revoked(_) | Polled::Assigned(_) => {
+            Polled::Revoked(partitions) => {
                 // Whatever was read is applied and committed before partitions change
-                // hands; on assignment the state is re-read, since another process may
-                // have moved the assigned streams on.
+                // hands; a conflict drops the batch, which the next owner reads again.
                 consumer.apply_ready()?;
-                consumer.commit()?;
+                commit(consumer, source, &mut conflicts, false)?;
                 commits += 1;
                 oldest_uncommitted = None;
-                if matches!(polled, Polled::Assigned(_)) {
-                    consumer.reload()?;
-                }
+                consumer.release(&partitions);
                 source.committed(&consumer.engine.checkpoints());
                 source.complete_rebalance(&consumer.engine.checkpoints())?;
+                continue;
+            }
+            Polled::Assigned(partitions) => {
+                // Claimed before the state is re-read: a former owner that has not noticed
+                // it lost a partition can no longer commit for it, so what is read here
+                // is final for these partitions.
+                consumer.apply_ready()?;
+                commit(consumer, source, &mut conflicts, false)?;
+                commits += 1;
+                oldest_uncommitted = None;
+                consumer.claim(&partitions)?;
+                consumer.reload()?;
+                source.committed(&consumer.engine.checkpoints());
+                source.complete_rebalance(&consumer.engine.checkpoints())?;
+                consumer.apply_ready()?;
                 continue;
             }
             Polled::Nothing => {}
@@ -196,15 +239,28 @@ pub fn run<S: Store>(
                 finished = true;
             }
         }
-        consumer.apply_ready()?;
+        if consumer.is_group_member() && consumer.engine.is_awaiting() {
+            // Another member may have applied what parked events here wait for.
+            let notified = consumer.store().poll_progress();
+            if notified || last_recheck.elapsed() >= recheck_interval {
+                last_recheck = Instant::now();
+                consumer.refresh_awaited()?;
+            }
+        }
+        if consumer.apply_ready()? > 0 {
+            // Works released without a delivery (another member's progress, a spilled
+            // stream loaded back) must reach the store too, within the commit interval.
+            oldest_uncommitted.get_or_insert_with(Instant::now);
+        }
         let due = consumer.uncommitted_events() as usize >= options.commit_events_max
             || oldest_uncommitted.is_some_and(|since| since.elapsed() >= commit_interval)
             || (drained && oldest_uncommitted.is_some());
         if due {
-            consumer.commit()?;
-            commits += 1;
             oldest_uncommitted = None;
-            source.committed(&consumer.engine.checkpoints());
+            if commit(consumer, source, &mut conflicts, true)? {
+                commits += 1;
+                source.committed(&consumer.engine.checkpoints());
+            }
         }
         if options.progress
             && last_progress.elapsed() >= Duration::from_millis(PROGRESS_INTERVAL_MS)
@@ -218,17 +274,28 @@ pub fn run<S: Store>(
         }
         if drained && consumer.engine.is_quiescent() {
             if options.exit_when_idle {
+                if consumer.is_group_member()
+                    && consumer.engine.is_awaiting()
+                    && consumer.refresh_awaited()? > 0
+                {
+                    // Not idle: another member moved what parked events wait for.
+                    continue;
+                }
                 consumer.engine.handle_source_drained();
                 consumer.apply_ready()?;
-                break RunEnd::Idle;
+                if commit(consumer, source, &mut conflicts, true)? {
+                    commits += 1;
+                    break RunEnd::Idle;
+                }
+                continue;
             }
             if finished {
+                commit(consumer, source, &mut conflicts, false)?;
+                commits += 1;
                 break RunEnd::Finished;
             }
         }
     };
-    consumer.commit()?;
-    commits += 1;
     Ok(RunReport {
         end,
         counters: consumer.counters(),
@@ -237,6 +304,42 @@ pub fn run<S: Store>(
         first_delivery,
         last_delivery,
     })
+}
+
+/// Commits the consumer's batch. `Ok(false)`: another process sharing the store changed
+/// what the batch was computed from; the state was rebuilt from the store and, with
+/// `rewind`, the source set back to the stored checkpoints to read the batch again.
+fn commit<S: Store>(
+    consumer: &mut Consumer<S>,
+    source: &mut dyn Source,
+    conflicts: &mut u32,
+    rewind: bool,
+) -> Result<bool, RunError> {
+    match consumer.commit() {
+        Ok(()) => {
+            *conflicts = 0;
+            Ok(true)
+        }
+        Err(ConsumeError::Commit(CommitError::Conflict(detail))) => {
+            *conflicts += 1;
+            if *conflicts > CONFLICTS_IN_A_ROW_MAX {
+                return Err(RunError::Conflicts {
+                    count: *conflicts,
+                    last: detail,
+                });
+            }
+            if consumer.verbose {
+                eprintln!("ordo: commit conflict ({detail}); rebuilding from the store and reading the batch again");
+            }
+            consumer.reload()?;
+            if rewind {
+                source.rewind(&consumer.engine.checkpoints())?;
+            }
+            consumer.apply_ready()?;
+            Ok(false)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Runs [`run`] on tokio's blocking pool and stops it gracefully on SIGINT or SIGTERM:

@@ -138,6 +138,21 @@ pub trait Source: Send {
     /// The store committed these checkpoints (a Kafka source also commits them to the
     /// broker, for lag monitoring only).
     fn committed(&mut self, _checkpoints: &[(u32, u64)]) {}
+
+    /// Whether this source is one member of a consumer group: partitions come and go with
+    /// [`Polled::Assigned`] and [`Polled::Revoked`], and other members share the store.
+    fn is_group(&self) -> bool {
+        false
+    }
+
+    /// Reads again from these checkpoints: a commit was refused because another process
+    /// sharing the store got there first, so the uncommitted deliveries are read again
+    /// against the state the store holds now.
+    fn rewind(&mut self, _checkpoints: &[(u32, u64)]) -> Result<(), SourceError> {
+        Err(SourceError::Unsupported(
+            "this source cannot be read again from its checkpoint; another process writes the store (run one consumer per store for file sources)".into(),
+        ))
+    }
 }
 
 /// `file:PATH`: each line is one delivery, its offset the line's index (from 0).
@@ -235,6 +250,11 @@ impl Source for LogSource {
             .iter()
             .find(|(p, _)| *p == 0)
             .map_or(0, |(_, o)| *o);
+    }
+
+    fn rewind(&mut self, checkpoints: &[(u32, u64)]) -> Result<(), SourceError> {
+        self.resume(checkpoints);
+        Ok(())
     }
 
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {

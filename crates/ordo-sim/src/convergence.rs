@@ -53,6 +53,10 @@ pub struct Report {
     /// Events still waiting at the end (must be 0: every event was delivered), with
     /// what each waits for.
     pub left_waiting: Vec<ordo_core::WaitingEvent>,
+    /// Streams left spilled (parked, their events only in the store) at the end.
+    pub left_spilled: usize,
+    /// Loads of spilled streams answered during the run (since the last restart).
+    pub loads: u64,
     /// How many streams the naive consumer got wrong.
     pub naive_wrong: usize,
     /// How many streams there were.
@@ -66,7 +70,7 @@ pub struct Report {
 impl Report {
     /// Whether the run converged with nothing left behind.
     pub fn converged(&self) -> bool {
-        self.divergence.is_empty() && self.left_waiting.is_empty()
+        self.divergence.is_empty() && self.left_waiting.is_empty() && self.left_spilled == 0
     }
 }
 
@@ -88,7 +92,12 @@ pub fn run_deliveries(
     let naive = naive::run(deliveries);
     let mut schedule = Rng::derive(seed, "schedule");
     let mut faults = Rng::derive(seed, "crash");
-    let mut harness = Harness::new(Config::default());
+    // Every other seed spills every parked stream to the store at each commit, so that
+    // loading them back is exercised as much as keeping them.
+    let mut harness = Harness::new(Config {
+        parked_streams_in_memory_max: if seed.is_multiple_of(2) { 0 } else { 1 << 16 },
+        ..Config::default()
+    });
     let mut cursor = 0usize;
     let mut crashes = 0;
     while cursor < deliveries.len() {
@@ -117,6 +126,8 @@ pub fn run_deliveries(
         seed,
         divergence: compare(&expected, &actual, true),
         left_waiting: harness.engine.waiting(),
+        left_spilled: harness.engine.spilled_streams(),
+        loads: harness.engine.spill_totals().1,
         naive_wrong: count_wrong(&expected, &naive, false),
         streams: expected.len(),
         counters: harness.engine.counters(),

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use ordo_core::{
-    ChangeSet, Config, DeadLetter, Disposition, Engine, Event, Outcome, PendingRecord, Snapshot,
-    SourcePosition, StreamRecord, Work,
+    ChangeSet, Config, DeadLetter, Disposition, Engine, Event, Load, Loaded, Outcome,
+    PendingRecord, Snapshot, SourcePosition, StreamRecord, Work,
 };
 use ordo_projection::{run_work, touched, Document, DocumentProjection};
 
@@ -69,11 +69,34 @@ impl MemoryStore {
         self.commits += 1;
     }
 
-    /// What the engine needs to resume.
+    /// What the engine needs to resume. Parked streams stay here (spilled), as the real
+    /// stores do it: their names and what they wait for go into the snapshot.
     pub fn snapshot(&self) -> Snapshot {
+        // Stream → (partition, what its parked head waits for).
+        type Parked<'a> = BTreeMap<&'a str, (Option<u32>, &'a (Box<str>, u64))>;
+        let parked: Parked<'_> = self
+            .pending
+            .values()
+            .filter_map(|r| r.awaits.as_ref().map(|a| (&*r.stream, (r.partition, a))))
+            .collect();
+        let mut spilled_waiters: BTreeMap<Box<str>, u64> = BTreeMap::new();
+        for (_, (awaited, version)) in parked.values() {
+            let needed = spilled_waiters.entry(awaited.clone()).or_insert(*version);
+            *needed = (*needed).min(*version);
+        }
         Snapshot {
             streams: self.streams.values().cloned().collect(),
-            pending: self.pending.values().cloned().collect(),
+            pending: self
+                .pending
+                .values()
+                .filter(|r| !parked.contains_key(&*r.stream))
+                .cloned()
+                .collect(),
+            spilled: parked
+                .iter()
+                .map(|(stream, (partition, _))| (Box::from(*stream), *partition))
+                .collect(),
+            spilled_waiters: spilled_waiters.into_iter().collect(),
             blocking_dead_letters: self
                 .dead_letters
                 .values()
@@ -84,6 +107,49 @@ impl MemoryStore {
             checkpoints: self.checkpoints.iter().map(|(p, o)| (*p, *o)).collect(),
             counters: self.counters,
             next_dead_letter_id: self.next_dead_letter_id,
+        }
+    }
+
+    /// Answers an engine's load from what was committed.
+    pub fn load(&self, load: &Load) -> Loaded {
+        match load {
+            Load::Stream(stream) => Loaded {
+                records: self
+                    .pending
+                    .values()
+                    .filter(|r| *r.stream == **stream)
+                    .cloned()
+                    .collect(),
+                waiters_remaining_min: None,
+            },
+            Load::Waiters { awaited, through } => {
+                let waits = |r: &PendingRecord| {
+                    r.awaits
+                        .as_ref()
+                        .filter(|(stream, _)| **stream == **awaited)
+                        .map(|(_, version)| *version)
+                };
+                let streams: HashSet<&str> = self
+                    .pending
+                    .values()
+                    .filter(|r| waits(r).is_some_and(|v| v <= *through))
+                    .map(|r| &*r.stream)
+                    .collect();
+                Loaded {
+                    records: self
+                        .pending
+                        .values()
+                        .filter(|r| streams.contains(&*r.stream))
+                        .cloned()
+                        .collect(),
+                    waiters_remaining_min: self
+                        .pending
+                        .values()
+                        .filter_map(waits)
+                        .filter(|v| v > through)
+                        .min(),
+                }
+            }
         }
     }
 
@@ -178,6 +244,11 @@ impl Harness {
     /// when `rng` is given, which interleaves streams as concurrent handlers would).
     /// Returns what was completed, or `None` when nothing was out and nothing was ready.
     pub fn step(&mut self, rng: Option<&mut Rng>, concurrency: usize) -> Option<Step> {
+        // Spilled streams come back from the durable copy, as from a real store.
+        while let Some(load) = self.engine.poll_load() {
+            let loaded = self.store.load(&load);
+            self.engine.handle_loaded(self.now_ms, &load, loaded);
+        }
         while self.out.len() < concurrency.max(1) {
             match self.engine.poll_work(self.now_ms) {
                 Some(work) => self.out.push(work),

@@ -21,21 +21,30 @@ fn seeds() -> Vec<u64> {
 fn check(options: Options, label: &str) {
     let mut naive_diverged = 0;
     let mut runs = 0;
+    let mut loads = 0;
     for seed in seeds() {
         let report = run(seed, options);
         assert!(
             report.converged(),
-            "{label}: seed {seed} diverged (rerun with ORDO_SEED={seed}); left waiting: {:?}; counters {}\n{}",
+            "{label}: seed {seed} diverged (rerun with ORDO_SEED={seed}); left waiting: {:?}, spilled streams left: {}; counters {}\n{}",
             report.left_waiting.iter().take(5).collect::<Vec<_>>(),
+            report.left_spilled,
             report.counters,
             report.divergence
         );
         runs += 1;
+        loads += report.loads;
         if report.naive_wrong > 0 {
             naive_diverged += 1;
         }
     }
     if runs >= 20 {
+        // Even seeds spill every parked stream at each commit: the runs must have loaded
+        // spilled streams back, or spilling went untested (without commits nothing spills).
+        assert!(
+            loads > 0 || options.commit_percent == 0,
+            "{label}: no spilled stream was ever loaded back in {runs} runs"
+        );
         assert!(
             naive_diverged * 2 > runs,
             "{label}: the naive consumer diverged in only {naive_diverged} of {runs} runs; the workload is too easy to prove anything"

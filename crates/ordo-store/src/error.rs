@@ -69,6 +69,9 @@ pub enum ReadError {
     Database(String),
     /// A stored value does not decode (a bug or a damaged store).
     Corrupt(String),
+    /// The connection to the database server was lost and could not be re-established
+    /// within the retry bound.
+    Unavailable(String),
 }
 
 impl fmt::Display for ReadError {
@@ -76,6 +79,7 @@ impl fmt::Display for ReadError {
         match self {
             ReadError::Database(detail) => write!(f, "store read failed: {detail}"),
             ReadError::Corrupt(detail) => write!(f, "store holds an undecodable value: {detail}"),
+            ReadError::Unavailable(detail) => write!(f, "store unavailable: {detail}"),
         }
     }
 }
@@ -99,6 +103,25 @@ pub enum CommitError {
     },
     /// A fault injected for testing stopped the commit half-way (rolled back).
     Injected(String),
+    /// Another process sharing the store changed something this batch was computed from
+    /// (a document's revision, a stream's position or alias). Rolled back; the consumer
+    /// rebuilds from the store and reads its uncommitted deliveries again.
+    Conflict(String),
+    /// This process no longer owns a partition it consumed: another member claimed it
+    /// after a rebalance (zombie fencing). Rolled back; nothing of the batch is written.
+    Fenced {
+        /// The source.
+        source: String,
+        /// The partition taken over.
+        partition: u32,
+        /// The epoch this process claimed.
+        mine: i64,
+        /// The epoch the store holds now.
+        current: i64,
+    },
+    /// The connection to the database server was lost and could not be re-established
+    /// within the retry bound; nothing of the batch is written.
+    Unavailable(String),
     /// Any other database error.
     Database(String),
 }
@@ -110,6 +133,19 @@ impl fmt::Display for CommitError {
                 write!(f, "store stayed busy through {attempts} commit attempts")
             }
             CommitError::Injected(what) => write!(f, "injected fault: {what}"),
+            CommitError::Conflict(detail) => {
+                write!(f, "commit conflicts with another member: {detail}")
+            }
+            CommitError::Fenced {
+                source,
+                partition,
+                mine,
+                current,
+            } => write!(
+                f,
+                "fenced: partition {partition} of `{source}` was claimed by another member (epoch {current}, this member holds {mine}); this member lost it in a rebalance and wrote nothing"
+            ),
+            CommitError::Unavailable(detail) => write!(f, "commit failed, store unavailable: {detail}"),
             CommitError::Database(detail) => write!(f, "commit failed: {detail}"),
         }
     }

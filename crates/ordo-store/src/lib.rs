@@ -15,11 +15,13 @@ mod url;
 
 use std::sync::Arc;
 
-use ordo_core::{ChangeSet, DeadLetter, Snapshot};
+use ordo_core::{ChangeSet, DeadLetter, Load, Loaded, Snapshot, StreamRecord};
 use ordo_projection::Document;
 
 pub use error::{CommitError, OpenError, ReadError};
-pub use pg::{PostgresStore, POSTGRES_SCHEMA_VERSION};
+pub use pg::{
+    PostgresStore, DEAD_LETTER_ID_BLOCK, POSTGRES_SCHEMA_VERSION, RECONNECT_ATTEMPTS_MAX,
+};
 pub use sqlite::{FaultStage, SqliteStore, SCHEMA_VERSION};
 pub use url::StoreUrl;
 
@@ -90,6 +92,33 @@ pub trait Store {
 
     /// The counters as of the last commit.
     fn counters(&mut self) -> Result<ordo_core::Counters, ReadError>;
+
+    /// Answers an engine's [`Load`]: the waiting events of spilled streams.
+    fn load_pending(&mut self, load: &Load) -> Result<Loaded, ReadError>;
+
+    /// These streams' positions and aliases as stored now (streams never written are
+    /// left out). Members of a group read the streams their parked events wait for.
+    fn stream_records(&mut self, streams: &[Arc<str>]) -> Result<Vec<StreamRecord>, ReadError>;
+
+    /// Takes `partitions` of `source` for this process (on a consumer-group assignment):
+    /// from now on, a commit by any earlier owner of one of them is refused
+    /// ([`CommitError::Fenced`]). A store with a single writer needs no claims.
+    fn claim(&mut self, _source: &str, _partitions: &[u32]) -> Result<(), ReadError> {
+        Ok(())
+    }
+
+    /// Gives claimed partitions up (on revocation, after the last commit for them).
+    fn release(&mut self, _partitions: &[u32]) {}
+
+    /// The caller dropped its cached documents: a store tracking what was read may forget
+    /// it too.
+    fn forget_documents(&mut self) {}
+
+    /// Whether another process may have moved streams since the last call (PostgreSQL: a
+    /// `NOTIFY` arrived). A store with a single writer never says so.
+    fn poll_progress(&mut self) -> bool {
+        false
+    }
 }
 
 /// Either store, chosen by URL (what the CLI opens).
@@ -97,8 +126,8 @@ pub trait Store {
 pub enum AnyStore {
     /// `sqlite:PATH`.
     Sqlite(SqliteStore),
-    /// `postgres://…`.
-    Postgres(PostgresStore),
+    /// `postgres://…` (boxed: it is much larger than the SQLite store).
+    Postgres(Box<PostgresStore>),
 }
 
 impl AnyStore {
@@ -106,7 +135,7 @@ impl AnyStore {
     pub fn open(url: &str, create: bool) -> Result<Self, OpenError> {
         match StoreUrl::parse(url)? {
             StoreUrl::Sqlite(path) => Ok(AnyStore::Sqlite(SqliteStore::open(&path, create)?)),
-            StoreUrl::Postgres(url) => Ok(AnyStore::Postgres(PostgresStore::open(&url)?)),
+            StoreUrl::Postgres(url) => Ok(AnyStore::Postgres(Box::new(PostgresStore::open(&url)?))),
         }
     }
 
@@ -175,6 +204,48 @@ impl Store for AnyStore {
         match self {
             AnyStore::Sqlite(s) => s.counters(),
             AnyStore::Postgres(s) => s.counters(),
+        }
+    }
+
+    fn load_pending(&mut self, load: &Load) -> Result<Loaded, ReadError> {
+        match self {
+            AnyStore::Sqlite(s) => s.load_pending(load),
+            AnyStore::Postgres(s) => s.load_pending(load),
+        }
+    }
+
+    fn stream_records(&mut self, streams: &[Arc<str>]) -> Result<Vec<StreamRecord>, ReadError> {
+        match self {
+            AnyStore::Sqlite(s) => s.stream_records(streams),
+            AnyStore::Postgres(s) => s.stream_records(streams),
+        }
+    }
+
+    fn claim(&mut self, source: &str, partitions: &[u32]) -> Result<(), ReadError> {
+        match self {
+            AnyStore::Sqlite(s) => s.claim(source, partitions),
+            AnyStore::Postgres(s) => s.claim(source, partitions),
+        }
+    }
+
+    fn release(&mut self, partitions: &[u32]) {
+        match self {
+            AnyStore::Sqlite(s) => s.release(partitions),
+            AnyStore::Postgres(s) => s.release(partitions),
+        }
+    }
+
+    fn forget_documents(&mut self) {
+        match self {
+            AnyStore::Sqlite(s) => s.forget_documents(),
+            AnyStore::Postgres(s) => s.forget_documents(),
+        }
+    }
+
+    fn poll_progress(&mut self) -> bool {
+        match self {
+            AnyStore::Sqlite(s) => s.poll_progress(),
+            AnyStore::Postgres(s) => s.poll_progress(),
         }
     }
 }

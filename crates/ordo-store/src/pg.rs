@@ -1,20 +1,42 @@
-//! The PostgreSQL store (first cut: the same single-transaction guarantee as SQLite, with
-//! batched writes through `UNNEST`).
+//! The PostgreSQL store: the same single-transaction guarantee as SQLite, batched writes
+//! through `UNNEST`, and what several processes sharing one store need.
 //!
 //! Client: the synchronous `postgres` crate. ordo's run loop is blocking code (SQLite and
 //! the sources block, and a commit must finish before the next batch), so an async client
 //! would only add a runtime hop per statement; `postgres` wraps tokio-postgres with its
 //! own small runtime and gives the same protocol, types and TLS options.
 //!
-//! Not yet here (issue 6): LISTEN/NOTIFY release of parked events across processes, row
-//! locks or version checks so two processes never apply to one document at once, epoch
-//! fencing of zombie members, reconnect-and-retry, the lease for non-Kafka sources.
+//! Sharing (members of one Kafka consumer group, operator verbs next to them):
+//! - **Optimistic checks in the commit transaction.** Each document row has a revision;
+//!   the store remembers the revision of every document it read or wrote and updates a
+//!   row only if it still holds that revision. A stream row is locked and must not have
+//!   gained an alias this process does not know, nor be at or past the version this
+//!   process writes (another member applied it). Any mismatch rolls the batch back as
+//!   [`CommitError::Conflict`]: the consumer rebuilds from the store and reads again, so
+//!   two processes never both apply to one document from the same starting point.
+//! - **Zombie fencing.** A member claims its partitions on assignment (the epoch goes up
+//!   by one); every commit re-reads its claims under a share lock and fails with
+//!   [`CommitError::Fenced`] if another member claimed one since.
+//! - **Progress notifications.** A commit that moves streams sends `NOTIFY`; members with
+//!   parked events listen and re-read the positions they wait for
+//!   ([`Store::poll_progress`], [`Store::stream_records`]).
+//! - **Ids and counters.** Each process reserves dead-letter ids in blocks of
+//!   [`DEAD_LETTER_ID_BLOCK`]; counters are added as differences under a row lock.
+//! - **Lost connections** are re-established up to [`RECONNECT_ATTEMPTS_MAX`] times per
+//!   operation; a commit is retried whole (the optimistic checks make a retry of a commit
+//!   that did land a conflict, never a double application).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use ordo_core::{Counters, DeadLetter, DeadLetterKind, Snapshot, SourcePosition, StreamRecord};
+use ordo_core::{
+    Counters, DeadLetter, DeadLetterKind, Load, Loaded, PendingRecord, Snapshot, SourcePosition,
+    StreamRecord,
+};
 use ordo_projection::Document;
+use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
 use crate::error::{CommitError, OpenError, ReadError};
@@ -23,31 +45,71 @@ use crate::url::redact;
 use crate::{CommitBatch, ExportRow, Store};
 
 /// The schema this build writes (kept in step with the SQLite store's).
-pub const POSTGRES_SCHEMA_VERSION: i64 = 1;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 2;
+
+/// Dead-letter ids each process reserves at a time (at open and on every rebuild).
+pub const DEAD_LETTER_ID_BLOCK: i64 = 10_000;
+
+/// Most attempts to re-establish a lost connection within one operation.
+pub const RECONNECT_ATTEMPTS_MAX: u32 = 5;
+
+/// Pause before the first reconnect attempt; it doubles with each further attempt.
+pub const RECONNECT_PAUSE_MS_FIRST: u64 = 200;
+
+/// Seconds a connection attempt may take before it counts as failed.
+pub const CONNECT_TIMEOUT_S: u64 = 5;
+
+/// How long a check for notifications waits for one.
+pub const NOTIFY_WAIT_MS: u64 = 1;
+
+/// Most document revisions remembered; beyond it the consumer's cache is cleared too
+/// ([`Store::forget_documents`]), so this only guards against a caller that never does.
+pub const KNOWN_REVISIONS_MAX: usize = 1_000_000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
-    stream TEXT PRIMARY KEY, doc TEXT, deleted BOOLEAN NOT NULL DEFAULT FALSE);
+    stream TEXT PRIMARY KEY, doc TEXT, deleted BOOLEAN NOT NULL DEFAULT FALSE,
+    revision BIGINT NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS streams (
     stream TEXT PRIMARY KEY, applied BIGINT NOT NULL, alias_target TEXT, alias_cut BIGINT);
 CREATE TABLE IF NOT EXISTS pending (
     stream TEXT NOT NULL, version BIGINT NOT NULL, state TEXT NOT NULL, event TEXT,
-    PRIMARY KEY (stream, version));
+    partition BIGINT, awaits_stream TEXT, awaits_version BIGINT, PRIMARY KEY (stream, version));
 CREATE TABLE IF NOT EXISTS dead_letters (
     id BIGINT PRIMARY KEY, kind TEXT NOT NULL, stream TEXT, version BIGINT, event_id TEXT,
     body TEXT NOT NULL, reason TEXT NOT NULL, partition BIGINT, \"offset\" BIGINT,
     at_ms BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS dedupe_blocks (
-    first_sequence BIGINT PRIMARY KEY, last_sequence BIGINT NOT NULL, hashes BYTEA NOT NULL);
+    block BIGSERIAL PRIMARY KEY, first_sequence BIGINT NOT NULL, last_sequence BIGINT NOT NULL,
+    hashes BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     source TEXT NOT NULL, partition BIGINT NOT NULL, \"offset\" BIGINT NOT NULL,
     PRIMARY KEY (source, partition));
+CREATE TABLE IF NOT EXISTS claims (
+    source TEXT NOT NULL, partition BIGINT NOT NULL, member TEXT NOT NULL,
+    epoch BIGINT NOT NULL, PRIMARY KEY (source, partition));
+";
+
+/// Version 1 → 2: document revisions, the partition of waiting events and what parked
+/// ones wait for, dedupe blocks
+/// keyed apart from their (per-member) sequences, partition claims (created above).
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE documents ADD COLUMN IF NOT EXISTS revision BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE pending ADD COLUMN IF NOT EXISTS partition BIGINT;
+ALTER TABLE pending ADD COLUMN IF NOT EXISTS awaits_stream TEXT;
+ALTER TABLE pending ADD COLUMN IF NOT EXISTS awaits_version BIGINT;
+ALTER TABLE dedupe_blocks DROP CONSTRAINT IF EXISTS dedupe_blocks_pkey;
+ALTER TABLE dedupe_blocks ADD COLUMN IF NOT EXISTS block BIGSERIAL PRIMARY KEY;
 ";
 
 fn database(error: postgres::Error) -> String {
     // The client's messages never carry the password; the URL is redacted by callers.
-    error.to_string()
+    // A server error's own message says more than the client's "db error".
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
 }
 
 impl From<postgres::Error> for ReadError {
@@ -56,9 +118,75 @@ impl From<postgres::Error> for ReadError {
     }
 }
 
-/// A PostgreSQL-backed [`Store`].
+/// Whether an error means the connection is gone (retry on a new one) rather than a
+/// statement failed.
+fn connection_lost(error: &postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    match error.code() {
+        Some(code) => {
+            *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || code.code().starts_with("08")
+        }
+        // No SQLSTATE: an IO error on the socket.
+        None => error.as_db_error().is_none(),
+    }
+}
+
+/// Why one attempt at a commit failed.
+enum WriteError {
+    Conflict(String),
+    Fenced {
+        partition: u32,
+        mine: i64,
+        current: i64,
+    },
+    Database(postgres::Error),
+}
+
+impl From<postgres::Error> for WriteError {
+    fn from(error: postgres::Error) -> Self {
+        // Two members locking rows in different orders: one is chosen to fail, and it
+        // recovers like any conflict.
+        match error.code() {
+            Some(code)
+                if *code == SqlState::T_R_DEADLOCK_DETECTED
+                    || *code == SqlState::T_R_SERIALIZATION_FAILURE =>
+            {
+                WriteError::Conflict(database(error))
+            }
+            _ => WriteError::Database(error),
+        }
+    }
+}
+
+/// What a commit that landed changes in this process's memory.
+struct Landed {
+    revisions: Vec<(Arc<str>, i64)>,
+}
+
+/// A PostgreSQL-backed [`Store`], shareable by several processes.
 pub struct PostgresStore {
     client: Client,
+    /// The URL as given (with the password, to reconnect; never printed).
+    url: String,
+    schema: Option<String>,
+    /// This process's identity in `claims`.
+    member: String,
+    /// Revision of each document read or written (0: no row).
+    revisions: HashMap<Arc<str>, i64>,
+    /// Partitions claimed for `claims_source`, with the epoch of each claim.
+    claims: Vec<(u32, i64)>,
+    claims_source: String,
+    /// The counters as last read or committed by this process: commits add the
+    /// difference, so members never overwrite each other's counts.
+    counters_base: Counters,
+    /// Dead-letter ids reserved by this process: `[next, end)`.
+    dead_letter_ids_end: u64,
+    listener: Option<Client>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -67,18 +195,28 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+fn connect(url: &str, schema: Option<&str>) -> Result<Client, postgres::Error> {
+    let mut config: postgres::Config = url.parse()?;
+    config.connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_S));
+    let mut client = config.connect(NoTls)?;
+    if let Some(schema) = schema {
+        // Members starting together would race on CREATE SCHEMA IF NOT EXISTS (it can
+        // fail with a duplicate key): create it under the migration lock.
+        let mut transaction = client.transaction()?;
+        transaction.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock(7102003); CREATE SCHEMA IF NOT EXISTS {schema}"
+        ))?;
+        transaction.commit()?;
+        client.batch_execute(&format!("SET search_path TO {schema}"))?;
+    }
+    Ok(client)
+}
+
 impl PostgresStore {
     /// Connects to `url` (`postgres://…`, optionally `?schema=NAME` to keep ordo's tables
     /// in their own schema, created when missing) and migrates.
     pub fn open(url: &str) -> Result<Self, OpenError> {
         let (url, schema) = split_schema(url);
-        let mut client = Client::connect(&url, NoTls).map_err(|e| {
-            OpenError::Database(format!(
-                "cannot connect to {}: {}",
-                redact(&url),
-                database(e)
-            ))
-        })?;
         if let Some(schema) = &schema {
             if !schema
                 .chars()
@@ -88,106 +226,281 @@ impl PostgresStore {
                     "schema `{schema}` must be [A-Za-z0-9_]"
                 )));
             }
-            client
-                .batch_execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
-                ))
-                .map_err(|e| OpenError::Database(database(e)))?;
         }
-        let mut transaction = client
-            .transaction()
-            .map_err(|e| OpenError::Database(database(e)))?;
-        // One migrator at a time across processes.
-        transaction
-            .batch_execute("SELECT pg_advisory_xact_lock(7102003)")
-            .map_err(|e| OpenError::Database(database(e)))?;
-        transaction
-            .batch_execute(SCHEMA)
-            .map_err(|e| OpenError::Database(database(e)))?;
-        let found: Option<String> = transaction
-            .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])
-            .map_err(|e| OpenError::Database(database(e)))?
-            .map(|row| row.get(0));
-        if let Some(found) = found.and_then(|v| v.parse::<i64>().ok()) {
-            if found > POSTGRES_SCHEMA_VERSION {
-                return Err(OpenError::NewerSchema {
-                    found,
-                    supported: POSTGRES_SCHEMA_VERSION,
-                });
+        let mut client = connect(&url, schema.as_deref()).map_err(|e| {
+            OpenError::Database(format!(
+                "cannot connect to {}: {}",
+                redact(&url),
+                database(e)
+            ))
+        })?;
+        migrate(&mut client).map_err(|e| match e {
+            MigrateError::Newer(found) => OpenError::NewerSchema {
+                found,
+                supported: POSTGRES_SCHEMA_VERSION,
+            },
+            MigrateError::Database(e) => OpenError::Database(database(e)),
+        })?;
+        let member = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        Ok(PostgresStore {
+            client,
+            url,
+            schema,
+            member,
+            revisions: HashMap::new(),
+            claims: Vec::new(),
+            claims_source: String::new(),
+            counters_base: Counters::default(),
+            dead_letter_ids_end: 0,
+            listener: None,
+        })
+    }
+
+    /// The channel commits notify on (one per schema).
+    fn channel(&self) -> String {
+        format!(
+            "ordo_progress_{}",
+            self.schema.as_deref().unwrap_or("public")
+        )
+    }
+
+    /// Runs `operation`, re-establishing a lost connection up to
+    /// [`RECONNECT_ATTEMPTS_MAX`] times; `Err(message)` when it cannot.
+    fn retrying<T>(
+        &mut self,
+        mut operation: impl FnMut(&mut Self) -> Result<T, postgres::Error>,
+    ) -> Result<T, ReadError> {
+        let mut pause_ms = RECONNECT_PAUSE_MS_FIRST;
+        let mut attempt = 0;
+        loop {
+            match operation(self) {
+                Ok(value) => return Ok(value),
+                Err(error) if connection_lost(&error) => {
+                    attempt += 1;
+                    if attempt > RECONNECT_ATTEMPTS_MAX {
+                        return Err(ReadError::Unavailable(self.gave_up(&error)));
+                    }
+                    eprintln!(
+                        "ordo: lost the connection to {} ({}); reconnecting (attempt {attempt} of {RECONNECT_ATTEMPTS_MAX})",
+                        redact(&self.url),
+                        database(error)
+                    );
+                    std::thread::sleep(Duration::from_millis(pause_ms));
+                    pause_ms *= 2;
+                    if let Ok(client) = connect(&self.url, self.schema.as_deref()) {
+                        self.client = client;
+                    }
+                }
+                Err(error) => return Err(ReadError::Database(database(error))),
             }
         }
-        transaction
-            .execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                &[&POSTGRES_SCHEMA_VERSION.to_string()],
-            )
-            .map_err(|e| OpenError::Database(database(e)))?;
-        transaction
-            .commit()
-            .map_err(|e| OpenError::Database(database(e)))?;
-        Ok(PostgresStore { client })
+    }
+
+    fn gave_up(&self, error: &postgres::Error) -> String {
+        format!(
+            "lost the connection to {} and could not re-establish it in {RECONNECT_ATTEMPTS_MAX} attempts: {error}",
+            redact(&self.url)
+        )
     }
 
     /// Writes a free-form setting (the run's engine configuration, for operator verbs).
     pub fn set_setting(&mut self, key: &str, value: &str) -> Result<(), ReadError> {
-        self.client.execute(
-            "INSERT INTO meta (key, value) VALUES ($1, $2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&format!("setting:{key}"), &value],
-        )?;
+        let key = format!("setting:{key}");
+        self.retrying(|store| {
+            store.client.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&key, &value],
+            )
+        })?;
         Ok(())
     }
 
     /// Reads a setting written by [`Self::set_setting`].
     pub fn setting(&mut self, key: &str) -> Result<Option<String>, ReadError> {
-        self.meta(&format!("setting:{key}"))
+        let key = format!("setting:{key}");
+        self.retrying(|store| meta(&mut store.client, &key))
     }
 
-    fn meta(&mut self, key: &str) -> Result<Option<String>, ReadError> {
-        Ok(self
-            .client
-            .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])?
-            .map(|row| row.get(0)))
+    /// This process's identity in the partition claims.
+    pub fn member(&self) -> &str {
+        &self.member
     }
 
-    fn write(&mut self, source: &str, batch: &CommitBatch) -> Result<(), postgres::Error> {
+    /// The server-side process id of this store's connection (tests cut it with
+    /// `pg_terminate_backend`).
+    pub fn backend_pid(&mut self) -> Result<i32, ReadError> {
+        self.retrying(|store| {
+            store
+                .client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .map(|row| row.get(0))
+        })
+    }
+
+    fn write(&mut self, source: &str, batch: &CommitBatch) -> Result<Landed, WriteError> {
         let changes = &batch.changes;
+        let channel = self.channel();
         let mut transaction = self.client.transaction()?;
-        let mut streams = Vec::new();
-        let mut docs: Vec<Option<String>> = Vec::new();
-        let mut deleted = Vec::new();
-        for (stream, document) in &batch.documents {
-            streams.push(stream.to_string());
-            match document {
-                Some(Document::Live(value)) => {
-                    docs.push(Some(value.to_string()));
-                    deleted.push(false);
-                }
-                Some(Document::Deleted) => {
-                    docs.push(None);
-                    deleted.push(true);
-                }
-                None => {
-                    docs.push(None);
-                    deleted.push(false);
+
+        // Fencing first: a member that lost a partition writes nothing at all.
+        if !self.claims.is_empty() {
+            let partitions: Vec<i64> = self.claims.iter().map(|(p, _)| i64::from(*p)).collect();
+            let mut current: HashMap<u32, (String, i64)> = HashMap::new();
+            for row in transaction.query(
+                "SELECT partition, member, epoch FROM claims
+                 WHERE source = $1 AND partition = ANY($2) FOR SHARE",
+                &[&self.claims_source, &partitions],
+            )? {
+                current.insert(row.get::<_, i64>(0) as u32, (row.get(1), row.get(2)));
+            }
+            for &(partition, mine) in &self.claims {
+                match current.get(&partition) {
+                    Some((member, epoch)) if *member == self.member && *epoch == mine => {}
+                    other => {
+                        return Err(WriteError::Fenced {
+                            partition,
+                            mine,
+                            current: other.map_or(0, |(_, epoch)| *epoch),
+                        })
+                    }
                 }
             }
         }
-        if !streams.is_empty() {
-            transaction.execute(
-                "INSERT INTO documents (stream, doc, deleted)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[])
-                 ON CONFLICT (stream) DO UPDATE SET doc = excluded.doc, deleted = excluded.deleted",
-                &[&streams, &docs, &deleted],
-            )?;
+
+        // Documents: update a row only at the revision this process saw.
+        let mut landed = Landed {
+            revisions: Vec::with_capacity(batch.documents.len()),
+        };
+        let (mut update_names, mut update_docs, mut update_deleted, mut update_expected) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut insert_names, mut insert_docs, mut insert_deleted) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for (stream, document) in &batch.documents {
+            let (doc, deleted) = match document {
+                Some(Document::Live(value)) => (Some(value.to_string()), false),
+                Some(Document::Deleted) => (None, true),
+                None => (None, false),
+            };
+            // A document never read here counts as expected absent: if it exists, that
+            // is a conflict, never a blind overwrite.
+            let expected = self.revisions.get(stream).copied().unwrap_or(0);
+            landed.revisions.push((stream.clone(), expected + 1));
+            if expected == 0 {
+                insert_names.push(stream.to_string());
+                insert_docs.push(doc);
+                insert_deleted.push(deleted);
+            } else {
+                update_names.push(stream.to_string());
+                update_docs.push(doc);
+                update_deleted.push(deleted);
+                update_expected.push(expected);
+            }
         }
+        if !update_names.is_empty() {
+            let updated = transaction.execute(
+                "UPDATE documents d SET doc = u.doc, deleted = u.deleted, revision = d.revision + 1
+                 FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::bigint[])
+                     AS u(stream, doc, deleted, expected)
+                 WHERE d.stream = u.stream AND d.revision = u.expected",
+                &[
+                    &update_names,
+                    &update_docs,
+                    &update_deleted,
+                    &update_expected,
+                ],
+            )?;
+            if updated as usize != update_names.len() {
+                return Err(WriteError::Conflict(format!(
+                    "{} of {} documents were changed by another member since they were read",
+                    update_names.len() - updated as usize,
+                    update_names.len()
+                )));
+            }
+        }
+        if !insert_names.is_empty() {
+            let inserted = transaction.execute(
+                "INSERT INTO documents (stream, doc, deleted, revision)
+                 SELECT stream, doc, deleted, 1
+                 FROM UNNEST($1::text[], $2::text[], $3::bool[]) AS u(stream, doc, deleted)
+                 ON CONFLICT (stream) DO NOTHING",
+                &[&insert_names, &insert_docs, &insert_deleted],
+            )?;
+            if inserted as usize != insert_names.len() {
+                return Err(WriteError::Conflict(format!(
+                    "{} of {} new documents were created by another member meanwhile",
+                    insert_names.len() - inserted as usize,
+                    insert_names.len()
+                )));
+            }
+        }
+
+        // A document is written for a live stream: if its stream was merged away by
+        // another member (not by this batch), this member redirected into a dead
+        // document, not knowing the alias chain had grown.
+        if !batch.documents.is_empty() {
+            let written: Vec<&str> = batch.documents.iter().map(|(s, _)| &**s).collect();
+            let merged_here: Vec<&str> = changes
+                .streams
+                .iter()
+                .filter(|r| r.alias.is_some())
+                .map(|r| &*r.stream)
+                .collect();
+            let dead = transaction.query(
+                "SELECT stream, alias_target FROM streams
+                 WHERE stream = ANY($1) AND alias_target IS NOT NULL AND NOT stream = ANY($2)
+                 ORDER BY stream FOR UPDATE",
+                &[&written, &merged_here],
+            )?;
+            if let Some(row) = dead.first() {
+                return Err(WriteError::Conflict(format!(
+                    "document `{}` belongs to a stream merged into `{}` by another member",
+                    row.get::<_, String>(0),
+                    row.get::<_, String>(1)
+                )));
+            }
+        }
+
+        // Stream positions: locked, checked, then written (positions never go back,
+        // aliases are never dropped).
         if !changes.streams.is_empty() {
             let names: Vec<String> = changes
                 .streams
                 .iter()
                 .map(|r| r.stream.to_string())
                 .collect();
+            let mut stored: HashMap<String, (i64, bool)> = HashMap::new();
+            for row in transaction.query(
+                "SELECT stream, applied, alias_target IS NOT NULL FROM streams
+                 WHERE stream = ANY($1) ORDER BY stream FOR UPDATE",
+                &[&names],
+            )? {
+                stored.insert(row.get(0), (row.get(1), row.get(2)));
+            }
+            for record in &changes.streams {
+                let Some(&(applied, aliased)) = stored.get(&*record.stream) else {
+                    continue;
+                };
+                if aliased && record.alias.is_none() {
+                    return Err(WriteError::Conflict(format!(
+                        "stream `{}` was merged away by another member",
+                        record.stream
+                    )));
+                }
+                let new_alias = record.alias.is_some() && !aliased;
+                if !new_alias && applied >= record.applied as i64 {
+                    return Err(WriteError::Conflict(format!(
+                        "stream `{}` is already at version {applied} (this batch brings it to {})",
+                        record.stream, record.applied
+                    )));
+                }
+            }
             let applied: Vec<i64> = changes.streams.iter().map(|r| r.applied as i64).collect();
             let targets: Vec<Option<String>> = changes
                 .streams
@@ -202,10 +515,13 @@ impl PostgresStore {
             transaction.execute(
                 "INSERT INTO streams (stream, applied, alias_target, alias_cut)
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[])
-                 ON CONFLICT (stream) DO UPDATE SET applied = excluded.applied,
-                 alias_target = excluded.alias_target, alias_cut = excluded.alias_cut",
+                 ON CONFLICT (stream) DO UPDATE SET
+                 applied = GREATEST(streams.applied, excluded.applied),
+                 alias_target = COALESCE(streams.alias_target, excluded.alias_target),
+                 alias_cut = COALESCE(streams.alias_cut, excluded.alias_cut)",
                 &[&names, &applied, &targets, &cuts],
             )?;
+            transaction.execute("SELECT pg_notify($1, '')", &[&channel])?;
         }
         if !changes.pending_delete.is_empty() {
             let names: Vec<String> = changes
@@ -245,17 +561,51 @@ impl PostgresStore {
                 .iter()
                 .map(|r| r.event.as_ref().map(|e| e.to_json_string()))
                 .collect();
+            let partitions: Vec<Option<i64>> = changes
+                .pending_put
+                .iter()
+                .map(|r| r.partition.map(i64::from))
+                .collect();
+            let awaits_streams: Vec<Option<&str>> = changes
+                .pending_put
+                .iter()
+                .map(|r| r.awaits.as_ref().map(|(s, _)| &**s))
+                .collect();
+            let awaits_versions: Vec<Option<i64>> = changes
+                .pending_put
+                .iter()
+                .map(|r| r.awaits.as_ref().map(|(_, v)| *v as i64))
+                .collect();
             transaction.execute(
-                "INSERT INTO pending (stream, version, state, event)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[])
-                 ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state, event = excluded.event",
-                &[&names, &versions, &states, &events],
+                "INSERT INTO pending
+                 (stream, version, state, event, partition, awaits_stream, awaits_version)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[],
+                     $5::bigint[], $6::text[], $7::bigint[])
+                 ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state,
+                 event = excluded.event, partition = excluded.partition,
+                 awaits_stream = excluded.awaits_stream, awaits_version = excluded.awaits_version",
+                &[
+                    &names,
+                    &versions,
+                    &states,
+                    &events,
+                    &partitions,
+                    &awaits_streams,
+                    &awaits_versions,
+                ],
             )?;
         }
         for id in &changes.dead_letters_delete {
             transaction.execute("DELETE FROM dead_letters WHERE id = $1", &[&(*id as i64)])?;
         }
         for entry in &changes.dead_letters_put {
+            if entry.id >= self.dead_letter_ids_end {
+                // Past this process's reserved block: another process may own the id.
+                return Err(WriteError::Conflict(format!(
+                    "dead-letter id {} is past this process's reserved block",
+                    entry.id
+                )));
+            }
             transaction.execute(
                 "INSERT INTO dead_letters
                  (id, kind, stream, version, event_id, body, reason, partition, \"offset\", at_ms)
@@ -282,9 +632,7 @@ impl PostgresStore {
                 hashes.extend_from_slice(&hash.to_le_bytes());
             }
             transaction.execute(
-                "INSERT INTO dedupe_blocks (first_sequence, last_sequence, hashes) VALUES ($1, $2, $3)
-                 ON CONFLICT (first_sequence) DO UPDATE SET last_sequence = excluded.last_sequence,
-                 hashes = excluded.hashes",
+                "INSERT INTO dedupe_blocks (first_sequence, last_sequence, hashes) VALUES ($1, $2, $3)",
                 &[&(first.0 as i64), &(last.0 as i64), &hashes],
             )?;
         }
@@ -299,12 +647,28 @@ impl PostgresStore {
                 &[&source, &i64::from(*partition), &(*offset as i64)],
             )?;
         }
+        // Counters: add what this process counted since it last read or wrote them.
+        let stored = transaction
+            .query_opt(
+                "SELECT value FROM meta WHERE key = 'counters' FOR UPDATE",
+                &[],
+            )?
+            .map(|row| row.get::<_, String>(0));
+        let stored = rows::counters(stored).unwrap_or_default();
+        let base = self.counters_base.fields();
+        let sum = Counters::from_fields(
+            changes
+                .counters
+                .fields()
+                .iter()
+                .zip(base)
+                .zip(stored.fields())
+                .map(|(((name, now), (_, before)), (_, total))| {
+                    (*name, total.saturating_add(now.saturating_sub(before)))
+                }),
+        );
         for (key, value) in [
-            ("counters", changes.counters.to_json().to_string()),
-            (
-                "next_dead_letter_id",
-                changes.next_dead_letter_id.to_string(),
-            ),
+            ("counters", sum.to_json().to_string()),
             ("dedupe_floor", changes.dedupe_floor.to_string()),
         ] {
             transaction.execute(
@@ -313,8 +677,138 @@ impl PostgresStore {
                 &[&key, &value],
             )?;
         }
-        transaction.commit()
+        transaction.commit()?;
+        Ok(landed)
     }
+
+    fn pending_rows(
+        &mut self,
+        sql: &str,
+        parameters: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<PendingRecord>, ReadError> {
+        let found = self.retrying(|store| store.client.query(sql, parameters))?;
+        let mut records = Vec::with_capacity(found.len());
+        for row in found {
+            let state: String = row.get(2);
+            records.push(rows::pending_record(
+                row.get(0),
+                row.get::<_, i64>(1) as u64,
+                &state,
+                row.get(3),
+                row.get(4),
+                (row.get(5), row.get(6)),
+            )?);
+        }
+        Ok(records)
+    }
+
+    fn snapshot_once(&mut self, source: &str) -> Result<Snapshot, postgres::Error> {
+        let client = &mut self.client;
+        let mut snapshot = Snapshot::default();
+        for row in client.query(
+            "SELECT stream, applied, alias_target, alias_cut FROM streams",
+            &[],
+        )? {
+            snapshot.streams.push(stream_record(&row));
+        }
+        for row in client.query(
+            "SELECT stream, version, id FROM dead_letters
+             WHERE kind = 'sequenced' AND stream IS NOT NULL AND version IS NOT NULL",
+            &[],
+        )? {
+            snapshot.blocking_dead_letters.push((
+                row.get::<_, String>(0).into_boxed_str(),
+                row.get::<_, i64>(1) as u64,
+                row.get::<_, i64>(2) as u64,
+            ));
+        }
+        for row in client.query(
+            "SELECT partition, \"offset\" FROM checkpoints WHERE source = $1",
+            &[&source],
+        )? {
+            snapshot
+                .checkpoints
+                .push((row.get::<_, i64>(0) as u32, row.get::<_, i64>(1) as u64));
+        }
+        // Reserve this process's next block of dead-letter ids.
+        let end: i64 = client
+            .query_one(
+                "INSERT INTO meta (key, value) VALUES ('next_dead_letter_id', $1)
+                 ON CONFLICT (key) DO UPDATE
+                 SET value = ((meta.value)::bigint + $2)::text
+                 RETURNING (value)::bigint",
+                &[
+                    &(1 + DEAD_LETTER_ID_BLOCK).to_string(),
+                    &DEAD_LETTER_ID_BLOCK,
+                ],
+            )?
+            .get(0);
+        snapshot.next_dead_letter_id = (end - DEAD_LETTER_ID_BLOCK).max(1) as u64;
+        self.dead_letter_ids_end = end as u64;
+        Ok(snapshot)
+    }
+}
+
+fn stream_record(row: &postgres::Row) -> StreamRecord {
+    let target: Option<String> = row.get(2);
+    let cut: Option<i64> = row.get(3);
+    StreamRecord {
+        stream: Arc::from(row.get::<_, String>(0)),
+        applied: row.get::<_, i64>(1) as u64,
+        alias: target.zip(cut).map(|(t, c)| (Arc::from(t), c as u64)),
+    }
+}
+
+fn meta(client: &mut Client, key: &str) -> Result<Option<String>, postgres::Error> {
+    Ok(client
+        .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])?
+        .map(|row| row.get(0)))
+}
+
+enum MigrateError {
+    Newer(i64),
+    Database(postgres::Error),
+}
+
+impl From<postgres::Error> for MigrateError {
+    fn from(error: postgres::Error) -> Self {
+        MigrateError::Database(error)
+    }
+}
+
+fn migrate(client: &mut Client) -> Result<(), MigrateError> {
+    let mut transaction = client.transaction()?;
+    // One migrator at a time across processes.
+    transaction.batch_execute("SELECT pg_advisory_xact_lock(7102003)")?;
+    let has_meta: bool = transaction
+        .query_one("SELECT to_regclass('meta') IS NOT NULL", &[])?
+        .get(0);
+    let found = if has_meta {
+        transaction
+            .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])?
+            .and_then(|row| row.get::<_, String>(0).parse::<i64>().ok())
+    } else {
+        None
+    };
+    if let Some(found) = found {
+        if found > POSTGRES_SCHEMA_VERSION {
+            return Err(MigrateError::Newer(found));
+        }
+    }
+    transaction.batch_execute(SCHEMA)?;
+    if found == Some(1) {
+        transaction.batch_execute(MIGRATE_1_TO_2)?;
+    }
+    transaction.batch_execute(
+        "CREATE INDEX IF NOT EXISTS pending_awaits ON pending (awaits_stream, awaits_version)",
+    )?;
+    transaction.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        &[&POSTGRES_SCHEMA_VERSION.to_string()],
+    )?;
+    transaction.commit()?;
+    Ok(())
 }
 
 /// Splits ordo's own `schema=NAME` query parameter off a PostgreSQL URL.
@@ -343,99 +837,153 @@ fn split_schema(url: &str) -> (String, Option<String>) {
 
 impl Store for PostgresStore {
     fn snapshot(&mut self, source: &str) -> Result<Snapshot, ReadError> {
-        let mut snapshot = Snapshot::default();
-        for row in self.client.query(
-            "SELECT stream, applied, alias_target, alias_cut FROM streams",
+        let mut snapshot = self.retrying(|store| store.snapshot_once(source))?;
+        // Parked streams stay in the store (spilled): only their names and what they wait
+        // for are read.
+        snapshot.pending = self.pending_rows(
+            &format!(
+                "SELECT {} FROM pending WHERE stream NOT IN
+                 (SELECT stream FROM pending WHERE awaits_stream IS NOT NULL)
+                 ORDER BY stream, version",
+                rows::PENDING_COLUMNS
+            ),
             &[],
-        )? {
-            let target: Option<String> = row.get(2);
-            let cut: Option<i64> = row.get(3);
-            snapshot.streams.push(StreamRecord {
-                stream: Arc::from(row.get::<_, String>(0)),
-                applied: row.get::<_, i64>(1) as u64,
-                alias: target.zip(cut).map(|(t, c)| (Arc::from(t), c as u64)),
-            });
+        )?;
+        let spilled = self.retrying(|store| {
+            store.client.query(
+                "SELECT stream, MIN(partition) FROM pending WHERE awaits_stream IS NOT NULL
+                 GROUP BY stream",
+                &[],
+            )
+        })?;
+        for row in spilled {
+            let partition: Option<i64> = row.get(1);
+            snapshot.spilled.push((
+                row.get::<_, String>(0).into_boxed_str(),
+                partition.and_then(|p| u32::try_from(p).ok()),
+            ));
         }
-        for row in self.client.query(
-            "SELECT stream, version, state, event FROM pending ORDER BY stream, version",
-            &[],
-        )? {
-            let state: String = row.get(2);
-            snapshot.pending.push(rows::pending_record(
-                row.get(0),
-                row.get::<_, i64>(1) as u64,
-                &state,
-                row.get(3),
-            )?);
-        }
-        for row in self.client.query(
-            "SELECT stream, version, id FROM dead_letters
-             WHERE kind = 'sequenced' AND stream IS NOT NULL AND version IS NOT NULL",
-            &[],
-        )? {
-            snapshot.blocking_dead_letters.push((
+        let waiters = self.retrying(|store| {
+            store.client.query(
+                "SELECT awaits_stream, MIN(awaits_version) FROM pending
+                 WHERE awaits_stream IS NOT NULL GROUP BY awaits_stream",
+                &[],
+            )
+        })?;
+        for row in waiters {
+            snapshot.spilled_waiters.push((
                 row.get::<_, String>(0).into_boxed_str(),
                 row.get::<_, i64>(1) as u64,
-                row.get::<_, i64>(2) as u64,
             ));
         }
         let floor: u64 = self
-            .meta("dedupe_floor")?
+            .retrying(|store| meta(&mut store.client, "dedupe_floor"))?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        for row in self.client.query(
-            "SELECT first_sequence, hashes FROM dedupe_blocks ORDER BY first_sequence",
-            &[],
-        )? {
+        let blocks = self.retrying(|store| {
+            store.client.query(
+                "SELECT first_sequence, hashes FROM dedupe_blocks ORDER BY first_sequence",
+                &[],
+            )
+        })?;
+        for row in blocks {
             let first: i64 = row.get(0);
             let hashes: Vec<u8> = row.get(1);
             rows::dedupe_block(first as u64, &hashes, floor, &mut snapshot.dedupe)?;
         }
-        for row in self.client.query(
-            "SELECT partition, \"offset\" FROM checkpoints WHERE source = $1",
-            &[&source],
-        )? {
-            snapshot
-                .checkpoints
-                .push((row.get::<_, i64>(0) as u32, row.get::<_, i64>(1) as u64));
-        }
         snapshot.counters = self.counters()?;
-        snapshot.next_dead_letter_id = self
-            .meta("next_dead_letter_id")?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
+        self.counters_base = snapshot.counters;
+        self.revisions.clear();
         Ok(snapshot)
     }
 
     fn documents(&mut self, streams: &[Arc<str>]) -> Result<Vec<Option<Document>>, ReadError> {
         let names: Vec<&str> = streams.iter().map(|s| &**s).collect();
-        let mut found: HashMap<String, Option<Document>> = HashMap::new();
-        for row in self.client.query(
-            "SELECT stream, doc, deleted FROM documents WHERE stream = ANY($1)",
-            &[&names],
-        )? {
+        let found_rows = self.retrying(|store| {
+            store.client.query(
+                "SELECT stream, doc, deleted, revision FROM documents WHERE stream = ANY($1)",
+                &[&names],
+            )
+        })?;
+        let mut found: HashMap<String, (Option<Document>, i64)> = HashMap::new();
+        for row in found_rows {
             let stream: String = row.get(0);
             let document = rows::document(&stream, row.get(1), row.get(2))?;
-            found.insert(stream, document);
+            found.insert(stream, (document, row.get(3)));
+        }
+        if self.revisions.len() > KNOWN_REVISIONS_MAX {
+            // Only reached when a caller never forgets; an unknown revision later fails
+            // safe (as a conflict), never as a blind overwrite.
+            self.revisions.clear();
         }
         Ok(streams
             .iter()
-            .map(|s| found.remove(&**s).flatten())
+            .map(|s| {
+                let (document, revision) = found.remove(&**s).unwrap_or((None, 0));
+                self.revisions.insert(s.clone(), revision);
+                document
+            })
             .collect())
     }
 
     fn commit(&mut self, source: &str, batch: CommitBatch) -> Result<(), CommitError> {
-        self.write(source, &batch)
-            .map_err(|e| CommitError::Database(database(e)))
+        let mut pause_ms = RECONNECT_PAUSE_MS_FIRST;
+        let mut attempt = 0;
+        loop {
+            match self.write(source, &batch) {
+                Ok(landed) => {
+                    for (stream, revision) in landed.revisions {
+                        self.revisions.insert(stream, revision);
+                    }
+                    self.counters_base = batch.changes.counters;
+                    return Ok(());
+                }
+                Err(WriteError::Conflict(detail)) => return Err(CommitError::Conflict(detail)),
+                Err(WriteError::Fenced {
+                    partition,
+                    mine,
+                    current,
+                }) => {
+                    return Err(CommitError::Fenced {
+                        source: source.to_string(),
+                        partition,
+                        mine,
+                        current,
+                    })
+                }
+                Err(WriteError::Database(error)) if connection_lost(&error) => {
+                    attempt += 1;
+                    if attempt > RECONNECT_ATTEMPTS_MAX {
+                        return Err(CommitError::Unavailable(self.gave_up(&error)));
+                    }
+                    eprintln!(
+                        "ordo: lost the connection to {} during a commit ({}); reconnecting (attempt {attempt} of {RECONNECT_ATTEMPTS_MAX}), the batch will be written whole or not at all",
+                        redact(&self.url),
+                        database(error)
+                    );
+                    std::thread::sleep(Duration::from_millis(pause_ms));
+                    pause_ms *= 2;
+                    if let Ok(client) = connect(&self.url, self.schema.as_deref()) {
+                        self.client = client;
+                    }
+                }
+                Err(WriteError::Database(error)) => {
+                    return Err(CommitError::Database(database(error)))
+                }
+            }
+        }
     }
 
     fn dead_letters(&mut self) -> Result<Vec<DeadLetter>, ReadError> {
+        let found = self.retrying(|store| {
+            store.client.query(
+                "SELECT id, kind, stream, version, event_id, body, reason, partition, \"offset\", at_ms
+                 FROM dead_letters ORDER BY id",
+                &[],
+            )
+        })?;
         let mut entries = Vec::new();
-        for row in self.client.query(
-            "SELECT id, kind, stream, version, event_id, body, reason, partition, \"offset\", at_ms
-             FROM dead_letters ORDER BY id",
-            &[],
-        )? {
+        for row in found {
             let kind: String = row.get(1);
             let partition: Option<i64> = row.get(7);
             let offset: Option<i64> = row.get(8);
@@ -460,14 +1008,15 @@ impl Store for PostgresStore {
 
     fn export(&mut self) -> Result<Vec<ExportRow>, ReadError> {
         let found = self
-            .client
-            .query(
-                "SELECT s.stream, s.applied, s.alias_target, d.doc, COALESCE(d.deleted, FALSE)
-                 FROM streams s LEFT JOIN documents d ON d.stream = s.stream
-                 WHERE s.applied > 0 OR s.alias_target IS NOT NULL
-                 ORDER BY s.stream COLLATE \"C\"",
-                &[],
-            )?
+            .retrying(|store| {
+                store.client.query(
+                    "SELECT s.stream, s.applied, s.alias_target, d.doc, COALESCE(d.deleted, FALSE)
+                     FROM streams s LEFT JOIN documents d ON d.stream = s.stream
+                     WHERE s.applied > 0 OR s.alias_target IS NOT NULL
+                     ORDER BY s.stream COLLATE \"C\"",
+                    &[],
+                )
+            })?
             .into_iter()
             .map(|row| rows::StreamRow {
                 stream: row.get(0),
@@ -481,6 +1030,135 @@ impl Store for PostgresStore {
     }
 
     fn counters(&mut self) -> Result<Counters, ReadError> {
-        rows::counters(self.meta("counters")?)
+        let text = self.retrying(|store| meta(&mut store.client, "counters"))?;
+        rows::counters(text)
+    }
+
+    fn claim(&mut self, source: &str, partitions: &[u32]) -> Result<(), ReadError> {
+        let member = self.member.clone();
+        let claims = self.retrying(|store| {
+            let mut transaction = store.client.transaction()?;
+            let mut claims = Vec::with_capacity(partitions.len());
+            for &partition in partitions {
+                let epoch: i64 = transaction
+                    .query_one(
+                        "INSERT INTO claims (source, partition, member, epoch) VALUES ($1, $2, $3, 1)
+                         ON CONFLICT (source, partition) DO UPDATE
+                         SET member = excluded.member, epoch = claims.epoch + 1
+                         RETURNING epoch",
+                        &[&source, &i64::from(partition), &member],
+                    )?
+                    .get(0);
+                claims.push((partition, epoch));
+            }
+            transaction.commit()?;
+            Ok(claims)
+        })?;
+        self.claims_source = source.to_string();
+        self.claims = claims;
+        Ok(())
+    }
+
+    fn release(&mut self, partitions: &[u32]) {
+        self.claims.retain(|(p, _)| !partitions.contains(p));
+    }
+
+    fn forget_documents(&mut self) {
+        self.revisions.clear();
+    }
+
+    fn load_pending(&mut self, load: &Load) -> Result<Loaded, ReadError> {
+        match load {
+            Load::Stream(stream) => {
+                let name: &str = stream;
+                Ok(Loaded {
+                    records: self.pending_rows(
+                        &format!(
+                            "SELECT {} FROM pending WHERE stream = $1 ORDER BY version",
+                            rows::PENDING_COLUMNS
+                        ),
+                        &[&name],
+                    )?,
+                    waiters_remaining_min: None,
+                })
+            }
+            Load::Waiters { awaited, through } => {
+                let name: &str = awaited;
+                let through = *through as i64;
+                let records = self.pending_rows(
+                    &format!(
+                        "SELECT {} FROM pending WHERE stream IN
+                         (SELECT stream FROM pending WHERE awaits_stream = $1 AND awaits_version <= $2)
+                         ORDER BY stream, version",
+                        rows::PENDING_COLUMNS
+                    ),
+                    &[&name, &through],
+                )?;
+                let remaining: Option<i64> = self.retrying(|store| {
+                    store
+                        .client
+                        .query_one(
+                            "SELECT MIN(awaits_version) FROM pending
+                             WHERE awaits_stream = $1 AND awaits_version > $2",
+                            &[&name, &through],
+                        )
+                        .map(|row| row.get(0))
+                })?;
+                Ok(Loaded {
+                    records,
+                    waiters_remaining_min: remaining.map(|v| v as u64),
+                })
+            }
+        }
+    }
+
+    fn stream_records(&mut self, streams: &[Arc<str>]) -> Result<Vec<StreamRecord>, ReadError> {
+        let names: Vec<&str> = streams.iter().map(|s| &**s).collect();
+        let found = self.retrying(|store| {
+            store.client.query(
+                "SELECT stream, applied, alias_target, alias_cut FROM streams WHERE stream = ANY($1)",
+                &[&names],
+            )
+        })?;
+        Ok(found.iter().map(stream_record).collect())
+    }
+
+    fn poll_progress(&mut self) -> bool {
+        if self.listener.is_none() {
+            let channel = self.channel();
+            self.listener = connect(&self.url, self.schema.as_deref())
+                .and_then(|mut client| {
+                    client.batch_execute(&format!("LISTEN {channel}"))?;
+                    Ok(client)
+                })
+                .ok();
+            // Whatever happened before listening is unknown: say "maybe".
+            return true;
+        }
+        let listener = self.listener.as_mut().expect("set above");
+        let mut notified = false;
+        let mut lost = false;
+        {
+            let mut notifications = listener.notifications();
+            // Not `iter()`: without a moment of waiting the client's runtime never reads
+            // the socket, and nothing would ever arrive.
+            let mut iter = notifications.timeout_iter(Duration::from_millis(NOTIFY_WAIT_MS));
+            loop {
+                match iter.next() {
+                    Ok(Some(_)) => notified = true,
+                    Ok(None) => break,
+                    Err(_) => {
+                        lost = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if lost {
+            // Listen again next time; the periodic re-check covers the gap.
+            self.listener = None;
+            return true;
+        }
+        notified
     }
 }

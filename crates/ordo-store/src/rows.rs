@@ -23,12 +23,18 @@ pub(crate) fn pending_state_name(state: PendingState) -> &'static str {
     }
 }
 
+/// The columns every pending-row query selects, in [`pending_record`]'s order.
+pub(crate) const PENDING_COLUMNS: &str =
+    "stream, version, state, event, partition, awaits_stream, awaits_version";
+
 /// A pending row back into a record.
 pub(crate) fn pending_record(
     stream: String,
     version: u64,
     state: &str,
     event: Option<String>,
+    partition: Option<i64>,
+    awaits: (Option<String>, Option<i64>),
 ) -> Result<PendingRecord, ReadError> {
     let state = match state {
         "buffered" => PendingState::Buffered,
@@ -48,6 +54,11 @@ pub(crate) fn pending_record(
         version,
         state,
         event,
+        partition: partition.and_then(|p| u32::try_from(p).ok()),
+        awaits: match awaits {
+            (Some(stream), Some(version)) => Some((stream.into_boxed_str(), version as u64)),
+            _ => None,
+        },
     })
 }
 

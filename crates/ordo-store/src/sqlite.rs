@@ -8,7 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ordo_core::{Counters, DeadLetter, DeadLetterKind, Snapshot, SourcePosition, StreamRecord};
+use ordo_core::{
+    Counters, DeadLetter, DeadLetterKind, Load, Loaded, PendingRecord, Snapshot, SourcePosition,
+    StreamRecord,
+};
 use ordo_projection::Document;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
@@ -17,7 +20,7 @@ use crate::rows::{self, corrupt};
 use crate::{CommitBatch, ExportRow, Lease, Store};
 
 /// The schema this build writes. A store with a higher version is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long SQLite itself waits on a lock before answering busy.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -36,6 +39,7 @@ CREATE TABLE IF NOT EXISTS streams (
     stream TEXT PRIMARY KEY, applied INTEGER NOT NULL, alias_target TEXT, alias_cut INTEGER);
 CREATE TABLE IF NOT EXISTS pending (
     stream TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, event TEXT,
+    partition INTEGER, awaits_stream TEXT, awaits_version INTEGER,
     PRIMARY KEY (stream, version));
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, stream TEXT, version INTEGER, event_id TEXT,
@@ -198,6 +202,32 @@ impl SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(database)?;
         transaction.execute_batch(SCHEMA).map_err(database)?;
+        // Version 1 -> 2: waiting events remember their partition (consumer groups) and
+        // what a parked one waits for (spilled parked streams are found by it).
+        for (column, kind) in [
+            ("partition", "INTEGER"),
+            ("awaits_stream", "TEXT"),
+            ("awaits_version", "INTEGER"),
+        ] {
+            let present: bool = transaction
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('pending') WHERE name = ?1",
+                    [column],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map_err(database)?
+                > 0;
+            if !present {
+                transaction
+                    .execute_batch(&format!("ALTER TABLE pending ADD COLUMN {column} {kind}"))
+                    .map_err(database)?;
+            }
+        }
+        transaction
+            .execute_batch(
+                "CREATE INDEX IF NOT EXISTS pending_awaits ON pending (awaits_stream, awaits_version)",
+            )
+            .map_err(database)?;
         transaction
             .execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
@@ -206,6 +236,29 @@ impl SqliteStore {
             )
             .map_err(database)?;
         transaction.commit().map_err(database)
+    }
+
+    fn pending_rows(
+        &self,
+        sql: &str,
+        parameters: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<PendingRecord>, ReadError> {
+        let mut statement = self.connection.prepare_cached(sql)?;
+        let mut found = statement.query(parameters)?;
+        let mut records = Vec::new();
+        while let Some(row) = found.next()? {
+            let version: i64 = row.get(1)?;
+            let state: String = row.get(2)?;
+            records.push(rows::pending_record(
+                row.get(0)?,
+                version as u64,
+                &state,
+                row.get(3)?,
+                row.get(4)?,
+                (row.get(5)?, row.get(6)?),
+            )?);
+        }
+        Ok(records)
     }
 
     /// The file's path.
@@ -419,8 +472,12 @@ impl SqliteStore {
                 delete.execute(params![&**stream, *version as i64])?;
             }
             let mut put = transaction.prepare_cached(
-                "INSERT INTO pending (stream, version, state, event) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state, event = excluded.event",
+                "INSERT INTO pending
+                 (stream, version, state, event, partition, awaits_stream, awaits_version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state,
+                 event = excluded.event, partition = excluded.partition,
+                 awaits_stream = excluded.awaits_stream, awaits_version = excluded.awaits_version",
             )?;
             for record in &changes.pending_put {
                 let state = rows::pending_state_name(record.state);
@@ -429,7 +486,10 @@ impl SqliteStore {
                     &*record.stream,
                     record.version as i64,
                     state,
-                    event
+                    event,
+                    record.partition.map(i64::from),
+                    record.awaits.as_ref().map(|(s, _)| &**s),
+                    record.awaits.as_ref().map(|(_, v)| *v as i64)
                 ])?;
             }
         }
@@ -541,20 +601,42 @@ impl Store for SqliteStore {
                 snapshot.streams.push(row?);
             }
         }
+        // Parked streams stay in the store (spilled); only their names and what they wait
+        // for are read. The rest of the waiting events come back into memory.
+        snapshot.pending = self.pending_rows(
+            &format!(
+                "SELECT {} FROM pending WHERE stream NOT IN
+                 (SELECT stream FROM pending WHERE awaits_stream IS NOT NULL)
+                 ORDER BY stream, version",
+                rows::PENDING_COLUMNS
+            ),
+            &[],
+        )?;
         {
             let mut statement = self.connection.prepare(
-                "SELECT stream, version, state, event FROM pending ORDER BY stream, version",
+                "SELECT stream, MIN(partition) FROM pending WHERE awaits_stream IS NOT NULL
+                 GROUP BY stream",
             )?;
-            let mut rows = statement.query([])?;
-            while let Some(row) = rows.next()? {
+            let mut found = statement.query([])?;
+            while let Some(row) = found.next()? {
+                let stream: String = row.get(0)?;
+                let partition: Option<i64> = row.get(1)?;
+                snapshot.spilled.push((
+                    stream.into_boxed_str(),
+                    partition.and_then(|p| u32::try_from(p).ok()),
+                ));
+            }
+            let mut statement = self.connection.prepare(
+                "SELECT awaits_stream, MIN(awaits_version) FROM pending
+                 WHERE awaits_stream IS NOT NULL GROUP BY awaits_stream",
+            )?;
+            let mut found = statement.query([])?;
+            while let Some(row) = found.next()? {
+                let stream: String = row.get(0)?;
                 let version: i64 = row.get(1)?;
-                let state: String = row.get(2)?;
-                snapshot.pending.push(rows::pending_record(
-                    row.get(0)?,
-                    version as u64,
-                    &state,
-                    row.get(3)?,
-                )?);
+                snapshot
+                    .spilled_waiters
+                    .push((stream.into_boxed_str(), version as u64));
             }
         }
         {
@@ -705,6 +787,66 @@ impl Store for SqliteStore {
     fn counters(&mut self) -> Result<Counters, ReadError> {
         rows::counters(self.meta("counters")?)
     }
+
+    fn load_pending(&mut self, load: &Load) -> Result<Loaded, ReadError> {
+        match load {
+            Load::Stream(stream) => Ok(Loaded {
+                records: self.pending_rows(
+                    &format!(
+                        "SELECT {} FROM pending WHERE stream = ?1 ORDER BY version",
+                        rows::PENDING_COLUMNS
+                    ),
+                    &[&&**stream as &dyn rusqlite::ToSql],
+                )?,
+                waiters_remaining_min: None,
+            }),
+            Load::Waiters { awaited, through } => {
+                let through = *through as i64;
+                let records = self.pending_rows(
+                    &format!(
+                        "SELECT {} FROM pending WHERE stream IN
+                         (SELECT stream FROM pending WHERE awaits_stream = ?1 AND awaits_version <= ?2)
+                         ORDER BY stream, version",
+                        rows::PENDING_COLUMNS
+                    ),
+                    &[&&**awaited as &dyn rusqlite::ToSql, &through],
+                )?;
+                let remaining: Option<i64> = self.connection.query_row(
+                    "SELECT MIN(awaits_version) FROM pending
+                     WHERE awaits_stream = ?1 AND awaits_version > ?2",
+                    params![&**awaited, through],
+                    |row| row.get(0),
+                )?;
+                Ok(Loaded {
+                    records,
+                    waiters_remaining_min: remaining.map(|v| v as u64),
+                })
+            }
+        }
+    }
+
+    fn stream_records(&mut self, streams: &[Arc<str>]) -> Result<Vec<StreamRecord>, ReadError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT applied, alias_target, alias_cut FROM streams WHERE stream = ?1",
+        )?;
+        let mut records = Vec::new();
+        for stream in streams {
+            let found = statement
+                .query_row(params![&**stream], |row| {
+                    let applied: i64 = row.get(0)?;
+                    let target: Option<String> = row.get(1)?;
+                    let cut: Option<i64> = row.get(2)?;
+                    Ok(StreamRecord {
+                        stream: stream.clone(),
+                        applied: applied as u64,
+                        alias: target.zip(cut).map(|(t, c)| (Arc::from(t), c as u64)),
+                    })
+                })
+                .optional()?;
+            records.extend(found);
+        }
+        Ok(records)
+    }
 }
 
 #[cfg(test)]
@@ -781,6 +923,32 @@ mod tests {
             assert_eq!(store.snapshot("src").unwrap().checkpoints, vec![]);
             assert_eq!(store.documents(&[Arc::from("a")]).unwrap(), vec![None]);
         }
+    }
+
+    #[test]
+    fn migrates_a_version_1_store_keeping_its_waiting_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let path = path.to_str().unwrap();
+        drop(SqliteStore::open(path, true).unwrap());
+        // Version 1 had no partition column for waiting events.
+        let connection = Connection::open(path).unwrap();
+        connection
+            .execute_batch(
+                "ALTER TABLE pending DROP COLUMN partition;
+                 INSERT INTO pending (stream, version, state, event) VALUES ('a', 2, 'skipped', NULL);
+                 UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+            )
+            .unwrap();
+        drop(connection);
+        let mut store = SqliteStore::open(path, true).unwrap();
+        let snapshot = store.snapshot("s").unwrap();
+        assert_eq!(snapshot.pending.len(), 1);
+        assert_eq!(snapshot.pending[0].partition, None);
+        assert_eq!(
+            store.meta("schema_version").unwrap().as_deref(),
+            Some(SCHEMA_VERSION.to_string().as_str())
+        );
     }
 
     #[test]
