@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod core;
 pub mod embedded;
 pub mod kafka;
+pub mod parked;
 pub mod slow;
 
 pub use alloc::CountingAllocator;

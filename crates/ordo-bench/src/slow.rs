@@ -289,9 +289,10 @@ pub fn plot_svg(report: &SlowReport) -> String {
         (partition, "partition-ordered", "#e76f51"),
     ] {
         svg.push_str(&format!(
-            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"{colour}\" stroke-dasharray=\"6 4\"/>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"{colour}\">{label} ({rate:.0}/s)</text>\n",
+            // Labels in the middle: the points sit at the ends.
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"{colour}\" stroke-dasharray=\"6 4\"/>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{colour}\">{label} ({rate:.0}/s)</text>\n",
             width - right,
-            width - right,
+            (left + width - right) / 2.0,
             y_of(rate) - 5.0,
             y = y_of(rate),
         ));

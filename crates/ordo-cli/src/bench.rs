@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use ordo_bench::core::{self as core_bench, CoreShape};
 use ordo_bench::embedded::{self, EmbeddedShape};
+use ordo_bench::parked::{self, ParkedShape};
 use ordo_bench::slow::{self, SlowShape};
 use serde_json::json;
 
@@ -35,6 +36,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         eprintln!("slow handlers: chart written to {}", path.display());
     }
+    let parked_shape = if args.quick {
+        ParkedShape::quick()
+    } else {
+        ParkedShape::full()
+    };
+    eprintln!(
+        "parked: {} products waiting for categories, spilled vs kept in memory, then a restart ...",
+        parked_shape.events
+    );
+    let parked = parked::run(parked_shape).map_err(anyhow::Error::msg)?;
     let embedded_shape = if args.quick {
         EmbeddedShape::quick()
     } else {
@@ -63,6 +74,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "engine_cold_baseline_events_per_s": core.baseline_cold_events_per_s.round(),
             "bytes_per_idle_stream": core.bytes_per_idle_stream.round(),
             "bytes_per_idle_stream_with_dedupe": core.bytes_per_idle_stream_with_dedupe.round(),
+            "parked_events": parked.events,
+            "parked_heap_bytes_spilled": parked.heap_bytes_spilled,
+            "parked_heap_bytes_in_memory": parked.heap_bytes_in_memory,
+            "parked_heap_spilled_vs_in_memory": round3(parked.heap_bytes_spilled as f64 / parked.heap_bytes_in_memory.max(1) as f64),
+            "parked_spilled_streams": parked.spilled_streams,
+            "resume_ms_with_parked": round3(parked.resume_ms),
+            "resume_raw_read_ms": round3(parked.resume_raw_ms),
+            "resume_vs_raw_read": round3(parked.resume_ms / parked.resume_raw_ms.max(1e-9)),
+            "heap_bytes_after_resume": parked.heap_bytes_after_resume,
+            "parked_release_ms": round3(parked.release_ms),
             "slow_handler_events": slow.shape.events,
             "slow_handler_concurrency": slow.shape.concurrency,
             "slow_partition_events_per_s": slow.rate("partition", None).round(),
@@ -117,6 +138,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "{:<44} {:>14.0}",
             "  ... with one dedupe id per stream",
             core.bytes_per_idle_stream_with_dedupe
+        );
+        outln!(
+            "{:<44} {:>14} {:>14} {:>8.3}",
+            format!("heap MB, {} parked (spilled vs in memory)", parked.events),
+            format!("{:.1}", parked.heap_bytes_spilled as f64 / 1e6),
+            format!("{:.1}", parked.heap_bytes_in_memory as f64 / 1e6),
+            parked.heap_bytes_spilled as f64 / parked.heap_bytes_in_memory.max(1) as f64
+        );
+        outln!(
+            "{:<44} {:>14.0} {:>14.0} {:>8.3}",
+            "resume ms after restart (vs reading all rows)",
+            parked.resume_ms,
+            parked.resume_raw_ms,
+            parked.resume_ms / parked.resume_raw_ms.max(1e-9)
+        );
+        outln!(
+            "{:<44} {:>14}",
+            "  heap MB after resume",
+            format!("{:.1}", parked.heap_bytes_after_resume as f64 / 1e6)
+        );
+        outln!(
+            "{:<44} {:>14.0}",
+            "  ms until every parked event applied",
+            parked.release_ms
         );
         for row in &slow.rows {
             let label = match row.keys {

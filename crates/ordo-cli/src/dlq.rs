@@ -174,7 +174,13 @@ pub fn parked(args: ListArgs) -> anyhow::Result<ExitCode> {
         },
         &mut store,
     )?;
-    let engine = Engine::restore(config, store.snapshot(OPERATOR_SOURCE)?, now_ms());
+    let mut engine = Engine::restore(config, store.snapshot(OPERATOR_SOURCE)?, now_ms());
+    // Parked streams stay in the store after a restore (spilled): bring them back to list.
+    engine.request_all_spilled();
+    while let Some(load) = engine.poll_load() {
+        let loaded = store.load_pending(&load)?;
+        engine.handle_loaded(now_ms(), &load, loaded);
+    }
     let waiting = engine.waiting();
     if args.json {
         for event in &waiting {

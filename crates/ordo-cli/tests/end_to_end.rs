@@ -354,3 +354,40 @@ fn a_postgres_password_never_appears_in_errors() {
     assert!(stderr.contains("cannot connect"), "{stderr}");
     assert!(!stderr.contains("sup3rsecret"), "{stderr}");
 }
+
+#[test]
+fn parked_events_are_listed_and_released_after_a_restart() {
+    // Parked streams stay in the store after a restart (spilled); the operator view must
+    // still list them, and the awaited event must still release them.
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let products = scratch.path("products.jsonl");
+    write_lines(
+        &products,
+        &[
+            r#"{"id":"p1","stream":"product-1","version":1,"type":"T","op":"set","data":{"n":1},"after":[{"stream":"category-1","version":1}]}"#,
+            r#"{"id":"p2","stream":"product-1","version":2,"type":"T","op":"incr","data":{"n":1}}"#,
+        ],
+    );
+    run_idle(&format!("file:{}", products.display()), &store, &[]);
+    let parked = json_lines(&ok(&["parked", "list", "--store", &store, "--json"]));
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert!(
+        parked[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("waits for `category-1` to apply version 1"),
+        "{parked:?}"
+    );
+    let categories = scratch.path("categories.jsonl");
+    write_lines(
+        &categories,
+        &[r#"{"id":"c1","stream":"category-1","version":1,"type":"T","op":"set","data":{}}"#],
+    );
+    run_idle(&format!("file:{}", categories.display()), &store, &[]);
+    assert_eq!(
+        export(&store)["product-1"].doc,
+        Some(serde_json::json!({"n": 2}))
+    );
+    assert!(json_lines(&ok(&["parked", "list", "--store", &store, "--json"])).is_empty());
+}

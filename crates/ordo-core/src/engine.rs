@@ -450,21 +450,9 @@ impl Engine {
                 engine.pending_changed.insert((s, record.version));
                 continue;
             }
-            let slot = match (record.state, record.event) {
-                (PendingState::Skipped, _) | (_, None) => Slot::Skipped,
-                (state, Some(event)) => {
-                    engine.dedupe.insert(id_hash(&event.id));
-                    Slot::Event(Box::new(Pending {
-                        event,
-                        position: None,
-                        home_partition: record.partition,
-                        durable: true,
-                        written: true,
-                        parked: state == PendingState::Parked,
-                    }))
-                }
-            };
-            engine.extra(s).slots.insert(record.version, slot);
+            let version = record.version;
+            let slot = engine.stored_slot(record);
+            engine.extra(s).slots.insert(version, slot);
         }
         for s in 0..engine.streams.len() as StreamId {
             if engine.streams[s as usize].extra.is_some() {
@@ -1239,18 +1227,9 @@ impl Engine {
                 self.pending_changed.insert((s, record.version));
                 continue;
             }
-            let slot = match (record.state, record.event) {
-                (PendingState::Skipped, _) | (_, None) => Slot::Skipped,
-                (state, Some(event)) => Slot::Event(Box::new(Pending {
-                    event,
-                    position: None,
-                    home_partition: record.partition,
-                    durable: true,
-                    written: true,
-                    parked: state == PendingState::Parked,
-                })),
-            };
-            self.extra(s).slots.insert(record.version, slot);
+            let version = record.version;
+            let slot = self.stored_slot(record);
+            self.extra(s).slots.insert(version, slot);
         }
         streams.sort_unstable();
         streams.dedup();
@@ -1286,12 +1265,41 @@ impl Engine {
         self.spill_totals
     }
 
+    /// Asks for every spilled stream to be loaded back ([`Self::poll_load`]): for views
+    /// that list every waiting event (`ordo parked list`), not for consuming.
+    pub fn request_all_spilled(&mut self) {
+        for s in 0..self.streams.len() as StreamId {
+            if self.streams[s as usize].flags & SPILLED != 0 {
+                self.request_stream_load(s);
+            }
+        }
+    }
+
     /// How many streams are spilled (their waiting events only in the store).
     pub fn spilled_streams(&self) -> usize {
         self.streams
             .iter()
             .filter(|state| state.flags & SPILLED != 0)
             .count()
+    }
+
+    /// A waiting event read back from the store, as a slot (its id joins the dedupe
+    /// window, so a redelivered copy counts as a duplicate).
+    fn stored_slot(&mut self, record: PendingRecord) -> Slot {
+        match (record.state, record.event) {
+            (PendingState::Skipped, _) | (_, None) => Slot::Skipped,
+            (state, Some(event)) => {
+                self.dedupe.insert(id_hash(&event.id));
+                Slot::Event(Box::new(Pending {
+                    event,
+                    position: None,
+                    home_partition: record.partition,
+                    durable: true,
+                    written: true,
+                    parked: state == PendingState::Parked,
+                }))
+            }
+        }
     }
 
     fn request_stream_load(&mut self, s: StreamId) {

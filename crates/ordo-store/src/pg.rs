@@ -283,30 +283,39 @@ impl PostgresStore {
                 Ok(value) => return Ok(value),
                 Err(error) if connection_lost(&error) => {
                     attempt += 1;
-                    if attempt > RECONNECT_ATTEMPTS_MAX {
-                        return Err(ReadError::Unavailable(self.gave_up(&error)));
-                    }
-                    eprintln!(
-                        "ordo: lost the connection to {} ({}); reconnecting (attempt {attempt} of {RECONNECT_ATTEMPTS_MAX})",
-                        redact(&self.url),
-                        database(error)
-                    );
-                    std::thread::sleep(Duration::from_millis(pause_ms));
-                    pause_ms *= 2;
-                    if let Ok(client) = connect(&self.url, self.schema.as_deref()) {
-                        self.client = client;
-                    }
+                    self.reconnect(&error, attempt, &mut pause_ms, "")
+                        .map_err(ReadError::Unavailable)?;
                 }
                 Err(error) => return Err(ReadError::Database(database(error))),
             }
         }
     }
 
-    fn gave_up(&self, error: &postgres::Error) -> String {
-        format!(
-            "lost the connection to {} and could not re-establish it in {RECONNECT_ATTEMPTS_MAX} attempts: {error}",
-            redact(&self.url)
-        )
+    /// After a lost connection: waits `pause_ms` (doubled for next time) and connects
+    /// again; `Err(message)` once `attempt` is past the bound.
+    fn reconnect(
+        &mut self,
+        error: &postgres::Error,
+        attempt: u32,
+        pause_ms: &mut u64,
+        during: &str,
+    ) -> Result<(), String> {
+        if attempt > RECONNECT_ATTEMPTS_MAX {
+            return Err(format!(
+                "lost the connection to {} and could not re-establish it in {RECONNECT_ATTEMPTS_MAX} attempts: {error}",
+                redact(&self.url)
+            ));
+        }
+        eprintln!(
+            "ordo: lost the connection to {}{during} ({error}); reconnecting (attempt {attempt} of {RECONNECT_ATTEMPTS_MAX})",
+            redact(&self.url),
+        );
+        std::thread::sleep(Duration::from_millis(*pause_ms));
+        *pause_ms *= 2;
+        if let Ok(client) = connect(&self.url, self.schema.as_deref()) {
+            self.client = client;
+        }
+        Ok(())
     }
 
     /// Writes a free-form setting (the run's engine configuration, for operator verbs).
@@ -953,19 +962,13 @@ impl Store for PostgresStore {
                 }
                 Err(WriteError::Database(error)) if connection_lost(&error) => {
                     attempt += 1;
-                    if attempt > RECONNECT_ATTEMPTS_MAX {
-                        return Err(CommitError::Unavailable(self.gave_up(&error)));
-                    }
-                    eprintln!(
-                        "ordo: lost the connection to {} during a commit ({}); reconnecting (attempt {attempt} of {RECONNECT_ATTEMPTS_MAX}), the batch will be written whole or not at all",
-                        redact(&self.url),
-                        database(error)
-                    );
-                    std::thread::sleep(Duration::from_millis(pause_ms));
-                    pause_ms *= 2;
-                    if let Ok(client) = connect(&self.url, self.schema.as_deref()) {
-                        self.client = client;
-                    }
+                    self.reconnect(
+                        &error,
+                        attempt,
+                        &mut pause_ms,
+                        " during a commit (the batch is written whole or not at all)",
+                    )
+                    .map_err(CommitError::Unavailable)?;
                 }
                 Err(WriteError::Database(error)) => {
                     return Err(CommitError::Database(database(error)))

@@ -238,6 +238,20 @@ impl SqliteStore {
         transaction.commit().map_err(database)
     }
 
+    /// Reads and decodes every waiting row (what a restore that loads everything would
+    /// do; the parked-events benchmark measures against it). Returns how many.
+    pub fn read_all_pending(&mut self) -> Result<usize, ReadError> {
+        Ok(self
+            .pending_rows(
+                &format!(
+                    "SELECT {} FROM pending ORDER BY stream, version",
+                    rows::PENDING_COLUMNS
+                ),
+                &[],
+            )?
+            .len())
+    }
+
     fn pending_rows(
         &self,
         sql: &str,
