@@ -595,7 +595,16 @@ impl Engine {
         if self.streams[s as usize].flags & SPILLED != 0 {
             // Its waiting events are in the store: decide once they are back.
             self.request_stream_load(s);
-            self.held.entry(s).or_default().push((position, event));
+            let held = self.held.entry(s).or_default();
+            // A redelivery of an offset already held is the same delivery: holding it
+            // twice would let the second copy, a duplicate once loaded, settle the offset
+            // while the first still waits in memory.
+            if position.is_some() && held.iter().any(|(p, _)| *p == position) {
+                // Counted here; its offset's entry stays with the held copy.
+                self.counters.duplicate += 1;
+                return Disposition::Duplicate;
+            }
+            held.push((position, event));
             return Disposition::Buffered;
         }
         // The same version already waiting or in flight: a redelivery, or a conflict.

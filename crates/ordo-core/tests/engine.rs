@@ -612,3 +612,69 @@ fn a_member_restores_only_the_waiting_events_of_its_partitions() {
         .expect("b 3 waits behind the gap at 1");
     assert_eq!(b3.partition, Some(0));
 }
+
+#[test]
+fn a_spilled_stream_comes_back_and_a_held_redelivery_settles_nothing_early() {
+    let mut engine = Engine::new(Config {
+        parked_streams_in_memory_max: 0,
+        ..Config::default()
+    });
+    engine.handle_event(0, at(0), after("product", 1, "category", 1));
+    assert!(engine.poll_work(0).is_none(), "parked");
+    let written = engine.take_changes();
+    assert_eq!(
+        engine.spilled_streams(),
+        1,
+        "every parked stream spills at 0"
+    );
+    assert_eq!(written.pending_put[0].awaits, Some(("category".into(), 1)));
+    // Version 2 arrives twice (a redelivery) while its stream is in the store.
+    engine.handle_event(0, at(1), incr("product", 2));
+    engine.handle_event(0, at(1), incr("product", 2));
+    let load = engine.poll_load().expect("the stream is asked for");
+    assert_eq!(load, ordo_core::Load::Stream("product".into()));
+    engine.handle_loaded(
+        0,
+        &load,
+        ordo_core::Loaded {
+            records: written.pending_put.clone(),
+            waiters_remaining_min: None,
+        },
+    );
+    assert!(engine.poll_work(0).is_none(), "parked again");
+    // Offset 1 is neither applied nor written yet: the checkpoint stays at 0.
+    assert_eq!(engine.checkpoints(), vec![(0, 0)]);
+    let changes = engine.take_changes();
+    assert!(changes.pending_put.iter().any(|r| r.version == 2));
+    assert_eq!(engine.checkpoints(), vec![(0, 1)]);
+    assert_eq!(
+        engine.counters().duplicate,
+        1,
+        "the redelivery is counted once"
+    );
+    // The category arrives: the spilled product is loaded back and applies in order.
+    engine.handle_event(0, at(2), incr("category", 1));
+    let mut applied = Vec::new();
+    loop {
+        while let Some(load) = engine.poll_load() {
+            let records = match &load {
+                ordo_core::Load::Waiters { .. } => changes.pending_put.clone(),
+                ordo_core::Load::Stream(_) => Vec::new(),
+            };
+            engine.handle_loaded(
+                0,
+                &load,
+                ordo_core::Loaded {
+                    records,
+                    waiters_remaining_min: None,
+                },
+            );
+        }
+        let Some(work) = engine.poll_work(0) else {
+            break;
+        };
+        applied.push(format!("{}@{}", work.event.stream, work.event.version));
+        engine.handle_outcome(0, work, Outcome::Applied);
+    }
+    assert_eq!(applied, vec!["category@1", "product@1", "product@2"]);
+}

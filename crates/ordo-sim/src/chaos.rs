@@ -297,6 +297,9 @@ impl Trace {
             self.hash ^= u64::from(byte);
             self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
         }
+        if std::env::var_os("ORDO_CHAOS_FULL_TRACE").is_some() {
+            eprintln!("TRACE {line}");
+        }
         if self.tail.len() == TRACE_TAIL_LINES {
             self.tail.pop_front();
         }
