@@ -1274,6 +1274,21 @@ impl Engine {
         self.spill_totals
     }
 
+    /// The ids of the dead letters streams wait behind here (sequenced entries). A member
+    /// of a group compares them with the store: an operator may have replayed or skipped
+    /// one from another process.
+    pub fn dead_letter_markers(&self) -> Vec<u64> {
+        self.streams
+            .iter()
+            .filter_map(|state| state.extra.as_ref())
+            .flat_map(|extra| extra.slots.values())
+            .filter_map(|slot| match slot {
+                Slot::DeadLettered(id) => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Asks for every spilled stream to be loaded back ([`Self::poll_load`]): for views
     /// that list every waiting event (`ordo parked list`), not for consuming.
     pub fn request_all_spilled(&mut self) {

@@ -203,6 +203,17 @@ impl<S: Store> Consumer<S> {
         self.owned.is_some()
     }
 
+    /// Whether a dead letter a stream waits behind here was replayed or skipped by another
+    /// process (an operator verb against the shared store): then the state must be
+    /// rebuilt from the store to go on.
+    pub fn dead_letters_resolved_elsewhere(&mut self) -> Result<bool, ConsumeError> {
+        let markers = self.engine.dead_letter_markers();
+        if markers.is_empty() {
+            return Ok(false);
+        }
+        Ok(self.store.dead_letters_present(&markers)?.len() < markers.len())
+    }
+
     /// Reads the positions of the streams parked events wait for and hands them to the
     /// engine (another member may have applied them). Returns how many moved.
     pub fn refresh_awaited(&mut self) -> Result<usize, ConsumeError> {

@@ -156,6 +156,7 @@ pub fn run<S: Store>(
     let mut oldest_uncommitted: Option<Instant> = None;
     let mut last_progress = Instant::now();
     let mut last_recheck = Instant::now();
+    let mut last_dead_letter_check = Instant::now();
     let started = Instant::now();
     let commit_interval = Duration::from_millis(options.commit_interval_ms);
     let recheck_interval = Duration::from_millis(AWAITED_RECHECK_MS);
@@ -245,6 +246,20 @@ pub fn run<S: Store>(
             if notified || last_recheck.elapsed() >= recheck_interval {
                 last_recheck = Instant::now();
                 consumer.refresh_awaited()?;
+            }
+        }
+        if consumer.is_group_member() && last_dead_letter_check.elapsed() >= recheck_interval {
+            // An operator may have replayed or skipped, from another process, a dead
+            // letter a stream here waits behind: rebuild from the store to go on.
+            last_dead_letter_check = Instant::now();
+            if consumer.dead_letters_resolved_elsewhere()? {
+                consumer.apply_ready()?;
+                if commit(consumer, source, &mut conflicts, true)? {
+                    commits += 1;
+                    consumer.reload()?;
+                    source.rewind(&consumer.engine.checkpoints())?;
+                }
+                oldest_uncommitted = None;
             }
         }
         if consumer.apply_ready()? > 0 {

@@ -114,6 +114,17 @@ pub trait Store {
     /// it too.
     fn forget_documents(&mut self) {}
 
+    /// Which of these dead letters are still in the store (another process may have
+    /// replayed or skipped the others).
+    fn dead_letters_present(&mut self, ids: &[u64]) -> Result<Vec<u64>, ReadError> {
+        Ok(self
+            .dead_letters()?
+            .into_iter()
+            .map(|entry| entry.id)
+            .filter(|id| ids.contains(id))
+            .collect())
+    }
+
     /// Whether another process may have moved streams since the last call (PostgreSQL: a
     /// `NOTIFY` arrived). A store with a single writer never says so.
     fn poll_progress(&mut self) -> bool {
@@ -239,6 +250,13 @@ impl Store for AnyStore {
         match self {
             AnyStore::Sqlite(s) => s.forget_documents(),
             AnyStore::Postgres(s) => s.forget_documents(),
+        }
+    }
+
+    fn dead_letters_present(&mut self, ids: &[u64]) -> Result<Vec<u64>, ReadError> {
+        match self {
+            AnyStore::Sqlite(s) => s.dead_letters_present(ids),
+            AnyStore::Postgres(s) => s.dead_letters_present(ids),
         }
     }
 

@@ -1126,6 +1126,19 @@ impl Store for PostgresStore {
         Ok(found.iter().map(stream_record).collect())
     }
 
+    fn dead_letters_present(&mut self, ids: &[u64]) -> Result<Vec<u64>, ReadError> {
+        let ids: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+        let found = self.retrying(|store| {
+            store
+                .client
+                .query("SELECT id FROM dead_letters WHERE id = ANY($1)", &[&ids])
+        })?;
+        Ok(found
+            .iter()
+            .map(|row| row.get::<_, i64>(0) as u64)
+            .collect())
+    }
+
     fn poll_progress(&mut self) -> bool {
         if self.listener.is_none() {
             let channel = self.channel();
