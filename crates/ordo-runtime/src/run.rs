@@ -195,6 +195,11 @@ pub fn run<S: Store>(
                 commits += 1;
                 oldest_uncommitted = None;
                 consumer.release(&partitions);
+                // Forget the revoked partitions' streams: whatever of them still waits
+                // here (parked, buffered) is the next owner's now, and nothing may be
+                // applied or written for them from this process (its claims no longer
+                // cover them, so fencing would not stop it).
+                consumer.reload()?;
                 source.committed(&consumer.engine.checkpoints());
                 source.complete_rebalance(&consumer.engine.checkpoints())?;
                 continue;
