@@ -11,21 +11,13 @@ use serde_json::json;
 use crate::cli::BenchArgs;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let shape = if args.quick {
-        CoreShape::quick()
-    } else {
-        CoreShape::full()
-    };
+    let shape = pick(args.quick, CoreShape::quick, CoreShape::full);
     eprintln!(
         "core: {} streams x {} versions, displaced up to {}, {}% duplicated ...",
         shape.streams, shape.versions, shape.displacement, shape.duplicate_percent
     );
     let core = core_bench::run(shape);
-    let slow_shape = if args.quick {
-        SlowShape::quick()
-    } else {
-        SlowShape::full()
-    };
+    let slow_shape = pick(args.quick, SlowShape::quick, SlowShape::full);
     eprintln!(
         "slow handlers: {} events, 0-{} ms each, concurrency {}, partition / keys {:?} / unordered ...",
         slow_shape.events, slow_shape.handler_ms_max, slow_shape.concurrency, slow_shape.keys
@@ -36,21 +28,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         eprintln!("slow handlers: chart written to {}", path.display());
     }
-    let parked_shape = if args.quick {
-        ParkedShape::quick()
-    } else {
-        ParkedShape::full()
-    };
+    let parked_shape = pick(args.quick, ParkedShape::quick, ParkedShape::full);
     eprintln!(
         "parked: {} products waiting for categories, spilled vs kept in memory, then a restart ...",
         parked_shape.events
     );
     let parked = parked::run(parked_shape).map_err(anyhow::Error::msg)?;
-    let embedded_shape = if args.quick {
-        EmbeddedShape::quick()
-    } else {
-        EmbeddedShape::full()
-    };
+    let embedded_shape = pick(args.quick, EmbeddedShape::quick, EmbeddedShape::full);
     eprintln!(
         "embedded: {} events through the log, runtime and SQLite ...",
         embedded_shape.events
@@ -220,6 +204,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         outln!("core counters: {}", core.counters);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--quick` shape or the full one.
+fn pick<T>(quick: bool, quick_shape: fn() -> T, full_shape: fn() -> T) -> T {
+    if quick {
+        quick_shape()
+    } else {
+        full_shape()
+    }
 }
 
 fn round3(x: f64) -> f64 {

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{export, json_lines, ok, run, run_idle, write_events, write_lines, Scratch};
+use common::{
+    export, json_lines, ok, postgres_schema, run, run_idle, write_events, write_lines, Scratch,
+};
 use ordo_sim::workload::{deliver, random_history, Disorder, Shape};
 use ordo_sim::{compare, oracle};
 
@@ -317,14 +319,7 @@ fn postgres_store_end_to_end_matches_the_oracle() {
     let deliveries = deliver(seed, &history, Disorder::Shuffle, 15);
     let input = scratch.path("in.jsonl");
     write_events(&input, &deliveries);
-    let schema = format!("ordo_e2e_{}", std::process::id());
-    let mut admin =
-        postgres::Client::connect("postgres://postgres@127.0.0.1:5432/test", postgres::NoTls)
-            .expect("PostgreSQL on 127.0.0.1:5432 (database `test`)");
-    admin
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .unwrap();
-    let store = format!("postgres://postgres@127.0.0.1:5432/test?schema={schema}");
+    let (mut admin, schema, store) = postgres_schema("ordo_e2e");
     let output = run_idle(
         &format!("file:{}", input.display()),
         &store,

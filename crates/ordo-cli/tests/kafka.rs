@@ -11,7 +11,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{export, json_lines, ok, ordo, run, run_idle, Scratch};
+use common::{
+    export, json_lines, ok, ordo, postgres_admin, postgres_schema, run, run_idle, Scratch,
+};
 use ordo_core::Event;
 use ordo_sim::scenarios::Scenario;
 use ordo_sim::workload::{deliver, random_history, Disorder, Shape};
@@ -378,10 +380,7 @@ fn a_consumer_group_with_a_member_added_and_one_stopped_matches_the_oracle() {
 
 /// How many offsets a PostgreSQL store's checkpoints cover (offsets start at 0).
 fn admin_consumed(schema: &str) -> i64 {
-    let mut client =
-        postgres::Client::connect("postgres://postgres@127.0.0.1:5432/test", postgres::NoTls)
-            .unwrap();
-    client
+    postgres_admin()
         .query_one(
             &format!("SELECT COALESCE(SUM(\"offset\" + 1), 0)::BIGINT FROM {schema}.checkpoints"),
             &[],
@@ -416,14 +415,7 @@ fn three_members_sharing_postgres_survive_a_sigkill_and_rebalances() {
     let history = Scenario::Mixed.history(seed, 6_000);
     let deliveries = Scenario::Mixed.deliveries(seed, &history);
     let thirds: Vec<&[Event]> = deliveries.chunks(deliveries.len().div_ceil(3)).collect();
-    let schema = format!("ordo_group_{}", std::process::id());
-    let mut admin =
-        postgres::Client::connect("postgres://postgres@127.0.0.1:5432/test", postgres::NoTls)
-            .expect("PostgreSQL on 127.0.0.1:5432 (database `test`)");
-    admin
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .unwrap();
-    let store = format!("postgres://postgres@127.0.0.1:5432/test?schema={schema}");
+    let (mut admin, schema, store) = postgres_schema("ordo_group");
     // A short rebalance timeout too: a killed member never rejoins, and the group must
     // not wait the default five minutes for it.
     let source = format!(
@@ -652,14 +644,7 @@ fn an_unreachable_broker_is_a_clear_error_not_a_hang() {
 fn a_dead_letter_skipped_by_an_operator_unblocks_a_running_member() {
     let broker = Broker::start();
     broker.create_topic("ops", 1);
-    let schema = format!("ordo_ops_{}", std::process::id());
-    let mut admin =
-        postgres::Client::connect("postgres://postgres@127.0.0.1:5432/test", postgres::NoTls)
-            .expect("PostgreSQL on 127.0.0.1:5432 (database `test`)");
-    admin
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .unwrap();
-    let store = format!("postgres://postgres@127.0.0.1:5432/test?schema={schema}");
+    let (mut admin, schema, store) = postgres_schema("ordo_ops");
     let line = |version: u64, data: &str| {
         let op = if version == 1 { "set" } else { "incr" };
         format!(

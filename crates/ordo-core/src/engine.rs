@@ -445,14 +445,7 @@ impl Engine {
         }
         for record in snapshot.pending {
             let s = engine.intern(&record.stream);
-            if record.version <= engine.streams[s as usize].applied {
-                // Applied in the same commit that should have deleted it.
-                engine.pending_changed.insert((s, record.version));
-                continue;
-            }
-            let version = record.version;
-            let slot = engine.stored_slot(record);
-            engine.extra(s).slots.insert(version, slot);
+            engine.put_stored(s, record);
         }
         for s in 0..engine.streams.len() as StreamId {
             if engine.streams[s as usize].extra.is_some() {
@@ -995,8 +988,9 @@ impl Engine {
         changes.dedupe_put = std::mem::take(&mut self.dedupe_put);
         // After the pending rows above: their offsets settle in this very change set.
         changes.checkpoints = self.checkpoints.take_changes();
-        // Every parked stream's rows are in this change set or an earlier one: the
-        // longest-parked may now leave memory.
+        // Every parked stream's rows are in this change set or an earlier one (nothing is
+        // left in `pending_changed`): the longest-parked may now leave memory.
+        debug_assert!(self.pending_changed.is_empty());
         self.spill_parked();
         changes
     }
@@ -1232,13 +1226,7 @@ impl Engine {
             if streams.last() != Some(&s) {
                 streams.push(s);
             }
-            if record.version <= self.streams[s as usize].applied {
-                self.pending_changed.insert((s, record.version));
-                continue;
-            }
-            let version = record.version;
-            let slot = self.stored_slot(record);
-            self.extra(s).slots.insert(version, slot);
+            self.put_stored(s, record);
         }
         streams.sort_unstable();
         streams.dedup();
@@ -1307,10 +1295,17 @@ impl Engine {
             .count()
     }
 
-    /// A waiting event read back from the store, as a slot (its id joins the dedupe
-    /// window, so a redelivered copy counts as a duplicate).
-    fn stored_slot(&mut self, record: PendingRecord) -> Slot {
-        match (record.state, record.event) {
+    /// Puts a waiting event read back from the store into its stream's slots (its id
+    /// joins the dedupe window, so a redelivered copy counts as a duplicate). A row at or
+    /// below the applied version was applied in the commit that should have deleted it:
+    /// it is deleted now.
+    fn put_stored(&mut self, s: StreamId, record: PendingRecord) {
+        if record.version <= self.streams[s as usize].applied {
+            self.pending_changed.insert((s, record.version));
+            return;
+        }
+        let version = record.version;
+        let slot = match (record.state, record.event) {
             (PendingState::Skipped, _) | (_, None) => Slot::Skipped,
             (state, Some(event)) => {
                 self.dedupe.insert(id_hash(&event.id));
@@ -1323,7 +1318,8 @@ impl Engine {
                     parked: state == PendingState::Parked,
                 }))
             }
-        }
+        };
+        self.extra(s).slots.insert(version, slot);
     }
 
     fn request_stream_load(&mut self, s: StreamId) {
@@ -1442,7 +1438,7 @@ impl Engine {
             Slot::Skipped => true,
             Slot::DeadLettered(_) => false,
         });
-        if !all_written || self.pending_changed_for(s) {
+        if !all_written {
             return None;
         }
         let (_, Slot::Event(head)) = extra.slots.first_key_value()? else {
@@ -1452,11 +1448,6 @@ impl Engine {
             return None;
         }
         self.first_unmet(&head.event)
-    }
-
-    fn pending_changed_for(&self, s: StreamId) -> bool {
-        // Cheap in practice: take_changes drained the set just before spilling.
-        !self.pending_changed.is_empty() && self.pending_changed.iter().any(|(p, _)| *p == s)
     }
 
     // ----- views -----

@@ -118,3 +118,24 @@ pub fn json_lines(output: &Output) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
         .collect()
 }
+
+/// The local PostgreSQL server the tests use (trust auth, database `test`).
+pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// An admin connection to the local PostgreSQL server.
+pub fn postgres_admin() -> postgres::Client {
+    postgres::Client::connect(POSTGRES, postgres::NoTls)
+        .expect("PostgreSQL on 127.0.0.1:5432 (database `test`)")
+}
+
+/// A schema of this test's own, `{prefix}_{pid}`, dropped first: the admin connection,
+/// the schema's name and the store URL that uses it.
+pub fn postgres_schema(prefix: &str) -> (postgres::Client, String, String) {
+    let schema = format!("{prefix}_{}", std::process::id());
+    let mut admin = postgres_admin();
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
+    let store = format!("{POSTGRES}?schema={schema}");
+    (admin, schema, store)
+}
