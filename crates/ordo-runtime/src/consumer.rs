@@ -2,6 +2,7 @@
 //! tied together. The run loop and the operator verbs (`dlq replay`, `dlq skip`) all
 //! go through it, so there is one way state changes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,6 +28,35 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where a consumer and its run loop read the time: the system clock, or a clock a
+/// simulation moves by hand (several simulated processes share one).
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    manual: Option<Arc<AtomicU64>>,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Clock { manual: None }
+    }
+
+    /// A clock that reads `now_ms` (whoever holds it moves the time).
+    pub fn manual(now_ms: Arc<AtomicU64>) -> Self {
+        Clock {
+            manual: Some(now_ms),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch (or the simulation's start).
+    pub fn now_ms(&self) -> u64 {
+        match &self.manual {
+            Some(now_ms) => now_ms.load(Ordering::SeqCst),
+            None => now_ms(),
+        }
+    }
 }
 
 /// Why the consumer stopped working.
@@ -95,29 +125,50 @@ pub struct Consumer<S: Store> {
     source: String,
     cache: DocumentCache,
     uncommitted_events: u64,
+    /// Works applied since the last commit (or rebuild): some come without a delivery
+    /// (another member's progress released them, a rebuild found them ready).
+    uncommitted_works: u64,
     notices_printed: usize,
     notices_suppressed: u64,
     /// The partitions this process owns in a consumer group (`None`: the whole source).
     owned: Option<Vec<u32>>,
     /// Print notices to stderr.
     pub verbose: bool,
+    clock: Clock,
 }
 
 impl<S: Store> Consumer<S> {
     /// Resumes from what the store holds for `source`.
-    pub fn open(mut store: S, source: &str, config: Config) -> Result<Self, ConsumeError> {
+    pub fn open(store: S, source: &str, config: Config) -> Result<Self, ConsumeError> {
+        Self::open_with_clock(store, source, config, Clock::system())
+    }
+
+    /// Resumes from what the store holds for `source`, reading the time from `clock`.
+    pub fn open_with_clock(
+        mut store: S,
+        source: &str,
+        config: Config,
+        clock: Clock,
+    ) -> Result<Self, ConsumeError> {
         let snapshot = store.snapshot(source)?;
         Ok(Consumer {
-            engine: Engine::restore(config, snapshot, now_ms()),
+            engine: Engine::restore(config, snapshot, clock.now_ms()),
             store,
             source: source.into(),
             cache: DocumentCache::default(),
             uncommitted_events: 0,
+            uncommitted_works: 0,
             notices_printed: 0,
             notices_suppressed: 0,
             owned: None,
             verbose: true,
+            clock,
         })
+    }
+
+    /// The clock this consumer reads.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The store.
@@ -127,7 +178,8 @@ impl<S: Store> Consumer<S> {
 
     /// Hands one delivery (raw bytes) to the engine.
     pub fn deliver(&mut self, position: SourcePosition, bytes: &[u8]) {
-        self.engine.handle_bytes(now_ms(), Some(position), bytes);
+        self.engine
+            .handle_bytes(self.clock.now_ms(), Some(position), bytes);
         self.uncommitted_events += 1;
     }
 
@@ -137,7 +189,7 @@ impl<S: Store> Consumer<S> {
         let Some(key) = key else {
             return self.deliver(position, bytes);
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match ordo_core::parse_event(bytes, self.engine.config().op_policy) {
             Ok(event) if event.stream.as_bytes() == key => {
                 self.engine.handle_event(now, Some(position), event);
@@ -174,10 +226,11 @@ impl<S: Store> Consumer<S> {
             // Another member's waiting events are its own to apply.
             snapshot.retain_partitions(owned);
         }
-        self.engine = Engine::restore(config, snapshot, now_ms());
+        self.engine = Engine::restore(config, snapshot, self.clock.now_ms());
         self.cache = DocumentCache::default();
         self.store.forget_documents();
         self.uncommitted_events = 0;
+        self.uncommitted_works = 0;
         Ok(())
     }
 
@@ -221,7 +274,7 @@ impl<S: Store> Consumer<S> {
         let mut moved = 0;
         for chunk in awaited.chunks(AWAITED_READ_CHUNK_MAX) {
             for record in self.store.stream_records(chunk)? {
-                if self.engine.handle_progress(now_ms(), &record) {
+                if self.engine.handle_progress(self.clock.now_ms(), &record) {
                     moved += 1;
                 }
             }
@@ -232,6 +285,13 @@ impl<S: Store> Consumer<S> {
     /// Deliveries since the last commit.
     pub fn uncommitted_events(&self) -> u64 {
         self.uncommitted_events
+    }
+
+    /// Whether anything read or applied since the last commit (or rebuild) waits for a
+    /// commit. Works can apply without any delivery: released by another member's
+    /// progress, or found ready by a rebuild; they must reach the store all the same.
+    pub fn has_uncommitted(&self) -> bool {
+        self.uncommitted_events > 0 || self.uncommitted_works > 0
     }
 
     /// Applies everything the engine has ready.
@@ -248,10 +308,11 @@ impl<S: Store> Consumer<S> {
             while let Some(load) = self.engine.poll_load() {
                 let loaded = self.store.load_pending(&load)?;
 
-                self.engine.handle_loaded(now_ms(), &load, loaded);
+                self.engine
+                    .handle_loaded(self.clock.now_ms(), &load, loaded);
             }
             while round.len() < WORKS_PER_ROUND_MAX {
-                match self.engine.poll_work(now_ms()) {
+                match self.engine.poll_work(self.clock.now_ms()) {
                     Some(work) => round.push(work),
                     None => break,
                 }
@@ -287,12 +348,14 @@ impl<S: Store> Consumer<S> {
             }
             for work in round.drain(..) {
                 let outcome = self.apply(&work);
-                self.engine.handle_outcome(now_ms(), work, outcome);
+                self.engine
+                    .handle_outcome(self.clock.now_ms(), work, outcome);
                 applied += 1;
             }
         }
-        self.engine.handle_timeout(now_ms());
+        self.engine.handle_timeout(self.clock.now_ms());
         self.print_notices();
+        self.uncommitted_works += applied;
         Ok(applied)
     }
 
@@ -319,6 +382,7 @@ impl<S: Store> Consumer<S> {
             .commit(&self.source, CommitBatch { changes, documents })?;
 
         self.uncommitted_events = 0;
+        self.uncommitted_works = 0;
         self.notices_printed = 0;
         if self.cache.documents.len() > DOCUMENT_CACHE_MAX {
             self.cache.documents.clear();
@@ -331,7 +395,7 @@ impl<S: Store> Consumer<S> {
     pub fn replay(&mut self, entry: &DeadLetter) -> Result<ordo_core::ReplayOutcome, String> {
         let outcome = self
             .engine
-            .replay_dead_letter(now_ms(), entry)
+            .replay_dead_letter(self.clock.now_ms(), entry)
             .map_err(|e| e.to_string())?;
         self.apply_ready().map_err(|e| e.to_string())?;
         Ok(outcome)
@@ -340,7 +404,7 @@ impl<S: Store> Consumer<S> {
     /// Skips one dead letter and applies what it unblocks (commit separately).
     pub fn skip(&mut self, entry: &DeadLetter) -> Result<(), String> {
         self.engine
-            .skip_dead_letter(now_ms(), entry)
+            .skip_dead_letter(self.clock.now_ms(), entry)
             .map_err(|e| e.to_string())?;
         self.apply_ready().map_err(|e| e.to_string())?;
         Ok(())

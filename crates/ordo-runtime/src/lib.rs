@@ -6,7 +6,7 @@ pub mod handlers;
 pub mod run;
 pub mod source;
 
-pub use consumer::{now_ms, ConsumeError, Consumer};
+pub use consumer::{now_ms, Clock, ConsumeError, Consumer};
 pub use handlers::{apply_concurrently, HandlerReport};
-pub use run::{run, run_until_signal, RunEnd, RunError, RunOptions, RunReport};
+pub use run::{run, run_until_signal, RunEnd, RunError, RunLoop, RunOptions, RunReport};
 pub use source::{FileSource, LogSource, Polled, Source, SourceError, SourceUrl};

@@ -147,43 +147,128 @@ pub fn run<S: Store>(
     options: &RunOptions,
     stop: &AtomicBool,
 ) -> Result<RunReport, RunError> {
-    source.resume(&consumer.engine.checkpoints());
-    let mut delivered = 0u64;
-    let mut commits = 0u64;
-    let mut conflicts = 0u32;
-    let mut first_delivery = None;
-    let mut last_delivery = None;
-    let mut oldest_uncommitted: Option<Instant> = None;
-    let mut last_progress = Instant::now();
-    let mut last_recheck = Instant::now();
-    let mut last_dead_letter_check = Instant::now();
-    let started = Instant::now();
-    let commit_interval = Duration::from_millis(options.commit_interval_ms);
-    let recheck_interval = Duration::from_millis(AWAITED_RECHECK_MS);
-    if source.is_group() && !consumer.is_group_member() {
-        // Nothing is owned until the first assignment: restore no member's waiting
-        // events before then.
-        consumer.claim(&[])?;
-        consumer.reload()?;
+    let mut state = RunLoop::start(consumer, source, options)?;
+    loop {
+        if let Some(end) = state.step(consumer, source, stop.load(Ordering::SeqCst))? {
+            return Ok(state.report(end, consumer));
+        }
     }
-    // Whatever a restart restored may be ready at once.
-    consumer.apply_ready()?;
-    let end = loop {
-        if stop.load(Ordering::SeqCst) {
+}
+
+/// The run loop's state between two steps. [`run`] steps it until it ends; a simulation
+/// steps several of them (several processes sharing one store) in a seeded interleaving,
+/// with the consumers' [`crate::consumer::Clock`] moved by hand: every timer here reads
+/// that clock, so one seed gives one run.
+#[derive(Debug)]
+pub struct RunLoop {
+    options: RunOptions,
+    delivered: u64,
+    commits: u64,
+    conflicts: u32,
+    conflicts_total: u64,
+    first_delivery: Option<Instant>,
+    last_delivery: Option<Instant>,
+    oldest_uncommitted_ms: Option<u64>,
+    last_progress_ms: u64,
+    last_recheck_ms: u64,
+    last_dead_letter_check_ms: u64,
+    started_ms: u64,
+}
+
+impl RunLoop {
+    /// Positions the source at the stored checkpoints and applies whatever a restart
+    /// restored as ready.
+    pub fn start<S: Store>(
+        consumer: &mut Consumer<S>,
+        source: &mut dyn Source,
+        options: &RunOptions,
+    ) -> Result<Self, RunError> {
+        source.resume(&consumer.engine.checkpoints());
+        if source.is_group() && !consumer.is_group_member() {
+            // Nothing is owned until the first assignment: restore no member's waiting
+            // events before then.
+            consumer.claim(&[])?;
+            consumer.reload()?;
+        }
+        // Whatever a restart restored may be ready at once.
+        consumer.apply_ready()?;
+        let now_ms = consumer.clock().now_ms();
+        Ok(RunLoop {
+            options: options.clone(),
+            delivered: 0,
+            commits: 0,
+            conflicts: 0,
+            conflicts_total: 0,
+            first_delivery: None,
+            last_delivery: None,
+            oldest_uncommitted_ms: None,
+            last_progress_ms: now_ms,
+            last_recheck_ms: now_ms,
+            last_dead_letter_check_ms: now_ms,
+            started_ms: now_ms,
+        })
+    }
+
+    /// What the run did so far, ending with `end`.
+    pub fn report<S: Store>(&self, end: RunEnd, consumer: &Consumer<S>) -> RunReport {
+        RunReport {
+            end,
+            counters: consumer.counters(),
+            delivered: self.delivered,
+            commits: self.commits,
+            first_delivery: self.first_delivery,
+            last_delivery: self.last_delivery,
+        }
+    }
+
+    /// Commits refused so far because another process sharing the store got there first
+    /// (each one rebuilt the state and read the batch again).
+    pub fn conflicts_total(&self) -> u64 {
+        self.conflicts_total
+    }
+
+    /// One round: poll the source once, apply, commit when due. `Some` when the run
+    /// ended (`stop`: the last batch was committed).
+    pub fn step<S: Store>(
+        &mut self,
+        consumer: &mut Consumer<S>,
+        source: &mut dyn Source,
+        stop: bool,
+    ) -> Result<Option<RunEnd>, RunError> {
+        let conflicts_before = self.conflicts;
+        let ended = self.step_inner(consumer, source, stop);
+        if self.conflicts > conflicts_before {
+            self.conflicts_total += u64::from(self.conflicts - conflicts_before);
+        }
+        ended
+    }
+
+    fn step_inner<S: Store>(
+        &mut self,
+        consumer: &mut Consumer<S>,
+        source: &mut dyn Source,
+        stop: bool,
+    ) -> Result<Option<RunEnd>, RunError> {
+        let options = &self.options;
+        let conflicts = &mut self.conflicts;
+        if stop {
             // A conflict here leaves the batch to be read again by the next owner.
-            commit(consumer, source, &mut conflicts, false)?;
-            commits += 1;
-            break RunEnd::Stopped;
+            commit(consumer, source, conflicts, false)?;
+            self.commits += 1;
+            return Ok(Some(RunEnd::Stopped));
         }
         let room = options
             .commit_events_max
             .saturating_sub(consumer.uncommitted_events() as usize)
             .max(1);
-        let wait = match oldest_uncommitted {
-            Some(since) => commit_interval.saturating_sub(since.elapsed()),
-            None => Duration::from_millis(POLL_WAIT_MS),
+        let now_ms = consumer.clock().now_ms();
+        let wait_ms = match self.oldest_uncommitted_ms {
+            Some(since_ms) => options
+                .commit_interval_ms
+                .saturating_sub(now_ms.saturating_sub(since_ms)),
+            None => POLL_WAIT_MS,
         };
-        let polled = source.poll(room, wait)?;
+        let polled = source.poll(room, Duration::from_millis(wait_ms))?;
         let mut drained = false;
         let mut finished = false;
         match polled {
@@ -191,9 +276,9 @@ pub fn run<S: Store>(
                 // Whatever was read is applied and committed before partitions change
                 // hands; a conflict drops the batch, which the next owner reads again.
                 consumer.apply_ready()?;
-                commit(consumer, source, &mut conflicts, false)?;
-                commits += 1;
-                oldest_uncommitted = None;
+                commit(consumer, source, conflicts, false)?;
+                self.commits += 1;
+                self.oldest_uncommitted_ms = None;
                 consumer.release(&partitions);
                 // Forget the revoked partitions' streams: whatever of them still waits
                 // here (parked, buffered) is the next owner's now, and nothing may be
@@ -202,40 +287,34 @@ pub fn run<S: Store>(
                 consumer.reload()?;
                 source.committed(&consumer.engine.checkpoints());
                 source.complete_rebalance(&consumer.engine.checkpoints())?;
-                continue;
+                return Ok(None);
             }
             Polled::Assigned(partitions) => {
                 // Claimed before the state is re-read: a former owner that has not noticed
                 // it lost a partition can no longer commit for it, so what is read here
                 // is final for these partitions.
                 consumer.apply_ready()?;
-                commit(consumer, source, &mut conflicts, false)?;
-                commits += 1;
-                oldest_uncommitted = None;
+                commit(consumer, source, conflicts, false)?;
+                self.commits += 1;
+                self.oldest_uncommitted_ms = None;
                 consumer.claim(&partitions)?;
                 consumer.reload()?;
                 source.committed(&consumer.engine.checkpoints());
                 source.complete_rebalance(&consumer.engine.checkpoints())?;
                 consumer.apply_ready()?;
-                continue;
+                return Ok(None);
             }
             Polled::Nothing => {}
             Polled::Events(events) => {
                 for (position, bytes, key) in events {
                     consumer.deliver_keyed(position, &bytes, key.as_deref());
-                    delivered += 1;
-                    oldest_uncommitted.get_or_insert_with(Instant::now);
-                    first_delivery.get_or_insert_with(Instant::now);
-                    last_delivery = Some(Instant::now());
-                    if options.crash_after_deliveries == Some(delivered) {
-                        return Ok(RunReport {
-                            end: RunEnd::Crashed,
-                            counters: consumer.counters(),
-                            delivered,
-                            commits,
-                            first_delivery,
-                            last_delivery,
-                        });
+                    self.delivered += 1;
+                    self.oldest_uncommitted_ms
+                        .get_or_insert_with(|| consumer.clock().now_ms());
+                    self.first_delivery.get_or_insert_with(Instant::now);
+                    self.last_delivery = Some(Instant::now());
+                    if options.crash_after_deliveries == Some(self.delivered) {
+                        return Ok(Some(RunEnd::Crashed));
                     }
                 }
             }
@@ -245,51 +324,60 @@ pub fn run<S: Store>(
                 finished = true;
             }
         }
+        let now_ms = consumer.clock().now_ms();
         if consumer.is_group_member() && consumer.engine.is_awaiting() {
             // Another member may have applied what parked events here wait for.
             let notified = consumer.store().poll_progress();
-            if notified || last_recheck.elapsed() >= recheck_interval {
-                last_recheck = Instant::now();
+            if notified || now_ms.saturating_sub(self.last_recheck_ms) >= AWAITED_RECHECK_MS {
+                self.last_recheck_ms = now_ms;
                 consumer.refresh_awaited()?;
             }
         }
-        if consumer.is_group_member() && last_dead_letter_check.elapsed() >= recheck_interval {
+        if consumer.is_group_member()
+            && now_ms.saturating_sub(self.last_dead_letter_check_ms) >= AWAITED_RECHECK_MS
+        {
             // An operator may have replayed or skipped, from another process, a dead
             // letter a stream here waits behind: rebuild from the store to go on.
-            last_dead_letter_check = Instant::now();
+            self.last_dead_letter_check_ms = now_ms;
             if consumer.dead_letters_resolved_elsewhere()? {
                 consumer.apply_ready()?;
-                if commit(consumer, source, &mut conflicts, true)? {
-                    commits += 1;
+                if commit(consumer, source, conflicts, true)? {
+                    self.commits += 1;
                     consumer.reload()?;
                     source.rewind(&consumer.engine.checkpoints())?;
                 }
-                oldest_uncommitted = None;
+                self.oldest_uncommitted_ms = None;
             }
         }
-        if consumer.apply_ready()? > 0 {
-            // Works released without a delivery (another member's progress, a spilled
-            // stream loaded back) must reach the store too, within the commit interval.
-            oldest_uncommitted.get_or_insert_with(Instant::now);
+        consumer.apply_ready()?;
+        if consumer.has_uncommitted() {
+            // Works applied without a delivery (another member's progress, a spilled
+            // stream loaded back, a rebuild after an assignment or a conflict that found
+            // them ready) must reach the store too, within the commit interval.
+            self.oldest_uncommitted_ms.get_or_insert(now_ms);
         }
         let due = consumer.uncommitted_events() as usize >= options.commit_events_max
-            || oldest_uncommitted.is_some_and(|since| since.elapsed() >= commit_interval)
-            || (drained && oldest_uncommitted.is_some());
+            || self.oldest_uncommitted_ms.is_some_and(|since_ms| {
+                now_ms.saturating_sub(since_ms) >= options.commit_interval_ms
+            })
+            || (drained && self.oldest_uncommitted_ms.is_some());
         if due {
-            oldest_uncommitted = None;
-            if commit(consumer, source, &mut conflicts, true)? {
-                commits += 1;
+            self.oldest_uncommitted_ms = None;
+            if commit(consumer, source, conflicts, true)? {
+                self.commits += 1;
                 source.committed(&consumer.engine.checkpoints());
             }
         }
-        if options.progress
-            && last_progress.elapsed() >= Duration::from_millis(PROGRESS_INTERVAL_MS)
+        if options.progress && now_ms.saturating_sub(self.last_progress_ms) >= PROGRESS_INTERVAL_MS
         {
-            last_progress = Instant::now();
-            let rate = delivered as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            self.last_progress_ms = now_ms;
+            let elapsed_ms = now_ms.saturating_sub(self.started_ms).max(1);
+            let rate = self.delivered as f64 * 1000.0 / elapsed_ms as f64;
             eprintln!(
-                "ordo: {delivered} delivered ({rate:.0}/s), {} applied, {commits} commits",
-                consumer.counters().applied
+                "ordo: {} delivered ({rate:.0}/s), {} applied, {} commits",
+                self.delivered,
+                consumer.counters().applied,
+                self.commits
             );
         }
         if drained && consumer.engine.is_quiescent() {
@@ -299,31 +387,24 @@ pub fn run<S: Store>(
                     && consumer.refresh_awaited()? > 0
                 {
                     // Not idle: another member moved what parked events wait for.
-                    continue;
+                    return Ok(None);
                 }
                 consumer.engine.handle_source_drained();
                 consumer.apply_ready()?;
-                if commit(consumer, source, &mut conflicts, true)? {
-                    commits += 1;
-                    break RunEnd::Idle;
+                if commit(consumer, source, conflicts, true)? {
+                    self.commits += 1;
+                    return Ok(Some(RunEnd::Idle));
                 }
-                continue;
+                return Ok(None);
             }
             if finished {
-                commit(consumer, source, &mut conflicts, false)?;
-                commits += 1;
-                break RunEnd::Finished;
+                commit(consumer, source, conflicts, false)?;
+                self.commits += 1;
+                return Ok(Some(RunEnd::Finished));
             }
         }
-    };
-    Ok(RunReport {
-        end,
-        counters: consumer.counters(),
-        delivered,
-        commits,
-        first_delivery,
-        last_delivery,
-    })
+        Ok(None)
+    }
 }
 
 /// Commits the consumer's batch. `Ok(false)`: another process sharing the store changed

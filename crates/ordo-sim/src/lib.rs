@@ -6,6 +6,7 @@
 pub mod chaos;
 pub mod convergence;
 pub mod export;
+pub mod group;
 pub mod harness;
 pub mod naive;
 pub mod oracle;

@@ -7,9 +7,11 @@
 //! position moved together, or neither did.
 
 mod error;
+mod memory;
 pub mod outbox;
 mod pg;
 mod rows;
+pub mod sharing;
 mod sqlite;
 mod url;
 
@@ -19,6 +21,7 @@ use ordo_core::{ChangeSet, DeadLetter, Load, Loaded, Snapshot, StreamRecord};
 use ordo_projection::Document;
 
 pub use error::{CommitError, OpenError, ReadError};
+pub use memory::{SharedMemory, SharedMemoryStore};
 pub use pg::{
     PostgresStore, DEAD_LETTER_ID_BLOCK, POSTGRES_SCHEMA_VERSION, RECONNECT_ATTEMPTS_MAX,
 };

@@ -42,7 +42,7 @@ use postgres::{Client, NoTls};
 use crate::error::{CommitError, OpenError, ReadError};
 use crate::rows::{self, corrupt};
 use crate::url::redact;
-use crate::{CommitBatch, ExportRow, Store};
+use crate::{sharing, CommitBatch, ExportRow, Store};
 
 /// The schema this build writes (kept in step with the SQLite store's).
 pub const POSTGRES_SCHEMA_VERSION: i64 = 2;
@@ -455,25 +455,19 @@ impl PostgresStore {
         // document, not knowing the alias chain had grown.
         if !batch.documents.is_empty() {
             let written: Vec<&str> = batch.documents.iter().map(|(s, _)| &**s).collect();
-            let merged_here: Vec<&str> = changes
-                .streams
-                .iter()
-                .filter(|r| r.alias.is_some())
-                .map(|r| &*r.stream)
-                .collect();
-            let dead = transaction.query(
+            let mut aliases: HashMap<String, String> = HashMap::new();
+            for row in transaction.query(
                 "SELECT stream, alias_target FROM streams
-                 WHERE stream = ANY($1) AND alias_target IS NOT NULL AND NOT stream = ANY($2)
+                 WHERE stream = ANY($1) AND alias_target IS NOT NULL
                  ORDER BY stream FOR UPDATE",
-                &[&written, &merged_here],
-            )?;
-            if let Some(row) = dead.first() {
-                return Err(WriteError::Conflict(format!(
-                    "document `{}` belongs to a stream merged into `{}` by another member",
-                    row.get::<_, String>(0),
-                    row.get::<_, String>(1)
-                )));
+                &[&written],
+            )? {
+                aliases.insert(row.get(0), row.get(1));
             }
+            sharing::check_documents_live(written.iter().copied(), &changes.streams, |s| {
+                aliases.get(s).cloned()
+            })
+            .map_err(WriteError::Conflict)?;
         }
 
         // Stream positions: locked, checked, then written (positions never go back,
@@ -484,32 +478,16 @@ impl PostgresStore {
                 .iter()
                 .map(|r| r.stream.to_string())
                 .collect();
-            let mut stored: HashMap<String, (i64, bool)> = HashMap::new();
+            let mut stored: HashMap<String, (u64, bool)> = HashMap::new();
             for row in transaction.query(
                 "SELECT stream, applied, alias_target IS NOT NULL FROM streams
                  WHERE stream = ANY($1) ORDER BY stream FOR UPDATE",
                 &[&names],
             )? {
-                stored.insert(row.get(0), (row.get(1), row.get(2)));
+                stored.insert(row.get(0), (row.get::<_, i64>(1) as u64, row.get(2)));
             }
-            for record in &changes.streams {
-                let Some(&(applied, aliased)) = stored.get(&*record.stream) else {
-                    continue;
-                };
-                if aliased && record.alias.is_none() {
-                    return Err(WriteError::Conflict(format!(
-                        "stream `{}` was merged away by another member",
-                        record.stream
-                    )));
-                }
-                let new_alias = record.alias.is_some() && !aliased;
-                if !new_alias && applied >= record.applied as i64 {
-                    return Err(WriteError::Conflict(format!(
-                        "stream `{}` is already at version {applied} (this batch brings it to {})",
-                        record.stream, record.applied
-                    )));
-                }
-            }
+            sharing::check_stream_positions(&changes.streams, |s| stored.get(s).copied())
+                .map_err(WriteError::Conflict)?;
             let applied: Vec<i64> = changes.streams.iter().map(|r| r.applied as i64).collect();
             let targets: Vec<Option<String>> = changes
                 .streams
