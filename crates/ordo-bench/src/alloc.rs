@@ -42,3 +42,18 @@ unsafe impl GlobalAlloc for CountingAllocator {
 pub fn allocated_bytes() -> usize {
     ALLOCATED_BYTES.load(Ordering::Relaxed)
 }
+
+/// Turns transparent huge pages off (or back on) for this process.
+///
+/// mimalloc asks the kernel for huge pages on its arenas (`madvise`), and the kernel then
+/// zeroes 2 MiB at the first touch of each: a stall of a hundred microseconds or more in
+/// whichever delivery grows the heap. A consumer wants flat latency more than the few
+/// percent huge pages save on TLB misses (the advice databases such as Redis give), so
+/// `ordo run`, `ordo relay` and the benchmarks of the consumer path turn them off; the
+/// core benchmark keeps them (a library embedding the engine gets the system's default).
+/// Returns whether the kernel took the setting.
+pub fn set_transparent_huge_pages(enabled: bool) -> bool {
+    let disable = libc::c_ulong::from(!enabled);
+    // SAFETY: PR_SET_THP_DISABLE takes one integer flag and touches no memory of ours.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, disable, 0, 0, 0) == 0 }
+}

@@ -17,6 +17,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         shape.streams, shape.versions, shape.displacement, shape.duplicate_percent
     );
     let core = core_bench::run(shape);
+    // Everything after the core measures the consumer path, which runs as `ordo run` does:
+    // without transparent huge pages.
+    ordo_bench::alloc::set_transparent_huge_pages(false);
     let slow_shape = pick(args.quick, SlowShape::quick, SlowShape::full);
     eprintln!(
         "slow handlers: {} events, 0-{} ms each, concurrency {}, partition / keys {:?} / unordered ...",

@@ -42,6 +42,14 @@ fn main() -> ExitCode {
             return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
         }
     };
+    if matches!(
+        cli.command,
+        cli::Command::Demo(_) | cli::Command::Run(_) | cli::Command::Relay(_)
+    ) {
+        // Consumers want flat latency: no 2 MiB page zeroed inside a delivery
+        // (see `set_transparent_huge_pages`). `bench` turns them off after its core part.
+        ordo_bench::alloc::set_transparent_huge_pages(false);
+    }
     let result = match cli.command {
         cli::Command::Demo(args) => demo::run(args),
         cli::Command::Run(args) => run::run(args),

@@ -128,6 +128,8 @@ pub struct Consumer<S: Store> {
     /// Works applied since the last commit (or rebuild): some come without a delivery
     /// (another member's progress released them, a rebuild found them ready).
     uncommitted_works: u64,
+    /// When the last commit that wrote deliveries finished.
+    last_delivery_commit: Option<std::time::Instant>,
     notices_printed: usize,
     notices_suppressed: u64,
     /// The partitions this process owns in a consumer group (`None`: the whole source).
@@ -158,6 +160,7 @@ impl<S: Store> Consumer<S> {
             cache: DocumentCache::default(),
             uncommitted_events: 0,
             uncommitted_works: 0,
+            last_delivery_commit: None,
             notices_printed: 0,
             notices_suppressed: 0,
             owned: None,
@@ -287,6 +290,12 @@ impl<S: Store> Consumer<S> {
         self.uncommitted_events
     }
 
+    /// When the last commit that wrote deliveries finished: from then on, everything
+    /// delivered so far was durable (throughput measurements end there).
+    pub fn last_delivery_commit(&self) -> Option<std::time::Instant> {
+        self.last_delivery_commit
+    }
+
     /// Whether anything read or applied since the last commit (or rebuild) waits for a
     /// commit. Works can apply without any delivery: released by another member's
     /// progress, or found ready by a rebuild; they must reach the store all the same.
@@ -381,6 +390,9 @@ impl<S: Store> Consumer<S> {
         self.store
             .commit(&self.source, CommitBatch { changes, documents })?;
 
+        if self.uncommitted_events > 0 {
+            self.last_delivery_commit = Some(std::time::Instant::now());
+        }
         self.uncommitted_events = 0;
         self.uncommitted_works = 0;
         self.notices_printed = 0;

@@ -93,6 +93,8 @@ pub struct RunReport {
     pub first_delivery: Option<Instant>,
     /// When the last delivery of this run arrived.
     pub last_delivery: Option<Instant>,
+    /// When the last commit that wrote deliveries finished (the last delivery was durable).
+    pub last_delivery_commit: Option<Instant>,
 }
 
 /// Why a run failed.
@@ -218,6 +220,7 @@ impl RunLoop {
             commits: self.commits,
             first_delivery: self.first_delivery,
             last_delivery: self.last_delivery,
+            last_delivery_commit: consumer.last_delivery_commit(),
         }
     }
 
