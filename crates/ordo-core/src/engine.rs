@@ -397,6 +397,8 @@ pub struct Engine {
     ids: FxHashMap<NameKey, StreamId>,
     streams: Vec<StreamState>,
     ready: VecDeque<StreamId>,
+    /// Works decided at delivery (the express lane, see `accept`), handed out first.
+    express: VecDeque<Work>,
     /// Awaited stream → (version needed, waiting stream).
     dependents: FxHashMap<StreamId, Vec<(u64, StreamId)>>,
     /// Busy document → streams waiting for it.
@@ -445,6 +447,7 @@ impl Engine {
             ids: FxHashMap::default(),
             streams: Vec::new(),
             ready: VecDeque::new(),
+            express: VecDeque::new(),
             dependents: FxHashMap::default(),
             document_waiters: FxHashMap::default(),
             gaps: BTreeSet::new(),
@@ -687,6 +690,37 @@ impl Engine {
         }
         if let Some(sequence) = self.dedupe.insert(hash) {
             self.dedupe_put.push((sequence, hash));
+        }
+        // The express lane: the next version of an idle stream (nothing waiting, nothing
+        // in flight, no alias, its document free) that waits for nothing is decided here,
+        // without a slot and a trip through the ready queue — most deliveries of a
+        // healthy stream. It ends in the state `try_dispatch` would have left.
+        let state = &self.streams[s as usize];
+        if state.extra.is_none()
+            && state.flags & (WAITING | SPILLED | MONOTONIC | IN_FLIGHT | IN_READY | DOCUMENT_BUSY)
+                == 0
+            && version == applied + 1
+            && position.is_some()
+            && event.after.is_empty()
+            && !matches!(event.op, Op::Merge { .. })
+        {
+            let extra = self.extra(s);
+            extra.in_flight_version = Some(version);
+            extra.contiguous_through = version;
+            self.streams[s as usize].flags |= IN_FLIGHT | DOCUMENT_BUSY;
+            self.in_flight += 1;
+            self.express.push_back(Work {
+                event,
+                redirect: None,
+                action: Action::Apply,
+                redirected: false,
+                stream: s,
+                position,
+                written: false,
+                target: s,
+                source_ids: Vec::new(),
+            });
+            return Disposition::Queued;
         }
         let pending_count = self.streams[s as usize]
             .extra
@@ -942,6 +976,9 @@ impl Engine {
 
     /// The next event to apply, if any stream has one ready.
     pub fn poll_work(&mut self, now_ms: u64) -> Option<Work> {
+        if let Some(work) = self.express.pop_front() {
+            return Some(work);
+        }
         while let Some(s) = self.ready.pop_front() {
             self.streams[s as usize].flags &= !IN_READY;
             if let Some(work) = self.try_dispatch(now_ms, s) {
