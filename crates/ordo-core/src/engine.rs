@@ -294,66 +294,6 @@ struct StreamState {
     extra: Option<Box<StreamExtra>>,
 }
 
-/// A stream name as the key of the intern table. Names up to [`NAME_INLINE_BYTES_MAX`]
-/// bytes live inside the table entry, so finding a stream compares bytes already in the
-/// cache line the probe loaded, instead of following a pointer to the name: on a table of
-/// 100,000 streams that pointer is a cache miss on every delivery.
-#[derive(Clone, Debug)]
-enum NameKey {
-    Inline {
-        len: u8,
-        bytes: [u8; NAME_INLINE_BYTES_MAX],
-    },
-    Shared(Arc<str>),
-}
-
-/// Longest stream name kept inside the intern table's entries.
-const NAME_INLINE_BYTES_MAX: usize = 22;
-
-impl NameKey {
-    fn new(name: &Arc<str>) -> Self {
-        let raw = name.as_bytes();
-        if raw.len() <= NAME_INLINE_BYTES_MAX {
-            let mut bytes = [0u8; NAME_INLINE_BYTES_MAX];
-            bytes[..raw.len()].copy_from_slice(raw);
-            NameKey::Inline {
-                len: raw.len() as u8,
-                bytes,
-            }
-        } else {
-            NameKey::Shared(name.clone())
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            NameKey::Inline { len, bytes } => &bytes[..*len as usize],
-            NameKey::Shared(name) => name.as_bytes(),
-        }
-    }
-}
-
-// Lookups go by `&[u8]`: `Hash` and `Eq` must agree with the slice's.
-impl std::borrow::Borrow<[u8]> for NameKey {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl std::hash::Hash for NameKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
-
-impl PartialEq for NameKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for NameKey {}
-
 #[derive(Debug, Default)]
 struct StreamExtra {
     /// Waiting events by version (all above `applied`).
@@ -394,7 +334,7 @@ struct Pending {
 pub struct Engine {
     config: Config,
     names: Vec<Arc<str>>,
-    ids: FxHashMap<NameKey, StreamId>,
+    ids: FxHashMap<Arc<str>, StreamId>,
     streams: Vec<StreamState>,
     ready: VecDeque<StreamId>,
     /// Works decided at delivery (the express lane, see `accept`), handed out first.
@@ -873,7 +813,7 @@ impl Engine {
         }
         if let Action::Merge { sources } = &work.action {
             for source in sources {
-                let source_id = self.ids[source.as_bytes()];
+                let source_id = self.ids[source];
                 let cut = work
                     .event
                     .cut_for(source)
@@ -1098,7 +1038,7 @@ impl Engine {
     pub fn skip_gap(&mut self, now_ms: u64, stream: &str) -> Result<u64, OperatorError> {
         let s = *self
             .ids
-            .get(stream.as_bytes())
+            .get(stream)
             .ok_or_else(|| OperatorError::UnknownStream(stream.into()))?;
         if self.streams[s as usize].flags & SPILLED != 0 {
             // Parked, so no gap in front of it.
@@ -1207,10 +1147,7 @@ impl Engine {
         let (Some(stream), Some(version)) = (&entry.stream, entry.version) else {
             return Err(not_blocking);
         };
-        let s = *self
-            .ids
-            .get(stream.as_bytes())
-            .ok_or(not_blocking.clone())?;
+        let s = *self.ids.get(&**stream).ok_or(not_blocking.clone())?;
         match self.streams[s as usize]
             .extra
             .as_ref()
@@ -1249,7 +1186,7 @@ impl Engine {
     /// it; a store conflict, not this call, settles a disagreement). Nothing is marked for
     /// writing: the record came from the store. Returns whether the stream moved.
     pub fn handle_progress(&mut self, now_ms: u64, record: &StreamRecord) -> bool {
-        let Some(&s) = self.ids.get(record.stream.as_bytes()) else {
+        let Some(&s) = self.ids.get(&*record.stream) else {
             return false;
         };
         if self.streams[s as usize].flags & IN_FLIGHT != 0 {
@@ -1309,14 +1246,14 @@ impl Engine {
         self.spill_totals.1 += 1;
         let mut streams: Vec<StreamId> = Vec::new();
         if let Load::Stream(stream) = load {
-            if let Some(&s) = self.ids.get(stream.as_bytes()) {
+            if let Some(&s) = self.ids.get(&**stream) {
                 streams.push(s);
             }
         }
         let mut records = loaded.records;
         records.sort_by(|a, b| (&a.stream, a.version).cmp(&(&b.stream, b.version)));
         for record in records {
-            let Some(&s) = self.ids.get(record.stream.as_bytes()) else {
+            let Some(&s) = self.ids.get(&*record.stream) else {
                 continue;
             };
             if self.streams[s as usize].flags & SPILLED == 0 {
@@ -1620,7 +1557,7 @@ impl Engine {
             "waits for `{}` to apply version {}",
             dependency.stream, dependency.version
         );
-        if let Some(&d) = self.ids.get(dependency.stream.as_bytes()) {
+        if let Some(&d) = self.ids.get(&*dependency.stream) {
             let state = &self.streams[d as usize];
             reason.push_str(&format!(" (it has applied {})", state.applied));
             if let Some(Slot::DeadLettered(id)) = state
@@ -1654,21 +1591,21 @@ impl Engine {
     /// A stream's applied version (0 when unknown).
     pub fn applied_version(&self, stream: &str) -> u64 {
         self.ids
-            .get(stream.as_bytes())
+            .get(stream)
             .map_or(0, |&s| self.streams[s as usize].applied)
     }
 
     /// Where a stream's events land: itself, or the end of its alias chain.
     pub fn resolve_document(&self, stream: &str) -> Option<Arc<str>> {
         self.ids
-            .get(stream.as_bytes())
+            .get(stream)
             .map(|&s| self.names[self.resolve(s) as usize].clone())
     }
 
     // ----- internals -----
 
     fn intern(&mut self, name: &str) -> StreamId {
-        if let Some(&s) = self.ids.get(name.as_bytes()) {
+        if let Some(&s) = self.ids.get(name) {
             return s;
         }
         let s = StreamId::try_from(self.streams.len()).expect("fewer than 2^32 streams");
@@ -1677,7 +1614,7 @@ impl Engine {
         if self.config.mode_for(&name) == VersionMode::Monotonic {
             state.flags |= MONOTONIC;
         }
-        self.ids.insert(NameKey::new(&name), s);
+        self.ids.insert(name.clone(), s);
         self.names.push(name);
         self.streams.push(state);
         s
@@ -1884,7 +1821,7 @@ impl Engine {
         if let Op::Merge { from } = &pending.event.op {
             let mut sources = Vec::with_capacity(from.len());
             for source in from {
-                let source_id = self.ids.get(source.as_bytes()).copied();
+                let source_id = self.ids.get(&**source).copied();
                 let refusal = match source_id {
                     Some(id) if self.resolve(id) != id => Some(format!(
                         "source `{source}` is already merged into `{}`",

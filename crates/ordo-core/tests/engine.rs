@@ -678,3 +678,47 @@ fn a_spilled_stream_comes_back_and_a_held_redelivery_settles_nothing_early() {
     }
     assert_eq!(applied, vec!["category@1", "product@1", "product@2"]);
 }
+
+#[test]
+fn the_next_version_delivered_with_a_position_still_respects_a_busy_document() {
+    // Deliveries with a source position may take the express lane (decided at delivery);
+    // a document held by a redirected work must hold them back all the same.
+    let mut engine = Engine::new(Config::default());
+    engine.handle_event(0, at(0), incr("a", 1));
+    let work = engine.poll_work(0).unwrap();
+    engine.handle_outcome(0, work, Outcome::Applied);
+    engine.handle_event(0, at(1), merge("c", 1, &[("a", 1)]));
+    let merge_work = engine.poll_work(0).unwrap();
+    engine.handle_outcome(0, merge_work, Outcome::Applied);
+    engine.handle_event(0, at(2), incr("a", 2));
+    let redirected = engine.poll_work(0).unwrap();
+    assert_eq!(redirected.document(), "c");
+    engine.handle_event(0, at(3), incr("c", 2));
+    assert!(
+        engine.poll_work(0).is_none(),
+        "c's own event waits while its document is busy"
+    );
+    // A redelivery while the first copy is out is a duplicate; another event claiming
+    // the version is a conflict.
+    assert_eq!(
+        engine.handle_event(0, at(4), incr("c", 2)),
+        Disposition::Duplicate
+    );
+    engine.handle_outcome(0, redirected, Outcome::Applied);
+    let own = engine.poll_work(0).unwrap();
+    assert_eq!((own.document(), own.event.version), ("c", 2));
+    let mut other = incr("c", 3);
+    engine.handle_event(0, at(5), other.clone());
+    other.id = "another-id".into();
+    assert_eq!(
+        engine.handle_event(0, at(6), other),
+        Disposition::DeadLettered,
+        "a second event for the version queued at delivery is a conflict"
+    );
+    engine.handle_outcome(0, own, Outcome::Applied);
+    let third = engine.poll_work(0).unwrap();
+    assert_eq!(third.event.version, 3);
+    engine.handle_outcome(0, third, Outcome::Applied);
+    assert!(engine.is_quiescent());
+    assert_eq!(engine.checkpoints(), vec![(0, 6)]);
+}
