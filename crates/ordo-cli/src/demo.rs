@@ -11,7 +11,7 @@ use ordo_core::Config;
 use ordo_log::EventLog;
 use ordo_runtime::{Consumer, LogSource, RunEnd, RunOptions};
 use ordo_sim::scenarios::Scenario;
-use ordo_sim::{compare, count_wrong, naive, oracle, Export, Row};
+use ordo_sim::{compare, count_wrong, naive, oracle};
 use ordo_store::{SqliteStore, Store};
 use serde_json::json;
 
@@ -89,18 +89,7 @@ fn run_scenario(
     // Restart from what was committed and run until idle.
     let (report, mut consumer) = consume(None)?;
     let store = consumer.store();
-    let mut actual = Export::new();
-    for row in store.export()? {
-        actual.insert(
-            row.stream,
-            Row {
-                version: row.version,
-                doc: row.doc,
-                deleted: row.deleted,
-                merged_into: row.merged_into,
-            },
-        );
-    }
+    let actual = ordo_sim::export::from_store(store.export()?);
     let expected = oracle::run(&history);
     let naive = naive::run(&deliveries);
     Ok((

@@ -21,6 +21,23 @@ pub struct Row {
 /// Every stream's row, sorted by stream.
 pub type Export = BTreeMap<String, Row>;
 
+/// A store's export (`ordo export`'s rows) in the oracle's shape.
+pub fn from_store(rows: Vec<ordo_store::ExportRow>) -> Export {
+    rows.into_iter()
+        .map(|row| {
+            (
+                row.stream,
+                Row {
+                    version: row.version,
+                    doc: row.doc,
+                    deleted: row.deleted,
+                    merged_into: row.merged_into,
+                },
+            )
+        })
+        .collect()
+}
+
 impl Row {
     /// The row as the contract's JSON object.
     pub fn to_json(&self, stream: &str) -> Value {

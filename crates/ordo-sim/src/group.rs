@@ -33,7 +33,7 @@ use ordo_runtime::{
 };
 use ordo_store::{CommitError, SharedMemory, SharedMemoryStore};
 
-use crate::export::{compare, Export, Row};
+use crate::export::{compare, Export};
 use crate::oracle;
 use crate::rng::Rng;
 use crate::scenarios::Scenario;
@@ -402,21 +402,7 @@ fn partition_of(stream: &str) -> u32 {
 
 /// The store's rows as the oracle's export.
 fn export(database: &SharedMemory) -> Export {
-    database
-        .export()
-        .into_iter()
-        .map(|row| {
-            (
-                row.stream,
-                Row {
-                    version: row.version,
-                    doc: row.doc,
-                    deleted: row.deleted,
-                    merged_into: row.merged_into,
-                },
-            )
-        })
-        .collect()
+    crate::export::from_store(database.export())
 }
 
 /// The faults' steps, drawn once per seed.

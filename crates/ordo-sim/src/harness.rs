@@ -10,10 +10,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use ordo_core::{
-    ChangeSet, Config, DeadLetter, Disposition, Engine, Event, Load, Loaded, Outcome,
-    PendingRecord, Snapshot, SourcePosition, StreamRecord, Work,
+    ChangeSet, Config, DeadLetter, Disposition, Engine, Event, Load, Loaded, Outcome, Snapshot,
+    SourcePosition, StreamRecord, Work,
 };
 use ordo_projection::{run_work, touched, Document, DocumentProjection};
+use ordo_store::{answer_load, pending_snapshot, PendingRows};
 
 use crate::export::Export;
 use crate::oracle::row;
@@ -23,7 +24,7 @@ use crate::rng::Rng;
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     streams: BTreeMap<Arc<str>, StreamRecord>,
-    pending: BTreeMap<(Box<str>, u64), PendingRecord>,
+    pending: PendingRows,
     /// The dead-letter queue.
     pub dead_letters: BTreeMap<u64, DeadLetter>,
     dedupe: BTreeMap<u64, u64>,
@@ -72,31 +73,12 @@ impl MemoryStore {
     /// What the engine needs to resume. Parked streams stay here (spilled), as the real
     /// stores do it: their names and what they wait for go into the snapshot.
     pub fn snapshot(&self) -> Snapshot {
-        // Stream → (partition, what its parked head waits for).
-        type Parked<'a> = BTreeMap<&'a str, (Option<u32>, &'a (Box<str>, u64))>;
-        let parked: Parked<'_> = self
-            .pending
-            .values()
-            .filter_map(|r| r.awaits.as_ref().map(|a| (&*r.stream, (r.partition, a))))
-            .collect();
-        let mut spilled_waiters: BTreeMap<Box<str>, u64> = BTreeMap::new();
-        for (_, (awaited, version)) in parked.values() {
-            let needed = spilled_waiters.entry(awaited.clone()).or_insert(*version);
-            *needed = (*needed).min(*version);
-        }
+        let (pending, spilled, spilled_waiters) = pending_snapshot(&self.pending);
         Snapshot {
             streams: self.streams.values().cloned().collect(),
-            pending: self
-                .pending
-                .values()
-                .filter(|r| !parked.contains_key(&*r.stream))
-                .cloned()
-                .collect(),
-            spilled: parked
-                .iter()
-                .map(|(stream, (partition, _))| (Box::from(*stream), *partition))
-                .collect(),
-            spilled_waiters: spilled_waiters.into_iter().collect(),
+            pending,
+            spilled,
+            spilled_waiters,
             blocking_dead_letters: self
                 .dead_letters
                 .values()
@@ -112,45 +94,7 @@ impl MemoryStore {
 
     /// Answers an engine's load from what was committed.
     pub fn load(&self, load: &Load) -> Loaded {
-        match load {
-            Load::Stream(stream) => Loaded {
-                records: self
-                    .pending
-                    .values()
-                    .filter(|r| *r.stream == **stream)
-                    .cloned()
-                    .collect(),
-                waiters_remaining_min: None,
-            },
-            Load::Waiters { awaited, through } => {
-                let waits = |r: &PendingRecord| {
-                    r.awaits
-                        .as_ref()
-                        .filter(|(stream, _)| **stream == **awaited)
-                        .map(|(_, version)| *version)
-                };
-                let streams: HashSet<&str> = self
-                    .pending
-                    .values()
-                    .filter(|r| waits(r).is_some_and(|v| v <= *through))
-                    .map(|r| &*r.stream)
-                    .collect();
-                Loaded {
-                    records: self
-                        .pending
-                        .values()
-                        .filter(|r| streams.contains(&*r.stream))
-                        .cloned()
-                        .collect(),
-                    waiters_remaining_min: self
-                        .pending
-                        .values()
-                        .filter_map(waits)
-                        .filter(|v| v > through)
-                        .min(),
-                }
-            }
-        }
+        answer_load(&self.pending, load)
     }
 
     /// The committed checkpoint of a partition.

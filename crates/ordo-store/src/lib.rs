@@ -21,7 +21,7 @@ use ordo_core::{ChangeSet, DeadLetter, Load, Loaded, Snapshot, StreamRecord};
 use ordo_projection::Document;
 
 pub use error::{CommitError, OpenError, ReadError};
-pub use memory::{SharedMemory, SharedMemoryStore};
+pub use memory::{answer_load, pending_snapshot, PendingRows, SharedMemory, SharedMemoryStore};
 pub use pg::{
     PostgresStore, DEAD_LETTER_ID_BLOCK, POSTGRES_SCHEMA_VERSION, RECONNECT_ATTEMPTS_MAX,
 };

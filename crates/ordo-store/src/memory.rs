@@ -27,7 +27,7 @@ struct Database {
     streams: BTreeMap<Arc<str>, StreamRecord>,
     /// Documents with their revision (1 on insert, +1 per update).
     documents: BTreeMap<Arc<str>, (Option<Document>, u64)>,
-    pending: BTreeMap<(Box<str>, u64), PendingRecord>,
+    pending: PendingRows,
     dead_letters: BTreeMap<u64, DeadLetter>,
     /// Dedupe entries as (sequence, hash): members number their entries independently,
     /// so one sequence may appear twice (the PostgreSQL store keys blocks by a serial).
@@ -154,6 +154,82 @@ fn export(database: &Database) -> Vec<ExportRow> {
     rows::export_rows(found).expect("documents written as JSON read back")
 }
 
+/// Waiting events as the in-memory stores keep them, keyed by (stream, version).
+pub type PendingRows = BTreeMap<(Box<str>, u64), PendingRecord>;
+
+/// The waiting events' part of a snapshot, as the database stores build it: the rows of
+/// streams whose head is not parked, and for parked (spilled) streams only their names
+/// with their partition, and for each awaited stream the lowest version waited for.
+#[allow(clippy::type_complexity)]
+pub fn pending_snapshot(
+    pending: &PendingRows,
+) -> (
+    Vec<PendingRecord>,
+    Vec<(Box<str>, Option<u32>)>,
+    Vec<(Box<str>, u64)>,
+) {
+    let mut spilled: BTreeMap<&str, Option<u32>> = BTreeMap::new();
+    let mut spilled_waiters: BTreeMap<Box<str>, u64> = BTreeMap::new();
+    for r in pending.values() {
+        if let Some((awaited, version)) = &r.awaits {
+            let partition = spilled.entry(&r.stream).or_insert(r.partition);
+            *partition = (*partition).min(r.partition);
+            let needed = spilled_waiters.entry(awaited.clone()).or_insert(*version);
+            *needed = (*needed).min(*version);
+        }
+    }
+    let rows = pending
+        .values()
+        .filter(|r| !spilled.contains_key(&*r.stream))
+        .cloned()
+        .collect();
+    (
+        rows,
+        spilled.iter().map(|(s, p)| (Box::from(*s), *p)).collect(),
+        spilled_waiters.into_iter().collect(),
+    )
+}
+
+/// Answers an engine's [`Load`] from waiting events kept in memory, as the database
+/// stores answer it with their indexed queries.
+pub fn answer_load(pending: &PendingRows, load: &Load) -> Loaded {
+    match load {
+        Load::Stream(stream) => Loaded {
+            records: pending
+                .values()
+                .filter(|r| *r.stream == **stream)
+                .cloned()
+                .collect(),
+            waiters_remaining_min: None,
+        },
+        Load::Waiters { awaited, through } => {
+            let waits = |r: &PendingRecord| {
+                r.awaits
+                    .as_ref()
+                    .filter(|(stream, _)| **stream == **awaited)
+                    .map(|(_, version)| *version)
+            };
+            let streams: BTreeSet<&str> = pending
+                .values()
+                .filter(|r| waits(r).is_some_and(|v| v <= *through))
+                .map(|r| &*r.stream)
+                .collect();
+            Loaded {
+                records: pending
+                    .values()
+                    .filter(|r| streams.contains(&*r.stream))
+                    .cloned()
+                    .collect(),
+                waiters_remaining_min: pending
+                    .values()
+                    .filter_map(waits)
+                    .filter(|v| v > through)
+                    .min(),
+            }
+        }
+    }
+}
+
 /// One simulated process's connection to a [`SharedMemory`].
 #[derive(Debug)]
 pub struct SharedMemoryStore {
@@ -246,26 +322,12 @@ impl SharedMemoryStore {
 impl Store for SharedMemoryStore {
     fn snapshot(&mut self, source: &str) -> Result<Snapshot, ReadError> {
         let mut database = self.shared.lock();
-        let mut spilled: BTreeMap<&str, Option<u32>> = BTreeMap::new();
-        let mut spilled_waiters: BTreeMap<Box<str>, u64> = BTreeMap::new();
-        for r in database.pending.values() {
-            if let Some((awaited, version)) = &r.awaits {
-                let partition = spilled.entry(&r.stream).or_insert(r.partition);
-                *partition = (*partition).min(r.partition);
-                let needed = spilled_waiters.entry(awaited.clone()).or_insert(*version);
-                *needed = (*needed).min(*version);
-            }
-        }
+        let (pending, spilled, spilled_waiters) = pending_snapshot(&database.pending);
         let mut snapshot = Snapshot {
             streams: database.streams.values().cloned().collect(),
-            pending: database
-                .pending
-                .values()
-                .filter(|r| !spilled.contains_key(&*r.stream))
-                .cloned()
-                .collect(),
-            spilled: spilled.iter().map(|(s, p)| (Box::from(*s), *p)).collect(),
-            spilled_waiters: spilled_waiters.into_iter().collect(),
+            pending,
+            spilled,
+            spilled_waiters,
             blocking_dead_letters: database
                 .dead_letters
                 .values()
@@ -359,17 +421,7 @@ impl Store for SharedMemoryStore {
                 .insert((source.to_string(), *partition), *offset);
         }
         // Counters: add what this process counted since it last read or wrote them.
-        let sum = Counters::from_fields(
-            changes
-                .counters
-                .fields()
-                .iter()
-                .zip(self.counters_base.fields())
-                .zip(database.counters.fields())
-                .map(|(((name, now), (_, before)), (_, total))| {
-                    (*name, total.saturating_add(now.saturating_sub(before)))
-                }),
-        );
+        let sum = sharing::counters_added(database.counters, self.counters_base, changes.counters);
         database.counters = sum;
         self.counters_base = changes.counters;
         if moved {
@@ -394,43 +446,7 @@ impl Store for SharedMemoryStore {
     }
 
     fn load_pending(&mut self, load: &Load) -> Result<Loaded, ReadError> {
-        let database = self.shared.lock();
-        let pending = &database.pending;
-        Ok(match load {
-            Load::Stream(stream) => Loaded {
-                records: pending
-                    .values()
-                    .filter(|r| *r.stream == **stream)
-                    .cloned()
-                    .collect(),
-                waiters_remaining_min: None,
-            },
-            Load::Waiters { awaited, through } => {
-                let waits = |r: &PendingRecord| {
-                    r.awaits
-                        .as_ref()
-                        .filter(|(stream, _)| **stream == **awaited)
-                        .map(|(_, version)| *version)
-                };
-                let streams: BTreeSet<&str> = pending
-                    .values()
-                    .filter(|r| waits(r).is_some_and(|v| v <= *through))
-                    .map(|r| &*r.stream)
-                    .collect();
-                Loaded {
-                    records: pending
-                        .values()
-                        .filter(|r| streams.contains(&*r.stream))
-                        .cloned()
-                        .collect(),
-                    waiters_remaining_min: pending
-                        .values()
-                        .filter_map(waits)
-                        .filter(|v| v > through)
-                        .min(),
-                }
-            }
-        })
+        Ok(answer_load(&self.shared.lock().pending, load))
     }
 
     fn stream_records(&mut self, streams: &[Arc<str>]) -> Result<Vec<StreamRecord>, ReadError> {

@@ -642,18 +642,7 @@ impl PostgresStore {
             )?
             .map(|row| row.get::<_, String>(0));
         let stored = rows::counters(stored).unwrap_or_default();
-        let base = self.counters_base.fields();
-        let sum = Counters::from_fields(
-            changes
-                .counters
-                .fields()
-                .iter()
-                .zip(base)
-                .zip(stored.fields())
-                .map(|(((name, now), (_, before)), (_, total))| {
-                    (*name, total.saturating_add(now.saturating_sub(before)))
-                }),
-        );
+        let sum = sharing::counters_added(stored, self.counters_base, changes.counters);
         for (key, value) in [
             ("counters", sum.to_json().to_string()),
             ("dedupe_floor", changes.dedupe_floor.to_string()),

@@ -3,7 +3,22 @@
 //! ([`crate::SharedMemoryStore`], the simulator's stand-in) on its maps. A simulation of
 //! several members then exercises the very rules production runs.
 
-use ordo_core::StreamRecord;
+use ordo_core::{Counters, StreamRecord};
+
+/// The group's counters after a commit: what is stored plus what this process counted
+/// since it last read or wrote them (`now - base`), so members add up instead of
+/// overwriting each other.
+pub fn counters_added(stored: Counters, base: Counters, now: Counters) -> Counters {
+    Counters::from_fields(
+        now.fields()
+            .iter()
+            .zip(base.fields())
+            .zip(stored.fields())
+            .map(|(((name, now), (_, before)), (_, total))| {
+                (*name, total.saturating_add(now.saturating_sub(before)))
+            }),
+    )
+}
 
 /// Refuses a batch whose stream positions another member got to first.
 ///

@@ -116,18 +116,7 @@ fn a_consumer_run_into_postgres_matches_the_oracle() {
         &std::sync::atomic::AtomicBool::new(false),
     )
     .unwrap();
-    let mut actual = ordo_sim::Export::new();
-    for row in consumer.store().export().unwrap() {
-        actual.insert(
-            row.stream,
-            ordo_sim::Row {
-                version: row.version,
-                doc: row.doc,
-                deleted: row.deleted,
-                merged_into: row.merged_into,
-            },
-        );
-    }
+    let actual = ordo_sim::export::from_store(consumer.store().export().unwrap());
     let divergence = ordo_sim::compare(&ordo_sim::oracle::run(&history), &actual, true);
     assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
 }
