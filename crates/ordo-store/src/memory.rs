@@ -82,6 +82,7 @@ impl SharedMemory {
             revisions: HashMap::new(),
             claims: Vec::new(),
             claims_source: String::new(),
+            dead_letter_ids_next: 0,
             dead_letter_ids_end: 0,
             counters_base: Counters::default(),
             notified,
@@ -238,6 +239,8 @@ pub struct SharedMemoryStore {
     revisions: HashMap<Arc<str>, u64>,
     claims: Vec<(u32, u64)>,
     claims_source: String,
+    /// As in the PostgreSQL store: `[next, end)` reserved, `next` unused by landed commits.
+    dead_letter_ids_next: u64,
     dead_letter_ids_end: u64,
     counters_base: Counters,
     notified: Arc<AtomicBool>,
@@ -349,11 +352,16 @@ impl Store for SharedMemoryStore {
             counters: database.counters,
             next_dead_letter_id: 0,
         };
-        // Reserve this process's next block of dead-letter ids.
-        let first = database.dead_letter_ids_next.max(1);
-        database.dead_letter_ids_next = first + DEAD_LETTER_ID_BLOCK as u64;
-        snapshot.next_dead_letter_id = first;
-        self.dead_letter_ids_end = first + DEAD_LETTER_ID_BLOCK as u64;
+        if self.dead_letter_ids_next < self.dead_letter_ids_end {
+            snapshot.next_dead_letter_id = self.dead_letter_ids_next;
+        } else {
+            // Reserve this process's next block of dead-letter ids.
+            let first = database.dead_letter_ids_next.max(1);
+            database.dead_letter_ids_next = first + DEAD_LETTER_ID_BLOCK as u64;
+            snapshot.next_dead_letter_id = first;
+            self.dead_letter_ids_next = first;
+            self.dead_letter_ids_end = first + DEAD_LETTER_ID_BLOCK as u64;
+        }
         self.counters_base = snapshot.counters;
         self.revisions.clear();
         Ok(snapshot)
@@ -424,6 +432,7 @@ impl Store for SharedMemoryStore {
         let sum = sharing::counters_added(database.counters, self.counters_base, changes.counters);
         database.counters = sum;
         self.counters_base = changes.counters;
+        self.dead_letter_ids_next = self.dead_letter_ids_next.max(changes.next_dead_letter_id);
         if moved {
             for listener in &database.listeners {
                 listener.store(true, Ordering::SeqCst);

@@ -184,7 +184,10 @@ pub struct PostgresStore {
     /// The counters as last read or committed by this process: commits add the
     /// difference, so members never overwrite each other's counts.
     counters_base: Counters,
-    /// Dead-letter ids reserved by this process: `[next, end)`.
+    /// Dead-letter ids reserved by this process: `[next, end)`, `next` being the first
+    /// one no landed commit used. A rebuild (conflict, rebalance) goes on in the same
+    /// block; ids of a commit that did not land never reached the table, so they are free.
+    dead_letter_ids_next: u64,
     dead_letter_ids_end: u64,
     listener: Option<Client>,
 }
@@ -257,6 +260,7 @@ impl PostgresStore {
             claims: Vec::new(),
             claims_source: String::new(),
             counters_base: Counters::default(),
+            dead_letter_ids_next: 0,
             dead_letter_ids_end: 0,
             listener: None,
         })
@@ -706,6 +710,10 @@ impl PostgresStore {
                 .checkpoints
                 .push((row.get::<_, i64>(0) as u32, row.get::<_, i64>(1) as u64));
         }
+        if self.dead_letter_ids_next < self.dead_letter_ids_end {
+            snapshot.next_dead_letter_id = self.dead_letter_ids_next;
+            return Ok(snapshot);
+        }
         // Reserve this process's next block of dead-letter ids.
         let end: i64 = client
             .query_one(
@@ -720,6 +728,7 @@ impl PostgresStore {
             )?
             .get(0);
         snapshot.next_dead_letter_id = (end - DEAD_LETTER_ID_BLOCK).max(1) as u64;
+        self.dead_letter_ids_next = snapshot.next_dead_letter_id;
         self.dead_letter_ids_end = end as u64;
         Ok(snapshot)
     }
@@ -912,6 +921,9 @@ impl Store for PostgresStore {
                         self.revisions.insert(stream, revision);
                     }
                     self.counters_base = batch.changes.counters;
+                    self.dead_letter_ids_next = self
+                        .dead_letter_ids_next
+                        .max(batch.changes.next_dead_letter_id);
                     return Ok(());
                 }
                 Err(WriteError::Conflict(detail)) => return Err(CommitError::Conflict(detail)),

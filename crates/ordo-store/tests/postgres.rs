@@ -325,6 +325,26 @@ fn members_reserve_distinct_dead_letter_ids_and_add_up_counters() {
     assert_eq!(ids.len(), 2, "both dead letters kept: {ids:?}");
     assert_ne!(ids[0], ids[1]);
     assert_eq!(first.counters().unwrap().dead_lettered, 2);
+    // A rebuild (a conflict, a rebalance) goes on in the same block: ids stay dense
+    // within a process instead of jumping a block per rebuild.
+    // The first store reserved the first block, so its entry has the lower id.
+    let before = ids.iter().copied().min().unwrap();
+    let mut rebuilt = Engine::restore(Config::default(), first.snapshot("s").unwrap(), 0);
+    rebuilt.handle_bytes(0, None, b"still not json");
+    first
+        .commit(
+            "s",
+            CommitBatch {
+                changes: rebuilt.take_changes(),
+                documents: Vec::new(),
+            },
+        )
+        .unwrap();
+    let now: Vec<u64> = first.dead_letters().unwrap().iter().map(|d| d.id).collect();
+    assert!(
+        now.contains(&(before + 1)),
+        "the rebuilt engine went on in its block after {before}: {now:?}"
+    );
 }
 
 #[test]
