@@ -582,11 +582,10 @@ impl Engine {
     ) -> Disposition {
         let s = self.intern(&event.stream);
         let hash = id_hash(&event.id);
-        let seen = self.dedupe.contains(hash);
         let version = event.version;
         let applied = self.streams[s as usize].applied;
         if version <= applied {
-            return self.skip(seen);
+            return self.skip(self.dedupe.contains(hash));
         }
         if self.streams[s as usize].flags & SPILLED != 0 {
             // Its waiting events are in the store: decide once they are back.
@@ -614,7 +613,7 @@ impl Engine {
             if let Some(holder_id) = holder {
                 let same = match holder_id {
                     Some(id) => id == event.id,
-                    None => seen,
+                    None => self.dedupe.contains(hash),
                 };
                 if same {
                     self.counters.duplicate += 1;
