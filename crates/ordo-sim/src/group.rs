@@ -15,7 +15,10 @@
 //!   the claims in the store stop it (fenced: the process exits and is restarted);
 //! - **join**: one more process (a rebalance while everything runs);
 //! - **lost notifications**: a process never hears `NOTIFY`; the periodic re-check must
-//!   release what waits for another member.
+//!   release what waits for another member;
+//! - **poison**: purchases the document projection refuses become sequenced dead letters
+//!   (their stream waits, nothing else does), and an operator skips them with
+//!   `ordo dlq skip`'s logic from a process of its own while events are still produced.
 //!
 //! Every member steps in a seeded interleaving, with a shared clock moved by hand.
 //! Checkers draw no randomness: at the end the running group (no final sweep by a single
@@ -66,11 +69,45 @@ pub const CONVERGENCE_CHECK_STEPS: u64 = 500;
 pub const STABLE_STEPS: u64 = 1_000;
 /// Deliveries per commit at most (small: many commits, many interleavings).
 pub const COMMIT_EVENTS_MAX: usize = 16;
+/// Poison events per run (with [`GroupFaults::poison`]).
+pub const POISON_EVENTS: usize = 2;
+/// Steps between two attempts of the operator to skip dead letters. The attempts start
+/// while events are still produced, so later events of a skipped stream reach a member
+/// that must have noticed the skip.
+pub const OPERATOR_INTERVAL_STEPS: u64 = 300;
 /// Lines of trace kept for a failure report.
 pub const TRACE_TAIL_LINES: usize = 200;
 
 /// Where the simulated members' checkpoints are kept.
 const SOURCE_KEY: &str = "kafka://simulated/topic?group=members";
+
+/// The checkpoint key of the operator's process (it delivers nothing), as `ordo dlq` uses.
+const OPERATOR_SOURCE: &str = "ordo:operator";
+
+/// Turns [`POISON_EVENTS`] purchases of customers into an `incr` of the customer's name
+/// (a string: the document projection refuses it). Returns the poisoned history and the
+/// history the oracle must run once an operator skipped them: each poison replaced by a
+/// no-op at its version (a skip passes the version and changes nothing).
+fn poisoned(seed: u64, history: &[Event]) -> (Vec<Event>, Vec<Event>) {
+    let mut rng = Rng::derive(seed, "poison");
+    let mut candidates: Vec<usize> = history
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| {
+            e.stream.starts_with("customer-") && e.version >= 2 && e.op == ordo_core::Op::Incr
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let mut poisoned = history.to_vec();
+    let mut skipped = history.to_vec();
+    rng.shuffle(&mut candidates);
+    for &index in candidates.iter().take(POISON_EVENTS) {
+        poisoned[index].data = serde_json::json!({"name": 1});
+        skipped[index].op = ordo_core::Op::Patch;
+        skipped[index].data = serde_json::json!({});
+    }
+    (poisoned, skipped)
+}
 
 /// Which faults a run throws.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +120,10 @@ pub struct GroupFaults {
     pub join: bool,
     /// One member never hears notifications.
     pub lost_notifications: bool,
+    /// Poison: purchases the document projection refuses become sequenced dead letters
+    /// (their streams wait, nothing else does); later an operator skips them from a
+    /// process of its own while the group runs, and the members must go on.
+    pub poison: bool,
 }
 
 impl GroupFaults {
@@ -92,6 +133,7 @@ impl GroupFaults {
         kick: true,
         join: true,
         lost_notifications: true,
+        poison: true,
     };
 }
 
@@ -431,6 +473,8 @@ struct Simulation {
     options: RunOptions,
     /// `ORDO_GROUP_FULL_TRACE=1`: every trace line goes to stderr as it happens.
     full_trace: bool,
+    /// Dead letters the operator skipped.
+    skipped: u64,
 }
 
 impl Simulation {
@@ -504,6 +548,44 @@ impl Simulation {
         self.expulsions.push((step + noticed_steps, member.id));
         self.restarts.push(step + RESTART_STEPS.max(noticed_steps));
         self.last_disturbance_step = step;
+    }
+
+    /// An operator runs `ordo dlq skip` against the shared store from a process of its
+    /// own: it skips every sequenced dead letter there is and commits; a conflict (a
+    /// member moved a stream meanwhile) fails the verb, which the operator runs again at
+    /// the next attempt.
+    fn operator_skips(&mut self, step: u64) -> Result<(), String> {
+        let mut store = self.database.open();
+        let entries =
+            ordo_store::Store::dead_letters(&mut store).map_err(|e| format!("operator: {e}"))?;
+        let clock = Clock::manual(self.clock.clone());
+        let mut operator =
+            Consumer::open_with_clock(store, OPERATOR_SOURCE, Config::default(), clock)
+                .map_err(|e| format!("operator cannot open: {e}"))?;
+        operator.verbose = false;
+        let mut skipped = 0;
+        for entry in &entries {
+            if operator.skip(entry).is_ok() {
+                skipped += 1;
+            }
+        }
+        match operator.commit() {
+            Ok(()) if skipped == 0 => Ok(()),
+            Ok(()) => {
+                self.skipped += skipped;
+                self.last_disturbance_step = step;
+                self.record(step, format!("operator skipped {skipped} dead letters"));
+                Ok(())
+            }
+            Err(ConsumeError::Commit(CommitError::Conflict(detail))) => {
+                self.record(
+                    step,
+                    format!("operator's skip conflicted ({detail}); again later"),
+                );
+                Ok(())
+            }
+            Err(error) => Err(format!("operator failed: {error}")),
+        }
     }
 
     /// Where the divergent streams stand: their partition and its checkpoint, what
@@ -598,8 +680,14 @@ impl Simulation {
 /// Runs one seed.
 pub fn run_seed(seed: u64, options: &GroupOptions) -> GroupReport {
     let history = Scenario::Mixed.history(seed, options.events);
+    let (history, expected) = if options.faults.poison {
+        let (poisoned, skipped) = poisoned(seed, &history);
+        (poisoned, oracle::run(&skipped))
+    } else {
+        let expected = oracle::run(&history);
+        (history, expected)
+    };
     let deliveries = Scenario::Mixed.deliveries(seed, &history);
-    let expected = oracle::run(&history);
     let mut simulation = Simulation {
         seed,
         database: if options.unchecked_store {
@@ -635,6 +723,7 @@ pub fn run_seed(seed: u64, options: &GroupOptions) -> GroupReport {
             ..RunOptions::default()
         },
         full_trace: std::env::var_os("ORDO_GROUP_FULL_TRACE").is_some(),
+        skipped: 0,
     };
     let failure = simulate(&mut simulation, options, &deliveries, &expected).err();
     let mut report = simulation.report.clone();
@@ -725,6 +814,13 @@ fn simulate(
             if simulation.members.len() < MEMBERS_MAX {
                 simulation.start_member(step)?;
             }
+        }
+        if options.faults.poison
+            && step > PRODUCE_INTERVAL_STEPS
+            && step.is_multiple_of(OPERATOR_INTERVAL_STEPS)
+            && simulation.skipped < POISON_EVENTS as u64
+        {
+            simulation.operator_skips(step)?;
         }
         simulation.clock.fetch_add(
             time.range(0, STEP_MS_MAX),
