@@ -18,8 +18,8 @@ pub const AFTER_ENTRIES_MAX: usize = 64;
 /// Most sources one `merge` may fold.
 pub const MERGE_SOURCES_MAX: usize = 64;
 
-/// Default capacity of the dedupe window: it remembers at least half this many of the
-/// most recent event ids, and at most this many (see [`crate::dedupe`]).
+/// Default capacity of the dedupe window: it remembers the ids of this many most recent
+/// insertions (see [`crate::dedupe`]).
 pub const DEDUPE_WINDOW_IDS_DEFAULT: usize = 1 << 20;
 
 /// Default bound on the events one stream may hold waiting (gap buffer plus queue).
