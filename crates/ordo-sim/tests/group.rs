@@ -5,7 +5,7 @@
 //! `ORDO_GROUP_EVENTS=N` sizes the history; `ORDO_GROUP_FULL_TRACE=1` prints every step
 //! of the trace.
 
-use ordo_sim::group::{run_seed, GroupOptions};
+use ordo_sim::group::{run_seed, GroupFaults, GroupOptions};
 
 fn seeds() -> Vec<u64> {
     if let Some(seed) = env("ORDO_GROUP_SEED") {
@@ -82,4 +82,33 @@ fn works_a_rebuild_finds_ready_are_committed_without_a_new_delivery() {
     // partition was read to its end, so the merge was never written.
     let report = run_seed(57, &GroupOptions::default());
     assert!(report.ok(), "{}", report.failure_text());
+}
+
+#[test]
+fn members_go_on_after_an_operator_skips_a_dead_letter_from_another_process() {
+    // Poison and the operator alone, no rebalance: the skipped streams' later events
+    // (the poison is in the first chunk produced) must be applied by the running members.
+    // Their commit conflicts on merged customers rebuild them often, which hides whether
+    // the dead-letter re-check did it: the CLI test
+    // `a_dead_letter_skipped_by_an_operator_unblocks_a_running_member` isolates that.
+    let options = GroupOptions {
+        faults: GroupFaults {
+            kill: false,
+            kick: false,
+            join: false,
+            lost_notifications: false,
+            poison: true,
+        },
+        ..options()
+    };
+    let failures: Vec<u64> = (1..=env("ORDO_GROUP_SEEDS").unwrap_or(20))
+        .filter(|&seed| {
+            let report = run_seed(seed, &options);
+            if !report.ok() {
+                eprintln!("{}", report.failure_text());
+            }
+            !report.ok()
+        })
+        .collect();
+    assert!(failures.is_empty(), "failing seeds: {failures:?}");
 }
