@@ -339,6 +339,10 @@ pub struct Engine {
     ready: VecDeque<StreamId>,
     /// Works decided at delivery (the express lane, see `accept`), handed out first.
     express: VecDeque<Work>,
+    /// Streams that got a dead-letter marker in their slots (a superset: pruned by
+    /// [`Engine::dead_letter_markers`]), so that listing the markers does not walk every
+    /// stream.
+    marked_streams: FxHashSet<StreamId>,
     /// Awaited stream → (version needed, waiting stream).
     dependents: FxHashMap<StreamId, Vec<(u64, StreamId)>>,
     /// Busy document → streams waiting for it.
@@ -388,6 +392,7 @@ impl Engine {
             streams: Vec::new(),
             ready: VecDeque::new(),
             express: VecDeque::new(),
+            marked_streams: FxHashSet::default(),
             dependents: FxHashMap::default(),
             document_waiters: FxHashMap::default(),
             gaps: BTreeSet::new(),
@@ -432,10 +437,7 @@ impl Engine {
         for (stream, version, id) in snapshot.blocking_dead_letters {
             let s = engine.intern(&stream);
             if version > engine.streams[s as usize].applied {
-                engine
-                    .extra(s)
-                    .slots
-                    .insert(version, Slot::DeadLettered(id));
+                engine.mark_dead_lettered(s, version, id);
             }
         }
         for (stream, _) in snapshot.spilled {
@@ -548,7 +550,7 @@ impl Engine {
             position,
         );
         if let Some((s, version)) = sequenced_at {
-            self.extra(s).slots.insert(version, Slot::DeadLettered(id));
+            self.mark_dead_lettered(s, version, id);
             self.extend_contiguous(s);
             self.refresh_gap(s, now_ms);
             self.schedule(s);
@@ -773,7 +775,7 @@ impl Engine {
                     reason,
                     None,
                 );
-                self.extra(s).slots.insert(version, Slot::DeadLettered(id));
+                self.mark_dead_lettered(s, version, id);
                 if let Some(position) = work.position {
                     self.checkpoints.settle(position);
                 }
@@ -1301,16 +1303,27 @@ impl Engine {
     /// The ids of the dead letters streams wait behind here (sequenced entries). A member
     /// of a group compares them with the store: an operator may have replayed or skipped
     /// one from another process.
-    pub fn dead_letter_markers(&self) -> Vec<u64> {
-        self.streams
-            .iter()
-            .filter_map(|state| state.extra.as_ref())
-            .flat_map(|extra| extra.slots.values())
-            .filter_map(|slot| match slot {
-                Slot::DeadLettered(id) => Some(*id),
-                _ => None,
-            })
-            .collect()
+    pub fn dead_letter_markers(&mut self) -> Vec<u64> {
+        let mut markers = Vec::new();
+        let streams = &self.streams;
+        self.marked_streams.retain(|&s| {
+            let before = markers.len();
+            if let Some(extra) = streams[s as usize].extra.as_ref() {
+                markers.extend(extra.slots.values().filter_map(|slot| match slot {
+                    Slot::DeadLettered(id) => Some(*id),
+                    _ => None,
+                }));
+            }
+            // A stream whose markers are all gone (replayed, skipped, passed) is dropped.
+            markers.len() > before
+        });
+        markers.sort_unstable();
+        markers
+    }
+
+    fn mark_dead_lettered(&mut self, s: StreamId, version: u64, id: u64) {
+        self.extra(s).slots.insert(version, Slot::DeadLettered(id));
+        self.marked_streams.insert(s);
     }
 
     /// Asks for every spilled stream to be loaded back ([`Self::poll_load`]): for views
@@ -1917,7 +1930,7 @@ impl Engine {
             reason,
             None,
         );
-        self.extra(s).slots.insert(version, Slot::DeadLettered(id));
+        self.mark_dead_lettered(s, version, id);
         self.pending_changed.insert((s, version));
         self.block(s);
     }

@@ -360,6 +360,29 @@ fn skipping_a_dead_letter_passes_its_version() {
 }
 
 #[test]
+fn the_dead_letters_streams_wait_behind_are_listed_until_resolved() {
+    let mut d = Driver::new(Config::default());
+    d.reject = Box::new(|e| (e.version == 1).then(|| "poison".to_string()));
+    d.send(incr("a", 1));
+    d.send(incr("b", 1));
+    d.send(incr("b", 2));
+    let mut entries = d.engine.take_changes().dead_letters_put;
+    let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
+    assert_eq!(
+        d.engine.dead_letter_markers(),
+        ids,
+        "one marker per blocked stream"
+    );
+    let first = entries.remove(0);
+    d.engine.skip_dead_letter(0, &first).unwrap();
+    d.run();
+    assert_eq!(d.engine.dead_letter_markers(), vec![entries[0].id]);
+    d.engine.skip_dead_letter(0, &entries[0]).unwrap();
+    d.run();
+    assert!(d.engine.dead_letter_markers().is_empty());
+}
+
+#[test]
 fn invalid_input_is_dead_lettered_in_sequence_when_routable_and_aside_when_not() {
     let mut d = Driver::new(Config::default());
     assert_eq!(
