@@ -179,20 +179,26 @@ impl<S: Store> Consumer<S> {
         &mut self.store
     }
 
-    /// Hands one delivery (raw bytes) to the engine.
-    pub fn deliver(&mut self, position: SourcePosition, bytes: &[u8]) {
-        self.engine
-            .handle_bytes(self.clock.now_ms(), Some(position), bytes);
+    /// Hands one delivery (raw bytes) to the engine, as received at `now_ms` (read once
+    /// per polled batch: the clock is not worth a call per delivery).
+    pub fn deliver(&mut self, now_ms: u64, position: SourcePosition, bytes: &[u8]) {
+        self.engine.handle_bytes(now_ms, Some(position), bytes);
         self.uncommitted_events += 1;
     }
 
     /// Hands one broker message to the engine, dead-lettering it when its key is not
     /// its stream.
-    pub fn deliver_keyed(&mut self, position: SourcePosition, bytes: &[u8], key: Option<&[u8]>) {
+    pub fn deliver_keyed(
+        &mut self,
+        now_ms: u64,
+        position: SourcePosition,
+        bytes: &[u8],
+        key: Option<&[u8]>,
+    ) {
         let Some(key) = key else {
-            return self.deliver(position, bytes);
+            return self.deliver(now_ms, position, bytes);
         };
-        let now = self.clock.now_ms();
+        let now = now_ms;
         match ordo_core::parse_event(bytes, self.engine.config().op_policy) {
             Ok(event) if event.stream.as_bytes() == key => {
                 self.engine.handle_event(now, Some(position), event);
@@ -313,15 +319,15 @@ impl<S: Store> Consumer<S> {
         let mut applied = 0;
         let mut round: Vec<Work> = Vec::new();
         loop {
+            // One reading of the clock per round of up to WORKS_PER_ROUND_MAX works.
+            let now_ms = self.clock.now_ms();
             // Spilled streams that may go on (or got a new event) come back first.
             while let Some(load) = self.engine.poll_load() {
                 let loaded = self.store.load_pending(&load)?;
-
-                self.engine
-                    .handle_loaded(self.clock.now_ms(), &load, loaded);
+                self.engine.handle_loaded(now_ms, &load, loaded);
             }
             while round.len() < WORKS_PER_ROUND_MAX {
-                match self.engine.poll_work(self.clock.now_ms()) {
+                match self.engine.poll_work(now_ms) {
                     Some(work) => round.push(work),
                     None => break,
                 }
@@ -357,8 +363,7 @@ impl<S: Store> Consumer<S> {
             }
             for work in round.drain(..) {
                 let outcome = self.apply(&work);
-                self.engine
-                    .handle_outcome(self.clock.now_ms(), work, outcome);
+                self.engine.handle_outcome(now_ms, work, outcome);
                 applied += 1;
             }
         }

@@ -166,8 +166,7 @@ pub struct RunLoop {
     options: RunOptions,
     delivered: u64,
     commits: u64,
-    conflicts: u32,
-    conflicts_total: u64,
+    conflicts: Conflicts,
     first_delivery: Option<Instant>,
     last_delivery: Option<Instant>,
     oldest_uncommitted_ms: Option<u64>,
@@ -199,8 +198,7 @@ impl RunLoop {
             options: options.clone(),
             delivered: 0,
             commits: 0,
-            conflicts: 0,
-            conflicts_total: 0,
+            conflicts: Conflicts::default(),
             first_delivery: None,
             last_delivery: None,
             oldest_uncommitted_ms: None,
@@ -227,26 +225,12 @@ impl RunLoop {
     /// Commits refused so far because another process sharing the store got there first
     /// (each one rebuilt the state and read the batch again).
     pub fn conflicts_total(&self) -> u64 {
-        self.conflicts_total
+        self.conflicts.total
     }
 
     /// One round: poll the source once, apply, commit when due. `Some` when the run
     /// ended (`stop`: the last batch was committed).
     pub fn step<S: Store>(
-        &mut self,
-        consumer: &mut Consumer<S>,
-        source: &mut dyn Source,
-        stop: bool,
-    ) -> Result<Option<RunEnd>, RunError> {
-        let conflicts_before = self.conflicts;
-        let ended = self.step_inner(consumer, source, stop);
-        if self.conflicts > conflicts_before {
-            self.conflicts_total += u64::from(self.conflicts - conflicts_before);
-        }
-        ended
-    }
-
-    fn step_inner<S: Store>(
         &mut self,
         consumer: &mut Consumer<S>,
         source: &mut dyn Source,
@@ -309,13 +293,17 @@ impl RunLoop {
             }
             Polled::Nothing => {}
             Polled::Events(events) => {
+                // The batch arrived at one moment: one reading of each clock for all of it.
+                let received = Instant::now();
+                let received_ms = consumer.clock().now_ms();
+                if !events.is_empty() {
+                    self.oldest_uncommitted_ms.get_or_insert(received_ms);
+                    self.first_delivery.get_or_insert(received);
+                    self.last_delivery = Some(received);
+                }
                 for (position, bytes, key) in events {
-                    consumer.deliver_keyed(position, &bytes, key.as_deref());
+                    consumer.deliver_keyed(received_ms, position, &bytes, key.as_deref());
                     self.delivered += 1;
-                    self.oldest_uncommitted_ms
-                        .get_or_insert_with(|| consumer.clock().now_ms());
-                    self.first_delivery.get_or_insert_with(Instant::now);
-                    self.last_delivery = Some(Instant::now());
                     if options.crash_after_deliveries == Some(self.delivered) {
                         return Ok(Some(RunEnd::Crashed));
                     }
@@ -410,25 +398,35 @@ impl RunLoop {
     }
 }
 
+/// Commits refused because another process sharing the store got there first.
+#[derive(Clone, Copy, Debug, Default)]
+struct Conflicts {
+    /// Since the last commit that landed (the run gives up beyond a bound).
+    in_a_row: u32,
+    /// Over the whole run.
+    total: u64,
+}
+
 /// Commits the consumer's batch. `Ok(false)`: another process sharing the store changed
 /// what the batch was computed from; the state was rebuilt from the store and, with
 /// `rewind`, the source set back to the stored checkpoints to read the batch again.
 fn commit<S: Store>(
     consumer: &mut Consumer<S>,
     source: &mut dyn Source,
-    conflicts: &mut u32,
+    conflicts: &mut Conflicts,
     rewind: bool,
 ) -> Result<bool, RunError> {
     match consumer.commit() {
         Ok(()) => {
-            *conflicts = 0;
+            conflicts.in_a_row = 0;
             Ok(true)
         }
         Err(ConsumeError::Commit(CommitError::Conflict(detail))) => {
-            *conflicts += 1;
-            if *conflicts > CONFLICTS_IN_A_ROW_MAX {
+            conflicts.in_a_row += 1;
+            conflicts.total += 1;
+            if conflicts.in_a_row > CONFLICTS_IN_A_ROW_MAX {
                 return Err(RunError::Conflicts {
-                    count: *conflicts,
+                    count: conflicts.in_a_row,
                     last: detail,
                 });
             }

@@ -307,7 +307,8 @@ impl Trace {
     }
 }
 
-fn partition_of(stream: &str, partitions: u32) -> u32 {
+/// The partition a keyed producer sends a stream's events to.
+pub(crate) fn partition_of(stream: &str, partitions: u32) -> u32 {
     (ordo_core::dedupe::id_hash(stream) % u64::from(partitions)) as u32
 }
 

@@ -36,6 +36,7 @@ use ordo_runtime::{
 };
 use ordo_store::{CommitError, SharedMemory, SharedMemoryStore};
 
+use crate::chaos::partition_of;
 use crate::export::{compare, Export};
 use crate::oracle;
 use crate::rng::Rng;
@@ -440,10 +441,6 @@ struct Member {
     run: RunLoop,
 }
 
-fn partition_of(stream: &str) -> u32 {
-    (ordo_core::dedupe::id_hash(stream) % u64::from(PARTITIONS)) as u32
-}
-
 /// The store's rows as the oracle's export.
 fn export(database: &SharedMemory) -> Export {
     crate::export::from_store(database.export())
@@ -606,7 +603,7 @@ impl Simulation {
             );
         }
         for stream in streams {
-            let partition = partition_of(stream);
+            let partition = partition_of(stream, PARTITIONS);
             let _ = writeln!(
                 text,
                 "  `{stream}`: partition {partition}, {} messages, checkpoint {:?}",
@@ -769,7 +766,7 @@ fn simulate(
             if let Some(chunk) = chunks.next() {
                 let mut broker = lock(&simulation.broker);
                 for event in chunk {
-                    broker.topic[partition_of(&event.stream) as usize].push(Message {
+                    broker.topic[partition_of(&event.stream, PARTITIONS) as usize].push(Message {
                         value: event.to_json_string().into_bytes(),
                         key: event.stream.as_bytes().to_vec(),
                     });

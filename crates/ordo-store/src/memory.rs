@@ -42,7 +42,6 @@ struct Database {
     /// Every open store's notification flag (`NOTIFY` on commits that move streams).
     listeners: Vec<Arc<AtomicBool>>,
     members_opened: u64,
-    commits: u64,
     /// A broken store for checker tests: commits skip every sharing check.
     unchecked: bool,
 }
@@ -101,11 +100,6 @@ impl SharedMemory {
         export(&database)
     }
 
-    /// Commits that landed.
-    pub fn commits(&self) -> u64 {
-        self.lock().commits
-    }
-
     /// The checkpoint stored for a partition of `source`.
     pub fn checkpoint(&self, source: &str, partition: u32) -> Option<u64> {
         self.lock()
@@ -122,11 +116,6 @@ impl SharedMemory {
             .filter(|r| &*r.stream == stream)
             .cloned()
             .collect()
-    }
-
-    /// How many events wait in the store.
-    pub fn pending_count(&self) -> usize {
-        self.lock().pending.len()
     }
 }
 
@@ -438,7 +427,6 @@ impl Store for SharedMemoryStore {
                 listener.store(true, Ordering::SeqCst);
             }
         }
-        database.commits += 1;
         Ok(())
     }
 

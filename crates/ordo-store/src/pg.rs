@@ -47,7 +47,8 @@ use crate::{sharing, CommitBatch, ExportRow, Store};
 /// The schema this build writes (kept in step with the SQLite store's).
 pub const POSTGRES_SCHEMA_VERSION: i64 = 2;
 
-/// Dead-letter ids each process reserves at a time (at open and on every rebuild).
+/// Dead-letter ids each process reserves at a time (at its first snapshot, then whenever
+/// the block is used up; rebuilds go on in the block).
 pub const DEAD_LETTER_ID_BLOCK: i64 = 10_000;
 
 /// Most attempts to re-establish a lost connection within one operation.
@@ -825,22 +826,8 @@ impl Store for PostgresStore {
         let mut snapshot = self.retrying(|store| store.snapshot_once(source))?;
         // Parked streams stay in the store (spilled): only their names and what they wait
         // for are read.
-        snapshot.pending = self.pending_rows(
-            &format!(
-                "SELECT {} FROM pending WHERE stream NOT IN
-                 (SELECT stream FROM pending WHERE awaits_stream IS NOT NULL)
-                 ORDER BY stream, version",
-                rows::PENDING_COLUMNS
-            ),
-            &[],
-        )?;
-        let spilled = self.retrying(|store| {
-            store.client.query(
-                "SELECT stream, MIN(partition) FROM pending WHERE awaits_stream IS NOT NULL
-                 GROUP BY stream",
-                &[],
-            )
-        })?;
+        snapshot.pending = self.pending_rows(&rows::unparked_pending_sql(), &[])?;
+        let spilled = self.retrying(|store| store.client.query(rows::SPILLED_STREAMS_SQL, &[]))?;
         for row in spilled {
             let partition: Option<i64> = row.get(1);
             snapshot.spilled.push((
@@ -848,13 +835,7 @@ impl Store for PostgresStore {
                 partition.and_then(|p| u32::try_from(p).ok()),
             ));
         }
-        let waiters = self.retrying(|store| {
-            store.client.query(
-                "SELECT awaits_stream, MIN(awaits_version) FROM pending
-                 WHERE awaits_stream IS NOT NULL GROUP BY awaits_stream",
-                &[],
-            )
-        })?;
+        let waiters = self.retrying(|store| store.client.query(rows::SPILLED_WAITERS_SQL, &[]))?;
         for row in waiters {
             snapshot.spilled_waiters.push((
                 row.get::<_, String>(0).into_boxed_str(),

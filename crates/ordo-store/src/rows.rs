@@ -27,6 +27,26 @@ pub(crate) fn pending_state_name(state: PendingState) -> &'static str {
 pub(crate) const PENDING_COLUMNS: &str =
     "stream, version, state, event, partition, awaits_stream, awaits_version";
 
+/// A snapshot's waiting events: the rows of every stream whose head is not parked
+/// (parked streams stay in the store, spilled). The same text for both databases.
+pub(crate) fn unparked_pending_sql() -> String {
+    format!(
+        "SELECT {PENDING_COLUMNS} FROM pending WHERE stream NOT IN
+         (SELECT stream FROM pending WHERE awaits_stream IS NOT NULL)
+         ORDER BY stream, version"
+    )
+}
+
+/// A snapshot's spilled streams, with the partition they were read from.
+pub(crate) const SPILLED_STREAMS_SQL: &str =
+    "SELECT stream, MIN(partition) FROM pending WHERE awaits_stream IS NOT NULL
+     GROUP BY stream";
+
+/// For each stream spilled streams wait for, the lowest version any of them needs.
+pub(crate) const SPILLED_WAITERS_SQL: &str =
+    "SELECT awaits_stream, MIN(awaits_version) FROM pending
+     WHERE awaits_stream IS NOT NULL GROUP BY awaits_stream";
+
 /// A pending row back into a record.
 pub(crate) fn pending_record(
     stream: String,

@@ -617,20 +617,9 @@ impl Store for SqliteStore {
         }
         // Parked streams stay in the store (spilled); only their names and what they wait
         // for are read. The rest of the waiting events come back into memory.
-        snapshot.pending = self.pending_rows(
-            &format!(
-                "SELECT {} FROM pending WHERE stream NOT IN
-                 (SELECT stream FROM pending WHERE awaits_stream IS NOT NULL)
-                 ORDER BY stream, version",
-                rows::PENDING_COLUMNS
-            ),
-            &[],
-        )?;
+        snapshot.pending = self.pending_rows(&rows::unparked_pending_sql(), &[])?;
         {
-            let mut statement = self.connection.prepare(
-                "SELECT stream, MIN(partition) FROM pending WHERE awaits_stream IS NOT NULL
-                 GROUP BY stream",
-            )?;
+            let mut statement = self.connection.prepare(rows::SPILLED_STREAMS_SQL)?;
             let mut found = statement.query([])?;
             while let Some(row) = found.next()? {
                 let stream: String = row.get(0)?;
@@ -640,10 +629,7 @@ impl Store for SqliteStore {
                     partition.and_then(|p| u32::try_from(p).ok()),
                 ));
             }
-            let mut statement = self.connection.prepare(
-                "SELECT awaits_stream, MIN(awaits_version) FROM pending
-                 WHERE awaits_stream IS NOT NULL GROUP BY awaits_stream",
-            )?;
+            let mut statement = self.connection.prepare(rows::SPILLED_WAITERS_SQL)?;
             let mut found = statement.query([])?;
             while let Some(row) = found.next()? {
                 let stream: String = row.get(0)?;
