@@ -108,6 +108,34 @@ pub struct RunArgs {
     /// Engine settings.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Your own handler instead of the built-in document projection.
+    #[command(flatten)]
+    pub handler: HandlerArgs,
+}
+
+/// `run --handler`: the team's own code behind ordo's ordering.
+#[derive(Debug, Args, Clone)]
+pub struct HandlerArgs {
+    /// Hand each event, in its turn, to your code instead of the built-in document
+    /// projection: http://HOST:PORT/PATH, https://... (one POST per event) or
+    /// exec:COMMAND (JSON lines on the command's stdin and stdout).
+    #[arg(long, value_name = "URL")]
+    pub handler: Option<String>,
+    /// Handler calls at once across streams (never two of one stream or document).
+    #[arg(long, value_name = "N", default_value_t = ordo_runtime::handler::CONCURRENCY_DEFAULT)]
+    pub concurrency: usize,
+    /// Longest wait for one handler answer; then the call is retried.
+    #[arg(long, value_name = "MS", default_value_t = ordo_runtime::handler::HANDLER_TIMEOUT_MS_DEFAULT)]
+    pub handler_timeout_ms: u64,
+    /// Calls per event before it is dead-lettered with the last error.
+    #[arg(long, value_name = "N", default_value_t = ordo_runtime::handler::HANDLER_ATTEMPTS_DEFAULT)]
+    pub handler_attempts: u32,
+    /// Pause before an event's second call; it doubles per attempt, with jitter.
+    #[arg(long, value_name = "MS", default_value_t = ordo_runtime::handler::BACKOFF_INITIAL_MS_DEFAULT)]
+    pub handler_backoff_ms: u64,
+    /// Longest pause between two calls of one event (`Retry-After` is honoured).
+    #[arg(long, value_name = "MS", default_value_t = ordo_runtime::handler::BACKOFF_MAX_MS_DEFAULT)]
+    pub handler_backoff_max_ms: u64,
 }
 
 /// `ordo append`.

@@ -85,13 +85,38 @@ fn select(entries: Vec<DeadLetter>, ids: &[u64]) -> anyhow::Result<Vec<DeadLette
     Ok(selected)
 }
 
+/// The engine settings and the handler an operator verb restores: the ones the last
+/// `run` recorded.
+fn operator_config(
+    args: &crate::cli::EngineArgs,
+    store: &mut ordo_store::AnyStore,
+) -> anyhow::Result<(ordo_core::Config, Option<crate::handler::HandlerSettings>)> {
+    let mut config = engine_config(args, store)?;
+    let handler = crate::handler::recorded(store)?;
+    crate::handler::adapt_config(&mut config, handler.as_ref());
+    Ok((config, handler))
+}
+
+/// A consumer for an operator verb: what it unblocks goes to the recorded handler, if any.
+fn operator_consumer(
+    store: ordo_store::AnyStore,
+    config: ordo_core::Config,
+    handler: Option<crate::handler::HandlerSettings>,
+) -> anyhow::Result<Consumer<ordo_store::AnyStore>> {
+    let consumer = Consumer::open(store, OPERATOR_SOURCE, config)?;
+    Ok(match handler {
+        Some(settings) => consumer.with_handlers(crate::handler::start(&settings)?),
+        None => consumer,
+    })
+}
+
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let per_second = parse_rate(&args.rate)?;
     let mut store = open_store(&args.store, false)?;
     store.acquire_lease("ordo dlq replay")?;
-    let config = engine_config(&args.engine, &mut store)?;
+    let (config, handler) = operator_config(&args.engine, &mut store)?;
     let entries = select(store.dead_letters()?, &args.ids)?;
-    let mut consumer = Consumer::open(store, OPERATOR_SOURCE, config)?;
+    let mut consumer = operator_consumer(store, config, handler)?;
     let interval = Duration::from_secs_f64(1.0 / per_second);
     let started = Instant::now();
     let mut failures = 0;
@@ -142,9 +167,9 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 pub fn skip(args: SkipArgs) -> anyhow::Result<ExitCode> {
     let mut store = open_store(&args.store, false)?;
     store.acquire_lease("ordo dlq skip")?;
-    let config = engine_config(&args.engine, &mut store)?;
+    let (config, handler) = operator_config(&args.engine, &mut store)?;
     let entries = select(store.dead_letters()?, &args.ids)?;
-    let mut consumer = Consumer::open(store, OPERATOR_SOURCE, config)?;
+    let mut consumer = operator_consumer(store, config, handler)?;
     let mut failures = 0;
     for entry in &entries {
         match consumer.skip(entry) {
@@ -165,7 +190,7 @@ pub fn skip(args: SkipArgs) -> anyhow::Result<ExitCode> {
 
 pub fn parked(args: ListArgs) -> anyhow::Result<ExitCode> {
     let mut store = open_store(&args.store, false)?;
-    let config = engine_config(
+    let (config, _) = operator_config(
         &crate::cli::EngineArgs {
             gap_timeout_ms: None,
             monotonic: Vec::new(),

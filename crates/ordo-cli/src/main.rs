@@ -22,6 +22,7 @@ mod cli;
 mod demo;
 mod dlq;
 mod export;
+mod handler;
 mod relay;
 mod run;
 mod settings;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
         }
     };
+    init_logs();
     if matches!(
         cli.command,
         cli::Command::Demo(_) | cli::Command::Run(_) | cli::Command::Relay(_)
@@ -74,4 +76,19 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Library events (`tracing`) as human lines on stderr; `ORDO_LOG` picks the level
+/// (error, warn, info, debug, trace; default info).
+fn init_logs() {
+    let level = std::env::var("ORDO_LOG")
+        .ok()
+        .and_then(|text| text.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .without_time()
+        .init();
 }

@@ -21,7 +21,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !matches!(source_url, SourceUrl::Kafka(_)) {
         store.acquire_lease("ordo run")?;
     }
-    let config = engine_config(&args.engine, &mut store)?;
+    let mut config = engine_config(&args.engine, &mut store)?;
+    let handler = crate::handler::for_run(&args.handler, &mut store)?;
+    crate::handler::adapt_config(&mut config, handler.as_ref());
     record_engine_config(&mut store, &config)?;
     if let Ok(fault) = std::env::var(FAULT_VARIABLE) {
         let (commit, stage) = fault
@@ -57,7 +59,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         other => (ordo_runtime::source::open(other)?, other.checkpoint_key()),
     };
-    let consumer = Consumer::open(store, &checkpoint_key, config)?;
+    let mut consumer = Consumer::open(store, &checkpoint_key, config)?;
+    if let Some(settings) = &handler {
+        consumer = consumer.with_handlers(crate::handler::start(settings)?);
+    }
     let mut options = RunOptions {
         exit_when_idle: args.exit_when_idle,
         progress: args.progress,

@@ -322,6 +322,7 @@ fn a_consumer_group_with_a_member_added_and_one_stopped_matches_the_oracle() {
     let thirds: Vec<&[Event]> = deliveries.chunks(deliveries.len().div_ceil(3)).collect();
     let scratch = Scratch::new();
     let store = scratch.store("state.db");
+    let consumed = || sqlite_consumed(&scratch.path("state.db"));
     let source = broker.source("group", "shared");
     let spawn = || {
         ordo()
@@ -334,48 +335,122 @@ fn a_consumer_group_with_a_member_added_and_one_stopped_matches_the_oracle() {
             .unwrap()
     };
     // Traffic arrives while the group changes: a first member alone, a second joining
-    // (rebalance), the first leaving (rebalance), the second alone.
+    // (rebalance), the first leaving (rebalance), the second alone. Each step waits for
+    // what it needs (the store's checkpoints), never for a fixed time: the first member
+    // alone reads the first third, the second alone reads the last.
     broker.produce("group", thirds[0], None);
     let first = spawn();
-    std::thread::sleep(Duration::from_millis(2000));
+    wait_until(
+        "the first member read the first third",
+        GROUP_STEP_MS,
+        || consumed() >= thirds[0].len() as i64,
+    );
     let second = spawn();
-    std::thread::sleep(Duration::from_millis(6000));
     broker.produce("group", thirds[1], None);
-    std::thread::sleep(Duration::from_millis(3000));
-    let _ = Command::new("kill")
-        .args(["-TERM", &first.id().to_string()])
-        .status();
-    let first_out = first.wait_with_output().unwrap();
-    assert_eq!(
-        first_out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&first_out.stderr)
-    );
-    std::thread::sleep(Duration::from_millis(6000));
+    let two_thirds = (thirds[0].len() + thirds[1].len()) as i64;
+    wait_until("the group read the second third", GROUP_STEP_MS, || {
+        consumed() >= two_thirds
+    });
+    let first_out = stop(first);
     broker.produce("group", thirds[2], None);
-    std::thread::sleep(Duration::from_millis(3000));
-    let _ = Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status();
-    let second_out = second.wait_with_output().unwrap();
-    assert_eq!(
-        second_out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&second_out.stderr)
+    wait_until(
+        "the second member, alone, read the rest",
+        GROUP_STEP_MS,
+        || consumed() >= deliveries.len() as i64,
     );
+    let second_out = stop(second);
     let (first_count, second_count) = (
         delivered_in(&first_out.stderr),
         delivered_in(&second_out.stderr),
     );
     assert!(
         first_count > 0 && second_count > 0,
-        "both members consumed: {first_count}, {second_count}"
+        "each member consumed while it was alone: {first_count}, {second_count}"
     );
-    run_until_idle(&source, &store);
+    // The sweep must find nothing left: the members had read and committed everything.
+    let sweep = run_idle(&source, &store, &["--idle-ms", "1000"]);
+    assert_eq!(
+        delivered_in(&sweep.stderr),
+        0,
+        "the members left nothing unread or uncommitted"
+    );
     let divergence = compare(&oracle::run(&history), &export(&store), true);
     assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
+}
+
+/// Longest wait for one step of a group test (a join, a rebalance, reading a third).
+const GROUP_STEP_MS: u64 = 60_000;
+
+/// Partitions of the three-member test's topic.
+const SCALE_PARTITIONS: u32 = 6;
+
+/// Polls `done` every 200 ms for at most `limit_ms`; whether it came true.
+fn bounded_wait(limit_ms: u64, mut done: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if started.elapsed() >= Duration::from_millis(limit_ms) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits for `done` at most `limit_ms`, failing the test with `what` otherwise.
+fn wait_until(what: &str, limit_ms: u64, done: impl FnMut() -> bool) {
+    assert!(
+        bounded_wait(limit_ms, done),
+        "{what}: not within {limit_ms} ms"
+    );
+}
+
+/// Stops a member with SIGTERM, asserting a clean exit; its output.
+fn stop(member: Child) -> std::process::Output {
+    let _ = Command::new("kill")
+        .args(["-TERM", &member.id().to_string()])
+        .status();
+    let output = member.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// How many offsets a SQLite store's checkpoints cover, read beside a running member.
+fn sqlite_consumed(path: &std::path::Path) -> i64 {
+    let Ok(db) =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0; // not created yet
+    };
+    db.query_row(
+        "SELECT COALESCE(SUM(\"offset\" + 1), 0) FROM checkpoints",
+        [],
+        |row| row.get(0),
+    )
+    .unwrap_or(0)
+}
+
+/// How many partitions each process (by pid) holds in a PostgreSQL store's claims.
+fn claims_by_member(schema: &str) -> std::collections::HashMap<u32, i64> {
+    postgres_admin()
+        .query(
+            &format!(
+                "SELECT split_part(member, '-', 1)::BIGINT, COUNT(*) FROM {schema}.claims GROUP BY 1"
+            ),
+            &[],
+        )
+        .map(|rows| {
+            rows.iter()
+                .map(|row| (row.get::<_, i64>(0) as u32, row.get::<_, i64>(1)))
+                .collect()
+        })
+        .unwrap_or_default() // the schema is created by the first member
 }
 
 /// How many offsets a PostgreSQL store's checkpoints cover (offsets start at 0).
@@ -385,8 +460,7 @@ fn admin_consumed(schema: &str) -> i64 {
             &format!("SELECT COALESCE(SUM(\"offset\" + 1), 0)::BIGINT FROM {schema}.checkpoints"),
             &[],
         )
-        .unwrap()
-        .get(0)
+        .map_or(0, |row| row.get(0)) // the schema is created by the first member
 }
 
 /// The delivery count a finished `ordo run` printed.
@@ -399,13 +473,24 @@ fn delivered_in(stderr: &[u8]) -> u64 {
         .unwrap_or_else(|| panic!("no delivery count in: {text}"))
 }
 
-/// Three processes in one group sharing PostgreSQL, one SIGKILLed, the running group
-/// checked against the oracle. It failed about half the time until the group simulation
-/// (`ordo_sim::group`, seed 57) found why: works a rebuild released were not committed.
+/// Three processes in one group sharing PostgreSQL, the one holding the most partitions
+/// SIGKILLed mid-stream, a replacement started as a supervisor would. What it proves, and
+/// all it asserts: the killed member's partitions are taken over by live members, the
+/// group reads every offset produced, and the running group (no final sweep by a single
+/// process) reaches the oracle; every member then stops cleanly, or, if the broker handed
+/// one partition to two members, is fenced. How many events each member got is the
+/// broker's assignment, not ordo's behaviour, and is only printed. (That a zombie writes
+/// nothing once fenced is proven where it can be made to happen on purpose: the store's
+/// `a_zombie_member_is_fenced` and the group simulation.)
+///
+/// It failed about half the time until the group simulation (`ordo_sim::group`, seed 57)
+/// found why: works a rebuild released were not committed. Later it failed on the
+/// broker's assignment alone (a spare member given only partitions already read), which
+/// it no longer asserts on.
 #[test]
 fn three_members_sharing_postgres_survive_a_sigkill_and_rebalances() {
     let broker = Broker::start();
-    broker.create_topic("scale", 6);
+    broker.create_topic("scale", SCALE_PARTITIONS);
     let seed = 67;
     // Dependencies (products after categories) and merges (purchases of merged customers)
     // that cross partitions, so members wait for and redirect into each other's streams.
@@ -438,49 +523,50 @@ fn three_members_sharing_postgres_survive_a_sigkill_and_rebalances() {
             .unwrap();
         (child, log)
     };
+    let consumed = || admin_consumed(&schema);
     broker.produce("scale", thirds[0], None);
-    let (mut killed, _) = spawn();
-    let killed_pid = killed.id();
-    let second = spawn();
-    let third = spawn();
-    std::thread::sleep(Duration::from_millis(4000));
+    let mut members = vec![spawn(), spawn(), spawn()];
+    wait_until(
+        "every partition claimed and the first third read",
+        GROUP_STEP_MS,
+        || {
+            claims_by_member(&schema).values().sum::<i64>() == i64::from(SCALE_PARTITIONS)
+                && consumed() >= thirds[0].len() as i64
+        },
+    );
     broker.produce("scale", thirds[1], None);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_until("the group reading the second third", GROUP_STEP_MS, || {
+        consumed() > thirds[0].len() as i64
+    });
     // Killed mid-stream: its uncommitted batch is read again by whoever takes its
-    // partitions once the group notices (session timeout, then a rebalance).
+    // partitions once the group notices (session timeout, then a rebalance). The member
+    // that holds the most partitions now is the one whose death matters most.
+    let claims = claims_by_member(&schema);
+    let held = |i: usize| claims.get(&members[i].0.id()).copied().unwrap_or(0);
+    let victim = (0..members.len()).max_by_key(|&i| held(i)).unwrap();
+    assert!(held(victim) > 0, "a member holds a claim: {claims:?}");
+    let (mut killed, _) = members.remove(victim);
+    let killed_pid = killed.id();
     let _ = Command::new("kill")
-        .args(["-KILL", &killed.id().to_string()])
+        .args(["-KILL", &killed_pid.to_string()])
         .status();
     let _ = killed.wait();
-    // A supervisor starts a replacement; the group rebalances and the dead member's
-    // partitions are claimed by a live member (the claims table says so). tansu 0.6 does
-    // not expire a dead member's session on its own (a real broker would) and now and
-    // then lets a join hang: a second replacement is started if the first does not
-    // bring the rebalance within 25 s.
     let killed_at = Instant::now();
-    let dead_member = format!("{killed_pid}-%");
-    let mut taken_over = |limit: Duration| -> bool {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            let orphaned: i64 = admin
-                .query_one(
-                    &format!("SELECT COUNT(*) FROM {schema}.claims WHERE member LIKE $1"),
-                    &[&dead_member],
-                )
-                .unwrap()
-                .get(0);
-            if orphaned == 0 {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        false
+    // A supervisor starts a replacement; the group rebalances and the dead member's
+    // partitions are claimed by live members (the claims table says so). tansu 0.6 keeps
+    // a dead member until a live member's heartbeat finds it past its session timeout
+    // (6 s here), and may hand it partitions until then; a join that hangs gets one more
+    // member after 25 s.
+    members.push(spawn());
+    let taken_over = |limit_ms: u64| {
+        bounded_wait(limit_ms, || {
+            !claims_by_member(&schema).contains_key(&killed_pid)
+        })
     };
-    let mut live = vec![second, third, spawn()];
-    if !taken_over(Duration::from_secs(25)) {
-        live.push(spawn());
+    if !taken_over(25_000) {
+        members.push(spawn());
         assert!(
-            taken_over(Duration::from_secs(35)),
+            taken_over(35_000),
             "the killed member's partitions were not taken over within 60 s"
         );
     }
@@ -489,24 +575,25 @@ fn three_members_sharing_postgres_survive_a_sigkill_and_rebalances() {
         killed_at.elapsed()
     );
     broker.produce("scale", thirds[2], None);
-    // tansu 0.6 may keep the dead member in the group and hand it a partition in a later
-    // rebalance, where nobody reads it. The group must read everything produced (the sum
-    // of the stored checkpoints says how far it got); while it does not, one more member
-    // is started (a rebalance), at most three times.
-    let consumed = || -> i64 { admin_consumed(&schema) };
+    // The group must read everything produced (the sum of the stored checkpoints says how
+    // far it got). A partition the broker handed to the dead member before expiring it is
+    // unread until the next rebalance; one more member (a rebalance) is started after
+    // 20 s without it, at most three times, then this fails: a partition nobody reads.
+    let all = deliveries.len() as i64;
     for _ in 0..3 {
-        let started = Instant::now();
-        while consumed() < deliveries.len() as i64 && started.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        if consumed() >= deliveries.len() as i64 {
+        if bounded_wait(20_000, || consumed() >= all) {
             break;
         }
         eprintln!(
             "a partition is not being read (tansu handed it to the dead member): one more member"
         );
-        live.push(spawn());
+        members.push(spawn());
     }
+    assert!(
+        bounded_wait(20_000, || consumed() >= all),
+        "the group read {} of {all} offsets: a partition nobody reads",
+        consumed()
+    );
     // No last sweep by a single process: the live members themselves must converge
     // (releasing each other's parked events, redirecting into each other's merges)
     // while they run. Wait until the store matches the oracle, or give up after 120 s.
@@ -529,7 +616,7 @@ fn three_members_sharing_postgres_survive_a_sigkill_and_rebalances() {
     );
     let mut conflicts = 0;
     let mut counts = Vec::new();
-    for (mut member, log) in live {
+    for (mut member, log) in members {
         let _ = Command::new("kill")
             .args(["-TERM", &member.id().to_string()])
             .status();
@@ -544,11 +631,8 @@ fn three_members_sharing_postgres_survive_a_sigkill_and_rebalances() {
         conflicts += text.matches("commit conflict").count();
         counts.push(delivered_in(&stderr));
     }
+    // Assignment is the broker's: a spare member may legitimately get nothing to read.
     eprintln!("live members delivered {counts:?}, {conflicts} commit conflicts resolved");
-    assert!(
-        counts.iter().all(|&n| n > 0),
-        "every live member consumed: {counts:?}"
-    );
     // Stopping commits nothing that changes the result.
     let divergence = compare(&expected, &export(&store), true);
     assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");

@@ -6,10 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ordo_core::{Config, Counters, DeadLetter, Engine, Notice, Outcome, SourcePosition, Work};
+use ordo_core::{
+    Config, Counters, DeadLetter, Disposition, Engine, Notice, Outcome, SourcePosition, Work,
+};
 use ordo_projection::{run_work, Document, DocumentProjection, DocumentSlots};
 use ordo_store::{CommitBatch, CommitError, ReadError, Store};
 use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::handler::HandlerPool;
 
 /// Most documents kept in memory between commits; beyond it, clean ones are dropped.
 pub const DOCUMENT_CACHE_MAX: usize = 200_000;
@@ -19,6 +23,16 @@ pub const WORKS_PER_ROUND_MAX: usize = 4096;
 
 /// Most stream positions read per query when refreshing what parked events wait for.
 pub const AWAITED_READ_CHUNK_MAX: usize = 10_000;
+
+/// Most works out with handlers at once (calling or in backoff): a stream in backoff holds
+/// its work but no call slot, so this is well above any concurrency.
+pub const HANDLER_WORKS_OUT_MAX: usize = 20_000;
+
+/// Most deliveries queued for handlers and not yet finished before the source is read
+/// further: with a slow handler the source would otherwise be read into memory.
+pub const HANDLER_DELIVERED_AHEAD_MAX: u64 = 10_000;
+
+const _: () = assert!(crate::handler::CONCURRENCY_MAX <= HANDLER_WORKS_OUT_MAX);
 
 /// Most notices printed per commit; the rest are counted (counters say it all anyway).
 pub const NOTICES_PRINTED_PER_COMMIT_MAX: usize = 20;
@@ -137,6 +151,13 @@ pub struct Consumer<S: Store> {
     /// Print notices to stderr.
     pub verbose: bool,
     clock: Clock,
+    /// The team's handler, when events go to it instead of the document projection.
+    handlers: Option<HandlerPool>,
+    /// Works back from the handlers, not yet given to the engine.
+    returned: Vec<(Work, Outcome)>,
+    /// Deliveries queued to apply minus works finished (handlers only; a bound on how
+    /// far the source is read ahead of slow handlers).
+    handler_backlog: u64,
 }
 
 impl<S: Store> Consumer<S> {
@@ -166,7 +187,85 @@ impl<S: Store> Consumer<S> {
             owned: None,
             verbose: true,
             clock,
+            handlers: None,
+            returned: Vec::new(),
+            handler_backlog: 0,
         })
+    }
+
+    /// Sends every event to `pool`'s handler instead of applying the document
+    /// projection: the store then keeps versions, aliases, waiting events, dead letters
+    /// and positions, and no documents.
+    pub fn with_handlers(mut self, pool: HandlerPool) -> Self {
+        self.handlers = Some(pool);
+        self
+    }
+
+    /// Whether events go to a handler.
+    pub fn has_handlers(&self) -> bool {
+        self.handlers.is_some()
+    }
+
+    /// Works out with the handler (calling, in backoff, or back and not yet taken).
+    pub fn handlers_in_flight(&self) -> usize {
+        self.handlers.as_ref().map_or(0, |pool| pool.in_flight()) + self.returned.len()
+    }
+
+    /// Whether the source should wait: handlers are this far behind what was read.
+    pub fn handlers_saturated(&self) -> bool {
+        self.handlers.is_some() && self.handler_backlog >= HANDLER_DELIVERED_AHEAD_MAX
+    }
+
+    /// Waits at most `timeout` for a handler to finish a work (taken up by the next
+    /// [`Self::apply_ready`]); whether one did.
+    pub fn wait_for_handlers(&mut self, timeout: std::time::Duration) -> bool {
+        let Some(pool) = self.handlers.as_mut() else {
+            return false;
+        };
+        match pool.take_within(timeout) {
+            Some(finished) => {
+                self.returned.push(finished);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes every work back from the handlers, waiting as long as `limit` allows (all
+    /// of them when `None`), without handing out new ones: before the state is rebuilt
+    /// (no call of the old state may still run) and before a graceful stop. Returns
+    /// whether none is left out.
+    pub fn settle_handlers(&mut self, limit: Option<std::time::Duration>) -> bool {
+        let deadline = limit.map(|limit| std::time::Instant::now() + limit);
+        let mut finished = 0;
+        loop {
+            let now_ms = self.clock.now_ms();
+            for (work, outcome) in self.returned.drain(..) {
+                self.engine.handle_outcome(now_ms, work, outcome);
+                finished += 1;
+            }
+            let Some(pool) = self.handlers.as_mut() else {
+                break;
+            };
+            if pool.in_flight() == 0 {
+                break;
+            }
+            let wait = match deadline {
+                Some(deadline) => {
+                    match deadline.checked_duration_since(std::time::Instant::now()) {
+                        Some(left) => left,
+                        None => break,
+                    }
+                }
+                None => std::time::Duration::from_millis(100),
+            };
+            if let Some(back) = pool.take_within(wait) {
+                self.returned.push(back);
+            }
+        }
+        self.handler_backlog = self.handler_backlog.saturating_sub(finished);
+        self.uncommitted_works += finished;
+        self.handlers_in_flight() == 0
     }
 
     /// The clock this consumer reads.
@@ -182,8 +281,15 @@ impl<S: Store> Consumer<S> {
     /// Hands one delivery (raw bytes) to the engine, as received at `now_ms` (read once
     /// per polled batch: the clock is not worth a call per delivery).
     pub fn deliver(&mut self, now_ms: u64, position: SourcePosition, bytes: &[u8]) {
-        self.engine.handle_bytes(now_ms, Some(position), bytes);
+        let disposition = self.engine.handle_bytes(now_ms, Some(position), bytes);
+        self.delivered(disposition);
+    }
+
+    fn delivered(&mut self, disposition: Disposition) {
         self.uncommitted_events += 1;
+        if disposition == Disposition::Queued && self.handlers.is_some() {
+            self.handler_backlog += 1;
+        }
     }
 
     /// Hands one broker message to the engine, dead-lettering it when its key is not
@@ -199,9 +305,9 @@ impl<S: Store> Consumer<S> {
             return self.deliver(now_ms, position, bytes);
         };
         let now = now_ms;
-        match ordo_core::parse_event(bytes, self.engine.config().op_policy) {
+        let disposition = match ordo_core::parse_event(bytes, self.engine.config().op_policy) {
             Ok(event) if event.stream.as_bytes() == key => {
-                self.engine.handle_event(now, Some(position), event);
+                self.engine.handle_event(now, Some(position), event)
             }
             Ok(event) => {
                 let refused = ordo_core::ParseError {
@@ -216,19 +322,22 @@ impl<S: Store> Consumer<S> {
                     },
                 };
                 self.engine
-                    .handle_invalid(now, Some(position), bytes, refused);
+                    .handle_invalid(now, Some(position), bytes, refused)
             }
-            Err(refused) => {
-                self.engine
-                    .handle_invalid(now, Some(position), bytes, refused);
-            }
-        }
-        self.uncommitted_events += 1;
+            Err(refused) => self
+                .engine
+                .handle_invalid(now, Some(position), bytes, refused),
+        };
+        self.delivered(disposition);
     }
 
     /// Rebuilds the engine from the store (after a partition assignment: another process
     /// may have moved the assigned streams on). Commit first.
     pub fn reload(&mut self) -> Result<(), ConsumeError> {
+        // No handler call of the old state may run beside the new one (two calls of one
+        // stream at once); what they acknowledged is read and sent again.
+        self.settle_handlers(None);
+        self.handler_backlog = 0;
         let config = self.engine.config().clone();
         let mut snapshot = self.store.snapshot(&self.source)?;
         if let Some(owned) = &self.owned {
@@ -316,6 +425,9 @@ impl<S: Store> Consumer<S> {
     /// any order; its documents are read from the store in one call first (one round trip
     /// to a database server instead of one per stream).
     pub fn apply_ready(&mut self) -> Result<u64, ConsumeError> {
+        if self.handlers.is_some() {
+            return self.hand_out_ready();
+        }
         let mut applied = 0;
         let mut round: Vec<Work> = Vec::new();
         loop {
@@ -373,6 +485,47 @@ impl<S: Store> Consumer<S> {
         Ok(applied)
     }
 
+    /// [`Self::apply_ready`] with handlers: takes back what they finished, gives out what
+    /// is ready, until neither moves; never waits for a handler.
+    fn hand_out_ready(&mut self) -> Result<u64, ConsumeError> {
+        let mut finished = 0;
+        loop {
+            let now_ms = self.clock.now_ms();
+            let mut moved = false;
+            while let Some(load) = self.engine.poll_load() {
+                let loaded = self.store.load_pending(&load)?;
+                self.engine.handle_loaded(now_ms, &load, loaded);
+                moved = true;
+            }
+            let pool = self.handlers.as_mut().expect("called with handlers");
+            while let Some(back) = pool.try_take() {
+                self.returned.push(back);
+            }
+            for (work, outcome) in self.returned.drain(..) {
+                self.engine.handle_outcome(now_ms, work, outcome);
+                finished += 1;
+                moved = true;
+            }
+            while pool.in_flight() < HANDLER_WORKS_OUT_MAX {
+                match self.engine.poll_work(now_ms) {
+                    Some(work) => {
+                        pool.submit(work);
+                        moved = true;
+                    }
+                    None => break,
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        self.engine.handle_timeout(self.clock.now_ms());
+        self.print_notices();
+        self.handler_backlog = self.handler_backlog.saturating_sub(finished);
+        self.uncommitted_works += finished;
+        Ok(finished)
+    }
+
     /// Runs one work; its documents were read into the cache by its round.
     fn apply(&mut self, work: &Work) -> Outcome {
         // A rejected work leaves its documents unchanged; marking them dirty then only
@@ -408,13 +561,24 @@ impl<S: Store> Consumer<S> {
         Ok(())
     }
 
+    /// Applies everything ready and, with handlers, waits until every call came back and
+    /// nothing more is ready (an operator verb's "apply what it unblocks").
+    pub fn apply_until_quiet(&mut self) -> Result<u64, ConsumeError> {
+        let mut applied = self.apply_ready()?;
+        while self.handlers_in_flight() > 0 {
+            self.wait_for_handlers(std::time::Duration::from_millis(100));
+            applied += self.apply_ready()?;
+        }
+        Ok(applied)
+    }
+
     /// Replays one dead letter and applies what it unblocks (commit separately).
     pub fn replay(&mut self, entry: &DeadLetter) -> Result<ordo_core::ReplayOutcome, String> {
         let outcome = self
             .engine
             .replay_dead_letter(self.clock.now_ms(), entry)
             .map_err(|e| e.to_string())?;
-        self.apply_ready().map_err(|e| e.to_string())?;
+        self.apply_until_quiet().map_err(|e| e.to_string())?;
         Ok(outcome)
     }
 
@@ -423,7 +587,7 @@ impl<S: Store> Consumer<S> {
         self.engine
             .skip_dead_letter(self.clock.now_ms(), entry)
             .map_err(|e| e.to_string())?;
-        self.apply_ready().map_err(|e| e.to_string())?;
+        self.apply_until_quiet().map_err(|e| e.to_string())?;
         Ok(())
     }
 

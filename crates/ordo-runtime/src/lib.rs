@@ -2,6 +2,7 @@
 //! core releases, and a store committing each batch in one transaction.
 
 pub mod consumer;
+pub mod handler;
 pub mod handlers;
 pub mod run;
 pub mod source;

@@ -26,6 +26,14 @@ pub const COMMIT_INTERVAL_MS_DEFAULT: u64 = 50;
 /// How long one poll of an idle source waits (also how fast a stop request is seen).
 pub const POLL_WAIT_MS: u64 = 50;
 
+/// Longest wait for a handler's answer between two looks at the source while calls are
+/// out (how late a new delivery may be seen then).
+pub const HANDLER_POLL_WAIT_MS: u64 = 5;
+
+/// How long a stop waits for handler calls still out before committing without them
+/// (they are sent again after the restart).
+pub const STOP_GRACE_MS: u64 = 5_000;
+
 /// How often a group member re-reads the streams its parked events wait for when no
 /// notification came (the fallback for a lost `NOTIFY` or a store without them).
 pub const AWAITED_RECHECK_MS: u64 = 1_000;
@@ -239,6 +247,8 @@ impl RunLoop {
         let options = &self.options;
         let conflicts = &mut self.conflicts;
         if stop {
+            // Calls still out get a grace period; what they acknowledge is committed.
+            consumer.settle_handlers(Some(Duration::from_millis(STOP_GRACE_MS)));
             // A conflict here leaves the batch to be read again by the next owner.
             commit(consumer, source, conflicts, false)?;
             self.commits += 1;
@@ -255,14 +265,30 @@ impl RunLoop {
                 .saturating_sub(now_ms.saturating_sub(since_ms)),
             None => POLL_WAIT_MS,
         };
-        let polled = source.poll(room, Duration::from_millis(wait_ms))?;
+        let polled = if consumer.handlers_saturated() {
+            // Slow handlers: read no further ahead of them until they catch up.
+            consumer.wait_for_handlers(Duration::from_millis(wait_ms.min(POLL_WAIT_MS)));
+            Polled::Nothing
+        } else if consumer.handlers_in_flight() > 0 {
+            // Calls are out: their answers must not wait behind a blocking poll.
+            let polled = source.poll(room, Duration::ZERO)?;
+            if matches!(polled, Polled::Nothing | Polled::Idle | Polled::Finished) {
+                consumer
+                    .wait_for_handlers(Duration::from_millis(wait_ms.min(HANDLER_POLL_WAIT_MS)));
+            }
+            polled
+        } else {
+            source.poll(room, Duration::from_millis(wait_ms))?
+        };
         let mut drained = false;
         let mut finished = false;
         match polled {
             Polled::Revoked(partitions) => {
                 // Whatever was read is applied and committed before partitions change
                 // hands; a conflict drops the batch, which the next owner reads again.
+                // No handler call may still run once the next owner starts sending.
                 consumer.apply_ready()?;
+                consumer.settle_handlers(None);
                 commit(consumer, source, conflicts, false)?;
                 self.commits += 1;
                 self.oldest_uncommitted_ms = None;
@@ -281,6 +307,7 @@ impl RunLoop {
                 // it lost a partition can no longer commit for it, so what is read here
                 // is final for these partitions.
                 consumer.apply_ready()?;
+                consumer.settle_handlers(None);
                 commit(consumer, source, conflicts, false)?;
                 self.commits += 1;
                 self.oldest_uncommitted_ms = None;

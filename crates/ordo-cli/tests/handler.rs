@@ -1,0 +1,486 @@
+//! `ordo run --handler`: the team's own code behind ordo's ordering, through the built
+//! binary. An HTTP service in this test (tests/common/service.rs) keeps its own documents
+//! and checks per-stream order and per-document exclusivity on every call; an `exec:`
+//! child in Python does the same on its stdin and stdout.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::service::{Behaviour, Service};
+use common::{export, json_lines, ok, ordo, run, write_events, write_lines, Scratch};
+use ordo_core::Event;
+use ordo_sim::scenarios::Scenario;
+use ordo_sim::{compare, oracle, Export, Rng};
+
+fn seed(default: u64) -> u64 {
+    std::env::var("ORDO_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn append_to_log(scratch: &Scratch, events: &[Event]) -> String {
+    let input = scratch.path("in.jsonl");
+    write_events(&input, events);
+    let log = scratch.path("log.db").to_str().unwrap().to_string();
+    ok(&["append", "--log", &log, input.to_str().unwrap()]);
+    log
+}
+
+fn kill(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// ordo's own rows (versions, aliases; no documents with a handler) against the oracle's.
+fn assert_positions_match(expected: &Export, store: &str, context: &str) {
+    let actual = export(store);
+    for (stream, row) in expected {
+        let Some(mine) = actual.get(stream) else {
+            assert_eq!(
+                row.version, 0,
+                "{context}: `{stream}` missing from ordo export"
+            );
+            continue;
+        };
+        assert_eq!(mine.version, row.version, "{context}: `{stream}` version");
+        assert_eq!(
+            mine.merged_into, row.merged_into,
+            "{context}: `{stream}` merged_into"
+        );
+        assert_eq!(
+            mine.doc, None,
+            "{context}: a handler store keeps no documents"
+        );
+    }
+}
+
+#[test]
+fn sigkills_behind_a_slow_flaky_http_handler_end_equal_to_the_oracle() {
+    let seed = seed(11);
+    let history = Scenario::Mixed.history(seed, 3_000);
+    let deliveries = Scenario::Mixed.deliveries(seed, &history);
+    let scratch = Scratch::new();
+    let log = append_to_log(&scratch, &deliveries);
+    let store = scratch.store("state.db");
+    let service = Service::start(Behaviour {
+        seed,
+        unavailable_per_mille: 100,
+        slow_ms_max: 8,
+        ..Behaviour::default()
+    });
+    let source = format!("log:{log}");
+    let url = service.url();
+    let args = [
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--handler",
+        &url,
+        "--concurrency",
+        "8",
+        "--handler-backoff-ms",
+        "5",
+        "--handler-backoff-max-ms",
+        "40",
+        "--batch",
+        "64",
+    ];
+    let mut rng = Rng::derive(seed, "kill");
+    let mut killed_mid_run = 0;
+    for round in 0..4 {
+        let mut child = ordo()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.range(150, 700)));
+        kill(&child);
+        assert!(
+            !child.wait().unwrap().success(),
+            "seed {seed} round {round}"
+        );
+        // Calls of the killed process end before the next one starts: two calls of one
+        // stream across a crash are the crash's, not ordo's ordering.
+        service.wait_quiet();
+        let applied: usize = service.state.lock().unwrap().applied.len();
+        if applied < history.len() {
+            killed_mid_run += 1;
+        }
+    }
+    assert!(
+        killed_mid_run >= 2,
+        "seed {seed}: only {killed_mid_run} kills landed mid-run; the test proves nothing"
+    );
+    let mut last = args.to_vec();
+    last.push("--exit-when-idle");
+    ok(&last);
+    let state = service.state.lock().unwrap();
+    assert!(
+        state.breaches.is_empty(),
+        "seed {seed} (ORDO_SEED={seed}): {} breaches, first: {:?}",
+        state.breaches.len(),
+        &state.breaches[..state.breaches.len().min(10)]
+    );
+    assert!(
+        state.peak > 1,
+        "calls across streams overlapped: peak {}",
+        state.peak
+    );
+    assert!(
+        state.unavailable > 0,
+        "some calls were answered 503 and retried"
+    );
+    eprintln!(
+        "seed {seed}: {} calls, {} answered 503, {} sent again after a crash, peak {} at once",
+        state.calls, state.unavailable, state.resent, state.peak
+    );
+    let expected = oracle::run(&history);
+    let divergence = compare(&expected, &state.export(), true);
+    assert!(
+        divergence.is_empty(),
+        "seed {seed} (ORDO_SEED={seed}):\n{divergence}"
+    );
+    assert_positions_match(&expected, &store, &format!("seed {seed}"));
+}
+
+fn inventory_lines() -> Vec<&'static str> {
+    vec![
+        r#"{"id":"a1","stream":"customer-1","version":1,"type":"CustomerRegistered","op":"set","data":{"name":"Ada"}}"#,
+        r#"{"id":"a2","stream":"customer-1","version":2,"type":"FlakyPurchase","op":"incr","data":{"widgets":2}}"#,
+        r#"{"id":"a3","stream":"customer-1","version":3,"type":"Renamed","op":"patch","data":{"name":"Ada L."}}"#,
+        r#"{"id":"b1","stream":"customer-2","version":1,"type":"CustomerRegistered","op":"set","data":{"name":"Bob"}}"#,
+        r#"{"id":"b2","stream":"customer-2","version":2,"type":"FlakyPurchase","op":"incr","data":{"widgets":5}}"#,
+        r#"{"id":"b3","stream":"customer-2","version":3,"type":"PurchaseMade","op":"incr","data":{"widgets":1}}"#,
+        r#"{"id":"c1","stream":"customer-3","version":1,"type":"CustomerRegistered","op":"set","data":{"name":"Cy"}}"#,
+        r#"{"id":"c2","stream":"customer-3","version":2,"type":"PurchaseMade","op":"incr","data":{"widgets":3}}"#,
+    ]
+}
+
+#[test]
+fn handler_rejections_are_sequenced_dead_letters_that_replay_and_skip_resolve() {
+    let scratch = Scratch::new();
+    let input = scratch.path("inventory.jsonl");
+    write_lines(&input, &inventory_lines());
+    let store = scratch.store("state.db");
+    let service = Service::start(Behaviour {
+        refused_type: Some("FlakyPurchase".into()),
+        ..Behaviour::default()
+    });
+    let source = format!("file:{}", input.display());
+    let url = service.url();
+    ok(&[
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--handler",
+        &url,
+        "--exit-when-idle",
+    ]);
+    let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    for entry in &entries {
+        let reason = entry["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("422") && reason.contains("sku unknown to the warehouse"),
+            "{reason}"
+        );
+    }
+    let rows = export(&store);
+    assert_eq!(
+        rows["customer-1"].version, 1,
+        "v3 waits behind the dead letter"
+    );
+    assert_eq!(rows["customer-3"].version, 2, "other streams went on");
+    let parked = json_lines(&ok(&["parked", "list", "--store", &store, "--json"]));
+    assert!(
+        parked
+            .iter()
+            .any(|p| p["stream"] == "customer-1" && p["version"] == 3),
+        "{parked:?}"
+    );
+    // The warehouse learnt the sku: the operator replays one entry and skips the other.
+    service.state.lock().unwrap().refusing = false;
+    let id_of =
+        |stream: &str| entries.iter().find(|e| e["stream"] == stream).unwrap()["id"].to_string();
+    ok(&[
+        "dlq",
+        "replay",
+        "--store",
+        &store,
+        "--id",
+        &id_of("customer-1"),
+    ]);
+    ok(&[
+        "dlq",
+        "skip",
+        "--store",
+        &store,
+        "--id",
+        &id_of("customer-2"),
+    ]);
+    let rows = export(&store);
+    assert_eq!(rows["customer-1"].version, 3);
+    assert_eq!(rows["customer-2"].version, 3);
+    let state = service.state.lock().unwrap();
+    let doc = |stream: &str| state.export()[stream].doc.clone().unwrap();
+    assert_eq!(
+        doc("customer-1"),
+        serde_json::json!({"name": "Ada L.", "widgets": 2})
+    );
+    assert_eq!(
+        doc("customer-2"),
+        serde_json::json!({"name": "Bob", "widgets": 1})
+    );
+    // The one gap the service saw is the version the operator skipped.
+    assert_eq!(
+        state.breaches,
+        ["customer-2: v3 sent while v1 was the last applied"]
+    );
+    assert!(json_lines(&ok(&["dlq", "list", "--store", &store, "--json"])).is_empty());
+}
+
+#[test]
+fn a_silent_handler_dead_letters_its_stream_with_a_clear_reason_and_others_go_on() {
+    let scratch = Scratch::new();
+    let input = scratch.path("inventory.jsonl");
+    write_lines(&input, &inventory_lines());
+    let store = scratch.store("state.db");
+    let service = Service::start(Behaviour {
+        silent_streams: vec!["customer-2".into()],
+        ..Behaviour::default()
+    });
+    let source = format!("file:{}", input.display());
+    let url = service.url();
+    ok(&[
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--handler",
+        &url,
+        "--exit-when-idle",
+        "--handler-timeout-ms",
+        "300",
+        "--handler-attempts",
+        "2",
+        "--handler-backoff-ms",
+        "10",
+    ]);
+    let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["stream"], "customer-2");
+    assert_eq!(
+        entries[0]["reason"],
+        "handler failed 2 attempts; last: no answer within 300 ms"
+    );
+    let rows = export(&store);
+    assert_eq!(rows["customer-1"].version, 3);
+    assert_eq!(rows["customer-3"].version, 2);
+    assert!(!rows.contains_key("customer-2"), "nothing of customer-2 applied");
+}
+
+/// A "handler" that answers bytes that are not HTTP, and a port nobody listens on.
+#[test]
+fn garbage_answers_and_refused_connections_dead_letter_with_the_cause() {
+    let garbage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let garbage_url = format!("http://{}/events", garbage.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for socket in garbage.incoming() {
+            let Ok(mut socket) = socket else { return };
+            let mut buffer = [0u8; 4096];
+            let _ = socket.read(&mut buffer);
+            let _ = socket.write_all(b"hello there, this is no HTTP\r\n\r\n");
+        }
+    });
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody_url = format!("http://{}/events", nobody.local_addr().unwrap());
+    drop(nobody);
+    for (url, cause) in [
+        (garbage_url, "invalid HTTP"),
+        (nobody_url, "Connection refused"),
+    ] {
+        let scratch = Scratch::new();
+        let input = scratch.path("in.jsonl");
+        write_lines(&input, &inventory_lines()[..1]);
+        let store = scratch.store("state.db");
+        let source = format!("file:{}", input.display());
+        let output = run(&[
+            "run",
+            "--source",
+            &source,
+            "--store",
+            &store,
+            "--handler",
+            &url,
+            "--exit-when-idle",
+            "--handler-attempts",
+            "2",
+            "--handler-backoff-ms",
+            "10",
+            "--fail-on-dead-letters",
+        ]);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "a dead letter, and asked to fail on it"
+        );
+        let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
+        let reason = entries[0]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("handler failed 2 attempts; last: ") && reason.contains(cause),
+            "{reason}"
+        );
+    }
+}
+
+#[test]
+fn bad_handler_urls_are_usage_errors() {
+    let scratch = Scratch::new();
+    let input = scratch.path("in.jsonl");
+    write_lines(&input, &inventory_lines());
+    let source = format!("file:{}", input.display());
+    for (extra, says) in [
+        (
+            &["--handler", "ftp://127.0.0.1/x"][..],
+            "must start with http://, https:// or exec:",
+        ),
+        (&["--handler", "exec:"][..], "needs a command"),
+        (
+            &["--handler", "http://127.0.0.1:1/x", "--concurrency", "0"][..],
+            "--concurrency must be",
+        ),
+    ] {
+        let store = scratch.store(&format!("{}.db", says.len()));
+        let mut args = vec!["run", "--source", &source, "--store", &store];
+        args.extend_from_slice(extra);
+        let output = run(&args);
+        assert_eq!(output.status.code(), Some(2), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+}
+
+/// The exec child: answers each request from a thread of its own after a random pause
+/// (so answers come in any order), records what it applied in a file, checks order,
+/// prints noise on its first start and crashes mid-stream on its second.
+const EXEC_CHILD: &str = r#"
+import json, os, random, sys, threading, time
+state_path, marker = sys.argv[1], sys.argv[2]
+lock = threading.Lock()
+applied, versions = set(), {}
+if os.path.exists(state_path):
+    for line in open(state_path):
+        key, stream, version = line.split()
+        applied.add(key)
+        versions[stream] = int(version)
+starts = int(open(marker).read()) + 1 if os.path.exists(marker) else 1
+open(marker, "w").write(str(starts))
+if starts == 1:
+    print("handler starting up", flush=True)
+out = open(state_path, "a")
+seen = 0
+
+def answer(request):
+    time.sleep(random.random() * 0.003)
+    event = request["event"]
+    key, stream, version = event["id"], event["stream"], event["version"]
+    with lock:
+        if key not in applied:
+            if version != versions.get(stream, 0) + 1:
+                open(state_path + ".breaches", "a").write(f"{stream} v{version} after v{versions.get(stream, 0)}\n")
+            applied.add(key)
+            versions[stream] = version
+            out.write(f"{key} {stream} {version}\n")
+            out.flush()
+        sys.stdout.write(json.dumps({"request": request["request"], "result": "applied"}) + "\n")
+        sys.stdout.flush()
+
+for line in sys.stdin:
+    seen += 1
+    if starts == 2 and seen == 40:
+        os._exit(3)
+    threading.Thread(target=answer, args=(json.loads(line),)).start()
+"#;
+
+#[test]
+fn an_exec_child_that_prints_noise_and_crashes_is_restarted_and_nothing_is_lost() {
+    let seed = seed(5);
+    let history = Scenario::Mixed.history(seed, 600);
+    let deliveries = Scenario::Mixed.deliveries(seed, &history);
+    let scratch = Scratch::new();
+    let log = append_to_log(&scratch, &deliveries);
+    let store = scratch.store("state.db");
+    let child = scratch.path("child.py");
+    std::fs::write(&child, EXEC_CHILD).unwrap();
+    let applied = scratch.path("applied.txt");
+    let marker = scratch.path("starts.txt");
+    let handler = format!(
+        "exec:python3 {} {} {}",
+        child.display(),
+        applied.display(),
+        marker.display()
+    );
+    let source = format!("log:{log}");
+    let output = ok(&[
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--handler",
+        &handler,
+        "--exit-when-idle",
+        "--concurrency",
+        "8",
+        "--handler-backoff-ms",
+        "5",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not JSON"),
+        "the noise was reported: {stderr}"
+    );
+    assert!(
+        stderr.contains("exited"),
+        "the crash was reported: {stderr}"
+    );
+    let starts: u32 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
+    assert!(
+        starts >= 3,
+        "noise and crash each restarted the child: {starts} starts"
+    );
+    let breaches = scratch.path("applied.txt.breaches");
+    assert!(
+        !breaches.exists(),
+        "seed {seed}: {}",
+        std::fs::read_to_string(&breaches).unwrap_or_default()
+    );
+    let expected = oracle::run(&history);
+    let mut versions: std::collections::BTreeMap<String, u64> = Default::default();
+    for line in std::fs::read_to_string(&applied).unwrap().lines() {
+        let mut parts = line.split(' ');
+        let (_, stream, version) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        versions.insert(stream.to_string(), version.parse().unwrap());
+    }
+    for (stream, row) in &expected {
+        assert_eq!(
+            versions.get(stream).copied().unwrap_or(0),
+            row.version,
+            "seed {seed}: `{stream}` as the child applied it"
+        );
+    }
+    assert_positions_match(&expected, &store, &format!("seed {seed}"));
+}
