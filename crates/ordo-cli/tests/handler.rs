@@ -288,7 +288,10 @@ fn a_silent_handler_dead_letters_its_stream_with_a_clear_reason_and_others_go_on
     let rows = export(&store);
     assert_eq!(rows["customer-1"].version, 3);
     assert_eq!(rows["customer-3"].version, 2);
-    assert!(!rows.contains_key("customer-2"), "nothing of customer-2 applied");
+    assert!(
+        !rows.contains_key("customer-2"),
+        "nothing of customer-2 applied"
+    );
 }
 
 /// A "handler" that answers bytes that are not HTTP, and a port nobody listens on.
