@@ -81,6 +81,8 @@ pub enum ConsumeError {
     Read(ReadError),
     /// A commit failed; nothing of its batch was written.
     Commit(CommitError),
+    /// A transactional handler failed (not a rejection): nothing of the batch is written.
+    Handler(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl std::fmt::Display for ConsumeError {
@@ -88,11 +90,23 @@ impl std::fmt::Display for ConsumeError {
         match self {
             ConsumeError::Read(e) => e.fmt(f),
             ConsumeError::Commit(e) => e.fmt(f),
+            ConsumeError::Handler(e) => write!(f, "the handler failed: {e}"),
         }
     }
 }
 
-impl std::error::Error for ConsumeError {}
+impl std::error::Error for ConsumeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConsumeError::Read(e) => Some(e),
+            ConsumeError::Commit(e) => Some(e),
+            ConsumeError::Handler(e) => Some(&**e),
+        }
+    }
+}
+
+/// A transactional handler bound to the consumer's store.
+type TransactionalApply<S> = Box<dyn FnMut(&mut S, &Work) -> Result<Outcome, ConsumeError> + Send>;
 
 impl From<ReadError> for ConsumeError {
     fn from(error: ReadError) -> Self {
@@ -153,6 +167,8 @@ pub struct Consumer<S: Store> {
     clock: Clock,
     /// The team's handler, when events go to it instead of the document projection.
     handlers: Option<HandlerPool>,
+    /// The team's transactional handler, when events go to it instead of the projection.
+    transactional: Option<TransactionalApply<S>>,
     /// Works back from the handlers, not yet given to the engine.
     returned: Vec<(Work, Outcome)>,
     /// Deliveries queued to apply minus works finished (handlers only; a bound on how
@@ -188,6 +204,7 @@ impl<S: Store> Consumer<S> {
             verbose: true,
             clock,
             handlers: None,
+            transactional: None,
             returned: Vec::new(),
             handler_backlog: 0,
         })
@@ -198,6 +215,19 @@ impl<S: Store> Consumer<S> {
     /// and positions, and no documents.
     pub fn with_handlers(mut self, pool: HandlerPool) -> Self {
         self.handlers = Some(pool);
+        self
+    }
+
+    /// Applies every event through `handler`, which writes the team's own tables inside
+    /// the store's commit transaction (see [`crate::handler::TransactionalHandler`]).
+    pub fn with_transactional_handler<H>(mut self, mut handler: H) -> Self
+    where
+        S: ordo_store::BatchTransaction,
+        H: crate::handler::TransactionalHandler<S::Connection>,
+    {
+        self.transactional = Some(Box::new(move |store: &mut S, work: &Work| {
+            crate::handler::apply_in_transaction(&mut handler, store, work)
+        }));
         self
     }
 
@@ -467,6 +497,9 @@ impl<S: Store> Consumer<S> {
                     }
                 }
             }
+            if self.transactional.is_some() {
+                missing.clear(); // the team's handler keeps its own state
+            }
             if !missing.is_empty() {
                 let loaded = self.store.documents(&missing)?;
                 for (stream, document) in missing.into_iter().zip(loaded) {
@@ -474,7 +507,10 @@ impl<S: Store> Consumer<S> {
                 }
             }
             for work in round.drain(..) {
-                let outcome = self.apply(&work);
+                let outcome = match self.transactional.as_mut() {
+                    Some(apply) => apply(&mut self.store, &work)?,
+                    None => self.apply(&work),
+                };
                 self.engine.handle_outcome(now_ms, work, outcome);
                 applied += 1;
             }

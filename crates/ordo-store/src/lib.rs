@@ -28,6 +28,9 @@ pub use pg::{
 pub use sqlite::{FaultStage, SqliteStore, SCHEMA_VERSION};
 pub use url::StoreUrl;
 
+/// The SQLite client a transactional handler writes through (the version ordo uses).
+pub use rusqlite;
+
 /// One transaction's worth of work.
 #[derive(Debug, Default)]
 pub struct CommitBatch {
@@ -74,6 +77,20 @@ pub struct Lease {
     pub pid: u32,
     /// Its last heartbeat (ms since the Unix epoch).
     pub heartbeat_ms: u64,
+}
+
+/// A store whose commit transaction a transactional handler writes into: the team's own
+/// tables change in the very transaction that records ordo's versions and positions, so
+/// a crash at any point leaves both equal (exactly once, without idempotency keys).
+pub trait BatchTransaction: Store {
+    /// What the handler writes through.
+    type Connection;
+
+    /// Opens the batch's transaction (if it is not open) and a savepoint for one work.
+    fn begin_work(&mut self) -> Result<&Self::Connection, ReadError>;
+
+    /// Ends the work's savepoint: its writes kept (applied), or rolled back (rejected).
+    fn end_work(&mut self, keep: bool) -> Result<(), ReadError>;
 }
 
 /// Durable state for the core, the projection and the source positions.

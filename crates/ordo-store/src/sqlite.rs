@@ -78,6 +78,8 @@ pub struct SqliteStore {
     fault: Option<(u64, FaultStage)>,
     commits: u64,
     leased: bool,
+    /// Whether [`SqliteStore::begin_batch`] opened a transaction the next commit ends.
+    in_batch: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -160,6 +162,7 @@ impl SqliteStore {
             fault: None,
             commits: 0,
             leased: false,
+            in_batch: false,
         };
         store.migrate()?;
         Ok(store)
@@ -429,146 +432,187 @@ impl SqliteStore {
             .fault
             .filter(|(n, _)| *n == commit_number)
             .map(|(_, stage)| stage);
+        if self.in_batch {
+            // A transactional handler wrote into the batch's open transaction: ordo's
+            // changes join it, and it ends whole (committed, or rolled back with them).
+            self.in_batch = false;
+            let written = write_changes(&self.connection, source, batch, fault, self.leased);
+            let end = if written.is_ok() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
+            let ended = self.connection.execute_batch(end);
+            written?;
+            return Ok(ended?);
+        }
         let transaction = self
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let changes = &batch.changes;
-        let write_checkpoints =
-            |transaction: &rusqlite::Transaction| -> Result<(), rusqlite::Error> {
-                let mut statement = transaction.prepare_cached(
-                    "INSERT INTO checkpoints (source, partition, offset) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (source, partition) DO UPDATE SET offset = excluded.offset",
-                )?;
-                for (partition, offset) in &changes.checkpoints {
-                    statement.execute(params![source, *partition as i64, *offset as i64])?;
-                }
-                Ok(())
-            };
-        if fault == Some(FaultStage::AfterCheckpoints) {
-            write_checkpoints(&transaction)?;
-            return Err(injected("after checkpoints, before documents"));
-        }
-        {
-            let mut statement = transaction.prepare_cached(
-                "INSERT INTO documents (stream, doc, deleted) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (stream) DO UPDATE SET doc = excluded.doc, deleted = excluded.deleted",
-            )?;
-            for (stream, document) in &batch.documents {
-                let (doc, deleted) = match document {
-                    Some(Document::Live(value)) => (Some(value.to_string()), 0),
-                    Some(Document::Deleted) => (None, 1),
-                    None => (None, 0),
-                };
-                statement.execute(params![&**stream, doc, deleted])?;
-            }
-        }
-        if fault == Some(FaultStage::AfterDocuments) {
-            return Err(injected("after documents, before checkpoints"));
-        }
-        {
-            let mut statement = transaction.prepare_cached(
-                "INSERT INTO streams (stream, applied, alias_target, alias_cut) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (stream) DO UPDATE SET applied = excluded.applied,
-                 alias_target = excluded.alias_target, alias_cut = excluded.alias_cut",
-            )?;
-            for record in &changes.streams {
-                let (target, cut) = match &record.alias {
-                    Some((target, cut)) => (Some(&**target), Some(*cut as i64)),
-                    None => (None, None),
-                };
-                statement.execute(params![&*record.stream, record.applied as i64, target, cut])?;
-            }
-        }
-        {
-            let mut delete = transaction
-                .prepare_cached("DELETE FROM pending WHERE stream = ?1 AND version = ?2")?;
-            for (stream, version) in &changes.pending_delete {
-                delete.execute(params![&**stream, *version as i64])?;
-            }
-            let mut put = transaction.prepare_cached(
-                "INSERT INTO pending
-                 (stream, version, state, event, partition, awaits_stream, awaits_version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state,
-                 event = excluded.event, partition = excluded.partition,
-                 awaits_stream = excluded.awaits_stream, awaits_version = excluded.awaits_version",
-            )?;
-            for record in &changes.pending_put {
-                let state = rows::pending_state_name(record.state);
-                let event = record.event.as_ref().map(|e| e.to_json_string());
-                put.execute(params![
-                    &*record.stream,
-                    record.version as i64,
-                    state,
-                    event,
-                    record.partition.map(i64::from),
-                    record.awaits.as_ref().map(|(s, _)| &**s),
-                    record.awaits.as_ref().map(|(_, v)| *v as i64)
-                ])?;
-            }
-        }
-        {
-            let mut delete =
-                transaction.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
-            for id in &changes.dead_letters_delete {
-                delete.execute(params![*id as i64])?;
-            }
-            let mut put = transaction.prepare_cached(
-                "INSERT OR REPLACE INTO dead_letters
-                 (id, kind, stream, version, event_id, body, reason, partition, offset, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for entry in &changes.dead_letters_put {
-                put.execute(params![
-                    entry.id as i64,
-                    entry.kind.name(),
-                    entry.stream.as_deref(),
-                    entry.version.map(|v| v as i64),
-                    entry.event_id.as_deref(),
-                    entry.body,
-                    entry.reason,
-                    entry.position.map(|p| p.partition as i64),
-                    entry.position.map(|p| p.offset as i64),
-                    entry.at_ms as i64,
-                ])?;
-            }
-        }
-        if let (Some(first), Some(last)) = (changes.dedupe_put.first(), changes.dedupe_put.last()) {
-            // Sequences in one change set are consecutive; keep the block contiguous.
-            let mut hashes = Vec::with_capacity(changes.dedupe_put.len() * 8);
-            for (_, hash) in &changes.dedupe_put {
-                hashes.extend_from_slice(&hash.to_le_bytes());
-            }
-            transaction
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO dedupe_blocks (first_sequence, last_sequence, hashes) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![first.0 as i64, last.0 as i64, hashes])?;
-        }
-        transaction
-            .prepare_cached("DELETE FROM dedupe_blocks WHERE last_sequence < ?1")?
-            .execute(params![changes.dedupe_floor as i64])?;
-        write_checkpoints(&transaction)?;
-        {
-            let mut meta = transaction.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?;
-            meta.execute(params!["counters", changes.counters.to_json().to_string()])?;
-            meta.execute(params![
-                "next_dead_letter_id",
-                changes.next_dead_letter_id.to_string()
-            ])?;
-            meta.execute(params!["dedupe_floor", changes.dedupe_floor.to_string()])?;
-        }
-        if self.leased {
-            transaction
-                .prepare_cached("UPDATE lease SET heartbeat_ms = ?1 WHERE id = 1")?
-                .execute(params![now_ms() as i64])?;
-        }
+        write_changes(&transaction, source, batch, fault, self.leased)?;
         transaction.commit()?;
         Ok(())
     }
+
+    /// Opens the batch's write transaction, if it is not open: a transactional handler's
+    /// writes then go into the very transaction that the next commit ends with ordo's
+    /// versions and positions.
+    pub fn begin_batch(&mut self) -> Result<(), ReadError> {
+        if !self.in_batch {
+            self.connection.execute_batch("BEGIN IMMEDIATE")?;
+            self.in_batch = true;
+        }
+        Ok(())
+    }
+
+    /// The connection, for a transactional handler (inside the batch's transaction once
+    /// [`Self::begin_batch`] opened it).
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+/// Writes one commit's changes through `transaction` (ordo's own, or the batch's).
+fn write_changes(
+    transaction: &Connection,
+    source: &str,
+    batch: &CommitBatch,
+    fault: Option<FaultStage>,
+    leased: bool,
+) -> Result<(), WriteFailure> {
+    let changes = &batch.changes;
+    let write_checkpoints = |transaction: &Connection| -> Result<(), rusqlite::Error> {
+        let mut statement = transaction.prepare_cached(
+            "INSERT INTO checkpoints (source, partition, offset) VALUES (?1, ?2, ?3)
+             ON CONFLICT (source, partition) DO UPDATE SET offset = excluded.offset",
+        )?;
+        for (partition, offset) in &changes.checkpoints {
+            statement.execute(params![source, *partition as i64, *offset as i64])?;
+        }
+        Ok(())
+    };
+    if fault == Some(FaultStage::AfterCheckpoints) {
+        write_checkpoints(transaction)?;
+        return Err(injected("after checkpoints, before documents"));
+    }
+    {
+        let mut statement = transaction.prepare_cached(
+            "INSERT INTO documents (stream, doc, deleted) VALUES (?1, ?2, ?3)
+             ON CONFLICT (stream) DO UPDATE SET doc = excluded.doc, deleted = excluded.deleted",
+        )?;
+        for (stream, document) in &batch.documents {
+            let (doc, deleted) = match document {
+                Some(Document::Live(value)) => (Some(value.to_string()), 0),
+                Some(Document::Deleted) => (None, 1),
+                None => (None, 0),
+            };
+            statement.execute(params![&**stream, doc, deleted])?;
+        }
+    }
+    if fault == Some(FaultStage::AfterDocuments) {
+        return Err(injected("after documents, before checkpoints"));
+    }
+    {
+        let mut statement = transaction.prepare_cached(
+            "INSERT INTO streams (stream, applied, alias_target, alias_cut) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (stream) DO UPDATE SET applied = excluded.applied,
+             alias_target = excluded.alias_target, alias_cut = excluded.alias_cut",
+        )?;
+        for record in &changes.streams {
+            let (target, cut) = match &record.alias {
+                Some((target, cut)) => (Some(&**target), Some(*cut as i64)),
+                None => (None, None),
+            };
+            statement.execute(params![&*record.stream, record.applied as i64, target, cut])?;
+        }
+    }
+    {
+        let mut delete =
+            transaction.prepare_cached("DELETE FROM pending WHERE stream = ?1 AND version = ?2")?;
+        for (stream, version) in &changes.pending_delete {
+            delete.execute(params![&**stream, *version as i64])?;
+        }
+        let mut put = transaction.prepare_cached(
+            "INSERT INTO pending
+             (stream, version, state, event, partition, awaits_stream, awaits_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state,
+             event = excluded.event, partition = excluded.partition,
+             awaits_stream = excluded.awaits_stream, awaits_version = excluded.awaits_version",
+        )?;
+        for record in &changes.pending_put {
+            let state = rows::pending_state_name(record.state);
+            let event = record.event.as_ref().map(|e| e.to_json_string());
+            put.execute(params![
+                &*record.stream,
+                record.version as i64,
+                state,
+                event,
+                record.partition.map(i64::from),
+                record.awaits.as_ref().map(|(s, _)| &**s),
+                record.awaits.as_ref().map(|(_, v)| *v as i64)
+            ])?;
+        }
+    }
+    {
+        let mut delete = transaction.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
+        for id in &changes.dead_letters_delete {
+            delete.execute(params![*id as i64])?;
+        }
+        let mut put = transaction.prepare_cached(
+            "INSERT OR REPLACE INTO dead_letters
+             (id, kind, stream, version, event_id, body, reason, partition, offset, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for entry in &changes.dead_letters_put {
+            put.execute(params![
+                entry.id as i64,
+                entry.kind.name(),
+                entry.stream.as_deref(),
+                entry.version.map(|v| v as i64),
+                entry.event_id.as_deref(),
+                entry.body,
+                entry.reason,
+                entry.position.map(|p| p.partition as i64),
+                entry.position.map(|p| p.offset as i64),
+                entry.at_ms as i64,
+            ])?;
+        }
+    }
+    if let (Some(first), Some(last)) = (changes.dedupe_put.first(), changes.dedupe_put.last()) {
+        // Sequences in one change set are consecutive; keep the block contiguous.
+        let mut hashes = Vec::with_capacity(changes.dedupe_put.len() * 8);
+        for (_, hash) in &changes.dedupe_put {
+            hashes.extend_from_slice(&hash.to_le_bytes());
+        }
+        transaction
+            .prepare_cached(
+                "INSERT OR REPLACE INTO dedupe_blocks (first_sequence, last_sequence, hashes) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![first.0 as i64, last.0 as i64, hashes])?;
+    }
+    transaction
+        .prepare_cached("DELETE FROM dedupe_blocks WHERE last_sequence < ?1")?
+        .execute(params![changes.dedupe_floor as i64])?;
+    write_checkpoints(transaction)?;
+    {
+        let mut meta = transaction.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?;
+        meta.execute(params!["counters", changes.counters.to_json().to_string()])?;
+        meta.execute(params![
+            "next_dead_letter_id",
+            changes.next_dead_letter_id.to_string()
+        ])?;
+        meta.execute(params!["dedupe_floor", changes.dedupe_floor.to_string()])?;
+    }
+    if leased {
+        transaction
+            .prepare_cached("UPDATE lease SET heartbeat_ms = ?1 WHERE id = 1")?
+            .execute(params![now_ms() as i64])?;
+    }
+    Ok(())
 }
 
 /// Why one commit attempt failed.
@@ -590,6 +634,26 @@ fn injected(what: &str) -> WriteFailure {
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.release_lease();
+    }
+}
+
+impl crate::BatchTransaction for SqliteStore {
+    type Connection = Connection;
+
+    fn begin_work(&mut self) -> Result<&Connection, ReadError> {
+        self.begin_batch()?;
+        self.connection.execute_batch("SAVEPOINT ordo_work")?;
+        Ok(&self.connection)
+    }
+
+    fn end_work(&mut self, keep: bool) -> Result<(), ReadError> {
+        let end = if keep {
+            "RELEASE ordo_work"
+        } else {
+            "ROLLBACK TO ordo_work; RELEASE ordo_work"
+        };
+        self.connection.execute_batch(end)?;
+        Ok(())
     }
 }
 
@@ -707,6 +771,9 @@ impl Store for SqliteStore {
     }
 
     fn commit(&mut self, source: &str, batch: CommitBatch) -> Result<(), CommitError> {
+        // A batch transaction that failed is rolled back with a handler's writes in it:
+        // committing ordo's part again alone would record versions without their effects.
+        let retryable = !self.in_batch;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -721,7 +788,7 @@ impl Store for SqliteStore {
                     return Err(CommitError::Injected(message));
                 }
                 Err(WriteFailure::Database(error)) if is_busy(&error) => {
-                    if attempts >= self.commit_attempts_max {
+                    if !retryable || attempts >= self.commit_attempts_max {
                         return Err(CommitError::Busy { attempts });
                     }
                     std::thread::sleep(Duration::from_millis(50 * u64::from(attempts)));

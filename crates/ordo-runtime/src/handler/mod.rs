@@ -11,17 +11,21 @@
 //! not committed before a crash is sent again, with the same idempotency key, in order.
 //!
 //! Two handlers ship with ordo: [`HttpHandler`] (`--handler http://…`) and
-//! [`ExecHandler`] (`--handler exec:COMMAND`); Rust users implement [`Handler`].
+//! [`ExecHandler`] (`--handler exec:COMMAND`); Rust users implement [`Handler`] for side
+//! effects, or [`TransactionalHandler`] to write their own tables in ordo's transaction.
 
 mod call;
 mod exec;
 mod http;
 mod pool;
+mod transactional;
 
 pub use call::{Answer, Call};
 pub use exec::ExecHandler;
 pub use http::{HttpHandler, HttpHandlerError};
 pub use pool::{HandlerPool, HandlerPoolError};
+pub(crate) use transactional::apply_in_transaction;
+pub use transactional::{Refusal, TransactionalHandler};
 
 use std::future::Future;
 

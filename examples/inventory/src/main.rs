@@ -1,0 +1,50 @@
+//! `inventory LOG DB [--exit-when-idle]`: runs the Inventory service from the embedded
+//! event log `LOG` into the SQLite file `DB` (ordo's state and the team's tables, one
+//! transaction per batch). Stop it with Ctrl-C; it resumes where it stopped.
+
+use std::process::ExitCode;
+
+use inventory::{Inventory, TABLES};
+use ordo_core::{Config, OpPolicy};
+use ordo_runtime::{run_until_signal, Consumer, RunOptions, SourceUrl};
+use ordo_store::SqliteStore;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(log), Some(db)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: inventory LOG DB [--exit-when-idle]");
+        return ExitCode::from(2);
+    };
+    let exit_when_idle = args.iter().any(|a| a == "--exit-when-idle");
+    match run(log, db, exit_when_idle) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("inventory: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(log: &str, db: &str, exit_when_idle: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let store = SqliteStore::open(db, true)?;
+    store.connection().execute_batch(TABLES)?;
+    // The ops are the team's own (`PurchaseMade` uses `op: "purchase"`); ordo reads `merge`.
+    let config = Config {
+        op_policy: OpPolicy::Custom,
+        ..Config::default()
+    };
+    let url = SourceUrl::parse(&format!("log:{log}"))?;
+    let consumer =
+        Consumer::open(store, &url.checkpoint_key(), config)?.with_transactional_handler(Inventory);
+    let source = ordo_runtime::source::open(&url)?;
+    let options = RunOptions {
+        exit_when_idle,
+        ..RunOptions::default()
+    };
+    let (report, _) = run_until_signal(consumer, source, options)?;
+    eprintln!(
+        "inventory: {} delivered; {}",
+        report.delivered, report.counters
+    );
+    Ok(())
+}
