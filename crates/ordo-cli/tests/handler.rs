@@ -487,3 +487,100 @@ fn an_exec_child_that_prints_noise_and_crashes_is_restarted_and_nothing_is_lost(
     }
     assert_positions_match(&expected, &store, &format!("seed {seed}"));
 }
+
+/// `examples/handler.py` (the README's walk-through) on the hand-written ledger events.
+#[test]
+fn the_python_example_handler_keeps_the_ledger_of_the_readme() {
+    use std::io::BufRead;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let scratch = Scratch::new();
+    let ledger = scratch.path("ledger.db");
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut python = std::process::Command::new("python3")
+        .args([
+            &format!("{root}/examples/handler.py"),
+            "--port",
+            "0",
+            "--db",
+            ledger.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    let stdout = python.stdout.take().unwrap();
+    let _python = Killed(python);
+    let mut first = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .unwrap();
+    let port = first
+        .trim()
+        .strip_prefix("listening on ")
+        .expect(&first)
+        .to_string();
+    let url = format!("http://127.0.0.1:{port}/events");
+    let store = scratch.store("state.db");
+    let source = format!("file:{root}/examples/ledger/events.jsonl");
+    let counters: serde_json::Value = serde_json::from_slice(
+        &ok(&[
+            "run",
+            "--source",
+            &source,
+            "--store",
+            &store,
+            "--handler",
+            &url,
+            "--exit-when-idle",
+            "--json",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(counters["duplicate"], 1);
+    assert_eq!(counters["late_after_merge"], 1);
+    let balances = || -> std::collections::BTreeMap<String, i64> {
+        let db = rusqlite::Connection::open(&ledger).unwrap();
+        let mut statement = db.prepare("SELECT account, balance FROM balances").unwrap();
+        statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let expect = |pairs: &[(&str, i64)]| -> std::collections::BTreeMap<String, i64> {
+        pairs.iter().map(|(a, b)| (a.to_string(), *b)).collect()
+    };
+    assert_eq!(
+        balances(),
+        expect(&[
+            ("account-1", 120),
+            ("account-2", 0),
+            ("account-3", 0),
+            ("account-4", 75)
+        ])
+    );
+    let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
+    assert_eq!(entries.len(), 1);
+    assert!(
+        entries[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("withdrawal of 500 exceeds the balance 0"),
+        "{}",
+        entries[0]
+    );
+    let id = entries[0]["id"].to_string();
+    ok(&["dlq", "skip", "--store", &store, "--id", &id]);
+    assert_eq!(
+        balances()["account-2"],
+        20,
+        "the deposit behind the skipped withdrawal"
+    );
+}
