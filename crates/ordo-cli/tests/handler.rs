@@ -283,7 +283,7 @@ fn a_silent_handler_dead_letters_its_stream_with_a_clear_reason_and_others_go_on
     assert_eq!(entries[0]["stream"], "customer-2");
     assert_eq!(
         entries[0]["reason"],
-        "handler failed 2 attempts; last: no answer within 300 ms"
+        "handler failed after 2 attempts; last: no answer within 300 ms"
     );
     let rows = export(&store);
     assert_eq!(rows["customer-1"].version, 3);
@@ -343,7 +343,7 @@ fn garbage_answers_and_refused_connections_dead_letter_with_the_cause() {
         let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
         let reason = entries[0]["reason"].as_str().unwrap();
         assert!(
-            reason.starts_with("handler failed 2 attempts; last: ") && reason.contains(cause),
+            reason.starts_with("handler failed after 2 attempts; last: ") && reason.contains(cause),
             "{reason}"
         );
     }
@@ -583,4 +583,161 @@ fn the_python_example_handler_keeps_the_ledger_of_the_readme() {
         20,
         "the deposit behind the skipped withdrawal"
     );
+}
+
+/// A TLS handler: trusted through the system's roots (here `SSL_CERT_FILE`, which the
+/// native root store reads), refused with a clear reason when its certificate is not.
+#[test]
+fn https_handlers_are_verified_against_the_system_roots() {
+    use std::io::BufRead;
+    let scratch = Scratch::new();
+    // A test CA and a leaf certificate for localhost signed by it.
+    let (ca, cert, key) = (
+        scratch.path("ca.pem"),
+        scratch.path("cert.pem"),
+        scratch.path("key.pem"),
+    );
+    std::fs::write(
+        scratch.path("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let made = std::process::Command::new("openssl")
+            .current_dir(scratch.path(""))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl runs (scripts/test.sh installs it)");
+        assert!(made.success(), "openssl {args:?}");
+    };
+    openssl(
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ]
+        .iter()
+        .chain(&[
+            "-subj",
+            "/CN=ordo test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+        ]
+        .iter()
+        .chain(&["-keyout", "key.pem", "-out", "leaf.csr"])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    openssl(
+        &[
+            "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        ]
+        .iter()
+        .chain(&[
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "cert.pem",
+        ])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    const SERVER: &str = r#"
+import ssl, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut python = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SERVER)
+        .arg(&cert)
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    let stdout = python.stdout.take().unwrap();
+    let _python = Killed(python);
+    let mut port = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut port)
+        .unwrap();
+    let url = format!("https://localhost:{}/events", port.trim());
+    let input = scratch.path("in.jsonl");
+    write_lines(&input, &inventory_lines()[..1]);
+    let source = format!("file:{}", input.display());
+    for (trusted, store) in [
+        (true, scratch.store("a.db")),
+        (false, scratch.store("b.db")),
+    ] {
+        let mut command = ordo();
+        command
+            .args([
+                "run",
+                "--source",
+                &source,
+                "--store",
+                &store,
+                "--handler",
+                &url,
+            ])
+            .args(["--exit-when-idle", "--handler-attempts", "1"])
+            .env_remove("SSL_CERT_DIR")
+            .env_remove("SSL_CERT_FILE");
+        if trusted {
+            command.env("SSL_CERT_FILE", &ca);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
+        if trusted {
+            assert!(entries.is_empty(), "{entries:?}");
+            assert_eq!(export(&store)["customer-1"].version, 1);
+        } else {
+            let reason = entries[0]["reason"].as_str().unwrap();
+            assert!(reason.contains("certificate"), "{reason}");
+        }
+    }
 }

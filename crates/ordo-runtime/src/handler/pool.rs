@@ -195,8 +195,9 @@ async fn call_until_settled(
             }
             Answer::Retry { reason, after_ms } => {
                 if attempt >= options.attempts {
+                    let plural = if attempt == 1 { "" } else { "s" };
                     let reason = clip_reason(&format!(
-                        "handler failed {attempt} attempts; last: {reason}"
+                        "handler failed after {attempt} attempt{plural}; last: {reason}"
                     ));
                     return (work, Outcome::Rejected { reason });
                 }
