@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod core;
 pub mod embedded;
+pub mod handler;
 pub mod kafka;
 pub mod parked;
 pub mod slow;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use ordo_bench::core::{self as core_bench, CoreShape};
 use ordo_bench::embedded::{self, EmbeddedShape};
+use ordo_bench::handler::{self as handler_bench, HandlerShape};
 use ordo_bench::parked::{self, ParkedShape};
 use ordo_bench::slow::{self, SlowShape};
 use serde_json::json;
@@ -31,6 +32,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         eprintln!("slow handlers: chart written to {}", path.display());
     }
+    let handler_shape = pick(args.quick, HandlerShape::quick, HandlerShape::full);
+    eprintln!(
+        "handlers: {} events through ordo run --handler (HTTP, 0-{} ms, concurrency {}), uniform and Zipf keys ...",
+        handler_shape.events, handler_shape.handler_ms_max, handler_shape.concurrency
+    );
+    let handlers = handler_bench::run(handler_shape).map_err(anyhow::Error::msg)?;
     let parked_shape = pick(args.quick, ParkedShape::quick, ParkedShape::full);
     eprintln!(
         "parked: {} products waiting for categories, spilled vs kept in memory, then a restart ...",
@@ -52,7 +59,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     eprintln!("kafka: {kafka_events} events through tansu, ordo vs a raw consume loop ...");
     let kafka = ordo_bench::kafka::run(kafka_events);
     if args.json {
-        let report = json!({
+        // Two objects: one `json!` this long exceeds the macro's recursion limit.
+        let handler_keys = json!({
+            "handler_events": handlers.shape.events,
+            "handler_concurrency": handlers.shape.concurrency,
+            "handler_uniform_events_per_s": handlers.uniform_events_per_s.round(),
+            "handler_partition_events_per_s": handlers.partition_events_per_s.round(),
+            "handler_unordered_events_per_s": handlers.unordered_events_per_s.round(),
+            "handler_key_parallel_vs_partition": round3(handlers.key_parallel_vs_partition()),
+            "handler_key_parallel_vs_unordered": round3(handlers.key_parallel_vs_unordered()),
+            "handler_zipf_events_per_s": handlers.zipf_events_per_s.round(),
+            "handler_zipf_limit_events_per_s": handlers.zipf_limit_events_per_s.round(),
+            "handler_zipf_hottest_key_events": handlers.zipf_hottest_key_events,
+            "handler_zipf_vs_limit": round3(handlers.zipf_vs_limit()),
+            "handler_calls_per_s_zero_latency": handlers.zero_latency_calls_per_s.round(),
+            "handler_raw_calls_per_s_zero_latency": handlers.raw_zero_latency_calls_per_s.round(),
+            "handler_zero_latency_vs_raw": round3(handlers.zero_latency_vs_raw()),
+        });
+        let mut report = json!({
             "engine_events_per_s": core.engine_events_per_s.round(),
             "engine_baseline_events_per_s": core.baseline_events_per_s.round(),
             "engine_vs_hashmap": round3(core.ratio),
@@ -93,6 +117,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "postgres_vs_raw": postgres.as_ref().ok().map(|p| round3(p.ratio)),
             "postgres_skipped": postgres.as_ref().err(),
         });
+        if let (Some(all), serde_json::Value::Object(more)) = (report.as_object_mut(), handler_keys)
+        {
+            all.extend(more);
+        }
         outln!("{report}");
     } else {
         outln!(
@@ -171,6 +199,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             slow.rate("unordered", None),
             slow.key_parallel_vs_unordered
         );
+        let rows = [
+            (
+                "handler (HTTP), uniform keys vs 1 at a time",
+                handlers.uniform_events_per_s,
+                handlers.partition_events_per_s,
+                handlers.key_parallel_vs_partition(),
+            ),
+            (
+                "  ... vs unordered, same concurrency",
+                handlers.uniform_events_per_s,
+                handlers.unordered_events_per_s,
+                handlers.key_parallel_vs_unordered(),
+            ),
+            (
+                "handler, Zipf keys vs the physical limit",
+                handlers.zipf_events_per_s,
+                handlers.zipf_limit_events_per_s,
+                handlers.zipf_vs_limit(),
+            ),
+            (
+                "handler calls/s at 0 ms (vs raw HTTP client)",
+                handlers.zero_latency_calls_per_s,
+                handlers.raw_zero_latency_calls_per_s,
+                handlers.zero_latency_vs_raw(),
+            ),
+        ];
+        for (label, ordo, baseline, ratio) in rows {
+            outln!("{label:<44} {ordo:>14.0} {baseline:>14.0} {ratio:>8.3}");
+        }
         outln!(
             "{:<44} {:>14.0} {:>14.0} {:>8.3}",
             "embedded durable events/s (vs raw upserts)",

@@ -378,7 +378,11 @@ impl RunLoop {
             || self.oldest_uncommitted_ms.is_some_and(|since_ms| {
                 now_ms.saturating_sub(since_ms) >= options.commit_interval_ms
             })
-            || (drained && self.oldest_uncommitted_ms.is_some());
+            // A drained source commits at once, for the latency of the last events; but
+            // not per answer while handler calls are out (the interval bounds those).
+            || (drained
+                && self.oldest_uncommitted_ms.is_some()
+                && consumer.handlers_in_flight() == 0);
         if due {
             self.oldest_uncommitted_ms = None;
             if commit(consumer, source, conflicts, true)? {
