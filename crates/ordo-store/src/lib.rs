@@ -31,6 +31,9 @@ pub use url::StoreUrl;
 /// The SQLite client a transactional handler writes through (the version ordo uses).
 pub use rusqlite;
 
+/// The PostgreSQL client a transactional handler writes through (the version ordo uses).
+pub use postgres;
+
 /// One transaction's worth of work.
 #[derive(Debug, Default)]
 pub struct CommitBatch {
@@ -87,7 +90,7 @@ pub trait BatchTransaction: Store {
     type Connection;
 
     /// Opens the batch's transaction (if it is not open) and a savepoint for one work.
-    fn begin_work(&mut self) -> Result<&Self::Connection, ReadError>;
+    fn begin_work(&mut self) -> Result<&mut Self::Connection, ReadError>;
 
     /// Ends the work's savepoint: its writes kept (applied), or rolled back (rejected).
     fn end_work(&mut self, keep: bool) -> Result<(), ReadError>;

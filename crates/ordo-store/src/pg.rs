@@ -191,6 +191,9 @@ pub struct PostgresStore {
     dead_letter_ids_next: u64,
     dead_letter_ids_end: u64,
     listener: Option<Client>,
+    /// Whether a transactional handler's batch transaction is open on `client` (the next
+    /// commit ends it; a lost connection then loses the batch, and is not reconnected).
+    in_batch: bool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -264,6 +267,7 @@ impl PostgresStore {
             dead_letter_ids_next: 0,
             dead_letter_ids_end: 0,
             listener: None,
+            in_batch: false,
         })
     }
 
@@ -305,6 +309,15 @@ impl PostgresStore {
         pause_ms: &mut u64,
         during: &str,
     ) -> Result<(), String> {
+        if self.in_batch {
+            // The handler's writes went with the connection: reconnecting and committing
+            // ordo's part alone would record versions without their effects.
+            self.in_batch = false;
+            return Err(format!(
+                "lost the connection to {} inside a handler's batch transaction (rolled back; a restart reads the batch again): {error}",
+                redact(&self.url)
+            ));
+        }
         if attempt > RECONNECT_ATTEMPTS_MAX {
             return Err(format!(
                 "lost the connection to {} and could not re-establish it in {RECONNECT_ATTEMPTS_MAX} attempts: {error}",
@@ -821,6 +834,38 @@ fn split_schema(url: &str) -> (String, Option<String>) {
     (url, schema)
 }
 
+impl PostgresStore {
+    /// Opens the batch's transaction, if it is not open: a transactional handler's writes
+    /// then go into the very transaction that the next commit ends with ordo's changes.
+    pub fn begin_batch(&mut self) -> Result<(), ReadError> {
+        if !self.in_batch {
+            self.client.batch_execute("BEGIN")?;
+            self.in_batch = true;
+        }
+        Ok(())
+    }
+}
+
+impl crate::BatchTransaction for PostgresStore {
+    type Connection = Client;
+
+    fn begin_work(&mut self) -> Result<&mut Client, ReadError> {
+        self.begin_batch()?;
+        self.client.batch_execute("SAVEPOINT ordo_work")?;
+        Ok(&mut self.client)
+    }
+
+    fn end_work(&mut self, keep: bool) -> Result<(), ReadError> {
+        let end = if keep {
+            "RELEASE ordo_work"
+        } else {
+            "ROLLBACK TO ordo_work; RELEASE ordo_work"
+        };
+        self.client.batch_execute(end)?;
+        Ok(())
+    }
+}
+
 impl Store for PostgresStore {
     fn snapshot(&mut self, source: &str) -> Result<Snapshot, ReadError> {
         let mut snapshot = self.retrying(|store| store.snapshot_once(source))?;
@@ -896,7 +941,13 @@ impl Store for PostgresStore {
         let mut pause_ms = RECONNECT_PAUSE_MS_FIRST;
         let mut attempt = 0;
         loop {
-            match self.write(source, &batch) {
+            // Inside an open batch `write`'s own transaction nests: its COMMIT ends the
+            // batch with the handler's writes, and a refusal's ROLLBACK undoes them too.
+            // Either way the batch is over: committed, or rolled back by the dropped
+            // transaction or with the connection.
+            let written = self.write(source, &batch);
+            let batch_was_open = std::mem::replace(&mut self.in_batch, false);
+            match written {
                 Ok(landed) => {
                     for (stream, revision) in landed.revisions {
                         self.revisions.insert(stream, revision);
@@ -921,6 +972,9 @@ impl Store for PostgresStore {
                     })
                 }
                 Err(WriteError::Database(error)) if connection_lost(&error) => {
+                    if batch_was_open {
+                        self.in_batch = true; // so that `reconnect` refuses, and says why
+                    }
                     attempt += 1;
                     self.reconnect(
                         &error,

@@ -640,10 +640,10 @@ impl Drop for SqliteStore {
 impl crate::BatchTransaction for SqliteStore {
     type Connection = Connection;
 
-    fn begin_work(&mut self) -> Result<&Connection, ReadError> {
+    fn begin_work(&mut self) -> Result<&mut Connection, ReadError> {
         self.begin_batch()?;
         self.connection.execute_batch("SAVEPOINT ordo_work")?;
-        Ok(&self.connection)
+        Ok(&mut self.connection)
     }
 
     fn end_work(&mut self, keep: bool) -> Result<(), ReadError> {

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS customers (
 pub struct Inventory;
 
 impl TransactionalHandler<Connection> for Inventory {
-    fn handle(&mut self, db: &Connection, call: &Call<'_>) -> Result<(), Refusal> {
+    fn handle(&mut self, db: &mut Connection, call: &Call<'_>) -> Result<(), Refusal> {
         let event = call.event();
         let customer = call.document();
         if let Some(sources) = call.sources() {

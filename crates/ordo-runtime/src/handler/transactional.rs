@@ -38,8 +38,9 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for Refusal {
     }
 }
 
-/// The team's code, writing through the store's connection `C` (for SQLite,
-/// `ordo_store::rusqlite::Connection`).
+/// The team's code, writing through the store's connection `C`:
+/// `ordo_store::rusqlite::Connection` for SQLite, `ordo_store::postgres::Client` for
+/// PostgreSQL (inside the batch's transaction and a savepoint: do not commit it).
 ///
 /// Called on the consumer's thread, one event at a time, in an order that respects every
 /// stream's versions, every `after` and every merge cut; a merge arrives with its
@@ -47,7 +48,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for Refusal {
 /// [`Call::document`].
 pub trait TransactionalHandler<C>: Send + 'static {
     /// Applies `call`'s event through `db`.
-    fn handle(&mut self, db: &C, call: &Call<'_>) -> Result<(), Refusal>;
+    fn handle(&mut self, db: &mut C, call: &Call<'_>) -> Result<(), Refusal>;
 }
 
 /// Runs one work through a transactional handler inside its savepoint.
