@@ -8,6 +8,15 @@ fn main() {
     } else {
         ordo_bench::handler::HandlerShape::full()
     };
+    if std::env::args().any(|a| a == "--zero-only") {
+        let rate = ordo_bench::handler::run_zero_latency_only(ordo_bench::handler::HandlerShape {
+            repetitions: 10,
+            ..shape
+        })
+        .expect("the handler benchmark runs");
+        println!("0 ms through ordo: {rate:.0} calls/s");
+        return;
+    }
     let report = ordo_bench::handler::run(shape).expect("the handler benchmark runs");
     println!(
         "uniform {:.0}/s partition {:.0}/s unordered {:.0}/s -> vs_partition {:.1} vs_unordered {:.3}",

@@ -170,6 +170,17 @@ fn lines(planned: &[Planned]) -> String {
     text
 }
 
+/// Only the 0 ms ordo run, `repetitions` times (for profiles); its calls/s.
+pub fn run_zero_latency_only(shape: HandlerShape) -> Result<f64, String> {
+    let server = Server::start();
+    let plan = uniform(&shape, 0);
+    let mut best: f64 = 0.0;
+    for _ in 0..shape.repetitions.max(1) {
+        best = best.max(through_ordo(&server, &shape, &plan)?);
+    }
+    Ok(best)
+}
+
 /// Runs every part. Errors name what could not be set up.
 pub fn run(shape: HandlerShape) -> Result<HandlerReport, String> {
     let server = Server::start();
