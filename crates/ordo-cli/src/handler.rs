@@ -56,12 +56,10 @@ pub fn for_run(
              state, so start it on a new store"
         );
     }
-    let settings = HandlerSettings {
+    Ok(Some(HandlerSettings {
         url: url.clone(),
         options,
-    };
-    record(store, &settings)?;
-    Ok(Some(settings))
+    }))
 }
 
 /// The handler the operator verbs use: the one the last `run` recorded, if any.
@@ -90,7 +88,9 @@ pub fn recorded(store: &mut AnyStore) -> anyhow::Result<Option<HandlerSettings>>
     }))
 }
 
-fn record(store: &mut AnyStore, settings: &HandlerSettings) -> anyhow::Result<()> {
+/// Records `settings` as the store's handler (for the operator verbs, and to keep the
+/// document projection off a handler store).
+pub fn record(store: &mut AnyStore, settings: &HandlerSettings) -> anyhow::Result<()> {
     let options = &settings.options;
     let text = json!({
         "url": settings.url,

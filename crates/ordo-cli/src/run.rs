@@ -24,6 +24,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut config = engine_config(&args.engine, &mut store)?;
     let handler = crate::handler::for_run(&args.handler, &mut store)?;
     crate::handler::adapt_config(&mut config, handler.as_ref());
+    // The pool starts (its URL parsed, its command checked) before anything is recorded.
+    let pool = match &handler {
+        Some(settings) => {
+            let pool = crate::handler::start(settings)?;
+            crate::handler::record(&mut store, settings)?;
+            Some(pool)
+        }
+        None => None,
+    };
     record_engine_config(&mut store, &config)?;
     if let Ok(fault) = std::env::var(FAULT_VARIABLE) {
         let (commit, stage) = fault
@@ -60,8 +69,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         other => (ordo_runtime::source::open(other)?, other.checkpoint_key()),
     };
     let mut consumer = Consumer::open(store, &checkpoint_key, config)?;
-    if let Some(settings) = &handler {
-        consumer = consumer.with_handlers(crate::handler::start(settings)?);
+    if let Some(pool) = pool {
+        consumer = consumer.with_handlers(pool);
     }
     let mut options = RunOptions {
         exit_when_idle: args.exit_when_idle,

@@ -209,10 +209,24 @@ fn handler_rejections_are_sequenced_dead_letters_that_replay_and_skip_resolve() 
             .any(|p| p["stream"] == "customer-1" && p["version"] == 3),
         "{parked:?}"
     );
+    let id_of = |stream: &str| {
+        let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
+        let entry = entries.iter().find(|e| e["stream"] == stream).unwrap();
+        entry["id"].to_string()
+    };
+    // Replayed while the handler still refuses it: said so, never "requeued".
+    let again = ok(&[
+        "dlq",
+        "replay",
+        "--store",
+        &store,
+        "--id",
+        &id_of("customer-1"),
+    ]);
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(said.contains("dead-lettered-again"), "{said}");
     // The warehouse learnt the sku: the operator replays one entry and skips the other.
     service.state.lock().unwrap().refusing = false;
-    let id_of =
-        |stream: &str| entries.iter().find(|e| e["stream"] == stream).unwrap()["id"].to_string();
     ok(&[
         "dlq",
         "replay",
@@ -355,6 +369,7 @@ fn bad_handler_urls_are_usage_errors() {
     let input = scratch.path("in.jsonl");
     write_lines(&input, &inventory_lines());
     let source = format!("file:{}", input.display());
+    let store = scratch.store("state.db");
     for (extra, says) in [
         (
             &["--handler", "ftp://127.0.0.1/x"][..],
@@ -366,7 +381,6 @@ fn bad_handler_urls_are_usage_errors() {
             "--concurrency must be",
         ),
     ] {
-        let store = scratch.store(&format!("{}.db", says.len()));
         let mut args = vec!["run", "--source", &source, "--store", &store];
         args.extend_from_slice(extra);
         let output = run(&args);
@@ -374,11 +388,21 @@ fn bad_handler_urls_are_usage_errors() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(says), "{extra:?}: {stderr}");
     }
+    // None of the refused runs marked the store as a handler's.
+    ok(&[
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--exit-when-idle",
+    ]);
 }
 
 /// The exec child: answers each request from a thread of its own after a random pause
-/// (so answers come in any order), records what it applied in a file, checks order,
-/// prints noise on its first start and crashes mid-stream on its second.
+/// (so answers come in any order), records what it applied in a file, checks per-stream
+/// version order (not exclusivity), prints noise on its first start and crashes
+/// mid-stream on its second.
 const EXEC_CHILD: &str = r#"
 import json, os, random, sys, threading, time
 state_path, marker = sys.argv[1], sys.argv[2]
@@ -739,5 +763,64 @@ server.serve_forever()
             let reason = entries[0]["reason"].as_str().unwrap();
             assert!(reason.contains("certificate"), "{reason}");
         }
+    }
+}
+
+/// More events of one stream than ordo reads ahead of its handlers, and that stream's
+/// first event refused: the events waiting behind the dead letter must not stop the
+/// source, so the other streams after them are still read and applied.
+#[test]
+fn a_stream_stuck_behind_a_dead_letter_with_a_long_queue_does_not_stop_the_others() {
+    let scratch = Scratch::new();
+    let input = scratch.path("in.jsonl");
+    let mut lines: Vec<String> = (1..=10_500)
+        .map(|v| {
+            let kind = if v == 1 { "Poison" } else { "Fine" };
+            format!(r#"{{"id":"h{v}","stream":"hot","version":{v},"type":"{kind}","op":"incr","data":{{"n":1}}}}"#)
+        })
+        .collect();
+    for c in 0..10 {
+        lines.push(format!(
+            r#"{{"id":"c{c}","stream":"cool-{c}","version":1,"type":"Fine","op":"set","data":{{"n":1}}}}"#
+        ));
+    }
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let service = Service::start(Behaviour {
+        refused_type: Some("Poison".into()),
+        ..Behaviour::default()
+    });
+    let store = scratch.store("state.db");
+    let source = format!("file:{}", input.display());
+    let url = service.url();
+    let mut child = ordo()
+        .args([
+            "run",
+            "--source",
+            &source,
+            "--store",
+            &store,
+            "--handler",
+            &url,
+        ])
+        .arg("--exit-when-idle")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the run did not end within 60 s: the source stopped behind the stuck stream");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    let rows = export(&store);
+    for c in 0..10 {
+        assert_eq!(rows[&format!("cool-{c}")].version, 1, "cool-{c}");
     }
 }

@@ -324,45 +324,54 @@ fn a_consumer_group_with_a_member_added_and_one_stopped_matches_the_oracle() {
     let store = scratch.store("state.db");
     let consumed = || sqlite_consumed(&scratch.path("state.db"));
     let source = broker.source("group", "shared");
-    let spawn = || {
-        ordo()
+    let spawn = |name: &str| {
+        let log = scratch.path(name);
+        let child = ordo()
             .args([
                 "run", "--source", &source, "--store", &store, "--batch", "16",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .unwrap()
+            .unwrap();
+        (child, log)
+    };
+    let assigned = |log: &std::path::Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("partitions assigned")
     };
     // Traffic arrives while the group changes: a first member alone, a second joining
     // (rebalance), the first leaving (rebalance), the second alone. Each step waits for
-    // what it needs (the store's checkpoints), never for a fixed time: the first member
-    // alone reads the first third, the second alone reads the last.
+    // what it needs (the store's checkpoints, the member's own "partitions assigned"),
+    // never for a fixed time.
     broker.produce("group", thirds[0], None);
-    let first = spawn();
+    let first = spawn("first.log");
     wait_until(
         "the first member read the first third",
         GROUP_STEP_MS,
         || consumed() >= thirds[0].len() as i64,
     );
-    let second = spawn();
+    let second = spawn("second.log");
+    wait_until("the second member joined the group", GROUP_STEP_MS, || {
+        assigned(&second.1)
+    });
     broker.produce("group", thirds[1], None);
     let two_thirds = (thirds[0].len() + thirds[1].len()) as i64;
-    wait_until("the group read the second third", GROUP_STEP_MS, || {
-        consumed() >= two_thirds
-    });
-    let first_out = stop(first);
+    wait_until(
+        "the two members read the second third",
+        GROUP_STEP_MS,
+        || consumed() >= two_thirds,
+    );
+    let first_out = stop_logged(first);
     broker.produce("group", thirds[2], None);
     wait_until(
         "the second member, alone, read the rest",
         GROUP_STEP_MS,
         || consumed() >= deliveries.len() as i64,
     );
-    let second_out = stop(second);
-    let (first_count, second_count) = (
-        delivered_in(&first_out.stderr),
-        delivered_in(&second_out.stderr),
-    );
+    let second_out = stop_logged(second);
+    let (first_count, second_count) = (delivered_in(&first_out), delivered_in(&second_out));
     assert!(
         first_count > 0 && second_count > 0,
         "each member consumed while it was alone: {first_count}, {second_count}"
@@ -419,6 +428,23 @@ fn stop(member: Child) -> std::process::Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// Stops a member whose stderr goes to a file with SIGTERM, asserting a clean exit; what
+/// it printed.
+fn stop_logged((mut member, log): (Child, std::path::PathBuf)) -> Vec<u8> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &member.id().to_string()])
+        .status();
+    let status = member.wait().unwrap();
+    let printed = std::fs::read(&log).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&printed)
+    );
+    printed
 }
 
 /// How many offsets a SQLite store's checkpoints cover, read beside a running member.
@@ -832,24 +858,27 @@ fn an_http_handler_behind_kafka_and_postgres_matches_the_oracle() {
         .unwrap();
 }
 
-/// Two members with a handler sharing PostgreSQL, one stopped mid-stream: its partitions
-/// go to the other without two calls of one stream ever running at once (a revocation
-/// waits for the calls out), and the service reaches the oracle.
+/// Two members with a slow handler (calls up to 150 ms) sharing PostgreSQL, one stopped
+/// with SIGTERM while its calls are out: the other takes its partitions over and the
+/// service reaches the oracle with no order breach. What this cannot show: that the
+/// stopping member's calls end before the next owner sends (tansu's rebalance takes
+/// seconds, longer than any call here; with `STOP_GRACE_MS` set to 0 it still passes).
+/// That rule is the consumer's `settle_handlers` before every rebuild and stop.
 #[test]
-fn a_handler_group_hands_partitions_over_without_overlapping_calls() {
+fn a_handler_group_member_stopped_mid_call_hands_over_and_the_service_reaches_the_oracle() {
     use common::service::{Behaviour, Service};
     let broker = Broker::start();
     broker.create_topic("handled-group", 4);
     let seed = 79;
     // Streams that do not wait for each other: a late event redirected into another
     // member's merge target could run beside that member's own call (docs/design.md).
-    let history = Scenario::Bank.history(seed, 3_000);
+    let history = Scenario::Bank.history(seed, 1_200);
     let deliveries = Scenario::Bank.deliveries(seed, &history);
     let halves: Vec<&[Event]> = deliveries.chunks(deliveries.len().div_ceil(2)).collect();
     let (mut admin, schema, store) = postgres_schema("ordo_handler_group");
     let service = Service::start(Behaviour {
         seed,
-        slow_ms_max: 4,
+        slow_ms_max: 150,
         ..Behaviour::default()
     });
     let source = broker.source("handled-group", "members");
@@ -880,6 +909,9 @@ fn a_handler_group_hands_partitions_over_without_overlapping_calls() {
         claims_by_member(&schema).len() == 2 && consumed() > 0
     });
     broker.produce("handled-group", halves[1], None);
+    wait_until("calls out at the service", GROUP_STEP_MS, || {
+        service.state.lock().unwrap().running > 0
+    });
     let first_out = stop(first);
     wait_until("the second member read the rest", GROUP_STEP_MS, || {
         consumed() >= deliveries.len() as i64

@@ -170,7 +170,7 @@ pub struct Consumer<S: Store> {
     /// The team's transactional handler, when events go to it instead of the projection.
     transactional: Option<TransactionalApply<S>>,
     /// Works back from the handlers, not yet given to the engine.
-    returned: Vec<(Work, Outcome)>,
+    returned: Vec<crate::handler::Returned>,
     /// Deliveries queued to apply minus works finished (handlers only; a bound on how
     /// far the source is read ahead of slow handlers).
     handler_backlog: u64,
@@ -241,9 +241,32 @@ impl<S: Store> Consumer<S> {
         self.handlers.as_ref().map_or(0, |pool| pool.in_flight()) + self.returned.len()
     }
 
-    /// Whether the source should wait: handlers are this far behind what was read.
+    /// Whether the source should wait: handlers are this far behind what was read, and
+    /// calls are running that will catch up. With nothing calling (every work out sleeps
+    /// in backoff, or the backlog waits behind a dead letter) the source is read on: one
+    /// stream's trouble must not stop the others.
     pub fn handlers_saturated(&self) -> bool {
-        self.handlers.is_some() && self.handler_backlog >= HANDLER_DELIVERED_AHEAD_MAX
+        self.handlers
+            .as_ref()
+            .is_some_and(|pool| pool.calling() > 0)
+            && self.handler_backlog >= HANDLER_DELIVERED_AHEAD_MAX
+    }
+
+    /// Gives the works back from the handlers to the engine; returns how many finished.
+    /// An abandoned one (its backoff was cut short before a rebuild or a stop) is not
+    /// given back: the engine that handed it out is about to be replaced, or the process
+    /// to end, and its event is read again from its unsettled offset.
+    fn take_back(&mut self, now_ms: u64) -> u64 {
+        let mut finished = 0;
+        for (work, outcome) in self.returned.drain(..) {
+            if let Some(outcome) = outcome {
+                self.engine.handle_outcome(now_ms, work, outcome);
+                finished += 1;
+            }
+        }
+        self.handler_backlog = self.handler_backlog.saturating_sub(finished);
+        self.uncommitted_works += finished;
+        finished
     }
 
     /// Waits at most `timeout` for a handler to finish a work (taken up by the next
@@ -261,19 +284,31 @@ impl<S: Store> Consumer<S> {
         }
     }
 
-    /// Takes every work back from the handlers, waiting as long as `limit` allows (all
-    /// of them when `None`), without handing out new ones: before the state is rebuilt
-    /// (no call of the old state may still run) and before a graceful stop. Returns
+    /// What is read is applied before the engine is rebuilt (a rebalance): with the
+    /// document projection, everything ready; with handlers, nothing new is handed out and
+    /// the calls out are settled ([`Self::settle_handlers`]).
+    pub fn apply_before_rebuild(&mut self) -> Result<(), ConsumeError> {
+        if self.handlers.is_some() {
+            self.settle_handlers(None);
+        } else {
+            self.apply_ready()?;
+        }
+        Ok(())
+    }
+
+    /// Takes every work back from the handlers, handing out none, before the state is
+    /// rebuilt (no call of the old state may still run beside the new one) or the process
+    /// stops. Works sleeping in backoff come back at once, abandoned; calls on the wire
+    /// are waited for, at most `limit` (a handler timeout ends each one anyway). Returns
     /// whether none is left out.
     pub fn settle_handlers(&mut self, limit: Option<std::time::Duration>) -> bool {
         let deadline = limit.map(|limit| std::time::Instant::now() + limit);
-        let mut finished = 0;
+        if let Some(pool) = self.handlers.as_mut() {
+            pool.abandon_backoffs();
+        }
         loop {
             let now_ms = self.clock.now_ms();
-            for (work, outcome) in self.returned.drain(..) {
-                self.engine.handle_outcome(now_ms, work, outcome);
-                finished += 1;
-            }
+            self.take_back(now_ms);
             let Some(pool) = self.handlers.as_mut() else {
                 break;
             };
@@ -293,8 +328,9 @@ impl<S: Store> Consumer<S> {
                 self.returned.push(back);
             }
         }
-        self.handler_backlog = self.handler_backlog.saturating_sub(finished);
-        self.uncommitted_works += finished;
+        if let Some(pool) = self.handlers.as_mut() {
+            pool.resume_backoffs();
+        }
         self.handlers_in_flight() == 0
     }
 
@@ -537,11 +573,10 @@ impl<S: Store> Consumer<S> {
             while let Some(back) = pool.try_take() {
                 self.returned.push(back);
             }
-            for (work, outcome) in self.returned.drain(..) {
-                self.engine.handle_outcome(now_ms, work, outcome);
-                finished += 1;
-                moved = true;
-            }
+            let back = self.take_back(now_ms);
+            finished += back;
+            moved |= back > 0;
+            let pool = self.handlers.as_mut().expect("called with handlers");
             while pool.in_flight() < HANDLER_WORKS_OUT_MAX {
                 match self.engine.poll_work(now_ms) {
                     Some(work) => {
@@ -557,8 +592,6 @@ impl<S: Store> Consumer<S> {
         }
         self.engine.handle_timeout(self.clock.now_ms());
         self.print_notices();
-        self.handler_backlog = self.handler_backlog.saturating_sub(finished);
-        self.uncommitted_works += finished;
         Ok(finished)
     }
 
@@ -615,6 +648,15 @@ impl<S: Store> Consumer<S> {
             .replay_dead_letter(self.clock.now_ms(), entry)
             .map_err(|e| e.to_string())?;
         self.apply_until_quiet().map_err(|e| e.to_string())?;
+        // With a handler the verdict comes only now: requeued is what the engine did,
+        // but if the handler refused the event again it was not applied.
+        if outcome == ordo_core::ReplayOutcome::Requeued && self.handlers.is_some() {
+            if let (Some(stream), Some(version)) = (entry.stream.as_deref(), entry.version) {
+                if self.engine.applied_version(stream) < version {
+                    return Ok(ordo_core::ReplayOutcome::DeadLetteredAgain);
+                }
+            }
+        }
         Ok(outcome)
     }
 

@@ -284,11 +284,11 @@ impl RunLoop {
         let mut finished = false;
         match polled {
             Polled::Revoked(partitions) => {
+                tracing::info!(?partitions, "partitions revoked");
                 // Whatever was read is applied and committed before partitions change
                 // hands; a conflict drops the batch, which the next owner reads again.
                 // No handler call may still run once the next owner starts sending.
-                consumer.apply_ready()?;
-                consumer.settle_handlers(None);
+                consumer.apply_before_rebuild()?;
                 commit(consumer, source, conflicts, false)?;
                 self.commits += 1;
                 self.oldest_uncommitted_ms = None;
@@ -303,11 +303,11 @@ impl RunLoop {
                 return Ok(None);
             }
             Polled::Assigned(partitions) => {
+                tracing::info!(?partitions, "partitions assigned");
                 // Claimed before the state is re-read: a former owner that has not noticed
                 // it lost a partition can no longer commit for it, so what is read here
                 // is final for these partitions.
-                consumer.apply_ready()?;
-                consumer.settle_handlers(None);
+                consumer.apply_before_rebuild()?;
                 commit(consumer, source, conflicts, false)?;
                 self.commits += 1;
                 self.oldest_uncommitted_ms = None;

@@ -443,6 +443,10 @@ impl SqliteStore {
                 "ROLLBACK"
             };
             let ended = self.connection.execute_batch(end);
+            if ended.is_err() && !self.connection.is_autocommit() {
+                // A COMMIT that failed (busy, full disk) leaves the transaction open.
+                let _ = self.connection.execute_batch("ROLLBACK");
+            }
             written?;
             return Ok(ended?);
         }
@@ -633,6 +637,11 @@ fn injected(what: &str) -> WriteFailure {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        if self.in_batch {
+            // An uncommitted batch goes (it would also take the lease release with it).
+            let _ = self.connection.execute_batch("ROLLBACK");
+            self.in_batch = false;
+        }
         self.release_lease();
     }
 }

@@ -262,14 +262,18 @@ async fn answer(
                 event.version
             ));
         }
-        let mut marks = vec![format!("stream:{stream}"), format!("document:{document}")];
-        marks.extend(sources.iter().map(|s| format!("document:{s}")));
-        marks.dedup();
-        for mark in &marks {
-            if !state.busy.insert(mark.clone()) {
+        let mut wanted = vec![format!("stream:{stream}"), format!("document:{document}")];
+        wanted.extend(sources.iter().map(|s| format!("document:{s}")));
+        wanted.dedup();
+        // Only the marks this call set are its to clear: a breach must not hide the next.
+        let mut marks = Vec::new();
+        for mark in wanted {
+            if state.busy.insert(mark.clone()) {
+                marks.push(mark);
+            } else {
+                let version = event.version;
                 state.breaches.push(format!(
-                    "{stream} v{}: {mark} already has a call running",
-                    event.version
+                    "{stream} v{version}: {mark} already has a call running"
                 ));
             }
         }

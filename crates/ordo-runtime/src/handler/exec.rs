@@ -2,11 +2,11 @@
 //! request on its stdin, one per answer on its stdout, answers in any order.
 //!
 //! A supervisor task owns the child. Whatever goes wrong with it (it exits, prints a line
-//! that is not an answer, names a request never sent) ends that child: every request it
-//! had not answered gets a retryable answer saying why, so the pool calls again after its
-//! backoff, and the next call starts a new child. A crash thus costs each unanswered event
-//! one attempt: a poison event that kills the child every time ends as a dead letter with
-//! that reason instead of crashing it forever.
+//! that is not an answer, names a request never sent) ends that child, and a new one is
+//! started and sent every request the old one had not answered. A request that sees
+//! [`RESENDS_PER_ATTEMPT_MAX`] children end with it unanswered is answered "retry" with the
+//! reason (one attempt spent, then the pool's backoff): a poison event that kills every
+//! child ends as a dead letter with that reason instead of crashing children forever.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,6 +29,9 @@ pub const RESTART_PAUSE_MS_MIN: u64 = 100;
 
 /// Longest pause before a restart.
 pub const RESTART_PAUSE_MS_MAX: u64 = 5_000;
+
+/// How long a child whose stdout ended is given to exit before it is stopped.
+pub const EXIT_WAIT_MS: u64 = 500;
 
 /// A child that lived this long before dying is restarted without a pause.
 pub const HEALTHY_LIFETIME_MS: u64 = 5_000;
@@ -103,37 +106,62 @@ struct Running {
     started: Instant,
 }
 
+/// Unanswered requests kept across this many child restarts (sent again to each new
+/// child, as the contract says); beyond it a request is answered "retry" with the reason,
+/// which costs it an attempt, so an event that kills every child ends as a dead letter.
+pub const RESENDS_PER_ATTEMPT_MAX: u32 = 3;
+
+/// A request and how many children died with it unanswered.
+struct Waiting {
+    request: Request,
+    resends: u32,
+}
+
 /// Owns the child: starts it when a request comes, writes requests, matches answers.
 async fn supervise(command: String, mut requests: mpsc::UnboundedReceiver<Request>) {
-    let mut waiting: BTreeMap<u64, Request> = BTreeMap::new();
+    let mut waiting: BTreeMap<u64, Waiting> = BTreeMap::new();
     let mut highest_sent = 0u64;
     let mut running: Option<Running> = None;
     let mut restart_pause_ms = 0u64;
     let mut line = Vec::new();
     loop {
-        let Some(child) = running.as_mut() else {
-            // No child: wait for a request, then start one.
-            let Some(request) = requests.recv().await else {
-                return;
-            };
+        if running.is_none() {
+            if waiting.is_empty() {
+                let Some(request) = requests.recv().await else {
+                    return;
+                };
+                highest_sent = highest_sent.max(request.number);
+                waiting.insert(
+                    request.number,
+                    Waiting {
+                        request,
+                        resends: 0,
+                    },
+                );
+            }
             if restart_pause_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(restart_pause_ms)).await;
             }
             match start(&command) {
-                Ok(child) => running = Some(child),
+                Ok(child) => {
+                    // A request whose call gave up waiting is not sent to the new child.
+                    waiting.retain(|_, w| !w.request.reply.is_closed());
+                    for w in waiting.values() {
+                        let _ = child.stdin.send(w.request.line.clone());
+                    }
+                    running = Some(child);
+                }
                 Err(error) => {
                     let reason = format!("exec handler: cannot start `{command}`: {error}");
-                    let _ = request.reply.send(Answer::retry(reason));
+                    for (_, w) in std::mem::take(&mut waiting) {
+                        let _ = w.request.reply.send(Answer::retry(reason.clone()));
+                    }
                     restart_pause_ms = next_pause(restart_pause_ms);
-                    continue;
                 }
             }
-            let child = running.as_mut().expect("just started");
-            highest_sent = highest_sent.max(request.number);
-            let _ = child.stdin.send(request.line.clone());
-            waiting.insert(request.number, request);
             continue;
-        };
+        }
+        let child = running.as_mut().expect("a child runs");
         line.clear();
         let failure = tokio::select! {
             request = requests.recv() => {
@@ -141,7 +169,7 @@ async fn supervise(command: String, mut requests: mpsc::UnboundedReceiver<Reques
                 highest_sent = highest_sent.max(request.number);
                 // A closed writer means the child is gone: its stdout says so next.
                 let _ = child.stdin.send(request.line.clone());
-                waiting.insert(request.number, request);
+                waiting.insert(request.number, Waiting { request, resends: 0 });
                 prune_abandoned(&mut waiting);
                 None
             }
@@ -151,18 +179,25 @@ async fn supervise(command: String, mut requests: mpsc::UnboundedReceiver<Reques
                 Err(error) => Some(format!("exec child's stdout: {error}")),
             },
         };
-        if let Some(reason) = failure {
-            tracing::warn!(command = %command, %reason, "exec handler: restarting the child");
-            let child = running.take().expect("a child was running");
-            restart_pause_ms =
-                if child.started.elapsed() >= Duration::from_millis(HEALTHY_LIFETIME_MS) {
-                    0
-                } else {
-                    next_pause(restart_pause_ms)
-                };
-            end(child).await;
-            for (_, request) in std::mem::take(&mut waiting) {
-                let _ = request.reply.send(Answer::retry(reason.clone()));
+        let Some(reason) = failure else { continue };
+        tracing::warn!(command = %command, %reason, "exec handler: restarting the child");
+        let child = running.take().expect("a child was running");
+        restart_pause_ms = if child.started.elapsed() >= Duration::from_millis(HEALTHY_LIFETIME_MS)
+        {
+            0
+        } else {
+            next_pause(restart_pause_ms)
+        };
+        end(child).await;
+        // What was unanswered goes to the next child; a request that saw too many
+        // children die is answered "retry", which costs it an attempt.
+        let numbers: Vec<u64> = waiting.keys().copied().collect();
+        for number in numbers {
+            let w = waiting.get_mut(&number).expect("listed above");
+            w.resends += 1;
+            if w.resends > RESENDS_PER_ATTEMPT_MAX {
+                let w = waiting.remove(&number).expect("listed above");
+                let _ = w.request.reply.send(Answer::retry(reason.clone()));
             }
         }
     }
@@ -210,19 +245,27 @@ async fn end(mut running: Running) {
     let _ = running.child.wait().await;
 }
 
+/// Why the child's output ended: its exit status, or (a child that closed its stdout but
+/// lives on) that it was stopped.
 async fn exit_reason(child: &mut Child) -> String {
-    match child.wait().await {
-        Ok(status) => format!("exec child exited ({status}) with requests unanswered"),
-        Err(error) => format!("exec child ended: {error}"),
+    match tokio::time::timeout(Duration::from_millis(EXIT_WAIT_MS), child.wait()).await {
+        Ok(Ok(status)) => format!("exec child exited ({status}) with requests unanswered"),
+        Ok(Err(error)) => format!("exec child ended: {error}"),
+        Err(_) => {
+            let _ = child.start_kill();
+            "exec child closed its stdout but kept running; stopped it".into()
+        }
     }
 }
 
-/// Reads one line (without its newline) into `line`; `Ok(false)` at end of output.
+/// Reads one line (without its newline) into `line`, never more than the bound;
+/// `Ok(false)` at end of output.
 async fn read_line(
     stdout: &mut BufReader<ChildStdout>,
     line: &mut Vec<u8>,
 ) -> std::io::Result<bool> {
-    let read = stdout.read_until(b'\n', line).await?;
+    let bound = ANSWER_LINE_BYTES_MAX as u64 + 1;
+    let read = (&mut *stdout).take(bound).read_until(b'\n', line).await?;
     if read == 0 {
         return Ok(false);
     }
@@ -241,7 +284,7 @@ async fn read_line(
 /// Takes one answer line; `Err` with the reason when the child broke the protocol.
 fn answer(
     line: &[u8],
-    waiting: &mut BTreeMap<u64, Request>,
+    waiting: &mut BTreeMap<u64, Waiting>,
     highest_sent: u64,
 ) -> Result<(), String> {
     let text = String::from_utf8_lossy(line);
@@ -250,9 +293,9 @@ fn answer(
     }
     let (number, answer) = parse_answer(&text)?;
     match waiting.remove(&number) {
-        Some(request) => {
+        Some(w) => {
             // The call may have timed out meanwhile: then nobody listens, and that is fine.
-            let _ = request.reply.send(answer);
+            let _ = w.request.reply.send(answer);
             Ok(())
         }
         None if number >= 1 && number <= highest_sent => {
@@ -307,9 +350,9 @@ fn parse_answer(text: &str) -> Result<(u64, Answer), String> {
 }
 
 /// Drops requests whose caller stopped waiting (timed out), once they pile up.
-fn prune_abandoned(waiting: &mut BTreeMap<u64, Request>) {
+fn prune_abandoned(waiting: &mut BTreeMap<u64, Waiting>) {
     if waiting.len().is_power_of_two() && waiting.len() >= 1024 {
-        waiting.retain(|_, request| !request.reply.is_closed());
+        waiting.retain(|_, w| !w.request.reply.is_closed());
     }
 }
 
@@ -351,12 +394,16 @@ mod tests {
     fn an_answer_to_a_request_never_sent_is_a_protocol_error() {
         let mut waiting = BTreeMap::new();
         let (reply, mut answered) = oneshot::channel();
+        let request = Request {
+            number: 2,
+            line: String::new(),
+            reply,
+        };
         waiting.insert(
             2,
-            Request {
-                number: 2,
-                line: String::new(),
-                reply,
+            Waiting {
+                request,
+                resends: 0,
             },
         );
         assert!(answer(br#"{"request":9,"result":"applied"}"#, &mut waiting, 2).is_err());

@@ -23,7 +23,7 @@ mod transactional;
 pub use call::{Answer, Call};
 pub use exec::ExecHandler;
 pub use http::{HttpHandler, HttpHandlerError};
-pub use pool::{HandlerPool, HandlerPoolError};
+pub use pool::{HandlerPool, HandlerPoolError, Returned};
 pub(crate) use transactional::apply_in_transaction;
 pub use transactional::{Refusal, TransactionalHandler};
 

@@ -6,13 +6,15 @@
 //! backoff takes no slot from the streams that are healthy.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ordo_core::{Outcome, Work};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use super::{clip_reason, Answer, Call, Handler, HandlerOptions};
 
@@ -57,13 +59,43 @@ impl<H: Handler> DynHandler for H {
     }
 }
 
+/// A handler's future with its panics caught: a panic is the handler's bug for this
+/// event, and the event is dead-lettered with it instead of being lost with its task.
+struct CatchUnwind<'a>(BoxedAnswer<'a>);
+
+impl Future for CatchUnwind<'_> {
+    type Output = Answer;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(polled) => polled,
+            Err(panic) => {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Poll::Ready(Answer::Rejected {
+                    reason: format!("the handler panicked: {text}"),
+                })
+            }
+        }
+    }
+}
+
+/// A work back from the pool: with its outcome, or abandoned (its backoff was cut short
+/// by [`HandlerPool::abandon_backoffs`]; no call of it is running).
+pub type Returned = (Work, Option<Outcome>);
+
 /// Handler calls running beside the run loop. Submit works the engine handed out, take
 /// them back with their outcomes, and give each to the engine's `handle_outcome`.
 pub struct HandlerPool {
     works: tokio::sync::mpsc::UnboundedSender<Work>,
-    outcomes: mpsc::Receiver<(Work, Outcome)>,
+    outcomes: mpsc::Receiver<Returned>,
     out: usize,
     options: HandlerOptions,
+    slots: Arc<Semaphore>,
+    abandon: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -88,17 +120,20 @@ impl HandlerPool {
         let (finished, outcomes) = mpsc::channel();
         let handler: Arc<dyn DynHandler> = Arc::new(handler);
         let task_options = Arc::new(options.clone());
+        let slots = Arc::new(Semaphore::new(options.concurrency));
+        let task_slots = slots.clone();
+        let (abandon, abandoned) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("ordo-handlers".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let slots = Arc::new(Semaphore::new(task_options.concurrency));
                     while let Some(work) = submitted.recv().await {
                         let call = call_until_settled(
                             handler.clone(),
                             work,
-                            slots.clone(),
+                            task_slots.clone(),
                             task_options.clone(),
+                            abandoned.clone(),
                         );
                         let finished = finished.clone();
                         tokio::spawn(async move {
@@ -114,6 +149,8 @@ impl HandlerPool {
             outcomes,
             out: 0,
             options,
+            slots,
+            abandon,
             thread: Some(thread),
         })
     }
@@ -136,19 +173,46 @@ impl HandlerPool {
         self.out
     }
 
-    /// A finished work, if one is back.
-    pub fn try_take(&mut self) -> Option<(Work, Outcome)> {
+    /// Calls running now (holding a slot; works in backoff hold none).
+    pub fn calling(&self) -> usize {
+        self.options.concurrency - self.slots.available_permits()
+    }
+
+    /// From now on (until [`Self::resume_backoffs`]) works in backoff, or about to sleep
+    /// one, come back abandoned at once instead of being called again: before the state
+    /// is rebuilt, only calls on the wire need to end.
+    pub fn abandon_backoffs(&mut self) {
+        let _ = self.abandon.send(true);
+    }
+
+    /// Retries go on as usual again.
+    pub fn resume_backoffs(&mut self) {
+        let _ = self.abandon.send(false);
+    }
+
+    /// A returned work, if one is back.
+    pub fn try_take(&mut self) -> Option<Returned> {
         let taken = self.outcomes.try_recv().ok()?;
         self.out -= 1;
         Some(taken)
     }
 
-    /// A finished work, waiting at most `timeout` for one.
-    pub fn take_within(&mut self, timeout: Duration) -> Option<(Work, Outcome)> {
+    /// A returned work, waiting at most `timeout` for one.
+    pub fn take_within(&mut self, timeout: Duration) -> Option<Returned> {
         if self.out == 0 {
             return None;
         }
-        let taken = self.outcomes.recv_timeout(timeout).ok()?;
+        let taken = match self.outcomes.recv_timeout(timeout) {
+            Ok(taken) => taken,
+            Err(mpsc::RecvTimeoutError::Timeout) => return None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Handler panics are caught in their tasks; only a bug ends the thread.
+                panic!(
+                    "the handler pool's thread ended with {} works out",
+                    self.out
+                )
+            }
+        };
         self.out -= 1;
         Some(taken)
     }
@@ -166,53 +230,59 @@ impl Drop for HandlerPool {
     }
 }
 
-/// Calls the handler for one work until it applies, is rejected, or runs out of attempts.
+/// Calls the handler for one work until it applies, is rejected, runs out of attempts,
+/// or is abandoned while waiting to be called again.
 async fn call_until_settled(
     handler: Arc<dyn DynHandler>,
     work: Work,
     slots: Arc<Semaphore>,
     options: Arc<HandlerOptions>,
-) -> (Work, Outcome) {
+    mut abandoned: watch::Receiver<bool>,
+) -> Returned {
     let timeout = Duration::from_millis(options.timeout_ms);
     let mut attempt = 1;
     loop {
         let answer = {
-            let _slot = slots
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
-            let call = Call::new(&work, attempt);
-            match tokio::time::timeout(timeout, handler.handle_boxed(call)).await {
+            // Not started while a rebuild waits for the calls out: nothing new goes out.
+            let _slot = tokio::select! {
+                slot = slots.acquire() => slot.expect("the semaphore is never closed"),
+                _ = abandoned.wait_for(|abandon| *abandon) => return (work, None),
+            };
+            let call = CatchUnwind(handler.handle_boxed(Call::new(&work, attempt)));
+            match tokio::time::timeout(timeout, call).await {
                 Ok(answer) => answer,
                 Err(_) => Answer::retry(format!("no answer within {} ms", options.timeout_ms)),
             }
         };
-        match answer {
-            Answer::Applied => return (work, Outcome::Applied),
+        let (reason, after_ms) = match answer {
+            Answer::Applied => return (work, Some(Outcome::Applied)),
             Answer::Rejected { reason } => {
                 let reason = clip_reason(&format!("handler rejected it: {reason}"));
-                return (work, Outcome::Rejected { reason });
+                return (work, Some(Outcome::Rejected { reason }));
             }
-            Answer::Retry { reason, after_ms } => {
-                if attempt >= options.attempts {
-                    let plural = if attempt == 1 { "" } else { "s" };
-                    let reason = clip_reason(&format!(
-                        "handler failed after {attempt} attempt{plural}; last: {reason}"
-                    ));
-                    return (work, Outcome::Rejected { reason });
-                }
-                let pause_ms = options.backoff_ms(attempt, after_ms, fastrand::f64());
-                tracing::debug!(
-                    stream = %work.event.stream,
-                    version = work.event.version,
-                    attempt,
-                    pause_ms,
-                    %reason,
-                    "handler call failed; retrying"
-                );
-                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-                attempt += 1;
-            }
+            Answer::Retry { reason, after_ms } => (reason, after_ms),
+        };
+        if attempt >= options.attempts {
+            let plural = if attempt == 1 { "" } else { "s" };
+            let reason = clip_reason(&format!(
+                "handler failed after {attempt} attempt{plural}; last: {reason}"
+            ));
+            return (work, Some(Outcome::Rejected { reason }));
         }
+        let pause_ms = options.backoff_ms(attempt, after_ms, fastrand::f64());
+        tracing::debug!(
+            stream = %work.event.stream,
+            version = work.event.version,
+            attempt,
+            pause_ms,
+            %reason,
+            "handler call failed; retrying"
+        );
+        let pause = tokio::time::sleep(Duration::from_millis(pause_ms));
+        tokio::select! {
+            () = pause => {}
+            _ = abandoned.wait_for(|abandon| *abandon) => return (work, None),
+        }
+        attempt += 1;
     }
 }

@@ -74,6 +74,10 @@ where
                 reason: clip_reason(&reason),
             })
         }
-        Err(Refusal::Failed(error)) => Err(ConsumeError::Handler(error)),
+        Err(Refusal::Failed(error)) => {
+            // None of the failed work's writes may reach a later commit.
+            store.end_work(false)?;
+            Err(ConsumeError::Handler(error))
+        }
     }
 }
