@@ -6,26 +6,10 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{export, ok, ordo, run, run_idle, write_events, Scratch};
+use common::{append_to_log, export, kill_with, ordo, run, run_idle, Scratch};
 use ordo_core::{Event, Op};
 use ordo_sim::workload::{deliver, event, random_history, Disorder, Shape};
 use ordo_sim::{compare, oracle, Rng};
-
-fn append_to_log(scratch: &Scratch, events: &[Event]) -> String {
-    let input = scratch.path("in.jsonl");
-    write_events(&input, events);
-    let log = scratch.path("log.db").to_str().unwrap().to_string();
-    ok(&["append", "--log", &log, input.to_str().unwrap()]);
-    log
-}
-
-fn kill(child: &std::process::Child, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
 
 #[test]
 fn sigkill_at_random_moments_then_restart_converges_to_the_oracle() {
@@ -56,7 +40,7 @@ fn sigkill_at_random_moments_then_restart_converges_to_the_oracle() {
             .spawn()
             .expect("ordo run starts");
         std::thread::sleep(Duration::from_millis(rng.range(20, 400)));
-        kill(&child, "-KILL");
+        kill_with(&child, "-KILL");
         let status = child.wait().expect("ordo run ends");
         assert!(
             !status.success(),
@@ -187,7 +171,7 @@ fn sigterm_finishes_the_batch_commits_and_exits_zero() {
             break;
         }
     }
-    kill(&child, "-TERM");
+    kill_with(&child, "-TERM");
     let output = child.wait_with_output().expect("ordo run ends");
     assert_eq!(
         output.status.code(),

@@ -9,8 +9,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::service::{Behaviour, Service};
-use common::{export, json_lines, ok, ordo, run, write_events, write_lines, Scratch};
-use ordo_core::Event;
+use common::{
+    append_to_log, export, json_lines, kill, ok, ordo, run, write_lines, KilledOnDrop, Scratch,
+};
 use ordo_sim::scenarios::Scenario;
 use ordo_sim::{compare, oracle, Export, Rng};
 
@@ -19,22 +20,6 @@ fn seed(default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-fn append_to_log(scratch: &Scratch, events: &[Event]) -> String {
-    let input = scratch.path("in.jsonl");
-    write_events(&input, events);
-    let log = scratch.path("log.db").to_str().unwrap().to_string();
-    ok(&["append", "--log", &log, input.to_str().unwrap()]);
-    log
-}
-
-fn kill(child: &std::process::Child) {
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
 }
 
 /// ordo's own rows (versions, aliases; no documents with a handler) against the oracle's.
@@ -165,19 +150,18 @@ fn inventory_lines() -> Vec<&'static str> {
     ]
 }
 
-#[test]
-fn handler_rejections_are_sequenced_dead_letters_that_replay_and_skip_resolve() {
+/// The hand-written inventory events through `ordo run --handler … --exit-when-idle
+/// EXTRA…` against a service behaving as `behaviour`: the scratch directory (keep it
+/// alive), the store URL and the service.
+fn inventory_run(behaviour: Behaviour, extra: &[&str]) -> (Scratch, String, Service) {
     let scratch = Scratch::new();
     let input = scratch.path("inventory.jsonl");
     write_lines(&input, &inventory_lines());
     let store = scratch.store("state.db");
-    let service = Service::start(Behaviour {
-        refused_type: Some("FlakyPurchase".into()),
-        ..Behaviour::default()
-    });
+    let service = Service::start(behaviour);
     let source = format!("file:{}", input.display());
     let url = service.url();
-    ok(&[
+    let mut args = vec![
         "run",
         "--source",
         &source,
@@ -186,7 +170,19 @@ fn handler_rejections_are_sequenced_dead_letters_that_replay_and_skip_resolve() 
         "--handler",
         &url,
         "--exit-when-idle",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+    (scratch, store, service)
+}
+
+#[test]
+fn handler_rejections_are_sequenced_dead_letters_that_replay_and_skip_resolve() {
+    let behaviour = Behaviour {
+        refused_type: Some("FlakyPurchase".into()),
+        ..Behaviour::default()
+    };
+    let (_scratch, store, service) = inventory_run(behaviour, &[]);
     let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
     assert_eq!(entries.len(), 2, "{entries:?}");
     for entry in &entries {
@@ -266,32 +262,19 @@ fn handler_rejections_are_sequenced_dead_letters_that_replay_and_skip_resolve() 
 
 #[test]
 fn a_silent_handler_dead_letters_its_stream_with_a_clear_reason_and_others_go_on() {
-    let scratch = Scratch::new();
-    let input = scratch.path("inventory.jsonl");
-    write_lines(&input, &inventory_lines());
-    let store = scratch.store("state.db");
-    let service = Service::start(Behaviour {
+    let behaviour = Behaviour {
         silent_streams: vec!["customer-2".into()],
         ..Behaviour::default()
-    });
-    let source = format!("file:{}", input.display());
-    let url = service.url();
-    ok(&[
-        "run",
-        "--source",
-        &source,
-        "--store",
-        &store,
-        "--handler",
-        &url,
-        "--exit-when-idle",
+    };
+    let flags = [
         "--handler-timeout-ms",
         "300",
         "--handler-attempts",
         "2",
         "--handler-backoff-ms",
         "10",
-    ]);
+    ];
+    let (_scratch, store, _service) = inventory_run(behaviour, &flags);
     let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["stream"], "customer-2");
@@ -519,13 +502,6 @@ fn the_python_example_handler_keeps_the_ledger_of_the_readme() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let scratch = Scratch::new();
     let ledger = scratch.path("ledger.db");
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut python = std::process::Command::new("python3")
         .args([
             &format!("{root}/examples/handler.py"),
@@ -539,7 +515,7 @@ fn the_python_example_handler_keeps_the_ledger_of_the_readme() {
         .spawn()
         .expect("python3 runs");
     let stdout = python.stdout.take().unwrap();
-    let _python = Killed(python);
+    let _python = KilledOnDrop(python);
     let mut first = String::new();
     std::io::BufReader::new(stdout)
         .read_line(&mut first)
@@ -702,13 +678,6 @@ server.socket = context.wrap_socket(server.socket, server_side=True)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 "#;
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut python = std::process::Command::new("python3")
         .arg("-c")
         .arg(SERVER)
@@ -719,7 +688,7 @@ server.serve_forever()
         .spawn()
         .expect("python3 runs");
     let stdout = python.stdout.take().unwrap();
-    let _python = Killed(python);
+    let _python = KilledOnDrop(python);
     let mut port = String::new();
     std::io::BufReader::new(stdout)
         .read_line(&mut port)

@@ -141,3 +141,36 @@ pub fn postgres_schema(prefix: &str) -> (postgres::Client, String, String) {
     let store = format!("{POSTGRES}?schema={schema}");
     (admin, schema, store)
 }
+
+/// Appends `events` to a new embedded log in `scratch`; its path.
+pub fn append_to_log(scratch: &Scratch, events: &[Event]) -> String {
+    let input = scratch.path("in.jsonl");
+    write_events(&input, events);
+    let log = scratch.path("log.db").to_str().unwrap().to_string();
+    ok(&["append", "--log", &log, input.to_str().unwrap()]);
+    log
+}
+
+/// Sends `signal` (`-KILL`, `-TERM`) to a child.
+pub fn kill_with(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// SIGKILLs a child.
+pub fn kill(child: &std::process::Child) {
+    kill_with(child, "-KILL");
+}
+
+/// A child process killed (and reaped) when this guard goes, however the test ends.
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
