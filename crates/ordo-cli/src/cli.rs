@@ -217,6 +217,28 @@ pub struct SkipArgs {
 pub enum ParkedCommand {
     /// List waiting events and what each waits for.
     List(ListArgs),
+    /// Pass over a missing version known lost, so that the events behind it go on.
+    Skip(ParkedSkipArgs),
+}
+
+/// `parked skip`.
+#[derive(Debug, Args)]
+pub struct ParkedSkipArgs {
+    /// The store.
+    #[arg(long)]
+    pub store: String,
+    /// The stalled stream.
+    #[arg(long)]
+    pub stream: String,
+    /// The missing version to pass over (the stream's next one; the stall names it).
+    #[arg(long)]
+    pub version: u64,
+    /// Why it is known lost (kept with the action).
+    #[arg(long)]
+    pub reason: String,
+    /// Engine settings (default: the ones the last `run` recorded in the store).
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 /// `ordo bench`.

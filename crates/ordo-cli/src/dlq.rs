@@ -9,7 +9,7 @@ use ordo_runtime::{now_ms, Consumer};
 use ordo_store::Store;
 use serde_json::json;
 
-use crate::cli::{ListArgs, ReplayArgs, SkipArgs};
+use crate::cli::{ListArgs, ParkedSkipArgs, ReplayArgs, SkipArgs};
 use crate::settings::{engine_config, open_store};
 
 /// The checkpoint key operator verbs use: they deliver nothing, so they write none.
@@ -228,4 +228,49 @@ pub fn parked(args: ListArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ordo parked skip`: passes one missing version known lost, with the operator's reason.
+pub fn parked_skip(args: ParkedSkipArgs) -> anyhow::Result<ExitCode> {
+    if args.reason.trim().is_empty() {
+        bail!(
+            "--reason must say why version {} is known lost",
+            args.version
+        );
+    }
+    let mut store = open_store(&args.store, false)?;
+    store.acquire_lease("ordo parked skip")?;
+    let (config, handler) = operator_config(&args.engine, &mut store)?;
+    let mut consumer = operator_consumer(store, config, handler)?;
+    let before = consumer.counters().applied;
+    let result = consumer.skip_missing(&args.stream, args.version);
+    consumer.commit()?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    match result {
+        Ok(()) => {
+            let released = consumer.counters().applied - before;
+            tracing::info!(
+                stream = %args.stream,
+                version = args.version,
+                reason = %args.reason,
+                %user,
+                "operator skipped a missing version"
+            );
+            outln!(
+                "`{}` version {}: skipped ({}, by {user}); {released} events applied behind it",
+                args.stream,
+                args.version,
+                args.reason
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(reason) => {
+            outln!(
+                "`{}` version {}: refused ({reason})",
+                args.stream,
+                args.version
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
 }

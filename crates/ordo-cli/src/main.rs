@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         },
         cli::Command::Parked { command } => match command {
             cli::ParkedCommand::List(args) => dlq::parked(args),
+            cli::ParkedCommand::Skip(args) => dlq::parked_skip(args),
         },
         cli::Command::Relay(args) => relay::run(args),
         cli::Command::Chaos(args) => chaos::run(args),

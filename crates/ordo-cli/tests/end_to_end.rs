@@ -386,3 +386,71 @@ fn parked_events_are_listed_and_released_after_a_restart() {
     );
     assert!(json_lines(&ok(&["parked", "list", "--store", &store, "--json"])).is_empty());
 }
+
+/// A lost version: the stall names `ordo parked skip`, which refuses the wrong version
+/// and a missing reason, then passes the lost one and applies what waited behind it.
+#[test]
+fn a_stall_names_parked_skip_which_passes_the_lost_version() {
+    let scratch = Scratch::new();
+    let input = scratch.path("in.jsonl");
+    write_lines(
+        &input,
+        &[
+            r#"{"id":"l1","stream":"ledger-1","version":1,"type":"Opened","op":"set","data":{"balance":0}}"#,
+            r#"{"id":"l3","stream":"ledger-1","version":3,"type":"Credited","op":"incr","data":{"balance":5}}"#,
+            r#"{"id":"l4","stream":"ledger-1","version":4,"type":"Credited","op":"incr","data":{"balance":7}}"#,
+            r#"{"id":"o1","stream":"ledger-2","version":1,"type":"Opened","op":"set","data":{"balance":1}}"#,
+        ],
+    );
+    let store = scratch.store("state.db");
+    let source = format!("file:{}", input.display());
+    let output = run_idle(&source, &store, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .contains("ordo parked skip --store STORE --stream ledger-1 --version 2 --reason TEXT"),
+        "{stderr}"
+    );
+    let skip = |version: &str, reason: &str| {
+        run(&[
+            "parked",
+            "skip",
+            "--store",
+            &store,
+            "--stream",
+            "ledger-1",
+            "--version",
+            version,
+            "--reason",
+            reason,
+        ])
+    };
+    let wrong = skip("3", "lost at the producer");
+    assert_eq!(wrong.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&wrong.stdout);
+    assert!(
+        said.contains("is not `ledger-1`'s next missing version (that is 2)"),
+        "{said}"
+    );
+    assert_eq!(
+        skip("2", " ").status.code(),
+        Some(2),
+        "a reason is required"
+    );
+    let skipped = skip("2", "lost at the producer");
+    assert!(skipped.status.success());
+    let said = String::from_utf8_lossy(&skipped.stdout);
+    assert!(said.contains("2 events applied behind it"), "{said}");
+    let rows = export(&store);
+    assert_eq!(rows["ledger-1"].version, 4);
+    assert_eq!(
+        rows["ledger-1"].doc,
+        Some(serde_json::json!({"balance": 12}))
+    );
+    assert!(json_lines(&ok(&["parked", "list", "--store", &store, "--json"])).is_empty());
+    let counters: serde_json::Value =
+        serde_json::from_slice(&run_idle(&source, &store, &["--json"]).stdout).unwrap();
+    assert_eq!(counters["skipped"], 1);
+    // Nothing is missing any more: a second skip is refused.
+    assert_eq!(skip("5", "again").status.code(), Some(1));
+}

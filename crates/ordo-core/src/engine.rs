@@ -200,6 +200,22 @@ pub enum OperatorError {
     UnknownStream(String),
     /// The stream has no gap to skip.
     NoGap(String),
+    /// The version named is not the stream's next missing one.
+    NotNext {
+        /// The stream.
+        stream: String,
+        /// The version named.
+        version: u64,
+        /// The stream's next version (its applied version + 1).
+        next: u64,
+    },
+    /// The version named is not missing: an event holds it (waiting or being applied).
+    NotMissing {
+        /// The stream.
+        stream: String,
+        /// The version named.
+        version: u64,
+    },
     /// The dead letter is not what the engine has at that stream and version.
     NotBlocking {
         /// The entry's id.
@@ -224,6 +240,18 @@ impl fmt::Display for OperatorError {
         match self {
             OperatorError::UnknownStream(s) => write!(f, "unknown stream `{s}`"),
             OperatorError::NoGap(s) => write!(f, "stream `{s}` has no gap to skip"),
+            OperatorError::NotNext {
+                stream,
+                version,
+                next,
+            } => write!(
+                f,
+                "version {version} is not `{stream}`'s next missing version (that is {next})"
+            ),
+            OperatorError::NotMissing { stream, version } => write!(
+                f,
+                "version {version} of `{stream}` is not missing: an event holds it"
+            ),
             OperatorError::NotBlocking { id } => {
                 write!(
                     f,
@@ -1063,6 +1091,55 @@ impl Engine {
             }
             _ => Err(OperatorError::NoGap(stream.into())),
         }
+    }
+
+    /// Passes over one version known lost (`ordo parked skip`): `version` must be the
+    /// stream's next (applied + 1), held by no event, with later events waiting behind it.
+    /// Counted as `skipped`; what it unblocks is released.
+    pub fn skip_missing(
+        &mut self,
+        now_ms: u64,
+        stream: &str,
+        version: u64,
+    ) -> Result<(), OperatorError> {
+        let s = *self
+            .ids
+            .get(stream)
+            .ok_or_else(|| OperatorError::UnknownStream(stream.into()))?;
+        let state = &self.streams[s as usize];
+        let next = state.applied + 1;
+        if version != next {
+            return Err(OperatorError::NotNext {
+                stream: stream.into(),
+                version,
+                next,
+            });
+        }
+        let held = state.flags & IN_FLIGHT != 0
+            || state
+                .extra
+                .as_ref()
+                .is_some_and(|x| x.slots.contains_key(&version));
+        if held {
+            return Err(OperatorError::NotMissing {
+                stream: stream.into(),
+                version,
+            });
+        }
+        let waits_behind = state
+            .extra
+            .as_ref()
+            .is_some_and(|x| x.slots.keys().next().is_some_and(|&v| v > version));
+        if state.flags & SPILLED != 0 || !waits_behind {
+            // Nothing waits for it: skipping would turn a late arrival into a stale one.
+            return Err(OperatorError::NoGap(stream.into()));
+        }
+        self.counters.skipped += 1;
+        self.advance(s, version);
+        self.extend_contiguous(s);
+        self.refresh_gap(s, now_ms);
+        self.schedule(s);
+        Ok(())
     }
 
     /// Skips a dead letter: a sequenced entry's version is passed over and its stream goes

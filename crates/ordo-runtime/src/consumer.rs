@@ -660,6 +660,16 @@ impl<S: Store> Consumer<S> {
         Ok(outcome)
     }
 
+    /// Passes over one missing version known lost and applies what it unblocks (commit
+    /// separately).
+    pub fn skip_missing(&mut self, stream: &str, version: u64) -> Result<(), String> {
+        self.engine
+            .skip_missing(self.clock.now_ms(), stream, version)
+            .map_err(|e| e.to_string())?;
+        self.apply_until_quiet().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     /// Skips one dead letter and applies what it unblocks (commit separately).
     pub fn skip(&mut self, entry: &DeadLetter) -> Result<(), String> {
         self.engine
@@ -690,7 +700,7 @@ impl<S: Store> Consumer<S> {
                     missing,
                     waiting,
                 } => eprintln!(
-                    "ordo: stalled: `{stream}` is missing version {missing} (version {waiting} waits); skip it with an operator action once it is known lost"
+                    "ordo: stalled: `{stream}` is missing version {missing} (version {waiting} waits); once it is known lost: ordo parked skip --store STORE --stream {stream} --version {missing} --reason TEXT"
                 ),
                 Notice::DeadLettered { id, stream, reason } => eprintln!(
                     "ordo: dead letter {id}{}: {reason}",

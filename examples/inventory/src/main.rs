@@ -1,6 +1,7 @@
-//! `inventory LOG DB [--exit-when-idle]`: runs the Inventory service from the embedded
-//! event log `LOG` into the SQLite file `DB` (ordo's state and the team's tables, one
-//! transaction per batch). Stop it with Ctrl-C; it resumes where it stopped.
+//! `inventory LOG DB [--exit-when-idle] [--batch N]`: runs the Inventory service from the
+//! embedded event log `LOG` into the SQLite file `DB` (ordo's state and the team's tables,
+//! one transaction per batch of at most N deliveries). Stop it with Ctrl-C; it resumes
+//! where it stopped.
 
 use std::process::ExitCode;
 
@@ -12,11 +13,21 @@ use ordo_store::SqliteStore;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(log), Some(db)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: inventory LOG DB [--exit-when-idle]");
+        eprintln!("usage: inventory LOG DB [--exit-when-idle] [--batch N]");
         return ExitCode::from(2);
     };
     let exit_when_idle = args.iter().any(|a| a == "--exit-when-idle");
-    match run(log, db, exit_when_idle) {
+    let batch = match args.iter().position(|a| a == "--batch") {
+        Some(i) => match args.get(i + 1).and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if n > 0 => n,
+            _ => {
+                eprintln!("inventory: --batch takes a whole number of at least 1");
+                return ExitCode::from(2);
+            }
+        },
+        None => ordo_runtime::run::COMMIT_EVENTS_MAX_DEFAULT,
+    };
+    match run(log, db, exit_when_idle, batch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("inventory: {error}");
@@ -25,7 +36,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(log: &str, db: &str, exit_when_idle: bool) -> Result<(), Box<dyn std::error::Error>> {
+fn run(
+    log: &str,
+    db: &str,
+    exit_when_idle: bool,
+    batch: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
     let store = SqliteStore::open(db, true)?;
     store.connection().execute_batch(TABLES)?;
     // The ops are the team's own (`PurchaseMade` uses `op: "purchase"`); ordo reads `merge`.
@@ -39,6 +55,7 @@ fn run(log: &str, db: &str, exit_when_idle: bool) -> Result<(), Box<dyn std::err
     let source = ordo_runtime::source::open(&url)?;
     let options = RunOptions {
         exit_when_idle,
+        commit_events_max: batch,
         ..RunOptions::default()
     };
     let (report, _) = run_until_signal(consumer, source, options)?;
