@@ -516,33 +516,39 @@ fn an_exec_child_that_prints_noise_and_crashes_is_restarted_and_nothing_is_lost(
     assert_positions_match(&expected, &store, &format!("seed {seed}"));
 }
 
-/// `examples/handler.py` (the README's walk-through) on the hand-written ledger events.
-#[test]
-fn the_python_example_handler_keeps_the_ledger_of_the_readme() {
+/// Starts `python3 ARGS…` (killed when the guard goes) and reads the first line it
+/// prints (a server's port), trimmed.
+fn python3(args: &[&str]) -> (KilledOnDrop, String) {
     use std::io::BufRead;
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let scratch = Scratch::new();
-    let ledger = scratch.path("ledger.db");
     let mut python = std::process::Command::new("python3")
-        .args([
-            &format!("{root}/examples/handler.py"),
-            "--port",
-            "0",
-            "--db",
-            ledger.to_str().unwrap(),
-        ])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("python3 runs");
     let stdout = python.stdout.take().unwrap();
-    let _python = KilledOnDrop(python);
+    let guard = KilledOnDrop(python);
     let mut first = String::new();
     std::io::BufReader::new(stdout)
         .read_line(&mut first)
         .unwrap();
+    (guard, first.trim().to_string())
+}
+
+/// `examples/handler.py` (the README's walk-through) on the hand-written ledger events.
+#[test]
+fn the_python_example_handler_keeps_the_ledger_of_the_readme() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let scratch = Scratch::new();
+    let ledger = scratch.path("ledger.db");
+    let (_python, first) = python3(&[
+        &format!("{root}/examples/handler.py"),
+        "--port",
+        "0",
+        "--db",
+        ledger.to_str().unwrap(),
+    ]);
     let port = first
-        .trim()
         .strip_prefix("listening on ")
         .expect(&first)
         .to_string();
@@ -610,7 +616,6 @@ fn the_python_example_handler_keeps_the_ledger_of_the_readme() {
 /// native root store reads), refused with a clear reason when its certificate is not.
 #[test]
 fn https_handlers_are_verified_against_the_system_roots() {
-    use std::io::BufRead;
     let scratch = Scratch::new();
     // A test CA and a leaf certificate for localhost signed by it.
     let (ca, cert, key) = (
@@ -699,21 +704,8 @@ server.socket = context.wrap_socket(server.socket, server_side=True)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 "#;
-    let mut python = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(SERVER)
-        .arg(&cert)
-        .arg(&key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 runs");
-    let stdout = python.stdout.take().unwrap();
-    let _python = KilledOnDrop(python);
-    let mut port = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut port)
-        .unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let (_python, port) = python3(&["-c", SERVER, cert, key]);
     let url = format!("https://localhost:{}/events", port.trim());
     let input = scratch.path("in.jsonl");
     write_lines(&input, &inventory_lines()[..1]);

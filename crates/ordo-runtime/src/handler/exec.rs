@@ -189,17 +189,23 @@ async fn supervise(command: String, mut requests: mpsc::UnboundedReceiver<Reques
             next_pause(restart_pause_ms)
         };
         end(child).await;
-        // What was unanswered goes to the next child; a request that saw too many
-        // children die is answered "retry", which costs it an attempt.
-        let numbers: Vec<u64> = waiting.keys().copied().collect();
-        for number in numbers {
-            let w = waiting.get_mut(&number).expect("listed above");
-            w.resends += 1;
-            if w.resends > RESENDS_PER_ATTEMPT_MAX {
-                let w = waiting.remove(&number).expect("listed above");
-                let _ = w.request.reply.send(Answer::retry(reason.clone()));
-            }
+        resend_or_give_up(&mut waiting, &reason);
+    }
+}
+
+/// After a child ended: what it left unanswered goes to the next child, but a request
+/// that saw too many children end is answered "retry", which costs it an attempt.
+fn resend_or_give_up(waiting: &mut BTreeMap<u64, Waiting>, reason: &str) {
+    let mut given_up = Vec::new();
+    for (&number, w) in waiting.iter_mut() {
+        w.resends += 1;
+        if w.resends > RESENDS_PER_ATTEMPT_MAX {
+            given_up.push(number);
         }
+    }
+    for number in given_up {
+        let w = waiting.remove(&number).expect("listed above");
+        let _ = w.request.reply.send(Answer::retry(reason));
     }
 }
 
