@@ -62,6 +62,11 @@ pub struct Config {
     pub op_policy: OpPolicy,
     /// Most parked streams kept in memory; beyond it they are spilled to the store.
     pub parked_streams_in_memory_max: usize,
+    /// A merge is written to the store before it is handed out. Set when the work goes
+    /// to a handler with effects of its own: a merge it acknowledged must still be known
+    /// after a crash, so that the source events beyond its cuts wait for it (see
+    /// `merge_fence`). The document projection's fold rolls back with the crash instead.
+    pub merges_written_before_dispatch: bool,
 }
 
 impl Default for Config {
@@ -74,6 +79,7 @@ impl Default for Config {
             gap_timeout_ms: GAP_TIMEOUT_MS_DEFAULT,
             op_policy: OpPolicy::Document,
             parked_streams_in_memory_max: PARKED_STREAMS_IN_MEMORY_DEFAULT,
+            merges_written_before_dispatch: false,
         }
     }
 }
@@ -313,6 +319,12 @@ const SPILLED: u16 = 1 << 8;
 const IN_PARKED_QUEUE: u16 = 1 << 9;
 /// A [`Load::Stream`] for it is out.
 const LOAD_REQUESTED: u16 = 1 << 10;
+/// A merge known to the engine names it as a source (see `merge_fence`).
+const FENCED: u16 = 1 << 11;
+/// Streams wait for a merge of this stream to apply (see `merge_fence`).
+const HAS_FENCE_WAITERS: u16 = 1 << 12;
+
+mod merge_fence;
 
 /// Per-stream state, kept small: idle streams are the common case.
 #[derive(Debug, Default)]
@@ -355,6 +367,9 @@ struct Pending {
     /// The store holds its row.
     written: bool,
     parked: bool,
+    /// When it was delivered, in deliveries to this engine (0: restored from the store).
+    /// Only a merge delivered before it can fence it (see `merge_fence`).
+    seq: u64,
 }
 
 /// The ordering core. See the module documentation for the call order.
@@ -404,6 +419,15 @@ pub struct Engine {
     loads: VecDeque<Load>,
     /// Streams spilled and loads answered since this engine started (diagnostics).
     spill_totals: (u64, u64),
+    /// Events put into slots so far (their `seq`).
+    deliveries: u64,
+    /// Source stream → the known merges that name it (see `merge_fence`).
+    fences: FxHashMap<StreamId, Vec<merge_fence::Fence>>,
+    /// Merge target → streams whose head waits for a merge of it to apply.
+    fence_waiters: FxHashMap<StreamId, Vec<StreamId>>,
+    /// Streams whose head merge waits for its row to be written
+    /// ([`Config::merges_written_before_dispatch`]); scheduled again by `take_changes`.
+    merges_to_write: Vec<StreamId>,
 }
 
 /// Most released per-stream extras kept for reuse.
@@ -442,6 +466,10 @@ impl Engine {
             held: FxHashMap::default(),
             loads: VecDeque::new(),
             spill_totals: (0, 0),
+            deliveries: 0,
+            fences: FxHashMap::default(),
+            fence_waiters: FxHashMap::default(),
+            merges_to_write: Vec::new(),
         }
     }
 
@@ -513,7 +541,28 @@ impl Engine {
     /// Whether nothing can progress without new input or an operator: no work is out
     /// and none is ready.
     pub fn is_quiescent(&self) -> bool {
-        self.in_flight == 0 && self.ready.is_empty() && self.loads.is_empty()
+        self.in_flight == 0
+            && self.ready.is_empty()
+            && self.loads.is_empty()
+            && self.merges_to_write.is_empty()
+    }
+
+    /// Whether loads are out for the store to answer ([`Engine::poll_load`]).
+    pub fn has_loads(&self) -> bool {
+        !self.loads.is_empty()
+    }
+
+    /// Whether something can go on only after the next commit: a merge waiting for its
+    /// row to be written ([`Config::merges_written_before_dispatch`]).
+    pub fn awaits_commit(&self) -> bool {
+        !self.merges_to_write.is_empty()
+    }
+
+    /// Writes each merge to the store before handing it out (see
+    /// [`Config::merges_written_before_dispatch`]); kept across rebuilds, which copy the
+    /// configuration.
+    pub fn write_merges_before_dispatch(&mut self) {
+        self.config.merges_written_before_dispatch = true;
     }
 
     /// Whether every delivered offset is settled.
@@ -666,7 +715,8 @@ impl Engine {
         // healthy stream. It ends in the state `try_dispatch` would have left.
         let state = &self.streams[s as usize];
         if state.extra.is_none()
-            && state.flags & (WAITING | SPILLED | MONOTONIC | IN_FLIGHT | IN_READY | DOCUMENT_BUSY)
+            && state.flags
+                & (WAITING | SPILLED | MONOTONIC | IN_FLIGHT | IN_READY | DOCUMENT_BUSY | FENCED)
                 == 0
             && version == applied + 1
             && position.is_some()
@@ -729,6 +779,9 @@ impl Engine {
         if !in_line && (waiting || gap) {
             self.counters.buffered += 1;
         }
+        self.deliveries += 1;
+        let seq = self.deliveries;
+        let merge = matches!(event.op, Op::Merge { .. });
         let extra = self.extra(s);
         extra.slots.insert(
             version,
@@ -739,8 +792,12 @@ impl Engine {
                 durable: !in_line,
                 written: false,
                 parked: false,
+                seq,
             })),
         );
+        if merge {
+            self.fence_merge_sources(s, version, seq);
+        }
         if !in_line {
             self.pending_changed.insert((s, version));
         }
@@ -804,6 +861,9 @@ impl Engine {
                     None,
                 );
                 self.mark_dead_lettered(s, version, id);
+                if matches!(work.action, Action::Merge { .. }) {
+                    self.lift_merge_fences(s, version);
+                }
                 if let Some(position) = work.position {
                     self.checkpoints.settle(position);
                 }
@@ -841,6 +901,7 @@ impl Engine {
             });
         }
         if let Action::Merge { sources } = &work.action {
+            self.lift_merge_fences(s, version);
             for source in sources {
                 let source_id = self.ids[source];
                 let cut = work
@@ -885,6 +946,7 @@ impl Engine {
         if self.streams[s as usize].flags & HAS_WAITERS != 0 {
             self.release_dependents(s, applied);
         }
+        self.wake_fence_waiters(s);
         self.wake_spilled_waiters(s);
     }
 
@@ -999,7 +1061,7 @@ impl Engine {
         let mut changed: Vec<(StreamId, u64)> = self.pending_changed.drain().collect();
         changed.sort_unstable();
         // Parked rows say what they wait for (filled in below, once no slot is borrowed).
-        let mut parked_rows: Vec<(usize, Vec<Dependency>)> = Vec::new();
+        let mut parked_rows: Vec<(usize, StreamId, Vec<Dependency>)> = Vec::new();
         for (s, version) in changed {
             let name: Box<str> = (*self.names[s as usize]).into();
             let Some(extra) = self.streams[s as usize].extra.as_mut() else {
@@ -1017,7 +1079,11 @@ impl Engine {
                         self.checkpoints.settle(position);
                     }
                     if pending.parked {
-                        parked_rows.push((changes.pending_put.len(), pending.event.after.clone()));
+                        parked_rows.push((
+                            changes.pending_put.len(),
+                            s,
+                            pending.event.after.clone(),
+                        ));
                     }
                     changes.pending_put.push(PendingRecord {
                         awaits: None,
@@ -1043,7 +1109,11 @@ impl Engine {
                 _ => changes.pending_delete.push((name, version)),
             }
         }
-        for (row, after) in parked_rows {
+        for (row, s, after) in parked_rows {
+            if self.holds_merge(s) {
+                // Read back at a restart instead of spilled: its fences must hold.
+                continue;
+            }
             changes.pending_put[row].awaits = after
                 .iter()
                 .find(|d| self.applied_version(&d.stream) < d.version)
@@ -1057,6 +1127,11 @@ impl Engine {
         // Every parked stream's rows are in this change set or an earlier one (nothing is
         // left in `pending_changed`): the longest-parked may now leave memory.
         debug_assert!(self.pending_changed.is_empty());
+        // Their rows are in this change set: they go once it is committed (the caller
+        // commits before it polls again).
+        for s in std::mem::take(&mut self.merges_to_write) {
+            self.schedule(s);
+        }
         self.spill_parked();
         changes
     }
@@ -1442,10 +1517,15 @@ impl Engine {
                     durable: true,
                     written: true,
                     parked: state == PendingState::Parked,
+                    seq: 0,
                 }))
             }
         };
+        let merge = matches!(&slot, Slot::Event(p) if matches!(p.event.op, Op::Merge { .. }));
         self.extra(s).slots.insert(version, slot);
+        if merge {
+            self.fence_merge_sources(s, version, 0);
+        }
     }
 
     fn request_stream_load(&mut self, s: StreamId) {
@@ -1556,7 +1636,7 @@ impl Engine {
             return None;
         }
         let extra = state.extra.as_ref()?;
-        if extra.alias.is_some() || extra.in_flight_version.is_some() {
+        if extra.alias.is_some() || extra.in_flight_version.is_some() || self.holds_merge(s) {
             return None;
         }
         let all_written = extra.slots.values().all(|slot| match slot {
@@ -1611,7 +1691,9 @@ impl Engine {
                             None if pending.parked || version == expected => {
                                 match self.first_unmet(&pending.event) {
                                     Some(d) => self.dependency_reason(&d),
-                                    None => "ready to apply".into(),
+                                    None => {
+                                        self.merge_wait_reason(s as StreamId, version, pending.seq)
+                                    }
                                 }
                             }
                             None => "ready to apply".into(),
@@ -1896,6 +1978,19 @@ impl Engine {
             self.park(s, version, dependency);
             return None;
         }
+        let seq = pending.seq;
+        let unwritten_merge = matches!(pending.event.op, Op::Merge { .. }) && !pending.written;
+        if self.streams[s as usize].flags & FENCED != 0 || self.resolve(s) != s {
+            if let Some((target, merge_version)) = self.merge_fence_for(s, version, seq) {
+                self.wait_for_merge(s, target, merge_version);
+                return None;
+            }
+            self.prune_stale_fences(s);
+        }
+        if unwritten_merge && self.config.merges_written_before_dispatch {
+            self.write_merge_first(s, version);
+            return None;
+        }
         let mut action = Action::Apply;
         let target = self.resolve(s);
         let mut source_ids = Vec::new();
@@ -1967,6 +2062,18 @@ impl Engine {
         })
     }
 
+    /// Holds a merge until the next change set has written it (see
+    /// [`Config::merges_written_before_dispatch`]).
+    fn write_merge_first(&mut self, s: StreamId, version: u64) {
+        if let Some(Slot::Event(pending)) = self.extra(s).slots.get_mut(&version) {
+            pending.durable = true;
+        }
+        self.pending_changed.insert((s, version));
+        if !self.merges_to_write.contains(&s) {
+            self.merges_to_write.push(s);
+        }
+    }
+
     fn park(&mut self, s: StreamId, version: u64, dependency: Dependency) {
         let awaited = self.intern(&dependency.stream);
         let mut first_park = false;
@@ -1997,6 +2104,9 @@ impl Engine {
         let Some(Slot::Event(pending)) = self.extra(s).slots.remove(&version) else {
             unreachable!("rejecting a head event that is not there");
         };
+        if matches!(pending.event.op, Op::Merge { .. }) {
+            self.lift_merge_fences(s, version);
+        }
         if let Some(position) = pending.position {
             self.checkpoints.settle(position);
         }

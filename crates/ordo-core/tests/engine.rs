@@ -745,3 +745,177 @@ fn the_next_version_delivered_with_a_position_still_respects_a_busy_document() {
     assert!(engine.is_quiescent());
     assert_eq!(engine.checkpoints(), vec![(0, 6)]);
 }
+
+/// The snapshot a store would build from one change set.
+fn snapshot_of(changes: &ordo_core::ChangeSet) -> ordo_core::Snapshot {
+    ordo_core::Snapshot {
+        streams: changes.streams.clone(),
+        pending: changes.pending_put.clone(),
+        dedupe: changes.dedupe_put.clone(),
+        checkpoints: changes.checkpoints.clone(),
+        counters: changes.counters,
+        next_dead_letter_id: changes.next_dead_letter_id,
+        ..ordo_core::Snapshot::default()
+    }
+}
+
+/// Merges written before they go out (as with a handler), so that a merge can be on its
+/// way (ready, cuts met) while a later source event is ready too.
+fn writing_merges_first() -> Config {
+    Config {
+        merges_written_before_dispatch: true,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn a_source_event_delivered_after_its_merge_waits_for_it_and_is_redirected() {
+    let mut d = Driver::new(writing_merges_first());
+    d.send(incr("a", 1));
+    d.send(incr("b", 1));
+    d.send(merge("c", 1, &[("a", 1), ("b", 1)])); // ready; waits for its row
+    d.send(incr("a", 2)); // beyond a's cut, delivered after the merge
+    assert_eq!(
+        d.applied(),
+        vec![("a", 1), ("b", 1)],
+        "a@2 waits for the merge"
+    );
+    let waiting = d.engine.waiting();
+    let a2 = waiting.iter().find(|w| &*w.stream == "a").unwrap();
+    assert!(
+        a2.reason.contains("merge at `c` version 1"),
+        "{}",
+        a2.reason
+    );
+    let _ = d.engine.take_changes();
+    d.run();
+    assert_eq!(
+        &d.log[2..],
+        &[("c".into(), 1, "c".into()), ("a".into(), 2, "c".into())]
+    );
+    let counters = d.engine.counters();
+    assert_eq!((counters.redirected, counters.late_after_merge), (1, 1));
+    assert_eq!(
+        counters.parked, 0,
+        "waiting for a delivered merge is not parked"
+    );
+    assert!(d.engine.is_quiescent() && d.engine.waiting().is_empty());
+}
+
+#[test]
+fn a_merge_waiting_for_a_cut_fences_nothing() {
+    // The cut may never come (a lost event): the source goes on meanwhile, as an
+    // in-order consumer would, and the merge folds what it did.
+    let mut d = Driver::new(writing_merges_first());
+    d.send(incr("a", 1));
+    d.send(merge("c", 1, &[("a", 1), ("b", 1)])); // waits for b@1
+    d.send(incr("a", 2));
+    assert_eq!(
+        d.log.last().unwrap(),
+        &("a".to_string(), 2, "a".to_string())
+    );
+    assert_eq!(d.engine.counters().parked, 1);
+}
+
+#[test]
+fn a_source_event_delivered_before_its_merge_goes_to_its_own_document() {
+    let mut d = Driver::new(Config::default());
+    d.send(incr("a", 1));
+    d.send(incr("a", 2)); // beyond the cut the merge will name, but delivered first
+    d.send(merge("c", 1, &[("a", 1)]));
+    assert_eq!(d.log[1], ("a".into(), 2, "a".into()));
+    assert_eq!(d.log[2], ("c".into(), 1, "c".into()));
+    let counters = d.engine.counters();
+    assert_eq!((counters.redirected, counters.late_after_merge), (0, 1));
+}
+
+#[test]
+fn a_dead_lettered_merge_lifts_its_fence_and_a_replay_puts_it_back() {
+    let mut d = Driver::new(writing_merges_first());
+    d.reject = Box::new(|e| (e.stream.as_ref() == "c").then(|| "refused".to_string()));
+    d.send(incr("a", 1));
+    d.send(merge("c", 1, &[("a", 1)]));
+    d.send(incr("a", 2));
+    assert_eq!(d.applied(), vec![("a", 1)], "a@2 waits for the merge");
+    let _ = d.engine.take_changes();
+    d.run(); // the merge goes, and is refused: a@2 goes on alone
+    assert_eq!(
+        d.log.last().unwrap(),
+        &("a".to_string(), 2, "a".to_string())
+    );
+    let entry = d.engine.take_changes().dead_letters_put.remove(0);
+    d.reject = Box::new(|_| None);
+    assert_eq!(
+        d.engine.replay_dead_letter(0, &entry),
+        Ok(ReplayOutcome::Requeued)
+    );
+    d.send(incr("a", 3)); // delivered after the replayed merge: fenced again
+    assert_eq!(
+        d.log.last().unwrap(),
+        &("a".to_string(), 2, "a".to_string())
+    );
+    let _ = d.engine.take_changes();
+    d.run();
+    assert_eq!(d.log[d.log.len() - 2], ("c".into(), 1, "c".into()));
+    assert_eq!(
+        d.log.last().unwrap(),
+        &("a".to_string(), 3, "c".to_string())
+    );
+}
+
+#[test]
+fn with_merges_written_first_a_merge_goes_out_only_after_its_row_is_taken() {
+    let config = Config {
+        merges_written_before_dispatch: true,
+        ..Config::default()
+    };
+    let mut engine = Engine::new(config.clone());
+    engine.handle_event(0, at(0), incr("a", 1));
+    let work = engine.poll_work(0).unwrap();
+    engine.handle_outcome(0, work, Outcome::Applied);
+    engine.handle_event(0, at(1), merge("c", 1, &[("a", 1)]));
+    engine.handle_event(0, at(2), incr("a", 2));
+    assert!(
+        engine.poll_work(0).is_none(),
+        "the merge waits to be written"
+    );
+    assert!(engine.awaits_commit() && !engine.is_quiescent());
+    let changes = engine.take_changes();
+    assert!(changes.pending_put.iter().any(|r| &*r.stream == "c"));
+    // A crash here, with the merge acknowledged by a handler and not committed: the
+    // restored engine knows the merge, and a@2 (read again) waits for it.
+    let mut restored = Engine::restore(config, snapshot_of(&changes), 0);
+    restored.handle_event(0, at(2), incr("a", 2));
+    let first = restored.poll_work(0).unwrap();
+    assert!(matches!(first.action, Action::Merge { .. }));
+    assert!(restored.poll_work(0).is_none(), "a@2 waits for the merge");
+    restored.handle_outcome(0, first, Outcome::Applied);
+    let late = restored.poll_work(0).unwrap();
+    assert_eq!((late.event.version, late.document()), (2, "c"));
+    // The engine that was not restored hands the merge out after its row was taken.
+    let work = engine.poll_work(0).unwrap();
+    assert!(matches!(work.action, Action::Merge { .. }));
+}
+
+#[test]
+fn a_stream_holding_a_merge_is_never_spilled() {
+    let config = Config {
+        parked_streams_in_memory_max: 0,
+        ..Config::default()
+    };
+    let mut engine = Engine::new(config);
+    engine.handle_event(0, at(0), merge("c", 1, &[("a", 1)]));
+    engine.handle_event(0, at(1), after("p", 1, "q", 1));
+    assert!(engine.poll_work(0).is_none());
+    let changes = engine.take_changes();
+    assert_eq!(engine.spilled_streams(), 1, "p spills, c does not");
+    let merge_row = changes
+        .pending_put
+        .iter()
+        .find(|r| &*r.stream == "c")
+        .unwrap();
+    assert_eq!(
+        merge_row.awaits, None,
+        "read back at a restart, not spilled"
+    );
+}

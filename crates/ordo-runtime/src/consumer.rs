@@ -214,6 +214,9 @@ impl<S: Store> Consumer<S> {
     /// projection: the store then keeps versions, aliases, waiting events, dead letters
     /// and positions, and no documents.
     pub fn with_handlers(mut self, pool: HandlerPool) -> Self {
+        // A merge the handler acknowledged must be known after a crash, even if ordo did
+        // not commit its acknowledgement (the handler's fold does not roll back).
+        self.engine.write_merges_before_dispatch();
         self.handlers = Some(pool);
         self
     }
@@ -511,7 +514,7 @@ impl<S: Store> Consumer<S> {
                 }
             }
             if round.is_empty() {
-                if self.engine.is_quiescent() {
+                if !self.engine.has_loads() {
                     break;
                 }
                 // Nothing ready, but loads are out: answer them and look again.

@@ -368,7 +368,7 @@ impl RunLoop {
             }
         }
         consumer.apply_ready()?;
-        if consumer.has_uncommitted() {
+        if consumer.has_uncommitted() || consumer.engine.awaits_commit() {
             // Works applied without a delivery (another member's progress, a spilled
             // stream loaded back, a rebuild after an assignment or a conflict that found
             // them ready) must reach the store too, within the commit interval.

@@ -503,9 +503,12 @@ pub fn run_seed(seed: u64, options: &ChaosOptions) -> ChaosReport {
         1
     };
 
-    // A third of the seeds spill every parked stream to the store at each commit.
+    // A third of the seeds spill every parked stream to the store at each commit; odd
+    // seeds write merges before they go out, as with a handler (merge fences then hold
+    // across commits and crashes).
     let mut harness = Harness::new(Config {
         parked_streams_in_memory_max: if seed.is_multiple_of(3) { 0 } else { 1 << 16 },
+        merges_written_before_dispatch: seed % 2 == 1,
         ..Config::default()
     });
     if options.faults.poison {
@@ -743,17 +746,24 @@ struct Run<'a> {
 impl Run<'_> {
     /// Applies everything ready (checked step by step), then commits (checked).
     fn drain_and_commit(&mut self) {
-        while step_checked(
-            self.harness,
-            self.checker,
-            self.trace,
-            self.schedule,
-            self.concurrency,
-            self.violation,
-        ) {}
-        self.harness.commit();
-        if let Err(e) = self.checker.on_commit(self.harness, self.topic) {
-            self.violation.get_or_insert(e);
+        loop {
+            while step_checked(
+                self.harness,
+                self.checker,
+                self.trace,
+                self.schedule,
+                self.concurrency,
+                self.violation,
+            ) {}
+            // A merge written before it goes out goes once this commit wrote it.
+            let merges_held = self.harness.engine.awaits_commit();
+            self.harness.commit();
+            if let Err(e) = self.checker.on_commit(self.harness, self.topic) {
+                self.violation.get_or_insert(e);
+            }
+            if !merges_held {
+                break;
+            }
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Behaviour {
     pub refused_type: Option<String>,
     /// Streams the service never answers for.
     pub silent_streams: Vec<String>,
+    /// Streams always answered after this many ms (on top of `slow_ms_max`).
+    pub slow_streams: Vec<(String, u64)>,
 }
 
 impl Default for Behaviour {
@@ -38,6 +40,7 @@ impl Default for Behaviour {
             slow_ms_max: 0,
             refused_type: None,
             silent_streams: Vec::new(),
+            slow_streams: Vec::new(),
         }
     }
 }
@@ -280,11 +283,17 @@ async fn answer(
         state.running += 1;
         state.peak = state.peak.max(state.running);
         let rng = state.rng.as_mut().unwrap();
-        let delay_ms = if behaviour.slow_ms_max > 0 {
-            rng.range(0, behaviour.slow_ms_max)
-        } else {
-            0
-        };
+        let fixed_ms = behaviour
+            .slow_streams
+            .iter()
+            .find(|(slow, _)| *slow == stream)
+            .map_or(0, |(_, ms)| *ms);
+        let delay_ms = fixed_ms
+            + if behaviour.slow_ms_max > 0 {
+                rng.range(0, behaviour.slow_ms_max)
+            } else {
+                0
+            };
         let unavailable = rng.range(0, 999) < behaviour.unavailable_per_mille;
         (delay_ms, unavailable, marks)
     };

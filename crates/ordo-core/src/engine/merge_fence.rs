@@ -1,0 +1,220 @@
+//! Which source events wait for a merge that is known but not yet applied.
+//!
+//! A merge's cut places it in each source's order: versions at or below the cut come
+//! before the merge, versions beyond it after. The engine learns of a merge when it is
+//! delivered, and the merge may then wait (for its cuts, behind its stream's gap, for a
+//! busy document, for its row to be written). Without a fence, a source event beyond the
+//! cut that became ready meanwhile would go to the source's own document, and whether it
+//! did would depend on timing: on batching (the counters would say `redirected` or not),
+//! and, behind a handler, on a crash. A merge the handler acknowledged but ordo had not
+//! committed is sent again after a restart; a source event sent first to the source's own
+//! document would be stranded there, because the handler already folded that document
+//! away.
+//!
+//! So a delivered merge that is on its way (out, or at the head of its stream with every
+//! cut met: only its document, its row or its turn holds it) *fences* each source: an
+//! event of the source beyond the cut, delivered after the merge (or restored from the
+//! store: a restart no longer knows what came first), waits until the merge applies and
+//! then goes to the target, redirected. An event whose document is already another stream
+//! (an applied alias) waits likewise for a merge of that document on its way. Events
+//! delivered before the merge keep their old path: they go to the source when ready, and
+//! the merge folds them in. A merge that still waits for a cut, or behind its stream's
+//! gap, fences nothing: it may wait forever (a lost event), an in-order consumer applies
+//! the source's events meanwhile, and no handler can have acknowledged it. A merge a
+//! handler may have acknowledged is on its way again after a restart: it is written
+//! before it is called, with its cuts applied, in one commit.
+//!
+//! A fence lasts until its merge applies. A merge that is dead-lettered lifts its
+//! fences (its sources go on alone; the handler never folded them), a replayed one puts
+//! them back. Fences are per engine: in a consumer group, a source event in another
+//! member's partition does not see them (docs/design.md, "Handlers").
+
+use super::{Engine, Op, Slot, StreamId, FENCED, HAS_FENCE_WAITERS, MONOTONIC};
+
+/// One merge known to the engine, seen from one of its sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Fence {
+    /// The merge's stream (its target).
+    pub(super) target: StreamId,
+    /// The merge's version in the target.
+    pub(super) version: u64,
+    /// The source's cut: its last version before the merge.
+    pub(super) cut: u64,
+    /// When the merge was delivered (0: restored from the store).
+    pub(super) seq: u64,
+}
+
+impl Engine {
+    /// Registers the fences of a merge put into `target`'s slots at `version`.
+    pub(super) fn fence_merge_sources(&mut self, target: StreamId, version: u64, seq: u64) {
+        let Some(Slot::Event(pending)) = self.streams[target as usize]
+            .extra
+            .as_ref()
+            .and_then(|x| x.slots.get(&version))
+        else {
+            return;
+        };
+        let Op::Merge { from } = &pending.event.op else {
+            return;
+        };
+        // A source without a cut dead-letters the merge at dispatch: it fences nothing.
+        let cuts: Vec<(Box<str>, u64)> = from
+            .iter()
+            .filter_map(|source| Some((source.clone(), pending.event.cut_for(source)?)))
+            .collect();
+        for (source, cut) in cuts {
+            let s = self.intern(&source);
+            let fence = Fence {
+                target,
+                version,
+                cut,
+                seq,
+            };
+            let fences = self.fences.entry(s).or_default();
+            if !fences.contains(&fence) {
+                fences.push(fence);
+            }
+            self.streams[s as usize].flags |= FENCED;
+        }
+    }
+
+    /// Lifts the fences of the merge at `target`'s `version` (applied, skipped or
+    /// dead-lettered) and lets whatever waited for it decide again.
+    pub(super) fn lift_merge_fences(&mut self, target: StreamId, version: u64) {
+        let sources: Vec<StreamId> = self
+            .fences
+            .iter()
+            .filter(|(_, fences)| {
+                fences
+                    .iter()
+                    .any(|f| f.target == target && f.version == version)
+            })
+            .map(|(&s, _)| s)
+            .collect();
+        for s in sources {
+            self.prune_fences(s, |f| f.target == target && f.version == version);
+        }
+        self.wake_fence_waiters(target);
+    }
+
+    fn prune_fences(&mut self, s: StreamId, gone: impl Fn(&Fence) -> bool) {
+        if let Some(fences) = self.fences.get_mut(&s) {
+            fences.retain(|f| !gone(f));
+            if fences.is_empty() {
+                self.fences.remove(&s);
+                self.streams[s as usize].flags &= !FENCED;
+            }
+        }
+    }
+
+    /// Whether the merge behind `fence` is on its way: out, or at the head of its stream
+    /// with every cut met, so that only its document, its row or its turn in the ready
+    /// queue holds it. A merge still waiting for a cut or behind its stream's gap fences
+    /// nothing: it may wait forever (a lost event), and an in-order consumer would apply
+    /// the source's events meanwhile; no handler can have acknowledged it.
+    fn fence_holds(&self, fence: &Fence) -> bool {
+        let state = &self.streams[fence.target as usize];
+        if state.applied >= fence.version {
+            return false;
+        }
+        let Some(extra) = state.extra.as_ref() else {
+            return false;
+        };
+        if extra.in_flight_version == Some(fence.version) {
+            return true;
+        }
+        let head = match extra.slots.first_key_value() {
+            Some((&version, _)) if state.flags & MONOTONIC != 0 => version == fence.version,
+            Some(_) => fence.version == state.applied + 1,
+            None => false,
+        };
+        head && matches!(
+            extra.slots.get(&fence.version),
+            Some(Slot::Event(p)) if self.first_unmet(&p.event).is_none()
+        )
+    }
+
+    /// The merge (target, version) that version `version` of `s`, delivered at `seq`,
+    /// must wait for, if any.
+    pub(super) fn merge_fence_for(
+        &self,
+        s: StreamId,
+        version: u64,
+        seq: u64,
+    ) -> Option<(StreamId, u64)> {
+        let own = self
+            .fences
+            .get(&s)
+            .into_iter()
+            .flatten()
+            .filter(|f| f.cut < version);
+        let document = self.resolve(s);
+        let inherited = (document != s)
+            .then(|| self.fences.get(&document))
+            .flatten()
+            .into_iter()
+            .flatten();
+        // A merge of the event's own stream is ordered by the stream itself (and must not
+        // wait for itself when it names its own document's source).
+        own.chain(inherited)
+            .find(|f| f.target != s && f.seq <= seq && self.fence_holds(f))
+            .map(|f| (f.target, f.version))
+    }
+
+    /// What a head with no unmet `after` waits for, in words (for `parked list`).
+    pub(super) fn merge_wait_reason(&self, s: StreamId, version: u64, seq: u64) -> String {
+        match self.merge_fence_for(s, version, seq) {
+            Some((target, merge_version)) => format!(
+                "waits for the merge at `{}` version {merge_version} (it comes after the merge's cut)",
+                self.names[target as usize]
+            ),
+            None => "ready to apply".into(),
+        }
+    }
+
+    /// Drops the fences of `s` whose merge no longer waits (moved on without this
+    /// engine seeing it: another member's progress, a rebuild).
+    pub(super) fn prune_stale_fences(&mut self, s: StreamId) {
+        let stale: Vec<Fence> = self
+            .fences
+            .get(&s)
+            .into_iter()
+            .flatten()
+            .filter(|f| !self.fence_holds(f))
+            .copied()
+            .collect();
+        if !stale.is_empty() {
+            self.prune_fences(s, |f| stale.contains(f));
+        }
+    }
+
+    /// The head `version` of `s` waits for the merge at `target`'s `merge_version`.
+    pub(super) fn wait_for_merge(&mut self, s: StreamId, target: StreamId, merge_version: u64) {
+        debug_assert!(self.streams[target as usize].applied < merge_version);
+        self.fence_waiters.entry(target).or_default().push(s);
+        self.streams[target as usize].flags |= HAS_FENCE_WAITERS;
+        self.block(s);
+    }
+
+    /// Every stream waiting for a merge of `target` decides again (it may wait for
+    /// another one).
+    pub(super) fn wake_fence_waiters(&mut self, target: StreamId) {
+        if self.streams[target as usize].flags & HAS_FENCE_WAITERS == 0 {
+            return;
+        }
+        self.streams[target as usize].flags &= !HAS_FENCE_WAITERS;
+        for s in self.fence_waiters.remove(&target).unwrap_or_default() {
+            self.unblock(s);
+        }
+    }
+
+    /// Whether `s` holds a merge among its waiting events. Such a stream never leaves
+    /// memory (its fences must hold across a spill and a restart).
+    pub(super) fn holds_merge(&self, s: StreamId) -> bool {
+        self.streams[s as usize].extra.as_ref().is_some_and(|x| {
+            x.slots.values().any(
+                |slot| matches!(slot, Slot::Event(p) if matches!(p.event.op, Op::Merge { .. })),
+            )
+        })
+    }
+}
