@@ -190,6 +190,13 @@ pub struct ReplayArgs {
     /// Replays per second at most, as N or N/s.
     #[arg(long, default_value = "100/s")]
     pub rate: String,
+    /// A corrected event (a JSON file: same stream and version as the entry, any id) to
+    /// requeue in the entry's place; needs exactly one --id.
+    #[arg(long, value_name = "FILE")]
+    pub body: Option<std::path::PathBuf>,
+    /// Why (kept with the action).
+    #[arg(long, default_value = "")]
+    pub reason: String,
     /// One JSON object per replayed entry.
     #[arg(long)]
     pub json: bool,
@@ -207,6 +214,9 @@ pub struct SkipArgs {
     /// Entries to skip (repeatable, at least one).
     #[arg(long = "id", value_name = "ID", required = true)]
     pub ids: Vec<u64>,
+    /// Why (kept with the action).
+    #[arg(long, default_value = "")]
+    pub reason: String,
     /// Engine settings (default: the ones the last `run` recorded in the store).
     #[command(flatten)]
     pub engine: EngineArgs,

@@ -4,9 +4,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ordo_core::{DeadLetter, Engine, ReplayOutcome};
+use ordo_core::{DeadLetter, Engine};
+use ordo_runtime::operator::Action;
 use ordo_runtime::{now_ms, Consumer};
-use ordo_store::Store;
+use ordo_store::{ActionState, OperatorAction, Store};
 use serde_json::json;
 
 use crate::cli::{ListArgs, ParkedSkipArgs, ReplayArgs, SkipArgs};
@@ -25,6 +26,7 @@ fn entry_json(entry: &DeadLetter) -> serde_json::Value {
         "reason": entry.reason,
         "partition": entry.position.map(|p| p.partition),
         "offset": entry.position.map(|p| p.offset),
+        "first_seen_ms": entry.at_ms,
         "body": entry.body,
     })
 }
@@ -40,24 +42,40 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         outln!("the dead-letter queue is empty");
     } else {
         outln!(
-            "{:>6}  {:<10}  {:<28}  {:>8}  reason",
+            "{:>6}  {:<10}  {:<28}  {:>8}  {:<20}  {:<9}  reason",
             "id",
             "kind",
             "stream",
-            "version"
+            "version",
+            "event id",
+            "age"
         );
+        let now = now_ms();
         for entry in &entries {
             outln!(
-                "{:>6}  {:<10}  {:<28}  {:>8}  {}",
+                "{:>6}  {:<10}  {:<28}  {:>8}  {:<20}  {:<9}  {}",
                 entry.id,
                 entry.kind.name(),
                 entry.stream.as_deref().unwrap_or("-"),
                 entry.version.map_or("-".to_string(), |v| v.to_string()),
+                entry.event_id.as_deref().unwrap_or("-"),
+                age(now.saturating_sub(entry.at_ms)),
                 entry.reason
             );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A duration for people: `42s`, `17m`, `5h`, `3d`.
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7_199 => format!("{}m", s / 60),
+        7_200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
 }
 
 fn parse_rate(rate: &str) -> anyhow::Result<f64> {
@@ -110,13 +128,113 @@ fn operator_consumer(
     })
 }
 
+/// How long a verb waits for the running `ordo run` to take a request up and record its
+/// outcome (it looks every `OPERATOR_RECHECK_MS`; a replay may wait for handler calls).
+const REQUEST_WAIT_MS: u64 = 30_000;
+
+/// Where an operator verb's actions are carried out.
+enum Operator {
+    /// By this process: nobody holds the store (or it is PostgreSQL, whose running
+    /// members notice the change and rebuild).
+    Here(Box<Consumer<ordo_store::AnyStore>>),
+    /// By the `ordo run` holding this SQLite store: the verb leaves requests and waits.
+    Requested {
+        store: ordo_store::AnyStore,
+        holder: String,
+        pid: u32,
+    },
+}
+
+impl Operator {
+    fn open(store_url: &str, engine: &crate::cli::EngineArgs, verb: &str) -> anyhow::Result<Self> {
+        let mut store = open_store(store_url, false)?;
+        match store.acquire_lease(verb) {
+            Ok(()) => {}
+            Err(ordo_store::OpenError::LeaseHeld { holder, pid }) => {
+                return Ok(Operator::Requested { store, holder, pid })
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let (config, handler) = operator_config(engine, &mut store)?;
+        Ok(Operator::Here(Box::new(operator_consumer(
+            store, config, handler,
+        )?)))
+    }
+
+    fn dead_letters(&mut self) -> anyhow::Result<Vec<DeadLetter>> {
+        Ok(match self {
+            Operator::Here(consumer) => consumer.store().dead_letters()?,
+            Operator::Requested { store, .. } => store.dead_letters()?,
+        })
+    }
+
+    /// Carries `action` out here, or has the running consumer do it; its record.
+    fn act(&mut self, action: &Action, reason: &str) -> anyhow::Result<OperatorAction> {
+        match self {
+            Operator::Here(consumer) => {
+                let record = consumer.perform(action, action.request(reason))?;
+                consumer.commit()?;
+                Ok(record)
+            }
+            Operator::Requested { store, holder, pid } => {
+                let sqlite = store.as_sqlite().expect("only SQLite stores are leased");
+                let id = sqlite.request_action(&action.request(reason))?;
+                let deadline = Instant::now() + Duration::from_millis(REQUEST_WAIT_MS);
+                loop {
+                    let record = sqlite.action(id)?.context("the request row vanished")?;
+                    if record.state != ActionState::Pending {
+                        return Ok(record);
+                    }
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "`{holder}` (pid {pid}) holds the store and has not taken up request {id} in {} s; it stays queued",
+                            REQUEST_WAIT_MS / 1000
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    fn counters(&mut self) -> anyhow::Result<ordo_core::Counters> {
+        Ok(match self {
+            Operator::Here(consumer) => consumer.counters(),
+            Operator::Requested { store, .. } => store.counters()?,
+        })
+    }
+}
+
+/// `result` of a replay's record, with what it means.
+fn replay_status(record: &OperatorAction) -> (&str, String) {
+    match (record.state, record.result.as_str()) {
+        (ActionState::Done, "already-applied") => {
+            ("already-applied", "version guard: a counted no-op".into())
+        }
+        (ActionState::Done, "dead-lettered-again") => {
+            ("dead-lettered-again", "refused again; see dlq list".into())
+        }
+        (ActionState::Done, status) => (status, String::new()),
+        (_, refusal) => ("refused", refusal.to_string()),
+    }
+}
+
 pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let per_second = parse_rate(&args.rate)?;
-    let mut store = open_store(&args.store, false)?;
-    store.acquire_lease("ordo dlq replay")?;
-    let (config, handler) = operator_config(&args.engine, &mut store)?;
-    let entries = select(store.dead_letters()?, &args.ids)?;
-    let mut consumer = operator_consumer(store, config, handler)?;
+    let body = match &args.body {
+        Some(path) => {
+            if args.ids.len() != 1 {
+                bail!("--body replaces one entry's event: give exactly one --id");
+            }
+            Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --body {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let mut operator = Operator::open(&args.store, &args.engine, "ordo dlq replay")?;
+    let entries = select(operator.dead_letters()?, &args.ids)?;
     let interval = Duration::from_secs_f64(1.0 / per_second);
     let started = Instant::now();
     let mut failures = 0;
@@ -126,23 +244,19 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let result = consumer.replay(entry);
-        consumer.commit()?;
-        let (status, detail) = match &result {
-            Ok(ReplayOutcome::Requeued) => ("requeued", String::new()),
-            Ok(ReplayOutcome::AlreadyApplied) => {
-                ("already-applied", "version guard: a counted no-op".into())
-            }
-            Ok(ReplayOutcome::DeadLetteredAgain) => ("dead-lettered-again", "see dlq list".into()),
-            Err(reason) => {
-                failures += 1;
-                ("refused", reason.clone())
-            }
+        let action = Action::Replay {
+            id: entry.id,
+            body: body.clone(),
         };
+        let record = operator.act(&action, &args.reason)?;
+        let (status, detail) = replay_status(&record);
+        if matches!(status, "refused" | "dead-lettered-again") {
+            failures += 1;
+        }
         if args.json {
             outln!(
                 "{}",
-                json!({"id": entry.id, "stream": entry.stream.as_deref(), "version": entry.version, "result": status, "reason": detail})
+                json!({"id": entry.id, "stream": entry.stream.as_deref(), "version": entry.version, "event_id": entry.event_id.as_deref(), "result": status, "reason": detail, "action": record.id})
             );
         } else {
             outln!(
@@ -156,7 +270,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    eprintln!("ordo: counters now: {}", consumer.counters());
+    eprintln!("ordo: counters now: {}", operator.counters()?);
     Ok(if failures > 0 {
         ExitCode::from(1)
     } else {
@@ -165,21 +279,17 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn skip(args: SkipArgs) -> anyhow::Result<ExitCode> {
-    let mut store = open_store(&args.store, false)?;
-    store.acquire_lease("ordo dlq skip")?;
-    let (config, handler) = operator_config(&args.engine, &mut store)?;
-    let entries = select(store.dead_letters()?, &args.ids)?;
-    let mut consumer = operator_consumer(store, config, handler)?;
+    let mut operator = Operator::open(&args.store, &args.engine, "ordo dlq skip")?;
+    let entries = select(operator.dead_letters()?, &args.ids)?;
     let mut failures = 0;
     for entry in &entries {
-        match consumer.skip(entry) {
-            Ok(()) => outln!("dead letter {}: skipped", entry.id),
-            Err(reason) => {
-                failures += 1;
-                outln!("dead letter {}: refused ({reason})", entry.id);
-            }
+        let record = operator.act(&Action::Skip { id: entry.id }, &args.reason)?;
+        if record.state == ActionState::Done {
+            outln!("dead letter {}: skipped", entry.id);
+        } else {
+            failures += 1;
+            outln!("dead letter {}: refused ({})", entry.id, record.result);
         }
-        consumer.commit()?;
     }
     Ok(if failures > 0 {
         ExitCode::from(1)
@@ -238,39 +348,30 @@ pub fn parked_skip(args: ParkedSkipArgs) -> anyhow::Result<ExitCode> {
             args.version
         );
     }
-    let mut store = open_store(&args.store, false)?;
-    store.acquire_lease("ordo parked skip")?;
-    let (config, handler) = operator_config(&args.engine, &mut store)?;
-    let mut consumer = operator_consumer(store, config, handler)?;
-    let before = consumer.counters().applied;
-    let result = consumer.skip_missing(&args.stream, args.version);
-    consumer.commit()?;
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    match result {
-        Ok(()) => {
-            let released = consumer.counters().applied - before;
-            tracing::info!(
-                stream = %args.stream,
-                version = args.version,
-                reason = %args.reason,
-                %user,
-                "operator skipped a missing version"
-            );
-            outln!(
-                "`{}` version {}: skipped ({}, by {user}); {released} events applied behind it",
-                args.stream,
-                args.version,
-                args.reason
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(reason) => {
-            outln!(
-                "`{}` version {}: refused ({reason})",
-                args.stream,
-                args.version
-            );
-            Ok(ExitCode::from(1))
-        }
+    let mut operator = Operator::open(&args.store, &args.engine, "ordo parked skip")?;
+    let before = operator.counters()?.applied;
+    let action = Action::SkipMissing {
+        stream: args.stream.clone(),
+        version: args.version,
+    };
+    let record = operator.act(&action, &args.reason)?;
+    if record.state == ActionState::Done {
+        let released = operator.counters()?.applied.saturating_sub(before);
+        outln!(
+            "`{}` version {}: skipped ({}, by {}); {released} events applied behind it",
+            args.stream,
+            args.version,
+            args.reason,
+            record.user
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        outln!(
+            "`{}` version {}: refused ({})",
+            args.stream,
+            args.version,
+            record.result
+        );
+        Ok(ExitCode::from(1))
     }
 }

@@ -791,7 +791,30 @@ fn a_dead_letter_skipped_by_an_operator_unblocks_a_running_member() {
     let entries = || json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
     wait_for("the poison event dead-lettered", &|| entries().len() == 1);
     let id = entries()[0]["id"].to_string();
-    ok(&["dlq", "skip", "--store", &store, "--id", &id]);
+    ok(&[
+        "dlq",
+        "skip",
+        "--store",
+        &store,
+        "--id",
+        &id,
+        "--reason",
+        "poison amount",
+    ]);
+    let recorded = admin
+        .query_one(
+            &format!("SELECT verb, reason, state FROM {schema}.operator_actions"),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            recorded.get::<_, String>(0),
+            recorded.get::<_, String>(1),
+            recorded.get::<_, String>(2)
+        ),
+        ("dlq skip".into(), "poison amount".into(), "done".into())
+    );
     // The operator's process applied version 3; version 4 goes to the running member,
     // which must notice that the dead letter it waited behind is gone.
     broker.produce_raw("ops", &[(Some("s"), line(4, r#"{"n":1}"#))]);

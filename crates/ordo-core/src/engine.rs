@@ -1759,6 +1759,15 @@ impl Engine {
         all
     }
 
+    /// The dead letter a stream waits behind at `version`, if any.
+    pub fn dead_letter_at(&self, stream: &str, version: u64) -> Option<u64> {
+        let &s = self.ids.get(stream)?;
+        match self.streams[s as usize].extra.as_ref()?.slots.get(&version) {
+            Some(Slot::DeadLettered(id)) => Some(*id),
+            _ => None,
+        }
+    }
+
     /// A stream's applied version (0 when unknown).
     pub fn applied_version(&self, stream: &str) -> u64 {
         self.ids

@@ -171,6 +171,8 @@ pub struct Consumer<S: Store> {
     transactional: Option<TransactionalApply<S>>,
     /// Works back from the handlers, not yet given to the engine.
     returned: Vec<crate::handler::Returned>,
+    /// Operator actions carried out since the last commit, recorded by it.
+    actions: Vec<ordo_store::OperatorAction>,
     /// Deliveries queued to apply minus works finished (handlers only; a bound on how
     /// far the source is read ahead of slow handlers).
     handler_backlog: u64,
@@ -206,6 +208,7 @@ impl<S: Store> Consumer<S> {
             handlers: None,
             transactional: None,
             returned: Vec::new(),
+            actions: Vec::new(),
             handler_backlog: 0,
         })
     }
@@ -617,8 +620,15 @@ impl<S: Store> Consumer<S> {
                 (stream, document)
             })
             .collect();
-        self.store
-            .commit(&self.source, CommitBatch { changes, documents })?;
+        let actions = std::mem::take(&mut self.actions);
+        self.store.commit(
+            &self.source,
+            CommitBatch {
+                changes,
+                documents,
+                actions,
+            },
+        )?;
 
         if self.uncommitted_events > 0 {
             self.last_delivery_commit = Some(std::time::Instant::now());
@@ -631,6 +641,11 @@ impl<S: Store> Consumer<S> {
             self.store.forget_documents();
         }
         Ok(())
+    }
+
+    /// Records an operator action in the next commit.
+    pub fn record_action(&mut self, action: ordo_store::OperatorAction) {
+        self.actions.push(action);
     }
 
     /// Applies everything ready and, with handlers, waits until every call came back and
@@ -651,11 +666,11 @@ impl<S: Store> Consumer<S> {
             .replay_dead_letter(self.clock.now_ms(), entry)
             .map_err(|e| e.to_string())?;
         self.apply_until_quiet().map_err(|e| e.to_string())?;
-        // With a handler the verdict comes only now: requeued is what the engine did,
-        // but if the handler refused the event again it was not applied.
-        if outcome == ordo_core::ReplayOutcome::Requeued && self.handlers.is_some() {
+        // The verdict comes only now: requeued is what the engine did, but the projection
+        // or the handler may have refused the event again.
+        if outcome == ordo_core::ReplayOutcome::Requeued {
             if let (Some(stream), Some(version)) = (entry.stream.as_deref(), entry.version) {
-                if self.engine.applied_version(stream) < version {
+                if self.engine.dead_letter_at(stream, version).is_some() {
                     return Ok(ordo_core::ReplayOutcome::DeadLetteredAgain);
                 }
             }

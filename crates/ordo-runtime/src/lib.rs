@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod handler;
 pub mod handlers;
+pub mod operator;
 pub mod run;
 pub mod source;
 

@@ -38,6 +38,12 @@ pub const STOP_GRACE_MS: u64 = 5_000;
 /// notification came (the fallback for a lost `NOTIFY` or a store without them).
 pub const AWAITED_RECHECK_MS: u64 = 1_000;
 
+/// How often the loop looks for operator actions left for it (`dlq replay`, `dlq skip`,
+/// `parked skip` against a SQLite store this process holds): the contract says within a
+/// second.
+pub const OPERATOR_RECHECK_MS: u64 = 250;
+const _: () = assert!(OPERATOR_RECHECK_MS < 1_000);
+
 /// Most commit conflicts in a row before a run gives up (each one rebuilds the state from
 /// the store and reads the uncommitted deliveries again).
 pub const CONFLICTS_IN_A_ROW_MAX: u32 = 20;
@@ -181,6 +187,7 @@ pub struct RunLoop {
     last_progress_ms: u64,
     last_recheck_ms: u64,
     last_dead_letter_check_ms: u64,
+    last_action_check_ms: u64,
     started_ms: u64,
 }
 
@@ -213,6 +220,7 @@ impl RunLoop {
             last_progress_ms: now_ms,
             last_recheck_ms: now_ms,
             last_dead_letter_check_ms: now_ms,
+            last_action_check_ms: now_ms,
             started_ms: now_ms,
         })
     }
@@ -363,6 +371,18 @@ impl RunLoop {
                     self.commits += 1;
                     consumer.reload()?;
                     source.rewind(&consumer.engine.checkpoints())?;
+                }
+                self.oldest_uncommitted_ms = None;
+            }
+        }
+        if now_ms.saturating_sub(self.last_action_check_ms) >= OPERATOR_RECHECK_MS {
+            self.last_action_check_ms = now_ms;
+            if consumer.take_requested_actions()? > 0 {
+                // The verb waits for its record: commit it with the action's effects now.
+                consumer.apply_ready()?;
+                if commit(consumer, source, conflicts, true)? {
+                    self.commits += 1;
+                    source.committed(&consumer.engine.checkpoints());
                 }
                 self.oldest_uncommitted_ms = None;
             }

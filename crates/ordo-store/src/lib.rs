@@ -8,6 +8,7 @@
 
 mod error;
 mod memory;
+mod operator;
 pub mod outbox;
 mod pg;
 mod rows;
@@ -22,6 +23,7 @@ use ordo_projection::Document;
 
 pub use error::{CommitError, OpenError, ReadError};
 pub use memory::{answer_load, pending_snapshot, PendingRows, SharedMemory, SharedMemoryStore};
+pub use operator::{ActionState, OperatorAction};
 pub use pg::{
     PostgresStore, DEAD_LETTER_ID_BLOCK, POSTGRES_SCHEMA_VERSION, RECONNECT_ATTEMPTS_MAX,
 };
@@ -41,6 +43,9 @@ pub struct CommitBatch {
     pub changes: ChangeSet,
     /// Documents written by the works finished since the last commit (`None`: absent).
     pub documents: Vec<(Arc<str>, Option<Document>)>,
+    /// Operator actions carried out in this batch: new records (id 0), or requests taken
+    /// up (their row is updated). Written in the same transaction as their effects.
+    pub actions: Vec<OperatorAction>,
 }
 
 /// One row of `ordo export`.
@@ -153,6 +158,13 @@ pub trait Store {
     fn poll_progress(&mut self) -> bool {
         false
     }
+
+    /// Operator actions requested for the running consumer and not yet taken up, oldest
+    /// first. Only a store an operator verb cannot write while `ordo run` holds it (SQLite)
+    /// has any: elsewhere the verb carries the action out itself.
+    fn requested_actions(&mut self) -> Result<Vec<OperatorAction>, ReadError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Either store, chosen by URL (what the CLI opens).
@@ -178,6 +190,14 @@ impl AnyStore {
         match self {
             AnyStore::Sqlite(store) => store.acquire_lease(holder),
             AnyStore::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// The SQLite store, if it is one.
+    pub fn as_sqlite(&mut self) -> Option<&mut SqliteStore> {
+        match self {
+            AnyStore::Sqlite(store) => Some(store),
+            AnyStore::Postgres(_) => None,
         }
     }
 
@@ -280,6 +300,13 @@ impl Store for AnyStore {
         match self {
             AnyStore::Sqlite(s) => s.dead_letters_present(ids),
             AnyStore::Postgres(s) => s.dead_letters_present(ids),
+        }
+    }
+
+    fn requested_actions(&mut self) -> Result<Vec<OperatorAction>, ReadError> {
+        match self {
+            AnyStore::Sqlite(s) => s.requested_actions(),
+            AnyStore::Postgres(s) => s.requested_actions(),
         }
     }
 

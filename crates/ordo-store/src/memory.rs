@@ -372,7 +372,9 @@ impl Store for SharedMemoryStore {
         let shared = self.shared.clone();
         let mut database = shared.lock();
         self.check(&database, source, &batch)?;
-        let CommitBatch { changes, documents } = batch;
+        let CommitBatch {
+            changes, documents, ..
+        } = batch;
         for (stream, document) in documents {
             let revision = database.documents.get(&stream).map_or(0, |(_, r)| *r) + 1;
             self.revisions.insert(stream.clone(), revision);

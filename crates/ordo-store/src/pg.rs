@@ -90,6 +90,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS claims (
     source TEXT NOT NULL, partition BIGINT NOT NULL, member TEXT NOT NULL,
     epoch BIGINT NOT NULL, PRIMARY KEY (source, partition));
+CREATE TABLE IF NOT EXISTS operator_actions (
+    id BIGSERIAL PRIMARY KEY, requested_ms BIGINT NOT NULL, user_name TEXT NOT NULL,
+    verb TEXT NOT NULL, args TEXT NOT NULL, reason TEXT NOT NULL, state TEXT NOT NULL,
+    result TEXT NOT NULL DEFAULT '', done_ms BIGINT);
 ";
 
 /// Version 1 → 2: document revisions, the partition of waiting events and what parked
@@ -669,6 +673,25 @@ impl PostgresStore {
                 "INSERT INTO meta (key, value) VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 &[&key, &value],
+            )?;
+        }
+        // Operator verbs carry their actions out themselves here (members notice and
+        // rebuild): only new records, written with their effects.
+        for action in &batch.actions {
+            transaction.execute(
+                "INSERT INTO operator_actions
+                 (requested_ms, user_name, verb, args, reason, state, result, done_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &(action.requested_ms as i64),
+                    &action.user,
+                    &action.verb,
+                    &action.args.to_string(),
+                    &action.reason,
+                    &action.state.name(),
+                    &action.result,
+                    &action.done_ms.map(|ms| ms as i64),
+                ],
             )?;
         }
         transaction.commit()?;

@@ -16,8 +16,9 @@ use ordo_projection::Document;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::error::{CommitError, OpenError, ReadError};
+use crate::operator::ACTION_COLUMNS;
 use crate::rows::{self, corrupt};
-use crate::{CommitBatch, ExportRow, Lease, Store};
+use crate::{CommitBatch, ExportRow, Lease, OperatorAction, Store};
 
 /// The schema this build writes. A store with a higher version is refused.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -54,6 +55,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     position INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, body TEXT NOT NULL,
     published INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (published, position);
+CREATE TABLE IF NOT EXISTS operator_actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, requested_ms INTEGER NOT NULL,
+    user_name TEXT NOT NULL, verb TEXT NOT NULL, args TEXT NOT NULL, reason TEXT NOT NULL,
+    state TEXT NOT NULL, result TEXT NOT NULL DEFAULT '', done_ms INTEGER);
+CREATE INDEX IF NOT EXISTS operator_actions_state ON operator_actions (state, id);
 CREATE TABLE IF NOT EXISTS lease (
     id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, pid INTEGER NOT NULL,
     heartbeat_ms INTEGER NOT NULL);
@@ -340,6 +346,26 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Leaves an operator action for the `ordo run` holding the store; its id.
+    pub fn request_action(&mut self, action: &OperatorAction) -> Result<u64, ReadError> {
+        Ok(insert_action(&self.connection, action)?)
+    }
+
+    /// One operator action as stored now.
+    pub fn action(&mut self, id: u64) -> Result<Option<OperatorAction>, ReadError> {
+        let sql = format!("SELECT {ACTION_COLUMNS} FROM operator_actions WHERE id = ?1");
+        Ok(action_rows(&self.connection, &sql, &[&(id as i64)])?.pop())
+    }
+
+    /// The most recent operator actions, oldest first (at most `limit`).
+    pub fn actions(&mut self, limit: u64) -> Result<Vec<OperatorAction>, ReadError> {
+        let sql = format!(
+            "SELECT {ACTION_COLUMNS} FROM (SELECT * FROM operator_actions ORDER BY id DESC
+             LIMIT ?1) ORDER BY id"
+        );
+        action_rows(&self.connection, &sql, &[&(limit as i64)])
+    }
+
     /// Gives the store back.
     pub fn release_lease(&mut self) {
         if self.leased {
@@ -611,12 +637,80 @@ fn write_changes(
         ])?;
         meta.execute(params!["dedupe_floor", changes.dedupe_floor.to_string()])?;
     }
+    write_actions(transaction, &batch.actions)?;
     if leased {
         transaction
             .prepare_cached("UPDATE lease SET heartbeat_ms = ?1 WHERE id = 1")?
             .execute(params![now_ms() as i64])?;
     }
     Ok(())
+}
+
+/// Records operator actions: a request taken up is updated, a new record inserted.
+fn write_actions(transaction: &Connection, actions: &[OperatorAction]) -> rusqlite::Result<()> {
+    for action in actions {
+        let done_ms = action.done_ms.map(|ms| ms as i64);
+        if action.id > 0 {
+            transaction
+                .prepare_cached(
+                    "UPDATE operator_actions SET state = ?2, result = ?3, done_ms = ?4
+                     WHERE id = ?1",
+                )?
+                .execute(params![
+                    action.id as i64,
+                    action.state.name(),
+                    action.result,
+                    done_ms
+                ])?;
+        } else {
+            insert_action(transaction, action)?;
+        }
+    }
+    Ok(())
+}
+
+fn insert_action(connection: &Connection, action: &OperatorAction) -> rusqlite::Result<u64> {
+    connection
+        .prepare_cached(
+            "INSERT INTO operator_actions
+             (requested_ms, user_name, verb, args, reason, state, result, done_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            action.requested_ms as i64,
+            action.user,
+            action.verb,
+            action.args.to_string(),
+            action.reason,
+            action.state.name(),
+            action.result,
+            action.done_ms.map(|ms| ms as i64)
+        ])?;
+    Ok(connection.last_insert_rowid() as u64)
+}
+
+fn action_rows(
+    connection: &Connection,
+    sql: &str,
+    parameters: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<OperatorAction>, ReadError> {
+    let mut statement = connection.prepare_cached(sql)?;
+    let mut rows = statement.query(parameters)?;
+    let mut actions = Vec::new();
+    while let Some(row) = rows.next()? {
+        actions.push(crate::operator::action_from_row(
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+            row.get(7)?,
+            row.get(8)?,
+        )?);
+    }
+    Ok(actions)
 }
 
 /// Why one commit attempt failed.
@@ -667,6 +761,13 @@ impl crate::BatchTransaction for SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn requested_actions(&mut self) -> Result<Vec<OperatorAction>, ReadError> {
+        let sql = format!(
+            "SELECT {ACTION_COLUMNS} FROM operator_actions WHERE state = 'pending' ORDER BY id"
+        );
+        action_rows(&self.connection, &sql, &[])
+    }
+
     fn snapshot(&mut self, source: &str) -> Result<Snapshot, ReadError> {
         let mut snapshot = Snapshot::default();
         {
@@ -961,7 +1062,14 @@ mod tests {
             Some(Document::Live(serde_json::json!({"n": 1}))),
         )];
         store
-            .commit("file:x", CommitBatch { changes, documents })
+            .commit(
+                "file:x",
+                CommitBatch {
+                    changes,
+                    documents,
+                    actions: Vec::new(),
+                },
+            )
             .unwrap();
 
         let snapshot = store.snapshot("file:x").unwrap();
@@ -993,7 +1101,14 @@ mod tests {
             };
             let documents = vec![(Arc::from("a"), Some(Document::Deleted))];
             assert!(matches!(
-                store.commit("src", CommitBatch { changes, documents }),
+                store.commit(
+                    "src",
+                    CommitBatch {
+                        changes,
+                        documents,
+                        actions: Vec::new()
+                    }
+                ),
                 Err(CommitError::Injected(_))
             ));
             assert_eq!(store.snapshot("src").unwrap().checkpoints, vec![]);

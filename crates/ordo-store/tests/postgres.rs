@@ -60,6 +60,7 @@ fn a_commit_round_trips_through_snapshot() {
         .commit(
             "file:x",
             CommitBatch {
+                actions: Vec::new(),
                 changes: engine.take_changes(),
                 documents,
             },
@@ -137,6 +138,7 @@ fn applied_batch(engine: &mut Engine, stream: &str, version: u64, doc: i64) -> C
     let work = engine.poll_work(0).expect("in order");
     engine.handle_outcome(0, work, Outcome::Applied);
     CommitBatch {
+        actions: Vec::new(),
         changes: engine.take_changes(),
         documents: vec![(Arc::from(stream), live(doc))],
     }
@@ -206,6 +208,7 @@ fn a_stream_merged_away_by_another_member_is_a_conflict_for_its_owner() {
         .commit(
             "s",
             CommitBatch {
+                actions: Vec::new(),
                 changes: merging.take_changes(),
                 documents: vec![(Arc::from("tgt"), live(1)), (Arc::from("src"), None)],
             },
@@ -243,6 +246,7 @@ fn a_member_that_lost_its_partition_cannot_commit_for_it() {
     let refused = zombie.commit(
         "kafka://t",
         CommitBatch {
+            actions: Vec::new(),
             changes: engine.take_changes(),
             documents: vec![(Arc::from("a"), live(1))],
         },
@@ -315,6 +319,7 @@ fn members_reserve_distinct_dead_letter_ids_and_add_up_counters() {
             .commit(
                 "s",
                 CommitBatch {
+                    actions: Vec::new(),
                     changes: engine.take_changes(),
                     documents: Vec::new(),
                 },
@@ -335,6 +340,7 @@ fn members_reserve_distinct_dead_letter_ids_and_add_up_counters() {
         .commit(
             "s",
             CommitBatch {
+                actions: Vec::new(),
                 changes: rebuilt.take_changes(),
                 documents: Vec::new(),
             },
