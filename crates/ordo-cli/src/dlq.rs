@@ -186,10 +186,15 @@ impl Operator {
                         return Ok(record);
                     }
                     if Instant::now() >= deadline {
-                        bail!(
-                            "`{holder}` (pid {pid}) holds the store and has not taken up request {id} in {} s; it stays queued",
+                        let why = format!(
+                            "withdrawn: `{holder}` (pid {pid}) did not take it up within {} s",
                             REQUEST_WAIT_MS / 1000
                         );
+                        // Withdrawn, so that it cannot run hours later, after the operator
+                        // moved on; unless the run took it up at the last moment.
+                        if sqlite.withdraw_action(id, &why)? {
+                            bail!("{why}; nothing was done");
+                        }
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }

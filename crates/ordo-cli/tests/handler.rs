@@ -308,8 +308,8 @@ fn handler_rejections_are_sequenced_dead_letters_that_replay_and_skip_resolve() 
         let entry = entries.iter().find(|e| e["stream"] == stream).unwrap();
         entry["id"].to_string()
     };
-    // Replayed while the handler still refuses it: said so, never "requeued".
-    let again = ok(&[
+    // Replayed while the handler still refuses it: said so, never "requeued", exit 1.
+    let again = run(&[
         "dlq",
         "replay",
         "--store",
@@ -317,6 +317,7 @@ fn handler_rejections_are_sequenced_dead_letters_that_replay_and_skip_resolve() 
         "--id",
         &id_of("customer-1"),
     ]);
+    assert_eq!(again.status.code(), Some(1));
     let said = String::from_utf8_lossy(&again.stdout);
     assert!(said.contains("dead-lettered-again"), "{said}");
     // The warehouse learnt the sku: the operator replays one entry and skips the other.

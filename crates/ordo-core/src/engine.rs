@@ -506,7 +506,7 @@ impl Engine {
         }
         for record in snapshot.pending {
             let s = engine.intern(&record.stream);
-            engine.put_stored(s, record);
+            engine.put_stored(s, record, 0);
         }
         for s in 0..engine.streams.len() as StreamId {
             if engine.streams[s as usize].extra.is_some() {
@@ -1416,7 +1416,9 @@ impl Engine {
             if streams.last() != Some(&s) {
                 streams.push(s);
             }
-            self.put_stored(s, record);
+            // Back from a spill: when it came is unknown here, so it counts as after
+            // every merge (a merge on its way fences it).
+            self.put_stored(s, record, u64::MAX);
         }
         streams.sort_unstable();
         streams.dedup();
@@ -1500,7 +1502,7 @@ impl Engine {
     /// joins the dedupe window, so a redelivered copy counts as a duplicate). A row at or
     /// below the applied version was applied in the commit that should have deleted it:
     /// it is deleted now.
-    fn put_stored(&mut self, s: StreamId, record: PendingRecord) {
+    fn put_stored(&mut self, s: StreamId, record: PendingRecord, seq: u64) {
         if record.version <= self.streams[s as usize].applied {
             self.pending_changed.insert((s, record.version));
             return;
@@ -1517,7 +1519,7 @@ impl Engine {
                     durable: true,
                     written: true,
                     parked: state == PendingState::Parked,
-                    seq: 0,
+                    seq,
                 }))
             }
         };
@@ -1691,9 +1693,7 @@ impl Engine {
                             None if pending.parked || version == expected => {
                                 match self.first_unmet(&pending.event) {
                                     Some(d) => self.dependency_reason(&d),
-                                    None => {
-                                        self.merge_wait_reason(s as StreamId, version, pending.seq)
-                                    }
+                                    None => self.merge_wait_reason(s as StreamId, version, pending),
                                 }
                             }
                             None => "ready to apply".into(),
@@ -1989,8 +1989,14 @@ impl Engine {
         }
         let seq = pending.seq;
         let unwritten_merge = matches!(pending.event.op, Op::Merge { .. }) && !pending.written;
+        let own_sources: Vec<Box<str>> = match &pending.event.op {
+            Op::Merge { from } => from.clone(),
+            _ => Vec::new(),
+        };
         if self.streams[s as usize].flags & FENCED != 0 || self.resolve(s) != s {
-            if let Some((target, merge_version)) = self.merge_fence_for(s, version, seq) {
+            if let Some((target, merge_version)) =
+                self.merge_fence_for(s, version, seq, &own_sources)
+            {
                 self.wait_for_merge(s, target, merge_version);
                 return None;
             }

@@ -351,6 +351,17 @@ impl SqliteStore {
         Ok(insert_action(&self.connection, action)?)
     }
 
+    /// Withdraws a request nobody took up (it is recorded refused); false if the running
+    /// consumer took it meanwhile.
+    pub fn withdraw_action(&mut self, id: u64, why: &str) -> Result<bool, ReadError> {
+        let changed = self.connection.execute(
+            "UPDATE operator_actions SET state = 'refused', result = ?2, done_ms = ?3
+             WHERE id = ?1 AND state = 'pending'",
+            params![id as i64, why, now_ms() as i64],
+        )?;
+        Ok(changed == 1)
+    }
+
     /// One operator action as stored now.
     pub fn action(&mut self, id: u64) -> Result<Option<OperatorAction>, ReadError> {
         let sql = format!("SELECT {ACTION_COLUMNS} FROM operator_actions WHERE id = ?1");

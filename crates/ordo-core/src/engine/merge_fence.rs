@@ -29,7 +29,7 @@
 //! them back. Fences are per engine: in a consumer group, a source event in another
 //! member's partition does not see them (docs/design.md, "Handlers").
 
-use super::{Engine, Op, Slot, StreamId, FENCED, HAS_FENCE_WAITERS, MONOTONIC};
+use super::{Engine, Op, Pending, Slot, StreamId, FENCED, HAS_FENCE_WAITERS, MONOTONIC};
 
 /// One merge known to the engine, seen from one of its sources.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,11 +136,16 @@ impl Engine {
 
     /// The merge (target, version) that version `version` of `s`, delivered at `seq`,
     /// must wait for, if any.
+    ///
+    /// A merge never waits for a merge of one of its own sources: the two would name
+    /// each other (a producer's cycle) and wait for each other forever; one goes, the
+    /// other is refused at dispatch as before.
     pub(super) fn merge_fence_for(
         &self,
         s: StreamId,
         version: u64,
         seq: u64,
+        own_sources: &[Box<str>],
     ) -> Option<(StreamId, u64)> {
         let own = self
             .fences
@@ -157,13 +162,24 @@ impl Engine {
         // A merge of the event's own stream is ordered by the stream itself (and must not
         // wait for itself when it names its own document's source).
         own.chain(inherited)
-            .find(|f| f.target != s && f.seq <= seq && self.fence_holds(f))
+            .find(|f| {
+                f.target != s
+                    && f.seq <= seq
+                    && !own_sources
+                        .iter()
+                        .any(|source| **source == *self.names[f.target as usize])
+                    && self.fence_holds(f)
+            })
             .map(|f| (f.target, f.version))
     }
 
     /// What a head with no unmet `after` waits for, in words (for `parked list`).
-    pub(super) fn merge_wait_reason(&self, s: StreamId, version: u64, seq: u64) -> String {
-        match self.merge_fence_for(s, version, seq) {
+    pub(super) fn merge_wait_reason(&self, s: StreamId, version: u64, pending: &Pending) -> String {
+        let own_sources: &[Box<str>] = match &pending.event.op {
+            Op::Merge { from } => from,
+            _ => &[],
+        };
+        match self.merge_fence_for(s, version, pending.seq, own_sources) {
             Some((target, merge_version)) => format!(
                 "waits for the merge at `{}` version {merge_version} (it comes after the merge's cut)",
                 self.names[target as usize]
