@@ -35,12 +35,39 @@ pub enum Command {
         #[command(subcommand)]
         command: ParkedCommand,
     },
+    /// The durable journal: late-after-merge, stalls, dead letters, conflicts, operator
+    /// actions (who, when, why), newest last.
+    Notices(NoticesArgs),
     /// Publish the store's outbox to Kafka, keyed by stream, in order.
     Relay(RelayArgs),
     /// Deterministic disorder simulation against the in-order oracle.
     Chaos(ChaosArgs),
     /// Run the performance suite; every figure is a ratio against a same-run baseline.
     Bench(BenchArgs),
+}
+
+/// `ordo notices`.
+#[derive(Debug, Args)]
+pub struct NoticesArgs {
+    /// The store.
+    #[arg(long)]
+    pub store: String,
+    /// Only this stream's entries.
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Only this kind: late-after-merge, stalled, dead-lettered, conflict, operator.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only entries from this time on: a duration back from now (`90s`, `15m`, `2h`,
+    /// `3d`) or milliseconds since the epoch.
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// The newest N entries at most (0: all).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: u64,
+    /// One JSON object per entry.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `ordo demo`.
@@ -105,6 +132,12 @@ pub struct RunArgs {
     /// drained for --exit-when-idle.
     #[arg(long, value_name = "MS", default_value_t = ordo_kafka::IDLE_MS_DEFAULT)]
     pub idle_ms: u64,
+    /// Journal entries kept at most (`ordo notices`); older ones are deleted.
+    #[arg(long, value_name = "N", default_value_t = ordo_store::journal::JOURNAL_ENTRIES_MAX_DEFAULT)]
+    pub notices_max: u64,
+    /// Journal entries older than this many days are deleted.
+    #[arg(long, value_name = "DAYS", default_value_t = ordo_store::journal::JOURNAL_AGE_MS_MAX_DEFAULT / 86_400_000)]
+    pub notices_max_age_days: u64,
     /// Engine settings.
     #[command(flatten)]
     pub engine: EngineArgs,

@@ -23,6 +23,7 @@ mod demo;
 mod dlq;
 mod export;
 mod handler;
+mod notices;
 mod relay;
 mod run;
 mod settings;
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
             cli::ParkedCommand::List(args) => dlq::parked(args),
             cli::ParkedCommand::Skip(args) => dlq::parked_skip(args),
         },
+        cli::Command::Notices(args) => notices::run(args),
         cli::Command::Relay(args) => relay::run(args),
         cli::Command::Chaos(args) => chaos::run(args),
         cli::Command::Bench(args) => bench::run(args),

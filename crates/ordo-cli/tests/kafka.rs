@@ -815,6 +815,14 @@ fn a_dead_letter_skipped_by_an_operator_unblocks_a_running_member() {
         ),
         ("dlq skip".into(), "poison amount".into(), "done".into())
     );
+    // The journal has it, and the dead letter before it.
+    let journal = json_lines(&ok(&["notices", "--store", &store, "--json"]));
+    let kinds: Vec<&str> = journal
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["dead-lettered", "operator"], "{journal:?}");
+    assert_eq!(journal[1]["detail"]["reason"], "poison amount");
     // The operator's process applied version 3; version 4 goes to the running member,
     // which must notice that the dead letter it waited behind is gone.
     broker.produce_raw("ops", &[(Some("s"), line(4, r#"{"n":1}"#))]);

@@ -184,17 +184,24 @@ pub enum Notice {
         id: u64,
         /// The stream, when known.
         stream: Option<Arc<str>>,
+        /// The version, when known.
+        version: Option<u64>,
+        /// What kind of entry (what it blocks).
+        kind: DeadLetterKind,
         /// Why.
         reason: String,
     },
-    /// A source event beyond its merge cut was applied to the merge target.
+    /// A source event beyond its merge cut: applied to the merge target (redirected), or
+    /// applied to the source before the merge came and folded in by it.
     LateAfterMerge {
         /// The source stream.
         stream: Arc<str>,
         /// The event's version.
         version: u64,
-        /// The document it went to.
+        /// The merge target.
         target: Arc<str>,
+        /// Whether it went to the target itself (else the merge folded it in).
+        redirected: bool,
     },
 }
 
@@ -898,6 +905,7 @@ impl Engine {
                 stream: self.names[s as usize].clone(),
                 version,
                 target: self.names[work.target as usize].clone(),
+                redirected: true,
             });
         }
         if let Action::Merge { sources } = &work.action {
@@ -911,6 +919,15 @@ impl Engine {
                 let source_applied = self.streams[source_id as usize].applied;
                 let late = source_applied.saturating_sub(cut);
                 self.counters.late_after_merge += late;
+                // One notice per counted event: each went to the source before the merge.
+                for version in cut + 1..=source_applied {
+                    self.notice(Notice::LateAfterMerge {
+                        stream: source.clone(),
+                        version,
+                        target: self.names[s as usize].clone(),
+                        redirected: false,
+                    });
+                }
                 self.extra(source_id).alias = Some((s, cut));
                 self.mark_dirty(source_id);
             }
@@ -2183,6 +2200,8 @@ impl Engine {
         self.notice(Notice::DeadLettered {
             id,
             stream: stream.as_deref().map(Arc::from),
+            version,
+            kind,
             reason: reason.clone(),
         });
         self.dead_letters_put.push(DeadLetter {

@@ -10,6 +10,7 @@ use ordo_core::{
     Config, Counters, DeadLetter, Disposition, Engine, Notice, Outcome, SourcePosition, Work,
 };
 use ordo_projection::{run_work, Document, DocumentProjection, DocumentSlots};
+use ordo_store::journal::{JournalEntry, Retention};
 use ordo_store::{CommitBatch, CommitError, ReadError, Store};
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -173,6 +174,9 @@ pub struct Consumer<S: Store> {
     returned: Vec<crate::handler::Returned>,
     /// Operator actions carried out since the last commit, recorded by it.
     actions: Vec<ordo_store::OperatorAction>,
+    /// Notices since the last commit, journaled by it.
+    journal: Vec<JournalEntry>,
+    retention: Retention,
     /// Deliveries queued to apply minus works finished (handlers only; a bound on how
     /// far the source is read ahead of slow handlers).
     handler_backlog: u64,
@@ -209,6 +213,8 @@ impl<S: Store> Consumer<S> {
             transactional: None,
             returned: Vec::new(),
             actions: Vec::new(),
+            journal: Vec::new(),
+            retention: Retention::default(),
             handler_backlog: 0,
         })
     }
@@ -359,6 +365,11 @@ impl<S: Store> Consumer<S> {
 
     fn delivered(&mut self, disposition: Disposition) {
         self.uncommitted_events += 1;
+        if disposition == Disposition::DeadLettered {
+            // Into the journal at once: a batch of bad input must not overflow the
+            // engine's bounded notice queue before the next apply round.
+            self.print_notices();
+        }
         if disposition == Disposition::Queued && self.handlers.is_some() {
             self.handler_backlog += 1;
         }
@@ -620,15 +631,15 @@ impl<S: Store> Consumer<S> {
                 (stream, document)
             })
             .collect();
-        let actions = std::mem::take(&mut self.actions);
-        self.store.commit(
-            &self.source,
-            CommitBatch {
-                changes,
-                documents,
-                actions,
-            },
-        )?;
+        self.print_notices();
+        let batch = CommitBatch {
+            changes,
+            documents,
+            actions: std::mem::take(&mut self.actions),
+            journal: std::mem::take(&mut self.journal),
+            retention: self.retention,
+        };
+        self.store.commit(&self.source, batch)?;
 
         if self.uncommitted_events > 0 {
             self.last_delivery_commit = Some(std::time::Instant::now());
@@ -702,8 +713,12 @@ impl<S: Store> Consumer<S> {
         self.engine.counters()
     }
 
+    /// Takes the engine's notices into the journal of the next commit, printing the first
+    /// few of each commit (all of them go to the journal).
     fn print_notices(&mut self) {
         while let Some(notice) = self.engine.poll_notice() {
+            let entry = journal_entry(&notice, self.clock.now_ms());
+            self.journal.push(entry);
             if !self.verbose {
                 continue;
             }
@@ -720,7 +735,9 @@ impl<S: Store> Consumer<S> {
                 } => eprintln!(
                     "ordo: stalled: `{stream}` is missing version {missing} (version {waiting} waits); once it is known lost: ordo parked skip --store STORE --stream {stream} --version {missing} --reason TEXT"
                 ),
-                Notice::DeadLettered { id, stream, reason } => eprintln!(
+                Notice::DeadLettered {
+                    id, stream, reason, ..
+                } => eprintln!(
                     "ordo: dead letter {id}{}: {reason}",
                     stream.map(|s| format!(" (stream `{s}`)")).unwrap_or_default()
                 ),
@@ -728,15 +745,85 @@ impl<S: Store> Consumer<S> {
                     stream,
                     version,
                     target,
+                    redirected,
                 } => eprintln!(
-                    "ordo: late after merge: `{stream}` version {version} applied to `{target}`"
+                    "ordo: late after merge: `{stream}` version {version} {} `{target}`",
+                    if redirected {
+                        "applied to"
+                    } else {
+                        "applied to its source, then folded into"
+                    }
                 ),
             }
         }
     }
 
+    /// Records a commit conflict in the journal (after the rebuild that answered it).
+    pub fn record_conflict(&mut self, detail: &str) {
+        self.journal.push(JournalEntry {
+            id: 0,
+            at_ms: self.clock.now_ms(),
+            kind: "conflict",
+            stream: None,
+            version: None,
+            detail: serde_json::json!({ "detail": detail }),
+        });
+    }
+
+    /// What the journal keeps (applied at each commit that adds entries).
+    pub fn set_journal_retention(&mut self, retention: Retention) {
+        self.retention = retention;
+    }
+
     /// Notices not printed because of the per-commit limit.
     pub fn notices_suppressed(&self) -> u64 {
         self.notices_suppressed
+    }
+}
+
+/// The journal entry for one engine notice.
+fn journal_entry(notice: &Notice, at_ms: u64) -> JournalEntry {
+    let (kind, stream, version, detail) = match notice {
+        Notice::Stalled {
+            stream,
+            missing,
+            waiting,
+        } => (
+            "stalled",
+            Some(stream.to_string()),
+            Some(*missing),
+            serde_json::json!({ "missing": missing, "waiting": waiting }),
+        ),
+        Notice::DeadLettered {
+            id,
+            stream,
+            version,
+            kind,
+            reason,
+        } => (
+            "dead-lettered",
+            stream.as_deref().map(String::from),
+            *version,
+            serde_json::json!({ "id": id, "kind": kind.name(), "reason": reason }),
+        ),
+        Notice::LateAfterMerge {
+            stream,
+            version,
+            target,
+            redirected,
+        } => (
+            "late-after-merge",
+            Some(stream.to_string()),
+            Some(*version),
+            serde_json::json!({ "target": &**target, "redirected": redirected }),
+        ),
+    };
+    JournalEntry {
+        id: 0,
+        at_ms,
+        kind,
+        stream,
+        version,
+        detail,
     }
 }

@@ -101,11 +101,26 @@ impl Action {
     }
 }
 
-/// The operating-system user running this process.
+/// The operating-system user running this process: `USER` or `LOGNAME`, else the name
+/// of the process's uid in /etc/passwd, else `uid N`.
 pub fn current_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    if let Ok(user) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
+        return user;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(uid) = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+    else {
+        return "unknown".into();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.len() > 2 && fields[2] == uid)
+        .map_or_else(|| format!("uid {uid}"), |fields| fields[0].to_string())
 }
 
 /// `entry` with its event replaced by `body`, which must name the same stream and version.

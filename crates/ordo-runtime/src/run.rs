@@ -485,6 +485,7 @@ fn commit<S: Store>(
                 eprintln!("ordo: commit conflict ({detail}); rebuilding from the store and reading the batch again");
             }
             consumer.reload()?;
+            consumer.record_conflict(&detail.to_string());
             if rewind {
                 source.rewind(&consumer.engine.checkpoints())?;
             }

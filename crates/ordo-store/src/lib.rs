@@ -7,6 +7,7 @@
 //! position moved together, or neither did.
 
 mod error;
+pub mod journal;
 mod memory;
 mod operator;
 pub mod outbox;
@@ -44,8 +45,13 @@ pub struct CommitBatch {
     /// Documents written by the works finished since the last commit (`None`: absent).
     pub documents: Vec<(Arc<str>, Option<Document>)>,
     /// Operator actions carried out in this batch: new records (id 0), or requests taken
-    /// up (their row is updated). Written in the same transaction as their effects.
+    /// up (their row is updated). Written in the same transaction as their effects, each
+    /// with a journal entry.
     pub actions: Vec<OperatorAction>,
+    /// What was noticed while the batch was read and applied (`ordo notices`).
+    pub journal: Vec<journal::JournalEntry>,
+    /// What the journal keeps; applied when this batch adds entries.
+    pub retention: journal::Retention,
 }
 
 /// One row of `ordo export`.
@@ -190,6 +196,17 @@ impl AnyStore {
         match self {
             AnyStore::Sqlite(store) => store.acquire_lease(holder),
             AnyStore::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// Journal entries, oldest first.
+    pub fn journal(
+        &mut self,
+        filter: &journal::JournalFilter,
+    ) -> Result<Vec<journal::JournalEntry>, ReadError> {
+        match self {
+            AnyStore::Sqlite(store) => store.journal(filter),
+            AnyStore::Postgres(store) => store.journal(filter),
         }
     }
 

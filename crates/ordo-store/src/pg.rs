@@ -90,6 +90,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS claims (
     source TEXT NOT NULL, partition BIGINT NOT NULL, member TEXT NOT NULL,
     epoch BIGINT NOT NULL, PRIMARY KEY (source, partition));
+CREATE TABLE IF NOT EXISTS journal (
+    id BIGSERIAL PRIMARY KEY, at_ms BIGINT NOT NULL, kind TEXT NOT NULL, stream TEXT,
+    version BIGINT, detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS journal_stream ON journal (stream, id);
+CREATE INDEX IF NOT EXISTS journal_at ON journal (at_ms);
 CREATE TABLE IF NOT EXISTS operator_actions (
     id BIGSERIAL PRIMARY KEY, requested_ms BIGINT NOT NULL, user_name TEXT NOT NULL,
     verb TEXT NOT NULL, args TEXT NOT NULL, reason TEXT NOT NULL, state TEXT NOT NULL,
@@ -338,6 +343,42 @@ impl PostgresStore {
             self.client = client;
         }
         Ok(())
+    }
+
+    /// Journal entries, oldest first.
+    pub fn journal(
+        &mut self,
+        filter: &crate::journal::JournalFilter,
+    ) -> Result<Vec<crate::journal::JournalEntry>, ReadError> {
+        let sql = crate::journal::filter_sql(filter, true);
+        let since = filter.since_ms.map(|ms| ms as i64);
+        let limit = filter.limit.min(i64::MAX as u64) as i64;
+        let mut parameters: Vec<&(dyn postgres::types::ToSql + Sync)> = Vec::new();
+        if let Some(stream) = &filter.stream {
+            parameters.push(stream);
+        }
+        if let Some(kind) = &filter.kind {
+            parameters.push(kind);
+        }
+        if let Some(since) = &since {
+            parameters.push(since);
+        }
+        if filter.limit > 0 {
+            parameters.push(&limit);
+        }
+        let rows = self.retrying(|store| store.client.query(&sql, &parameters))?;
+        rows.into_iter()
+            .map(|row| {
+                crate::journal::entry_from_row(
+                    row.get(0),
+                    row.get(1),
+                    row.get(2),
+                    row.get(3),
+                    row.get(4),
+                    row.get(5),
+                )
+            })
+            .collect()
     }
 
     /// Writes a free-form setting (the run's engine configuration, for operator verbs).
@@ -692,6 +733,37 @@ impl PostgresStore {
                     &action.result,
                     &action.done_ms.map(|ms| ms as i64),
                 ],
+            )?;
+        }
+        let operator = batch
+            .actions
+            .iter()
+            .filter(|a| a.state != crate::ActionState::Pending)
+            .map(crate::journal::operator_entry);
+        let mut added = 0;
+        for entry in batch.journal.iter().cloned().chain(operator) {
+            transaction.execute(
+                "INSERT INTO journal (at_ms, kind, stream, version, detail)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &(entry.at_ms as i64),
+                    &entry.kind,
+                    &entry.stream,
+                    &entry.version.map(|v| v as i64),
+                    &entry.detail.to_string(),
+                ],
+            )?;
+            added += 1;
+        }
+        if added > 0 {
+            let retention = batch.retention;
+            transaction.execute(
+                "DELETE FROM journal WHERE id <= (SELECT MAX(id) FROM journal) - $1",
+                &[&(retention.entries_max.min(i64::MAX as u64) as i64)],
+            )?;
+            transaction.execute(
+                "DELETE FROM journal WHERE at_ms < $1",
+                &[&(crate::sqlite::now_ms().saturating_sub(retention.age_ms_max) as i64)],
             )?;
         }
         transaction.commit()?;

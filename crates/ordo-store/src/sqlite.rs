@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS operator_actions (
     user_name TEXT NOT NULL, verb TEXT NOT NULL, args TEXT NOT NULL, reason TEXT NOT NULL,
     state TEXT NOT NULL, result TEXT NOT NULL DEFAULT '', done_ms INTEGER);
 CREATE INDEX IF NOT EXISTS operator_actions_state ON operator_actions (state, id);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, kind TEXT NOT NULL,
+    stream TEXT, version INTEGER, detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS journal_stream ON journal (stream, id);
+CREATE INDEX IF NOT EXISTS journal_at ON journal (at_ms);
 CREATE TABLE IF NOT EXISTS lease (
     id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, pid INTEGER NOT NULL,
     heartbeat_ms INTEGER NOT NULL);
@@ -96,7 +101,7 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -360,6 +365,41 @@ impl SqliteStore {
             params![id as i64, why, now_ms() as i64],
         )?;
         Ok(changed == 1)
+    }
+
+    /// Journal entries, oldest first.
+    pub fn journal(
+        &mut self,
+        filter: &crate::journal::JournalFilter,
+    ) -> Result<Vec<crate::journal::JournalEntry>, ReadError> {
+        let sql = crate::journal::filter_sql(filter, false);
+        let mut parameters: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+        if let Some(stream) = &filter.stream {
+            parameters.push(Box::new(stream.clone()));
+        }
+        if let Some(kind) = &filter.kind {
+            parameters.push(Box::new(kind.clone()));
+        }
+        if let Some(since) = filter.since_ms {
+            parameters.push(Box::new(since as i64));
+        }
+        if filter.limit > 0 {
+            parameters.push(Box::new(filter.limit.min(i64::MAX as u64) as i64));
+        }
+        let mut statement = self.connection.prepare(&sql)?;
+        let mut rows = statement.query(rusqlite::params_from_iter(parameters.iter()))?;
+        let mut entries = Vec::new();
+        while let Some(row) = rows.next()? {
+            entries.push(crate::journal::entry_from_row(
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+            )?);
+        }
+        Ok(entries)
     }
 
     /// One operator action as stored now.
@@ -649,6 +689,7 @@ fn write_changes(
         meta.execute(params!["dedupe_floor", changes.dedupe_floor.to_string()])?;
     }
     write_actions(transaction, &batch.actions)?;
+    write_journal(transaction, batch)?;
     if leased {
         transaction
             .prepare_cached("UPDATE lease SET heartbeat_ms = ?1 WHERE id = 1")?
@@ -676,6 +717,40 @@ fn write_actions(transaction: &Connection, actions: &[OperatorAction]) -> rusqli
         } else {
             insert_action(transaction, action)?;
         }
+    }
+    Ok(())
+}
+
+/// Adds the batch's journal entries (and one per operator action carried out), then
+/// applies the retention if anything was added.
+fn write_journal(transaction: &Connection, batch: &CommitBatch) -> rusqlite::Result<()> {
+    let operator = batch
+        .actions
+        .iter()
+        .filter(|a| a.state != crate::ActionState::Pending)
+        .map(crate::journal::operator_entry);
+    let mut added = 0;
+    let mut insert = transaction.prepare_cached(
+        "INSERT INTO journal (at_ms, kind, stream, version, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for entry in batch.journal.iter().cloned().chain(operator) {
+        insert.execute(params![
+            entry.at_ms as i64,
+            entry.kind,
+            entry.stream,
+            entry.version.map(|v| v as i64),
+            entry.detail.to_string()
+        ])?;
+        added += 1;
+    }
+    if added > 0 {
+        let retention = batch.retention;
+        transaction
+            .prepare_cached("DELETE FROM journal WHERE id <= (SELECT MAX(id) FROM journal) - ?1")?
+            .execute(params![retention.entries_max.min(i64::MAX as u64) as i64])?;
+        transaction
+            .prepare_cached("DELETE FROM journal WHERE at_ms < ?1")?
+            .execute(params![now_ms().saturating_sub(retention.age_ms_max) as i64])?;
     }
     Ok(())
 }
@@ -1079,6 +1154,8 @@ mod tests {
                     changes,
                     documents,
                     actions: Vec::new(),
+                    journal: Vec::new(),
+                    retention: Default::default(),
                 },
             )
             .unwrap();
@@ -1117,7 +1194,7 @@ mod tests {
                     CommitBatch {
                         changes,
                         documents,
-                        actions: Vec::new()
+                        ..CommitBatch::default()
                     }
                 ),
                 Err(CommitError::Injected(_))

@@ -61,6 +61,8 @@ fn a_commit_round_trips_through_snapshot() {
             "file:x",
             CommitBatch {
                 actions: Vec::new(),
+                journal: Vec::new(),
+                retention: Default::default(),
                 changes: engine.take_changes(),
                 documents,
             },
@@ -139,6 +141,8 @@ fn applied_batch(engine: &mut Engine, stream: &str, version: u64, doc: i64) -> C
     engine.handle_outcome(0, work, Outcome::Applied);
     CommitBatch {
         actions: Vec::new(),
+        journal: Vec::new(),
+        retention: Default::default(),
         changes: engine.take_changes(),
         documents: vec![(Arc::from(stream), live(doc))],
     }
@@ -209,6 +213,8 @@ fn a_stream_merged_away_by_another_member_is_a_conflict_for_its_owner() {
             "s",
             CommitBatch {
                 actions: Vec::new(),
+                journal: Vec::new(),
+                retention: Default::default(),
                 changes: merging.take_changes(),
                 documents: vec![(Arc::from("tgt"), live(1)), (Arc::from("src"), None)],
             },
@@ -247,6 +253,8 @@ fn a_member_that_lost_its_partition_cannot_commit_for_it() {
         "kafka://t",
         CommitBatch {
             actions: Vec::new(),
+            journal: Vec::new(),
+            retention: Default::default(),
             changes: engine.take_changes(),
             documents: vec![(Arc::from("a"), live(1))],
         },
@@ -320,6 +328,8 @@ fn members_reserve_distinct_dead_letter_ids_and_add_up_counters() {
                 "s",
                 CommitBatch {
                     actions: Vec::new(),
+                    journal: Vec::new(),
+                    retention: Default::default(),
                     changes: engine.take_changes(),
                     documents: Vec::new(),
                 },
@@ -341,6 +351,8 @@ fn members_reserve_distinct_dead_letter_ids_and_add_up_counters() {
             "s",
             CommitBatch {
                 actions: Vec::new(),
+                journal: Vec::new(),
+                retention: Default::default(),
                 changes: rebuilt.take_changes(),
                 documents: Vec::new(),
             },
