@@ -71,6 +71,10 @@ fn summary(entry: &JournalEntry) -> String {
         ),
         "dead-lettered" => format!("entry {} ({}): {}", d["id"], text("kind"), text("reason")),
         "conflict" => text("detail"),
+        "stale" => format!(
+            "event `{}` skipped: its version is held or passed",
+            text("id")
+        ),
         "operator" => format!(
             "{}{} by {}: {}{}",
             text("verb"),

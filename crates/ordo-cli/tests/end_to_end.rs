@@ -213,12 +213,14 @@ fn dlq_replay_is_version_guarded_and_rate_limited() {
             r#"{{"id":"{id}","stream":"s","version":{v},"type":"T","op":"incr","data":{{"n":1}}}}"#
         )
     };
-    // Version 3 waits first; a rival for version 3 is a conflict; with a bound of one
-    // waiting event, version 4 is dead-lettered as overflow; 1 and 2 (heads) still go.
+    // Version 3 waits first; a rival for version 3 is stale (the first claimant keeps
+    // it); with a bound of one waiting event, version 4 and a rival for it are
+    // dead-lettered as overflow; 1 and 2 (heads) still go.
     let lines = [
         line("s3", 3),
-        line("rival", 3),
+        line("rival3", 3),
         line("s4", 4),
+        line("rival", 4),
         line("s1", 1),
         line("s2", 2),
     ];
@@ -226,7 +228,13 @@ fn dlq_replay_is_version_guarded_and_rate_limited() {
     write_lines(&input, &lines);
     let store = scratch.store("state.db");
     let source = format!("file:{}", input.display());
-    run_idle(&source, &store, &["--stream-pending-max", "1"]);
+    let counted = run_idle(&source, &store, &["--stream-pending-max", "1", "--json"]);
+    let counters: serde_json::Value = serde_json::from_slice(&counted.stdout).unwrap();
+    assert_eq!(counters["stale"], 1, "{counters}");
+    let stale = json_lines(&ok(&[
+        "notices", "--store", &store, "--kind", "stale", "--json",
+    ]));
+    assert_eq!(stale[0]["detail"]["id"], "rival3");
     let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
     let kinds: Vec<&str> = entries
         .iter()

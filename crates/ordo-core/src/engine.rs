@@ -191,6 +191,16 @@ pub enum Notice {
         /// Why.
         reason: String,
     },
+    /// An event with a new id at a version its stream already holds or passed (a second
+    /// writer, a replay of old data): skipped.
+    Stale {
+        /// The stream.
+        stream: Arc<str>,
+        /// The version.
+        version: u64,
+        /// The event's id.
+        id: Box<str>,
+    },
     /// A source event beyond its merge cut: applied to the merge target (redirected), or
     /// applied to the source before the merge came and folded in by it.
     LateAfterMerge {
@@ -377,6 +387,9 @@ struct Pending {
     /// When it was delivered, in deliveries to this engine (0: restored from the store).
     /// Only a merge delivered before it can fence it (see `merge_fence`).
     seq: u64,
+    /// Counted `parked` at delivery (an `after` named a version not yet delivered); it
+    /// counts `released` when it goes out.
+    counted_parked: bool,
 }
 
 /// The ordering core. See the module documentation for the call order.
@@ -671,7 +684,7 @@ impl Engine {
         let version = event.version;
         let applied = self.streams[s as usize].applied;
         if version <= applied {
-            return self.skip(self.dedupe.contains(hash));
+            return self.skip(self.dedupe.contains(hash), &event);
         }
         if self.streams[s as usize].flags & SPILLED != 0 {
             // Its waiting events are in the store: decide once they are back.
@@ -688,7 +701,10 @@ impl Engine {
             held.push((position, event));
             return Disposition::Buffered;
         }
-        // The same version already waiting or in flight: a redelivery, or a conflict.
+        // The same version already delivered (waiting, out, dead-lettered or skipped): a
+        // redelivery, or a second writer. Decided as for an applied version, so that
+        // whether the first had applied yet (batching, timing) changes nothing: the first
+        // claimant keeps the version, the other is stale.
         if let Some(extra) = self.streams[s as usize].extra.as_deref() {
             let holder = match extra.slots.get(&version) {
                 Some(Slot::Event(pending)) => Some(Some(pending.event.id.clone())),
@@ -697,20 +713,8 @@ impl Engine {
                 None => None,
             };
             if let Some(holder_id) = holder {
-                let same = match holder_id {
-                    Some(id) => id == event.id,
-                    None => self.dedupe.contains(hash),
-                };
-                if same {
-                    self.counters.duplicate += 1;
-                    return Disposition::Duplicate;
-                }
-                let reason = format!(
-                    "version {version} of `{}` is already held by another event",
-                    event.stream
-                );
-                self.dead_letter_event(now_ms, DeadLetterKind::Conflict, &event, reason, position);
-                return Disposition::DeadLettered;
+                let seen = holder_id.is_some_and(|id| id == event.id) || self.dedupe.contains(hash);
+                return self.skip(seen, &event);
             }
         }
         if let Some(sequence) = self.dedupe.insert(hash) {
@@ -783,8 +787,14 @@ impl Engine {
         let in_line =
             !waiting && (monotonic || version == contiguous_through + 1) && position.is_some();
         let gap = !monotonic && version > contiguous_through + 1;
-        if !in_line && (waiting || gap) {
+        // Counted by what was delivered before it, never by what happened to be applied
+        // yet: the counters are a function of the deliveries alone, whatever the batching.
+        if gap {
             self.counters.buffered += 1;
+        }
+        let counted_parked = self.awaits_undelivered(&event);
+        if counted_parked {
+            self.counters.parked += 1;
         }
         self.deliveries += 1;
         let seq = self.deliveries;
@@ -800,6 +810,7 @@ impl Engine {
                 written: false,
                 parked: false,
                 seq,
+                counted_parked,
             })),
         );
         if merge {
@@ -818,12 +829,17 @@ impl Engine {
         }
     }
 
-    fn skip(&mut self, seen: bool) -> Disposition {
+    fn skip(&mut self, seen: bool, event: &Event) -> Disposition {
         if seen {
             self.counters.duplicate += 1;
             Disposition::Duplicate
         } else {
             self.counters.stale += 1;
+            self.notice(Notice::Stale {
+                stream: self.names[self.ids[&*event.stream] as usize].clone(),
+                version: event.version,
+                id: event.id.clone(),
+            });
             Disposition::Stale
         }
     }
@@ -985,7 +1001,6 @@ impl Engine {
             self.streams[s as usize].flags &= !HAS_WAITERS;
         }
         for waiter in released {
-            self.counters.released += 1;
             self.unblock(waiter);
         }
     }
@@ -1018,6 +1033,7 @@ impl Engine {
     /// timeout.
     pub fn handle_source_drained(&mut self) {
         self.handle_timeout(u64::MAX);
+        self.lift_stuck_fences();
     }
 
     // ----- outputs -----
@@ -1537,6 +1553,7 @@ impl Engine {
                     written: true,
                     parked: state == PendingState::Parked,
                     seq,
+                    counted_parked: false,
                 }))
             }
         };
@@ -1943,6 +1960,23 @@ impl Engine {
         self.schedule(s);
     }
 
+    /// Whether an `after` of `event` names a version not delivered yet: not applied, not
+    /// waiting, not out (a spilled stream's waiting versions count as not delivered).
+    fn awaits_undelivered(&self, event: &Event) -> bool {
+        event.after.iter().any(|d| {
+            let Some(&a) = self.ids.get(&*d.stream) else {
+                return true;
+            };
+            let state = &self.streams[a as usize];
+            if state.applied >= d.version {
+                return false;
+            }
+            !state.extra.as_ref().is_some_and(|x| {
+                x.in_flight_version == Some(d.version) || x.slots.contains_key(&d.version)
+            })
+        })
+    }
+
     fn first_unmet(&self, event: &Event) -> Option<Dependency> {
         event
             .after
@@ -2001,6 +2035,10 @@ impl Engine {
             }
         }
         if let Some(dependency) = self.first_unmet(&pending.event) {
+            self.park(s, version, dependency);
+            return None;
+        }
+        if let Some(dependency) = self.effective_cut_unmet(s, version, &pending.event) {
             self.park(s, version, dependency);
             return None;
         }
@@ -2081,6 +2119,9 @@ impl Engine {
         self.streams[s as usize].flags |= IN_FLIGHT;
         self.in_flight += 1;
         let pending = *pending;
+        if pending.counted_parked {
+            self.counters.released += 1;
+        }
         Some(Work {
             event: pending.event,
             redirect: (target != s).then(|| self.names[target as usize].clone()),
@@ -2108,15 +2149,10 @@ impl Engine {
 
     fn park(&mut self, s: StreamId, version: u64, dependency: Dependency) {
         let awaited = self.intern(&dependency.stream);
-        let mut first_park = false;
         if let Some(Slot::Event(pending)) = self.extra(s).slots.get_mut(&version) {
-            first_park = !pending.parked;
             pending.parked = true;
             // Parked events are durable whatever they were: the wait may be long.
             pending.durable = true;
-        }
-        if first_park {
-            self.counters.parked += 1;
         }
         self.pending_changed.insert((s, version));
         self.dependents

@@ -131,16 +131,21 @@ fn skips_are_duplicates_when_the_id_was_seen_and_stale_otherwise() {
 }
 
 #[test]
-fn a_second_event_claiming_a_waiting_version_is_a_conflict_dead_letter() {
+fn a_second_event_claiming_a_delivered_version_is_stale_whether_or_not_it_applied() {
     let mut d = Driver::new(Config::default());
     d.send(incr("a", 2));
-    let rival = event(
-        json!({"id": "rival", "stream": "a", "version": 2, "type": "T", "op": "incr", "data": {}}),
-    );
-    assert_eq!(d.send(rival), Disposition::DeadLettered);
-    let changes = d.engine.take_changes();
-    assert_eq!(changes.dead_letters_put[0].kind, DeadLetterKind::Conflict);
+    let rival = |id: &str| {
+        event(json!({"id": id, "stream": "a", "version": 2, "type": "T", "op": "incr", "data": {}}))
+    };
+    assert_eq!(d.send(rival("rival")), Disposition::Stale, "a@2 waits");
+    assert!(matches!(
+        d.engine.poll_notice(),
+        Some(Notice::Stale { version: 2, .. })
+    ));
+    assert!(d.engine.take_changes().dead_letters_put.is_empty());
     d.send(incr("a", 1));
+    assert_eq!(d.send(rival("rival-2")), Disposition::Stale, "a@2 applied");
+    assert_eq!(d.engine.counters().stale, 2);
     assert_eq!(
         d.applied(),
         vec![("a", 1), ("a", 2)],
@@ -722,7 +727,7 @@ fn the_next_version_delivered_with_a_position_still_respects_a_busy_document() {
         "c's own event waits while its document is busy"
     );
     // A redelivery while the first copy is out is a duplicate; another event claiming
-    // the version is a conflict.
+    // the version is stale (the first claimant keeps it).
     assert_eq!(
         engine.handle_event(0, at(4), incr("c", 2)),
         Disposition::Duplicate
@@ -735,8 +740,8 @@ fn the_next_version_delivered_with_a_position_still_respects_a_busy_document() {
     other.id = "another-id".into();
     assert_eq!(
         engine.handle_event(0, at(6), other),
-        Disposition::DeadLettered,
-        "a second event for the version queued at delivery is a conflict"
+        Disposition::Stale,
+        "a second event for the version queued at delivery is stale"
     );
     engine.handle_outcome(0, own, Outcome::Applied);
     let third = engine.poll_work(0).unwrap();
@@ -803,18 +808,29 @@ fn a_source_event_delivered_after_its_merge_waits_for_it_and_is_redirected() {
 }
 
 #[test]
-fn a_merge_waiting_for_a_cut_fences_nothing() {
-    // The cut may never come (a lost event): the source goes on meanwhile, as an
-    // in-order consumer would, and the merge folds what it did.
+fn a_merge_waiting_for_a_cut_fences_until_the_source_is_drained() {
     let mut d = Driver::new(writing_merges_first());
     d.send(incr("a", 1));
-    d.send(merge("c", 1, &[("a", 1), ("b", 1)])); // waits for b@1
+    d.send(merge("c", 1, &[("a", 1), ("b", 1)])); // waits for b@1, not delivered
     d.send(incr("a", 2));
+    assert_eq!(
+        d.applied(),
+        vec![("a", 1)],
+        "a@2 waits for the delivered merge"
+    );
+    assert_eq!(
+        d.engine.counters().parked,
+        1,
+        "the merge awaits an undelivered b@1"
+    );
+    // b@1 never comes: an in-order consumer applies a@2 to a, and so does ordo once the
+    // source is drained.
+    d.engine.handle_source_drained();
+    d.run();
     assert_eq!(
         d.log.last().unwrap(),
         &("a".to_string(), 2, "a".to_string())
     );
-    assert_eq!(d.engine.counters().parked, 1);
 }
 
 #[test]

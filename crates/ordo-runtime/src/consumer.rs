@@ -741,6 +741,13 @@ impl<S: Store> Consumer<S> {
                     "ordo: dead letter {id}{}: {reason}",
                     stream.map(|s| format!(" (stream `{s}`)")).unwrap_or_default()
                 ),
+                Notice::Stale {
+                    stream,
+                    version,
+                    id,
+                } => eprintln!(
+                    "ordo: stale: `{id}` claims `{stream}` version {version}, which another event holds; skipped"
+                ),
                 Notice::LateAfterMerge {
                     stream,
                     version,
@@ -805,6 +812,16 @@ fn journal_entry(notice: &Notice, at_ms: u64) -> JournalEntry {
             stream.as_deref().map(String::from),
             *version,
             serde_json::json!({ "id": id, "kind": kind.name(), "reason": reason }),
+        ),
+        Notice::Stale {
+            stream,
+            version,
+            id,
+        } => (
+            "stale",
+            Some(stream.to_string()),
+            Some(*version),
+            serde_json::json!({ "id": &**id }),
         ),
         Notice::LateAfterMerge {
             stream,

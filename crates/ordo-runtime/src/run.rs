@@ -433,6 +433,11 @@ impl RunLoop {
                 }
                 consumer.engine.handle_source_drained();
                 consumer.apply_ready()?;
+                if !consumer.engine.is_quiescent() {
+                    // Draining released events (fences of merges that can never go): they
+                    // go first, then the run ends.
+                    return Ok(None);
+                }
                 if commit(consumer, source, conflicts, true)? {
                     self.commits += 1;
                     return Ok(Some(RunEnd::Idle));

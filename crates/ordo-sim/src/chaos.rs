@@ -199,6 +199,8 @@ pub struct FaultCounts {
     pub retried: u64,
     /// Events published more than once.
     pub duplicated: u64,
+    /// Events published again under a new id (second writers).
+    pub second_writers: u64,
     /// Crashes.
     pub crashes: u64,
     /// Rebalances.
@@ -219,6 +221,7 @@ impl FaultCounts {
     fn add(&mut self, other: &FaultCounts) {
         self.retried += other.retried;
         self.duplicated += other.duplicated;
+        self.second_writers += other.second_writers;
         self.crashes += other.crashes;
         self.rebalances += other.rebalances;
         self.moved_streams += other.moved_streams;
@@ -233,6 +236,7 @@ impl FaultCounts {
         json!({
             "retried": self.retried,
             "duplicated": self.duplicated,
+            "second_writers": self.second_writers,
             "crashes": self.crashes,
             "rebalances": self.rebalances,
             "moved_streams": self.moved_streams,
@@ -403,6 +407,15 @@ fn publish(
             continue;
         }
         write(partition, event.clone(), &mut partitions);
+        if faults.duplicates && duplicate_rng.chance(2) {
+            // A second writer: the same version under a new id (a replay of old data, a
+            // producer that lost track). The first claimant keeps the version; this one
+            // is stale, however far behind it arrives.
+            counts.second_writers += 1;
+            let mut rival = event.clone();
+            rival.id = format!("{}~second", event.id).into();
+            retrying.push((partition, duplicate_rng.range(0, 20), rival));
+        }
         if faults.duplicates && duplicate_rng.chance(6) {
             counts.duplicated += 1;
             write(partition, event, &mut partitions);
@@ -453,7 +466,8 @@ impl Checker {
                 let settled = event.version <= harness.store.applied(&event.stream)
                     || harness.store.is_pending(&event.stream, event.version)
                     || harness.store.is_dead_lettered(&event.id)
-                    || redeliverable_copy(topic, harness, &event.id);
+                    || redeliverable_copy(topic, harness, &event.id)
+                    || redeliverable_claimant(topic, harness, event);
                 if !settled {
                     return Err(format!(
                         "checkpoint {checkpoint} of partition {partition} passes offset {offset} (`{}` v{}), which is neither applied, waiting nor dead-lettered in the store",
@@ -478,6 +492,21 @@ impl Checker {
 fn redeliverable_copy(topic: &[Vec<Event>], harness: &Harness, id: &str) -> bool {
     topic.iter().enumerate().any(|(p, events)| {
         events_after(events, harness.store.checkpoint(p as u32)).any(|e| &*e.id == id)
+    })
+}
+
+/// Whether another event claiming the same version (the first claimant, when this one
+/// is a second writer's: skipped as stale while the first waited) holds it in the store
+/// as a dead letter, or sits beyond its partition's checkpoint: a restart delivers it
+/// again, and this one would be stale again.
+fn redeliverable_claimant(topic: &[Vec<Event>], harness: &Harness, event: &Event) -> bool {
+    let claimant =
+        |e: &Event| e.stream == event.stream && e.version == event.version && e.id != event.id;
+    topic.iter().enumerate().any(|(p, events)| {
+        events
+            .iter()
+            .any(|e| claimant(e) && harness.store.is_dead_lettered(&e.id))
+            || events_after(events, harness.store.checkpoint(p as u32)).any(claimant)
     })
 }
 
@@ -668,6 +697,9 @@ pub fn run_seed(seed: u64, options: &ChaosOptions) -> ChaosReport {
             }
         }
     }
+    // Drained: fences of merges that can never go are lifted; what waited for them goes.
+    run.harness.engine.handle_source_drained();
+    run.drain_and_commit();
     harness.engine.handle_source_drained();
     harness.commit();
     let counters = harness.engine.counters();

@@ -28,8 +28,9 @@ impl Default for Retention {
 }
 
 /// The kinds of entry, as stored and as `--kind` takes them.
-pub const JOURNAL_KINDS: [&str; 6] = [
+pub const JOURNAL_KINDS: [&str; 7] = [
     "late-after-merge",
+    "stale",
     "stalled",
     "dead-lettered",
     "conflict",

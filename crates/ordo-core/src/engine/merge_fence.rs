@@ -11,18 +11,20 @@
 //! document would be stranded there, because the handler already folded that document
 //! away.
 //!
-//! So a delivered merge that is on its way (out, or at the head of its stream with every
-//! cut met: only its document, its row or its turn holds it) *fences* each source: an
-//! event of the source beyond the cut, delivered after the merge (or restored from the
-//! store: a restart no longer knows what came first), waits until the merge applies and
-//! then goes to the target, redirected. An event whose document is already another stream
-//! (an applied alias) waits likewise for a merge of that document on its way. Events
+//! So a delivered merge *fences* each source: an event of the source beyond the cut,
+//! delivered after the merge (or restored from the store: a restart no longer knows what
+//! came first), waits until the merge applies and then goes to the target, redirected,
+//! however the deliveries were batched. An event whose document is already another
+//! stream (an applied alias) waits for a merge of that document only while the merge is
+//! on its way (out, or at the head of its stream with every cut met): without a cut
+//! nothing orders the two, and a merge still waiting may wait for that very event. Events
 //! delivered before the merge keep their old path: they go to the source when ready, and
-//! the merge folds them in. A merge that still waits for a cut, or behind its stream's
-//! gap, fences nothing: it may wait forever (a lost event), an in-order consumer applies
-//! the source's events meanwhile, and no handler can have acknowledged it. A merge a
-//! handler may have acknowledged is on its way again after a restart: it is written
-//! before it is called, with its cuts applied, in one commit.
+//! the merge folds them in. A merge a handler may have acknowledged is known again after
+//! a restart: it is written before it is called.
+//!
+//! When the source is drained (`--exit-when-idle`), a merge that still cannot go (a lost
+//! event before it, a lost cut) never will; an in-order consumer applies its sources'
+//! events without it, so its fences are lifted then.
 //!
 //! A fence lasts until its merge applies. A merge that is dead-lettered lifts its
 //! fences (its sources go on alone; the handler never folded them), a replayed one puts
@@ -40,8 +42,15 @@ pub(super) struct Fence {
     pub(super) version: u64,
     /// The source's cut: its last version before the merge.
     pub(super) cut: u64,
+    /// The cut, extended over the source's versions delivered before the merge, with no
+    /// gap from the cut and no `after` of their own: those go to the source first and the
+    /// merge waits for them (whatever the batching; they can wait for nothing the merge
+    /// waits for). Versions beyond it wait for the merge.
+    pub(super) effective: u64,
     /// When the merge was delivered (0: restored from the store).
     pub(super) seq: u64,
+    /// Lifted because the source was drained while the merge could not go.
+    pub(super) lifted: bool,
 }
 
 impl Engine {
@@ -68,7 +77,16 @@ impl Engine {
                 target,
                 version,
                 cut,
+                // Restored (seq 0): what came before it is no longer known; the source's
+                // waiting versions beyond the applied one go after it (a handler may
+                // have folded the source already; their keys are known to it if sent).
+                effective: if seq == 0 {
+                    cut.max(self.streams[s as usize].applied)
+                } else {
+                    self.delivered_plainly_through(s, cut)
+                },
                 seq,
+                lifted: false,
             };
             let fences = self.fences.entry(s).or_default();
             if !fences.contains(&fence) {
@@ -76,6 +94,54 @@ impl Engine {
             }
             self.streams[s as usize].flags |= FENCED;
         }
+    }
+
+    /// The highest version of `s` from `cut` on such that every version up to it is
+    /// applied, out, or waiting with no `after` of its own and no merge.
+    fn delivered_plainly_through(&self, s: StreamId, cut: u64) -> u64 {
+        let state = &self.streams[s as usize];
+        let mut through = cut.max(state.applied);
+        let Some(extra) = state.extra.as_ref() else {
+            return through;
+        };
+        loop {
+            let next = through + 1;
+            let plain = extra.in_flight_version == Some(next)
+                || matches!(
+                    extra.slots.get(&next),
+                    Some(Slot::Event(p)) if p.event.after.is_empty()
+                        && !matches!(p.event.op, Op::Merge { .. })
+                );
+            if !plain {
+                return through;
+            }
+            through = next;
+        }
+    }
+
+    /// What the merge at `target`'s `version` still waits for beyond its declared cuts:
+    /// a source's versions delivered before it (its effective cut).
+    pub(super) fn effective_cut_unmet(
+        &self,
+        target: StreamId,
+        version: u64,
+        event: &super::Event,
+    ) -> Option<super::Dependency> {
+        let Op::Merge { from } = &event.op else {
+            return None;
+        };
+        from.iter().find_map(|source| {
+            let &s = self.ids.get(&**source)?;
+            let fence = self
+                .fences
+                .get(&s)?
+                .iter()
+                .find(|f| f.target == target && f.version == version && !f.lifted)?;
+            (self.streams[s as usize].applied < fence.effective).then(|| super::Dependency {
+                stream: source.clone(),
+                version: fence.effective,
+            })
+        })
     }
 
     /// Lifts the fences of the merge at `target`'s `version` (applied, skipped or
@@ -107,16 +173,27 @@ impl Engine {
         }
     }
 
-    /// Whether the merge behind `fence` is on its way: out, or at the head of its stream
-    /// with every cut met, so that only its document, its row or its turn in the ready
-    /// queue holds it. A merge still waiting for a cut or behind its stream's gap fences
-    /// nothing: it may wait forever (a lost event), and an in-order consumer would apply
-    /// the source's events meanwhile; no handler can have acknowledged it.
+    /// Whether the merge behind `fence` still fences: it waits or runs, and the source
+    /// was not drained while it could not go (see [`Engine::lift_stuck_fences`]).
     fn fence_holds(&self, fence: &Fence) -> bool {
+        if fence.lifted {
+            return false;
+        }
         let state = &self.streams[fence.target as usize];
         if state.applied >= fence.version {
             return false;
         }
+        let Some(extra) = state.extra.as_ref() else {
+            return false;
+        };
+        extra.in_flight_version == Some(fence.version)
+            || matches!(extra.slots.get(&fence.version), Some(Slot::Event(_)))
+    }
+
+    /// Whether the merge behind `fence` is on its way: out, or at the head of its stream
+    /// with every cut met, so that only its document, its row or its turn holds it.
+    fn on_its_way(&self, fence: &Fence) -> bool {
+        let state = &self.streams[fence.target as usize];
         let Some(extra) = state.extra.as_ref() else {
             return false;
         };
@@ -131,7 +208,36 @@ impl Engine {
         head && matches!(
             extra.slots.get(&fence.version),
             Some(Slot::Event(p)) if self.first_unmet(&p.event).is_none()
+                && self.effective_cut_unmet(fence.target, fence.version, &p.event).is_none()
         )
+    }
+
+    /// The source is drained: a merge that cannot go now never will (a lost event before
+    /// it, or a lost cut), and an in-order consumer applies its sources' events without
+    /// it. Its fences are lifted and whatever waited for it goes on.
+    pub(super) fn lift_stuck_fences(&mut self) {
+        let mut targets = Vec::new();
+        let stuck: Vec<(StreamId, usize)> = self
+            .fences
+            .iter()
+            .flat_map(|(&s, fences)| {
+                fences
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| !f.lifted && !self.on_its_way(f))
+                    .map(move |(i, _)| (s, i))
+            })
+            .collect();
+        for (s, i) in stuck {
+            let fence = &mut self.fences.get_mut(&s).expect("collected above")[i];
+            fence.lifted = true;
+            targets.push(fence.target);
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        for target in targets {
+            self.wake_fence_waiters(target);
+        }
     }
 
     /// The merge (target, version) that version `version` of `s`, delivered at `seq`,
@@ -152,13 +258,17 @@ impl Engine {
             .get(&s)
             .into_iter()
             .flatten()
-            .filter(|f| f.cut < version);
+            .filter(|f| f.effective < version);
+        // Through an alias there is no cut to order the event against the merge, and the
+        // merge's own waits may depend on it (a cycle a history allows): only a merge on
+        // its way, which waits for nothing of that kind, holds such an event.
         let document = self.resolve(s);
         let inherited = (document != s)
             .then(|| self.fences.get(&document))
             .flatten()
             .into_iter()
-            .flatten();
+            .flatten()
+            .filter(|f| self.on_its_way(f));
         // A merge of the event's own stream is ordered by the stream itself (and must not
         // wait for itself when it names its own document's source).
         own.chain(inherited)
