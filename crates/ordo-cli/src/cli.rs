@@ -211,6 +211,23 @@ pub struct ListArgs {
     pub json: bool,
 }
 
+/// `parked list`.
+#[derive(Debug, Args)]
+pub struct ParkedListArgs {
+    /// The store.
+    #[arg(long)]
+    pub store: String,
+    /// Only this stream's waiting events.
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// List at most N events (0: all); the summary counts them all.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub limit: usize,
+    /// One JSON object per line (no summary).
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `dlq replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -258,8 +275,8 @@ pub struct SkipArgs {
 /// `ordo parked ...`.
 #[derive(Debug, Subcommand)]
 pub enum ParkedCommand {
-    /// List waiting events and what each waits for.
-    List(ListArgs),
+    /// List waiting events and what each waits for, after a summary by what is awaited.
+    List(ParkedListArgs),
     /// Pass over a missing version known lost, so that the events behind it go on.
     Skip(ParkedSkipArgs),
 }

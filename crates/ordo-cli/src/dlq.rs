@@ -4,13 +4,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ordo_core::{DeadLetter, Engine};
+use ordo_core::{DeadLetter, Engine, WaitsFor};
 use ordo_runtime::operator::Action;
 use ordo_runtime::{now_ms, Consumer};
 use ordo_store::{ActionState, OperatorAction, Store};
 use serde_json::json;
 
-use crate::cli::{ListArgs, ParkedSkipArgs, ReplayArgs, SkipArgs};
+use crate::cli::{ListArgs, ParkedListArgs, ParkedSkipArgs, ReplayArgs, SkipArgs};
 use crate::settings::{engine_config, open_store};
 
 /// The checkpoint key operator verbs use: they deliver nothing, so they write none.
@@ -303,7 +303,36 @@ pub fn skip(args: SkipArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn parked(args: ListArgs) -> anyhow::Result<ExitCode> {
+/// What holds a waiting event, as JSON.
+fn waits_for_json(waits_for: &WaitsFor) -> serde_json::Value {
+    match waits_for {
+        WaitsFor::Gap { version, stalled } => {
+            json!({"kind": "gap", "version": version, "stalled": stalled})
+        }
+        WaitsFor::Dependency { stream, version } => {
+            json!({"kind": "dependency", "stream": &**stream, "version": version})
+        }
+        WaitsFor::DeadLetter { id } => json!({"kind": "dead-letter", "id": id}),
+        WaitsFor::Merge { stream, version } => {
+            json!({"kind": "merge", "stream": &**stream, "version": version})
+        }
+        WaitsFor::Nothing => json!({"kind": "nothing"}),
+    }
+}
+
+/// The summary line's group of a waiting event: what is awaited, in words.
+fn awaited(waits_for: &WaitsFor) -> String {
+    match waits_for {
+        WaitsFor::Gap { stalled: true, .. } => "a missing version (stalled)".into(),
+        WaitsFor::Gap { .. } => "a missing version".into(),
+        WaitsFor::Dependency { stream, .. } => format!("`{stream}` (after)"),
+        WaitsFor::DeadLetter { .. } => "a dead letter".into(),
+        WaitsFor::Merge { stream, .. } => format!("the merge at `{stream}`"),
+        WaitsFor::Nothing => "nothing (goes next)".into(),
+    }
+}
+
+pub fn parked(args: ParkedListArgs) -> anyhow::Result<ExitCode> {
     let mut store = open_store(&args.store, false)?;
     let (config, _) = operator_config(
         &crate::cli::EngineArgs {
@@ -321,26 +350,62 @@ pub fn parked(args: ListArgs) -> anyhow::Result<ExitCode> {
         let loaded = store.load_pending(&load)?;
         engine.handle_loaded(now_ms(), &load, loaded);
     }
-    let waiting = engine.waiting();
+    let mut waiting = engine.waiting();
+    if let Some(stream) = &args.stream {
+        waiting.retain(|w| &*w.stream == stream.as_str());
+    }
+    let listed = if args.limit == 0 {
+        &waiting[..]
+    } else {
+        &waiting[..args.limit.min(waiting.len())]
+    };
     if args.json {
-        for event in &waiting {
+        for event in listed {
             outln!(
                 "{}",
-                json!({"id": event.id.as_deref(), "stream": &*event.stream, "version": event.version, "reason": event.reason})
+                json!({"event_id": event.id.as_deref(), "id": event.id.as_deref(), "stream": &*event.stream, "version": event.version, "reason": event.reason, "waits_for": waits_for_json(&event.waits_for)})
             );
         }
-    } else if waiting.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if waiting.is_empty() {
         outln!("nothing is waiting");
-    } else {
-        for event in &waiting {
-            outln!(
-                "{} v{} ({}): {}",
-                event.stream,
-                event.version,
-                event.id.as_deref().unwrap_or("-"),
-                event.reason
-            );
-        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The summary: by what is awaited, the most events first.
+    let mut groups: std::collections::BTreeMap<String, (std::collections::BTreeSet<&str>, usize)> =
+        std::collections::BTreeMap::new();
+    for event in &waiting {
+        let group = groups.entry(awaited(&event.waits_for)).or_default();
+        group.0.insert(&event.stream);
+        group.1 += 1;
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then(a.0.cmp(&b.0)));
+    let streams: std::collections::BTreeSet<&str> = waiting.iter().map(|w| &*w.stream).collect();
+    outln!(
+        "{} events wait in {} streams; by what they wait for:",
+        waiting.len(),
+        streams.len()
+    );
+    for (what, (streams, events)) in &groups {
+        outln!(
+            "  {events:>8} events in {:>6} streams: {what}",
+            streams.len()
+        );
+    }
+    outln!();
+    for event in listed {
+        outln!(
+            "{} v{} ({}): {}",
+            event.stream,
+            event.version,
+            event.id.as_deref().unwrap_or("-"),
+            event.reason
+        );
+    }
+    if listed.len() < waiting.len() {
+        outln!("… {} more (--limit)", waiting.len() - listed.len());
     }
     Ok(ExitCode::SUCCESS)
 }

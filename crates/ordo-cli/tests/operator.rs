@@ -241,3 +241,49 @@ fn a_corrected_event_for_another_stream_or_version_is_refused() {
     );
     assert_eq!(export(&store)["account-1"].version, 1, "nothing changed");
 }
+
+#[test]
+fn parked_list_summarises_by_what_is_awaited_and_filters() {
+    let scratch = Scratch::new();
+    let input = scratch.path("catalog.jsonl");
+    write_lines(
+        &input,
+        &[
+            r#"{"id":"p1","stream":"product-1","version":1,"type":"ProductAdded","op":"set","data":{"name":"lamp"},"after":[{"stream":"category-9","version":1}]}"#,
+            r#"{"id":"p2","stream":"product-2","version":1,"type":"ProductAdded","op":"set","data":{"name":"desk"},"after":[{"stream":"category-9","version":1}]}"#,
+            r#"{"id":"p2b","stream":"product-2","version":2,"type":"Priced","op":"patch","data":{"price":100}}"#,
+            r#"{"id":"q3","stream":"product-3","version":2,"type":"Priced","op":"patch","data":{"price":5}}"#,
+        ],
+    );
+    let store = scratch.store("state.db");
+    common::run_idle(&format!("file:{}", input.display()), &store, &[]);
+    let table = String::from_utf8(ok(&["parked", "list", "--store", &store]).stdout).unwrap();
+    assert!(table.starts_with("4 events wait in 3 streams"), "{table}");
+    assert!(
+        table.contains("3 events in      2 streams: `category-9` (after)"),
+        "{table}"
+    );
+    assert!(table.contains("1 streams: a missing version"), "{table}");
+    let mine = json_lines(&ok(&[
+        "parked",
+        "list",
+        "--store",
+        &store,
+        "--stream",
+        "product-2",
+        "--json",
+    ]));
+    let ids: Vec<&str> = mine
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["p2", "p2b"]);
+    assert!(mine.iter().all(
+        |e| e["waits_for"]["kind"] == "dependency" && e["waits_for"]["stream"] == "category-9"
+    ));
+    let limited = json_lines(&ok(&[
+        "parked", "list", "--store", &store, "--limit", "1", "--json",
+    ]));
+    assert_eq!(limited.len(), 1);
+    assert_eq!(limited[0]["waits_for"]["kind"], "dependency");
+}

@@ -319,6 +319,54 @@ pub struct WaitingEvent {
     pub id: Option<Box<str>>,
     /// What it waits for, in words.
     pub reason: String,
+    /// What holds it, at the root (an event behind a waiting head shares the head's).
+    pub waits_for: WaitsFor,
+}
+
+/// What holds a waiting event, at the root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitsFor {
+    /// A version of its own stream that was not delivered (a gap).
+    Gap {
+        /// The first missing version.
+        version: u64,
+        /// Whether the gap outlived the gap timeout.
+        stalled: bool,
+    },
+    /// A version of another stream (an `after`, a merge's cut).
+    Dependency {
+        /// The stream.
+        stream: Arc<str>,
+        /// The version it must apply.
+        version: u64,
+    },
+    /// A dead letter of its own stream (sequenced).
+    DeadLetter {
+        /// The entry.
+        id: u64,
+    },
+    /// A merge its stream was folded into, or is a source of.
+    Merge {
+        /// The merge's stream.
+        stream: Arc<str>,
+        /// The merge's version.
+        version: u64,
+    },
+    /// Nothing: it goes at the next turn.
+    Nothing,
+}
+
+impl WaitsFor {
+    /// The kind, as `parked list` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WaitsFor::Gap { .. } => "gap",
+            WaitsFor::Dependency { .. } => "dependency",
+            WaitsFor::DeadLetter { .. } => "dead-letter",
+            WaitsFor::Merge { .. } => "merge",
+            WaitsFor::Nothing => "nothing",
+        }
+    }
 }
 
 const IN_FLIGHT: u16 = 1;
@@ -1702,7 +1750,8 @@ impl Engine {
                 continue;
             };
             let name = &self.names[s];
-            let mut blocker: Option<String> = None;
+            // What holds everything behind it: (in words, at the root).
+            let mut blocker: Option<(String, WaitsFor)> = None;
             let mut expected = state.applied + 1;
             for (&version, slot) in &extra.slots {
                 if extra.in_flight_version == Some(expected) {
@@ -1711,41 +1760,48 @@ impl Engine {
                 let monotonic = state.flags & MONOTONIC != 0;
                 let gap = !monotonic && version > expected;
                 if gap && blocker.is_none() {
-                    blocker = Some(format!(
-                        "gap: `{name}` is missing version {expected}{}",
-                        if state.flags & STALLED != 0 {
-                            " (stalled)"
-                        } else {
-                            ""
-                        }
+                    let stalled = state.flags & STALLED != 0;
+                    blocker = Some((
+                        format!(
+                            "gap: `{name}` is missing version {expected}{}",
+                            if stalled { " (stalled)" } else { "" }
+                        ),
+                        WaitsFor::Gap {
+                            version: expected,
+                            stalled,
+                        },
                     ));
                 }
                 match slot {
                     Slot::Event(pending) => {
-                        let reason = match &blocker {
-                            Some(b) => format!("waits behind {b}"),
+                        let (reason, waits_for) = match &blocker {
+                            Some((b, root)) => (format!("waits behind {b}"), root.clone()),
                             None if pending.parked || version == expected => {
-                                match self.first_unmet(&pending.event) {
-                                    Some(d) => self.dependency_reason(&d),
-                                    None => self.merge_wait_reason(s as StreamId, version, pending),
-                                }
+                                self.head_wait(s as StreamId, version, pending)
                             }
-                            None => "ready to apply".into(),
+                            None => ("ready to apply".into(), WaitsFor::Nothing),
                         };
+                        if blocker.is_none() && waits_for != WaitsFor::Nothing {
+                            let what = if pending.parked { "parked" } else { "waiting" };
+                            blocker = Some((
+                                format!("{what} `{name}` version {version}"),
+                                waits_for.clone(),
+                            ));
+                        }
                         all.push(WaitingEvent {
                             stream: name.clone(),
                             version,
                             id: Some(pending.event.id.clone()),
                             reason,
+                            waits_for,
                         });
-                        if blocker.is_none() && pending.parked {
-                            blocker = Some(format!("parked `{name}` version {version}"));
-                        }
                     }
                     Slot::DeadLettered(id) => {
                         if blocker.is_none() {
-                            blocker =
-                                Some(format!("dead letter {id} at `{name}` version {version}"));
+                            blocker = Some((
+                                format!("dead letter {id} at `{name}` version {version}"),
+                                WaitsFor::DeadLetter { id: *id },
+                            ));
                         }
                     }
                     Slot::Skipped => {}
@@ -1755,6 +1811,38 @@ impl Engine {
         }
         all.sort_by(|a, b| (&a.stream, a.version).cmp(&(&b.stream, b.version)));
         all
+    }
+
+    /// What the head `version` of `s` waits for, in words and at the root.
+    fn head_wait(&self, s: StreamId, version: u64, pending: &Pending) -> (String, WaitsFor) {
+        if let Some(d) = self.first_unmet(&pending.event) {
+            let reason = self.dependency_reason(&d);
+            let stream = self.ids.get(&*d.stream).map_or_else(
+                || Arc::from(&*d.stream),
+                |&a| self.names[a as usize].clone(),
+            );
+            return (
+                reason,
+                WaitsFor::Dependency {
+                    stream,
+                    version: d.version,
+                },
+            );
+        }
+        if let Some(d) = self.effective_cut_unmet(s, version, &pending.event) {
+            let stream = self.names[self.ids[&*d.stream] as usize].clone();
+            return (
+                format!(
+                    "waits for `{}` to apply version {} (delivered before this merge, it goes first)",
+                    d.stream, d.version
+                ),
+                WaitsFor::Dependency {
+                    stream,
+                    version: d.version,
+                },
+            );
+        }
+        self.merge_wait_reason(s, version, pending)
     }
 
     fn dependency_reason(&self, dependency: &Dependency) -> String {

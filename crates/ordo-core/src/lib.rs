@@ -18,7 +18,7 @@ pub use checkpoint::SourcePosition;
 pub use counters::Counters;
 pub use engine::{
     Action, Config, Disposition, Engine, Notice, OperatorError, Outcome, ReplayOutcome,
-    WaitingEvent, Work,
+    WaitingEvent, WaitsFor, Work,
 };
 pub use envelope::{parse_event, Dependency, EnvelopeError, Event, Op, OpPolicy, ParseError};
 pub use state::{

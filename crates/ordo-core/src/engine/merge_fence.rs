@@ -283,18 +283,29 @@ impl Engine {
             .map(|f| (f.target, f.version))
     }
 
-    /// What a head with no unmet `after` waits for, in words (for `parked list`).
-    pub(super) fn merge_wait_reason(&self, s: StreamId, version: u64, pending: &Pending) -> String {
+    /// What a head with no unmet `after` waits for: a merge, or nothing.
+    pub(super) fn merge_wait_reason(
+        &self,
+        s: StreamId,
+        version: u64,
+        pending: &Pending,
+    ) -> (String, super::WaitsFor) {
         let own_sources: &[Box<str>] = match &pending.event.op {
             Op::Merge { from } => from,
             _ => &[],
         };
         match self.merge_fence_for(s, version, pending.seq, own_sources) {
-            Some((target, merge_version)) => format!(
-                "waits for the merge at `{}` version {merge_version} (it comes after the merge's cut)",
-                self.names[target as usize]
+            Some((target, merge_version)) => (
+                format!(
+                    "waits for the merge at `{}` version {merge_version} (it comes after the merge's cut)",
+                    self.names[target as usize]
+                ),
+                super::WaitsFor::Merge {
+                    stream: self.names[target as usize].clone(),
+                    version: merge_version,
+                },
             ),
-            None => "ready to apply".into(),
+            None => ("ready to apply".into(), super::WaitsFor::Nothing),
         }
     }
 
