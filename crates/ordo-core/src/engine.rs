@@ -496,6 +496,12 @@ pub struct Engine {
     /// Streams whose head merge waits for its row to be written
     /// ([`Config::merges_written_before_dispatch`]); scheduled again by `take_changes`.
     merges_to_write: Vec<StreamId>,
+    /// Events out with no source position and no row yet (a replay dispatched before the
+    /// commit that writes it): nothing would deliver them again after a crash, so the
+    /// next change set writes their row while they are out.
+    out_unwritten: FxHashMap<(StreamId, u64), (Event, Option<u32>)>,
+    /// Those whose row was written while out: their outcome deletes or replaces it.
+    out_written: FxHashSet<(StreamId, u64)>,
 }
 
 /// Most released per-stream extras kept for reuse.
@@ -538,6 +544,8 @@ impl Engine {
             fences: FxHashMap::default(),
             fence_waiters: FxHashMap::default(),
             merges_to_write: Vec::new(),
+            out_unwritten: FxHashMap::default(),
+            out_written: FxHashSet::default(),
         }
     }
 
@@ -921,6 +929,10 @@ impl Engine {
         for document in std::iter::once(target).chain(source_ids.iter().copied()) {
             self.streams[document as usize].flags &= !DOCUMENT_BUSY;
         }
+        self.out_unwritten.remove(&(s, version));
+        if self.out_written.remove(&(s, version)) {
+            work.written = true;
+        }
         match outcome {
             Outcome::Applied => self.applied(work),
             Outcome::Rejected { reason } => {
@@ -1189,6 +1201,18 @@ impl Engine {
                 }),
                 _ => changes.pending_delete.push((name, version)),
             }
+        }
+        // Out with no position and no row: written now, so a crash cannot lose them.
+        for ((s, version), (event, partition)) in std::mem::take(&mut self.out_unwritten) {
+            self.out_written.insert((s, version));
+            changes.pending_put.push(PendingRecord {
+                stream: (*self.names[s as usize]).into(),
+                version,
+                state: PendingState::Buffered,
+                event: Some(event),
+                partition,
+                awaits: None,
+            });
         }
         for (row, s, after) in parked_rows {
             if self.holds_merge(s) {
@@ -2209,6 +2233,12 @@ impl Engine {
         let pending = *pending;
         if pending.counted_parked {
             self.counters.released += 1;
+        }
+        if pending.position.is_none() && !pending.written {
+            self.out_unwritten.insert(
+                (s, version),
+                (pending.event.clone(), pending.home_partition),
+            );
         }
         Some(Work {
             event: pending.event,

@@ -935,3 +935,44 @@ fn a_stream_holding_a_merge_is_never_spilled() {
         "read back at a restart, not spilled"
     );
 }
+
+#[test]
+fn a_replay_out_before_its_row_was_written_is_written_while_out() {
+    let mut engine = Engine::new(Config::default());
+    engine.handle_event(0, at(0), incr("a", 1));
+    let work = engine.poll_work(0).unwrap();
+    engine.handle_outcome(
+        0,
+        work,
+        Outcome::Rejected {
+            reason: "poison".into(),
+        },
+    );
+    let entry = engine.take_changes().dead_letters_put.remove(0);
+    assert_eq!(
+        engine.replay_dead_letter(0, &entry),
+        Ok(ReplayOutcome::Requeued)
+    );
+    // Out (a handler call, say) before any commit wrote the replayed event: nothing
+    // would deliver it again, so this change set writes it beside deleting the entry.
+    let out = engine.poll_work(0).unwrap();
+    let changes = engine.take_changes();
+    assert_eq!(changes.dead_letters_delete, vec![entry.id]);
+    assert!(changes
+        .pending_put
+        .iter()
+        .any(|r| &*r.stream == "a" && r.version == 1));
+    let mut restored = Engine::restore(Config::default(), snapshot_of(&changes), 0);
+    assert_eq!(
+        restored.poll_work(0).unwrap().event.version,
+        1,
+        "a crash here loses nothing"
+    );
+    // Applied: the row goes in the next change set.
+    engine.handle_outcome(0, out, Outcome::Applied);
+    let changes = engine.take_changes();
+    assert!(changes
+        .pending_delete
+        .iter()
+        .any(|(s, v)| &**s == "a" && *v == 1));
+}

@@ -45,6 +45,10 @@ pub const REPLAY_INTERVAL_MS: u64 = 100;
 /// Most consumer steps in one run (a bound that only a bug would reach).
 pub const STEPS_PER_RUN_MAX: u64 = 2_000_000;
 
+/// Operator actions taken while events still arrive (a corrected replay or a skip of a
+/// dead letter), at most, per run with poison.
+pub const OPERATOR_ACTIONS_PER_RUN_MAX: u32 = 4;
+
 /// The kinds of fault, each switchable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Faults {
@@ -201,6 +205,8 @@ pub struct FaultCounts {
     pub duplicated: u64,
     /// Events published again under a new id (second writers).
     pub second_writers: u64,
+    /// Operator actions taken while events still arrived (corrected replays, skips).
+    pub operator_actions: u64,
     /// Crashes.
     pub crashes: u64,
     /// Rebalances.
@@ -222,6 +228,7 @@ impl FaultCounts {
         self.retried += other.retried;
         self.duplicated += other.duplicated;
         self.second_writers += other.second_writers;
+        self.operator_actions += other.operator_actions;
         self.crashes += other.crashes;
         self.rebalances += other.rebalances;
         self.moved_streams += other.moved_streams;
@@ -237,6 +244,7 @@ impl FaultCounts {
             "retried": self.retried,
             "duplicated": self.duplicated,
             "second_writers": self.second_writers,
+            "operator_actions": self.operator_actions,
             "crashes": self.crashes,
             "rebalances": self.rebalances,
             "moved_streams": self.moved_streams,
@@ -479,6 +487,12 @@ impl Checker {
         Ok(())
     }
 
+    /// An operator passed `version` of `stream` without applying it.
+    fn skipped(&mut self, stream: &str, version: u64) {
+        let last = self.live_versions.entry(stream.into()).or_insert(0);
+        *last = (*last).max(version);
+    }
+
     fn on_crash(&mut self) {
         self.live_versions = self.durable_versions.clone();
         self.live_ids = self.durable_ids.clone();
@@ -526,6 +540,10 @@ pub fn run_seed(seed: u64, options: &ChaosOptions) -> ChaosReport {
     let mut rebalance_rng = Rng::derive(seed, "fault:rebalance");
     let mut poison_rng = Rng::derive(seed, "fault:poison");
     let mut commit_rng = Rng::derive(seed, "commits");
+    let mut operator_rng = Rng::derive(seed, "fault:operator");
+    let mut operator_actions = 0;
+    // Events an operator skipped: the oracle runs them as no-ops.
+    let mut skipped: HashSet<Box<str>> = HashSet::new();
     let concurrency = if options.faults.interleaving {
         options.concurrency.max(2)
     } else {
@@ -632,6 +650,25 @@ pub fn run_seed(seed: u64, options: &ChaosOptions) -> ChaosReport {
                 violation.get_or_insert(e);
             }
         }
+        if options.faults.poison
+            && operator_actions < OPERATOR_ACTIONS_PER_RUN_MAX
+            && operator_rng.chance(1)
+        {
+            operator_actions += 1;
+            counts.operator_actions += 1;
+            operator_acts(
+                &mut harness,
+                &mut checker,
+                &mut trace,
+                &mut operator_rng,
+                &mut skipped,
+            );
+            // The verb commits its action (`Consumer::perform`, then commit).
+            harness.commit();
+            if let Err(e) = checker.on_commit(&harness, &topic.partitions) {
+                violation.get_or_insert(e);
+            }
+        }
         if options.faults.crashes && crashes < CRASHES_PER_RUN_MAX && crash_rng.chance(1) {
             crashes += 1;
             counts.crashes += 1;
@@ -705,15 +742,13 @@ pub fn run_seed(seed: u64, options: &ChaosOptions) -> ChaosReport {
     let counters = harness.engine.counters();
     let actual = harness.export();
     // The in-order consumer of what was published waits forever at a lost event.
-    let expected_history: Vec<Event> = match &topic.lost {
-        Some(lost) => history
-            .iter()
-            .filter(|e| e.id != lost.id)
-            .cloned()
-            .collect(),
-        None => history.clone(),
-    };
-    let expected = oracle::run(&expected_history);
+    let expected_history: Vec<Event> = history
+        .iter()
+        .filter(|e| topic.lost.as_ref().is_none_or(|lost| e.id != lost.id))
+        .cloned()
+        .collect();
+    // What an operator skipped passes its version and changes nothing.
+    let expected = oracle::run_skipping(&expected_history, &skipped);
     let divergence = compare(&expected, &actual, true);
     if let Some(lost) = &topic.lost {
         let reported = harness
@@ -796,6 +831,55 @@ impl Run<'_> {
             if !merges_held {
                 break;
             }
+        }
+    }
+}
+
+/// An operator, while events still arrive, takes the oldest sequenced dead letter and
+/// either replays a corrected event in its place (the same event under a new id, as
+/// `dlq replay --body` does) or skips it (the oracle then runs it as a no-op).
+fn operator_acts(
+    harness: &mut Harness,
+    checker: &mut Checker,
+    trace: &mut Trace,
+    rng: &mut Rng,
+    skipped: &mut HashSet<Box<str>>,
+) {
+    let Some(entry) = harness
+        .store
+        .dead_letters
+        .values()
+        .find(|e| e.kind == ordo_core::DeadLetterKind::Sequenced)
+        .cloned()
+    else {
+        return;
+    };
+    if rng.chance(50) {
+        let Ok(mut event) =
+            ordo_core::parse_event(entry.body.as_bytes(), ordo_core::OpPolicy::Document)
+        else {
+            return;
+        };
+        event.id = format!("{}~fixed", event.id).into();
+        let mut fixed = entry.clone();
+        fixed.body = event.to_json_string();
+        fixed.event_id = Some(event.id.clone());
+        let result = harness.engine.replay_dead_letter(harness.now_ms, &fixed);
+        trace.record(format!(
+            "operator: corrected replay of dead letter {} -> {result:?}",
+            entry.id
+        ));
+    } else {
+        let result = harness.engine.skip_dead_letter(harness.now_ms, &entry);
+        trace.record(format!(
+            "operator: skip of dead letter {} -> {result:?}",
+            entry.id
+        ));
+        if let (Ok(()), Some(stream), Some(version), Some(id)) =
+            (result, &entry.stream, entry.version, &entry.event_id)
+        {
+            skipped.insert(id.clone());
+            checker.skipped(stream, version);
         }
     }
 }

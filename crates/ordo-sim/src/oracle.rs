@@ -17,6 +17,13 @@ use crate::export::{Export, Row};
 /// An event the projection refuses blocks its stream from there on (as a sequenced
 /// dead letter does), and so does anything that depends on a blocked version.
 pub fn run(history: &[Event]) -> Export {
+    run_skipping(history, &HashSet::new())
+}
+
+/// [`run`], with the events whose ids are in `skipped` passed over by an operator: the
+/// stream's version moves past them, and nothing else happens (no `after` is waited for,
+/// no document changes).
+pub fn run_skipping(history: &[Event], skipped: &HashSet<Box<str>>) -> Export {
     let projection = DocumentProjection;
     let mut versions: BTreeMap<String, u64> = BTreeMap::new();
     let mut documents: HashMap<String, Option<Document>> = HashMap::new();
@@ -34,6 +41,10 @@ pub fn run(history: &[Event]) -> Export {
         let applied = versions.get(&stream).copied().unwrap_or(0);
         if blocked.contains(&stream) || event.version != applied + 1 {
             blocked.insert(stream);
+            continue;
+        }
+        if skipped.contains(&event.id) {
+            versions.insert(stream, event.version);
             continue;
         }
         let deps_met = event
