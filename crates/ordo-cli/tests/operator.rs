@@ -287,3 +287,106 @@ fn parked_list_summarises_by_what_is_awaited_and_filters() {
     assert_eq!(limited.len(), 1);
     assert_eq!(limited[0]["waits_for"]["kind"], "dependency");
 }
+
+/// PostgreSQL: the verbs act themselves and record the action; the running consumer sees
+/// the record within a second, rebuilds from the store and goes on.
+#[test]
+fn every_stuck_state_is_fixed_while_ordo_run_runs_on_postgres() {
+    let (mut admin, schema, store) = common::postgres_schema("ordo_ops_live");
+    let scratch = Scratch::new();
+    let input = scratch.path("stuck.jsonl");
+    write_lines(&input, &stuck_lines());
+    let log = scratch.path("log.db").to_str().unwrap().to_string();
+    ok(&["append", "--log", &log, input.to_str().unwrap()]);
+    let source = format!("log:{log}");
+    let child = ordo()
+        .args(["run", "--source", &source, "--store", &store])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KilledOnDrop(child);
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{what} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("two dead letters", &|| {
+        let listed = run(&["dlq", "list", "--store", &store, "--json"]);
+        listed.status.success() && json_lines(&listed).len() == 2
+    });
+    let poison = entry_of(&store, "account-1");
+    let fixed = scratch.path("fixed.json");
+    write_lines(
+        &fixed,
+        &[
+            r#"{"id":"l2-fixed","stream":"account-1","version":2,"type":"Deposited","op":"incr","data":{"balance":100}}"#,
+        ],
+    );
+    let (code, out, _) = timed(&[
+        "dlq",
+        "replay",
+        "--store",
+        &store,
+        "--id",
+        &poison,
+        "--body",
+        fixed.to_str().unwrap(),
+        "--reason",
+        "amount sent as text",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = timed(&[
+        "parked",
+        "skip",
+        "--store",
+        &store,
+        "--stream",
+        "account-2",
+        "--version",
+        "2",
+        "--reason",
+        "lost in the outage",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    // New events for both streams reach the running consumer, which must have rebuilt
+    // past the dead letter and the gap.
+    let later = scratch.path("later.jsonl");
+    write_lines(
+        &later,
+        &[
+            r#"{"id":"l4","stream":"account-1","version":4,"type":"Deposited","op":"incr","data":{"balance":1}}"#,
+            r#"{"id":"k4","stream":"account-2","version":4,"type":"Deposited","op":"incr","data":{"balance":1}}"#,
+        ],
+    );
+    ok(&["append", "--log", &log, later.to_str().unwrap()]);
+    wait_for("the running consumer applies the new events", &|| {
+        let rows = export(&store);
+        rows.get("account-1").is_some_and(|r| r.version == 4)
+            && rows.get("account-2").is_some_and(|r| r.version == 4)
+    });
+    let rows = export(&store);
+    assert_eq!(
+        rows["account-1"].doc,
+        Some(serde_json::json!({"balance": 106}))
+    );
+    assert_eq!(
+        rows["account-2"].doc,
+        Some(serde_json::json!({"balance": 9}))
+    );
+    let operator = json_lines(&ok(&[
+        "notices", "--store", &store, "--kind", "operator", "--json",
+    ]));
+    assert_eq!(operator.len(), 2, "{operator:?}");
+    assert!(child.0.try_wait().unwrap().is_none(), "ordo run exited");
+    common::kill_with(&child.0, "-TERM");
+    assert!(child.0.wait().unwrap().success());
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
+}

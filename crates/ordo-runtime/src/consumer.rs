@@ -176,6 +176,8 @@ pub struct Consumer<S: Store> {
     actions: Vec<ordo_store::OperatorAction>,
     /// Notices since the last commit, journaled by it.
     journal: Vec<JournalEntry>,
+    /// The newest operator action recorded in the store when the state was last read.
+    actions_seen: u64,
     retention: Retention,
     /// Deliveries queued to apply minus works finished (handlers only; a bound on how
     /// far the source is read ahead of slow handlers).
@@ -195,6 +197,8 @@ impl<S: Store> Consumer<S> {
         config: Config,
         clock: Clock,
     ) -> Result<Self, ConsumeError> {
+        // Read before the snapshot: an action recorded in between is seen again, not missed.
+        let actions_seen = store.last_action_id()?;
         let snapshot = store.snapshot(source)?;
         Ok(Consumer {
             engine: Engine::restore(config, snapshot, clock.now_ms()),
@@ -214,6 +218,7 @@ impl<S: Store> Consumer<S> {
             returned: Vec::new(),
             actions: Vec::new(),
             journal: Vec::new(),
+            actions_seen,
             retention: Retention::default(),
             handler_backlog: 0,
         })
@@ -422,6 +427,7 @@ impl<S: Store> Consumer<S> {
         self.settle_handlers(None);
         self.handler_backlog = 0;
         let config = self.engine.config().clone();
+        self.actions_seen = self.store.last_action_id()?;
         let mut snapshot = self.store.snapshot(&self.source)?;
         if let Some(owned) = &self.owned {
             // Another member's waiting events are its own to apply.
@@ -466,6 +472,18 @@ impl<S: Store> Consumer<S> {
             return Ok(false);
         }
         Ok(self.store.dead_letters_present(&markers)?.len() < markers.len())
+    }
+
+    /// Whether an operator verb recorded an action in the store since this consumer last
+    /// read it (only stores a verb writes beside a running consumer, PostgreSQL, say
+    /// so): the state must then be rebuilt from the store.
+    pub fn actions_recorded_elsewhere(&mut self) -> Result<bool, ConsumeError> {
+        let last = self.store.last_action_id()?;
+        if last > self.actions_seen {
+            self.actions_seen = last;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Reads the positions of the streams parked events wait for and hands them to the

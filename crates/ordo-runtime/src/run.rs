@@ -359,13 +359,14 @@ impl RunLoop {
                 consumer.refresh_awaited()?;
             }
         }
-        if consumer.is_group_member()
-            && now_ms.saturating_sub(self.last_dead_letter_check_ms) >= AWAITED_RECHECK_MS
-        {
-            // An operator may have replayed or skipped, from another process, a dead
-            // letter a stream here waits behind: rebuild from the store to go on.
+        if now_ms.saturating_sub(self.last_dead_letter_check_ms) >= AWAITED_RECHECK_MS {
+            // An operator may have acted from another process (a verb against a shared
+            // PostgreSQL store): a dead letter a stream here waits behind replayed or
+            // skipped, a missing version passed. Rebuild from the store to go on.
             self.last_dead_letter_check_ms = now_ms;
-            if consumer.dead_letters_resolved_elsewhere()? {
+            let acted = consumer.actions_recorded_elsewhere()?
+                || (consumer.is_group_member() && consumer.dead_letters_resolved_elsewhere()?);
+            if acted {
                 consumer.apply_ready()?;
                 if commit(consumer, source, conflicts, true)? {
                     self.commits += 1;

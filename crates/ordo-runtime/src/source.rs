@@ -184,6 +184,19 @@ impl Source for FileSource {
         self.resume_after = checkpoints.iter().find(|(p, _)| *p == 0).map(|(_, o)| *o);
     }
 
+    /// Reads the file again from its start, skipping what the checkpoint covers (after an
+    /// operator's action from another process, or a conflict).
+    fn rewind(&mut self, checkpoints: &[(u32, u64)]) -> Result<(), SourceError> {
+        let file = File::open(&self.path).map_err(|e| SourceError::File {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        })?;
+        self.reader = BufReader::with_capacity(1 << 20, file);
+        self.next_offset = 0;
+        self.resume(checkpoints);
+        Ok(())
+    }
+
     fn poll(&mut self, max: usize, _wait: Duration) -> Result<Polled, SourceError> {
         let mut events = Vec::new();
         while events.len() < max {

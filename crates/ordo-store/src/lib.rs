@@ -171,6 +171,12 @@ pub trait Store {
     fn requested_actions(&mut self) -> Result<Vec<OperatorAction>, ReadError> {
         Ok(Vec::new())
     }
+
+    /// The newest operator action an operator verb carried out itself against this store
+    /// while consumers may run (PostgreSQL); 0 where verbs leave requests instead.
+    fn last_action_id(&mut self) -> Result<u64, ReadError> {
+        Ok(0)
+    }
 }
 
 /// Either store, chosen by URL (what the CLI opens).
@@ -324,6 +330,13 @@ impl Store for AnyStore {
         match self {
             AnyStore::Sqlite(s) => s.requested_actions(),
             AnyStore::Postgres(s) => s.requested_actions(),
+        }
+    }
+
+    fn last_action_id(&mut self) -> Result<u64, ReadError> {
+        match self {
+            AnyStore::Sqlite(s) => s.last_action_id(),
+            AnyStore::Postgres(s) => s.last_action_id(),
         }
     }
 

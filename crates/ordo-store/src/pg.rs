@@ -962,6 +962,15 @@ impl crate::BatchTransaction for PostgresStore {
 }
 
 impl Store for PostgresStore {
+    fn last_action_id(&mut self) -> Result<u64, ReadError> {
+        let row = self.retrying(|store| {
+            store
+                .client
+                .query_one("SELECT COALESCE(MAX(id), 0) FROM operator_actions", &[])
+        })?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
     fn snapshot(&mut self, source: &str) -> Result<Snapshot, ReadError> {
         let mut snapshot = self.retrying(|store| store.snapshot_once(source))?;
         // Parked streams stay in the store (spilled): only their names and what they wait
