@@ -128,6 +128,13 @@ pub struct RunArgs {
     /// Print progress to stderr every few seconds.
     #[arg(long)]
     pub progress: bool,
+    /// Log every decision about every event: queued, buffered, parked on X, released,
+    /// applied, redirected to Y, waits for a merge, duplicate, stale, dead-lettered.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Logs as human lines (text) or one JSON object per line (json), on stderr.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// Kafka: quiet time, with every assigned partition at its end, that counts as
     /// drained for --exit-when-idle.
     #[arg(long, value_name = "MS", default_value_t = ordo_kafka::IDLE_MS_DEFAULT)]

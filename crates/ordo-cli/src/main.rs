@@ -44,7 +44,8 @@ fn main() -> ExitCode {
             return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
         }
     };
-    init_logs();
+    let json_logs = matches!(&cli.command, cli::Command::Run(args) if args.log_format == "json");
+    init_logs(json_logs);
     if matches!(
         cli.command,
         cli::Command::Demo(_) | cli::Command::Run(_) | cli::Command::Relay(_)
@@ -81,17 +82,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Library events (`tracing`) as human lines on stderr; `ORDO_LOG` picks the level
-/// (error, warn, info, debug, trace; default info).
-fn init_logs() {
+/// Library events (`tracing`) on stderr, as human lines or (`json`) one JSON object per
+/// line with a timestamp; `ORDO_LOG` picks the level (error, warn, info, debug, trace;
+/// default info).
+fn init_logs(json: bool) {
     let level = std::env::var("ORDO_LOG")
         .ok()
         .and_then(|text| text.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
-        .with_target(false)
-        .without_time()
-        .init();
+        .with_target(false);
+    if json {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.without_time().init();
+    }
 }

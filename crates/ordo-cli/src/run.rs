@@ -69,6 +69,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         other => (ordo_runtime::source::open(other)?, other.checkpoint_key()),
     };
     let mut consumer = Consumer::open(store, &checkpoint_key, config)?;
+    if args.verbose {
+        consumer.trace_decisions();
+    }
     consumer.set_journal_retention(ordo_store::journal::Retention {
         entries_max: args.notices_max,
         age_ms_max: args.notices_max_age_days.saturating_mul(86_400_000),

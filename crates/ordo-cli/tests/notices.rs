@@ -134,3 +134,58 @@ fn retention_keeps_the_newest_entries() {
     let refused = common::run(&["notices", "--store", &store, "--kind", "nonsense"]);
     assert_eq!(refused.status.code(), Some(2));
 }
+
+#[test]
+fn run_v_traces_every_decision_as_json_lines() {
+    let scratch = Scratch::new();
+    let input = scratch.path("catalog.jsonl");
+    write_lines(
+        &input,
+        &[
+            r#"{"id":"p1","stream":"product-1","version":1,"type":"ProductAdded","op":"set","data":{"name":"lamp"},"after":[{"stream":"category-9","version":1}]}"#,
+            r#"{"id":"q2","stream":"product-3","version":2,"type":"Priced","op":"patch","data":{"price":5}}"#,
+            r#"{"id":"c9","stream":"category-9","version":1,"type":"CategoryCreated","op":"set","data":{"name":"lighting"}}"#,
+            r#"{"id":"c9","stream":"category-9","version":1,"type":"CategoryCreated","op":"set","data":{"name":"lighting"}}"#,
+            r#"{"id":"q1","stream":"product-3","version":1,"type":"Added","op":"set","data":{"name":"desk"}}"#,
+        ],
+    );
+    let source = format!("file:{}", input.display());
+    let store = scratch.store("state.db");
+    let output = run_idle(&source, &store, &["-v", "--log-format", "json"]);
+    let decisions: Vec<(String, String)> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["decision"].is_string())
+        .map(|line| {
+            (
+                line["id"].as_str().unwrap().to_string(),
+                line["decision"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let of = |id: &str| -> Vec<&str> {
+        decisions
+            .iter()
+            .filter(|(i, _)| i == id)
+            .map(|(_, d)| d.as_str())
+            .collect()
+    };
+    assert_eq!(
+        of("p1"),
+        vec!["parked", "released", "applied"],
+        "{decisions:?}"
+    );
+    assert_eq!(of("q2"), vec!["buffered", "applied"], "{decisions:?}");
+    // A delivery's decision comes when it is delivered, an apply's when it applies: the
+    // redelivered copy may be judged before the first applies.
+    let mut c9 = of("c9");
+    c9.sort_unstable();
+    assert_eq!(c9, vec!["applied", "duplicate", "queued"], "{decisions:?}");
+    // Without -v, no trace.
+    let quiet = run_idle(
+        &source,
+        &scratch.store("quiet.db"),
+        &["--log-format", "json"],
+    );
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("\"decision\""));
+}

@@ -67,6 +67,10 @@ pub struct Config {
     /// after a crash, so that the source events beyond its cuts wait for it (see
     /// `merge_fence`). The document projection's fold rolls back with the crash instead.
     pub merges_written_before_dispatch: bool,
+    /// Record every decision about every event for [`Engine::poll_decision`] (`ordo run
+    /// -v`). Off by default: the trace costs a copy of the stream name and id per
+    /// decision.
+    pub decisions_traced: bool,
 }
 
 impl Default for Config {
@@ -80,6 +84,7 @@ impl Default for Config {
             op_policy: OpPolicy::Document,
             parked_streams_in_memory_max: PARKED_STREAMS_IN_MEMORY_DEFAULT,
             merges_written_before_dispatch: false,
+            decisions_traced: false,
         }
     }
 }
@@ -389,7 +394,10 @@ const FENCED: u16 = 1 << 11;
 /// Streams wait for a merge of this stream to apply (see `merge_fence`).
 const HAS_FENCE_WAITERS: u16 = 1 << 12;
 
+mod decisions;
 mod merge_fence;
+
+pub use decisions::{Decision, DecisionKind, DECISIONS_MAX};
 
 /// Per-stream state, kept small: idle streams are the common case.
 #[derive(Debug, Default)]
@@ -502,6 +510,8 @@ pub struct Engine {
     out_unwritten: FxHashMap<(StreamId, u64), (Event, Option<u32>)>,
     /// Those whose row was written while out: their outcome deletes or replaces it.
     out_written: FxHashSet<(StreamId, u64)>,
+    /// Decisions not yet polled (only with `Config::decisions_traced`).
+    decisions: decisions::Decisions,
 }
 
 /// Most released per-stream extras kept for reuse.
@@ -546,6 +556,7 @@ impl Engine {
             merges_to_write: Vec::new(),
             out_unwritten: FxHashMap::default(),
             out_written: FxHashSet::default(),
+            decisions: decisions::Decisions::default(),
         }
     }
 
@@ -632,6 +643,12 @@ impl Engine {
     /// row to be written ([`Config::merges_written_before_dispatch`]).
     pub fn awaits_commit(&self) -> bool {
         !self.merges_to_write.is_empty()
+    }
+
+    /// Records every decision for [`Engine::poll_decision`] from now on, and in the
+    /// engines rebuilt from this one's configuration.
+    pub fn trace_decisions(&mut self) {
+        self.config.decisions_traced = true;
     }
 
     /// Writes each merge to the store before handing it out (see
@@ -790,6 +807,7 @@ impl Engine {
             && event.after.is_empty()
             && !matches!(event.op, Op::Merge { .. })
         {
+            self.decide(s, &event, DecisionKind::Queued);
             let extra = self.extra(s);
             extra.in_flight_version = Some(version);
             extra.contiguous_through = version;
@@ -852,6 +870,19 @@ impl Engine {
         if counted_parked {
             self.counters.parked += 1;
         }
+        if self.config.decisions_traced {
+            let kind = if gap {
+                DecisionKind::Buffered
+            } else if let Some(d) = counted_parked.then(|| self.first_unmet(&event)).flatten() {
+                DecisionKind::Parked {
+                    on: Arc::from(&*d.stream),
+                    version: d.version,
+                }
+            } else {
+                DecisionKind::Queued
+            };
+            self.decide(s, &event, kind);
+        }
         self.deliveries += 1;
         let seq = self.deliveries;
         let merge = matches!(event.op, Op::Merge { .. });
@@ -886,11 +917,14 @@ impl Engine {
     }
 
     fn skip(&mut self, seen: bool, event: &Event) -> Disposition {
+        let s = self.ids[&*event.stream];
         if seen {
             self.counters.duplicate += 1;
+            self.decide(s, event, DecisionKind::Duplicate);
             Disposition::Duplicate
         } else {
             self.counters.stale += 1;
+            self.decide(s, event, DecisionKind::Stale);
             self.notice(Notice::Stale {
                 stream: self.names[self.ids[&*event.stream] as usize].clone(),
                 version: event.version,
@@ -968,6 +1002,13 @@ impl Engine {
         let s = work.stream;
         let version = work.event.version;
         self.counters.applied += 1;
+        if self.config.decisions_traced {
+            let kind = DecisionKind::Applied {
+                document: self.names[work.target as usize].clone(),
+                redirected: work.redirected,
+            };
+            self.decide(s, &work.event, kind);
+        }
         if let Some(position) = work.position {
             self.checkpoints.settle(position);
         }
@@ -2164,6 +2205,14 @@ impl Engine {
             if let Some((target, merge_version)) =
                 self.merge_fence_for(s, version, seq, &own_sources)
             {
+                self.decide_slot(
+                    s,
+                    version,
+                    DecisionKind::WaitsForMerge {
+                        target: self.names[target as usize].clone(),
+                        version: merge_version,
+                    },
+                );
                 self.wait_for_merge(s, target, merge_version);
                 return None;
             }
@@ -2233,6 +2282,7 @@ impl Engine {
         let pending = *pending;
         if pending.counted_parked {
             self.counters.released += 1;
+            self.decide(s, &pending.event, DecisionKind::Released);
         }
         if pending.position.is_none() && !pending.written {
             self.out_unwritten.insert(
@@ -2324,6 +2374,12 @@ impl Engine {
         reason: String,
         position: Option<SourcePosition>,
     ) -> u64 {
+        if self.config.decisions_traced {
+            if let Some(&s) = self.ids.get(&*event.stream) {
+                let entry = self.next_dead_letter_id;
+                self.decide(s, event, DecisionKind::DeadLettered { entry });
+            }
+        }
         self.dead_letter(
             now_ms,
             kind,

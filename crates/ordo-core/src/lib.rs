@@ -17,8 +17,8 @@ pub mod state;
 pub use checkpoint::SourcePosition;
 pub use counters::Counters;
 pub use engine::{
-    Action, Config, Disposition, Engine, Notice, OperatorError, Outcome, ReplayOutcome,
-    WaitingEvent, WaitsFor, Work,
+    Action, Config, Decision, DecisionKind, Disposition, Engine, Notice, OperatorError, Outcome,
+    ReplayOutcome, WaitingEvent, WaitsFor, Work,
 };
 pub use envelope::{parse_event, Dependency, EnvelopeError, Event, Op, OpPolicy, ParseError};
 pub use state::{

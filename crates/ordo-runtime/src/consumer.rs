@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ordo_core::{
-    Config, Counters, DeadLetter, Disposition, Engine, Notice, Outcome, SourcePosition, Work,
+    Config, Counters, DeadLetter, DecisionKind, Disposition, Engine, Notice, Outcome,
+    SourcePosition, Work,
 };
 use ordo_projection::{run_work, Document, DocumentProjection, DocumentSlots};
 use ordo_store::journal::{JournalEntry, Retention};
@@ -734,6 +735,7 @@ impl<S: Store> Consumer<S> {
     /// Takes the engine's notices into the journal of the next commit, printing the first
     /// few of each commit (all of them go to the journal).
     fn print_notices(&mut self) {
+        self.log_decisions();
         while let Some(notice) = self.engine.poll_notice() {
             let entry = journal_entry(&notice, self.clock.now_ms());
             self.journal.push(entry);
@@ -778,6 +780,68 @@ impl<S: Store> Consumer<S> {
                     } else {
                         "applied to its source, then folded into"
                     }
+                ),
+            }
+        }
+    }
+
+    /// Logs every decision about every event (`tracing`, info): the per-event trace of
+    /// `ordo run -v`.
+    pub fn trace_decisions(&mut self) {
+        self.engine.trace_decisions();
+    }
+
+    fn log_decisions(&mut self) {
+        while let Some(decision) = self.engine.poll_decision() {
+            let (stream, version, id) = (&*decision.stream, decision.version, &*decision.id);
+            let name = decision.kind.name();
+            match &decision.kind {
+                DecisionKind::Parked {
+                    on,
+                    version: awaited,
+                } => tracing::info!(
+                    stream,
+                    version,
+                    id,
+                    decision = name,
+                    on = &**on,
+                    awaited,
+                    "`{stream}` v{version} ({id}): parked on `{on}` v{awaited}"
+                ),
+                DecisionKind::WaitsForMerge {
+                    target,
+                    version: merge,
+                } => tracing::info!(
+                    stream,
+                    version,
+                    id,
+                    decision = name,
+                    target = &**target,
+                    merge,
+                    "`{stream}` v{version} ({id}): waits for the merge at `{target}` v{merge}"
+                ),
+                DecisionKind::Applied { document, .. } => tracing::info!(
+                    stream,
+                    version,
+                    id,
+                    decision = name,
+                    document = &**document,
+                    "`{stream}` v{version} ({id}): {name} to `{document}`"
+                ),
+                DecisionKind::DeadLettered { entry } => tracing::info!(
+                    stream,
+                    version,
+                    id,
+                    decision = name,
+                    entry,
+                    "`{stream}` v{version} ({id}): dead-lettered (entry {entry})"
+                ),
+                _ => tracing::info!(
+                    stream,
+                    version,
+                    id,
+                    decision = name,
+                    "`{stream}` v{version} ({id}): {name}"
                 ),
             }
         }
