@@ -71,6 +71,10 @@ fn summary(entry: &JournalEntry) -> String {
         ),
         "dead-lettered" => format!("entry {} ({}): {}", d["id"], text("kind"), text("reason")),
         "conflict" => text("detail"),
+        "released" => format!(
+            "went on after waiting {} s for its dependency",
+            d["waited_ms"].as_u64().unwrap_or_default() / 1000
+        ),
         "stale" => format!(
             "event `{}` skipped: its version is held or passed",
             text("id")

@@ -56,7 +56,11 @@ fn entry_of(store: &str, stream: &str) -> String {
 fn every_stuck_state_is_fixed_while_ordo_run_holds_the_sqlite_store() {
     let scratch = Scratch::new();
     let input = scratch.path("stuck.jsonl");
-    write_lines(&input, &stuck_lines());
+    let mut lines = stuck_lines();
+    // A withdrawal from a closed account: refused, and the bank decides to drop it.
+    lines.push(r#"{"id":"w1","stream":"account-3","version":1,"type":"Withdrawn","op":"incr","data":{"balance":"all"}}"#);
+    lines.push(r#"{"id":"w2","stream":"account-3","version":2,"type":"Deposited","op":"incr","data":{"balance":3}}"#);
+    write_lines(&input, &lines);
     let log = scratch.path("log.db").to_str().unwrap().to_string();
     ok(&["append", "--log", &log, input.to_str().unwrap()]);
     let store = scratch.store("state.db");
@@ -72,9 +76,9 @@ fn every_stuck_state_is_fixed_while_ordo_run_holds_the_sqlite_store() {
     let settled = (0..1_000).any(|_| {
         std::thread::sleep(Duration::from_millis(10));
         let listed = run(&["dlq", "list", "--store", &store, "--json"]);
-        listed.status.success() && json_lines(&listed).len() == 2
+        listed.status.success() && json_lines(&listed).len() == 3
     });
-    assert!(settled, "the run never dead-lettered the two events");
+    assert!(settled, "the run never dead-lettered the three events");
 
     // The poison deposit, corrected: same stream and version, a new id.
     let poison = entry_of(&store, "account-1");
@@ -144,7 +148,26 @@ fn every_stuck_state_is_fixed_while_ordo_run_holds_the_sqlite_store() {
     assert!(out.contains("skipped"), "{out}");
     eprintln!("parked skip answered in {took:?}");
 
+    let closed = entry_of(&store, "account-3");
+    let (code, out, _) = timed(&[
+        "dlq",
+        "skip",
+        "--store",
+        &store,
+        "--id",
+        &closed,
+        "--reason",
+        "account closed; withdrawal void",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("skipped"), "{out}");
+
     let rows = export(&store);
+    assert_eq!(rows["account-3"].version, 2);
+    assert_eq!(
+        rows["account-3"].doc,
+        Some(serde_json::json!({"balance": 3}))
+    );
     assert_eq!(rows["account-1"].version, 3);
     assert_eq!(
         rows["account-1"].doc,
@@ -196,6 +219,7 @@ fn every_stuck_state_is_fixed_while_ordo_run_holds_the_sqlite_store() {
             ("dlq replay", "done", "dead-lettered-again"),
             ("dlq replay", "done", "requeued"),
             ("parked skip", "done", "skipped"),
+            ("dlq skip", "done", "skipped"),
         ]
     );
     assert_eq!(records[0].1, "amount sent as text by the teller app");

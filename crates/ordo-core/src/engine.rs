@@ -31,8 +31,8 @@ use crate::counters::Counters;
 use crate::dedupe::{id_hash, DedupeWindow};
 use crate::envelope::{parse_event, Dependency, Event, Op, OpPolicy, ParseError};
 use crate::limits::{
-    DEDUPE_WINDOW_IDS_DEFAULT, GAP_TIMEOUT_MS_DEFAULT, PARKED_STREAMS_IN_MEMORY_DEFAULT,
-    STREAM_PENDING_EVENTS_DEFAULT,
+    DEDUPE_WINDOW_IDS_DEFAULT, GAP_TIMEOUT_MS_DEFAULT, LONG_PARKED_MS_DEFAULT,
+    PARKED_STREAMS_IN_MEMORY_DEFAULT, STREAM_PENDING_EVENTS_DEFAULT,
 };
 use crate::state::{
     ChangeSet, DeadLetter, DeadLetterKind, Load, Loaded, PendingRecord, PendingState, Snapshot,
@@ -71,6 +71,8 @@ pub struct Config {
     /// -v`). Off by default: the trace costs a copy of the stream name and id per
     /// decision.
     pub decisions_traced: bool,
+    /// A parked event released after waiting at least this long raises a notice.
+    pub long_parked_ms: u64,
 }
 
 impl Default for Config {
@@ -85,6 +87,7 @@ impl Default for Config {
             parked_streams_in_memory_max: PARKED_STREAMS_IN_MEMORY_DEFAULT,
             merges_written_before_dispatch: false,
             decisions_traced: false,
+            long_parked_ms: LONG_PARKED_MS_DEFAULT,
         }
     }
 }
@@ -195,6 +198,15 @@ pub enum Notice {
         kind: DeadLetterKind,
         /// Why.
         reason: String,
+    },
+    /// A parked event went on after waiting at least `Config::long_parked_ms`.
+    Released {
+        /// The stream.
+        stream: Arc<str>,
+        /// The version.
+        version: u64,
+        /// How long it waited, in ms.
+        waited_ms: u64,
     },
     /// An event with a new id at a version its stream already holds or passed (a second
     /// writer, a replay of old data): skipped.
@@ -446,6 +458,8 @@ struct Pending {
     /// Counted `parked` at delivery (an `after` named a version not yet delivered); it
     /// counts `released` when it goes out.
     counted_parked: bool,
+    /// When it was delivered (caller's clock): a long-parked release is noticed.
+    delivered_ms: u64,
 }
 
 /// The ordering core. See the module documentation for the call order.
@@ -512,6 +526,8 @@ pub struct Engine {
     out_written: FxHashSet<(StreamId, u64)>,
     /// Decisions not yet polled (only with `Config::decisions_traced`).
     decisions: decisions::Decisions,
+    /// When this engine was restored (restored events count their wait from then).
+    restored_ms: u64,
 }
 
 /// Most released per-stream extras kept for reuse.
@@ -557,6 +573,7 @@ impl Engine {
             out_unwritten: FxHashMap::default(),
             out_written: FxHashSet::default(),
             decisions: decisions::Decisions::default(),
+            restored_ms: 0,
         }
     }
 
@@ -564,6 +581,7 @@ impl Engine {
     pub fn restore(config: Config, snapshot: Snapshot, now_ms: u64) -> Self {
         let dedupe_window_ids = config.dedupe_window_ids;
         let mut engine = Engine::new(config);
+        engine.restored_ms = now_ms;
         engine.dedupe = DedupeWindow::restore(dedupe_window_ids, snapshot.dedupe);
         engine.checkpoints = CheckpointTracker::restore(snapshot.checkpoints);
         engine.counters = snapshot.counters;
@@ -898,6 +916,7 @@ impl Engine {
                 parked: false,
                 seq,
                 counted_parked,
+                delivered_ms: now_ms,
             })),
         );
         if merge {
@@ -1667,6 +1686,7 @@ impl Engine {
                     parked: state == PendingState::Parked,
                     seq,
                     counted_parked: false,
+                    delivered_ms: self.restored_ms,
                 }))
             }
         };
@@ -2283,6 +2303,14 @@ impl Engine {
         if pending.counted_parked {
             self.counters.released += 1;
             self.decide(s, &pending.event, DecisionKind::Released);
+            let waited_ms = now_ms.saturating_sub(pending.delivered_ms);
+            if waited_ms >= self.config.long_parked_ms {
+                self.notice(Notice::Released {
+                    stream: self.names[s as usize].clone(),
+                    version,
+                    waited_ms,
+                });
+            }
         }
         if pending.position.is_none() && !pending.written {
             self.out_unwritten.insert(

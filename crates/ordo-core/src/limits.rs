@@ -34,3 +34,7 @@ pub const PARKED_STREAMS_IN_MEMORY_DEFAULT: usize = 50_000;
 
 /// Default time a gap may stay open before its stream is reported stalled.
 pub const GAP_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+/// A parked event released after waiting at least this long is noticed (`ordo notices`,
+/// kind `released`): a dependency that comes late is worth an operator's look.
+pub const LONG_PARKED_MS_DEFAULT: u64 = 60_000;

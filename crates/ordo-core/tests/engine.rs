@@ -976,3 +976,31 @@ fn a_replay_out_before_its_row_was_written_is_written_while_out() {
         .iter()
         .any(|(s, v)| &**s == "a" && *v == 1));
 }
+
+#[test]
+fn a_long_parked_release_is_noticed() {
+    let mut engine = Engine::new(Config {
+        long_parked_ms: 1_000,
+        ..Config::default()
+    });
+    engine.handle_event(0, at(0), after("p", 1, "cat", 1));
+    engine.handle_event(10, at(1), after("q", 1, "cat", 2));
+    assert!(engine.poll_work(10).is_none());
+    engine.handle_event(1_005, at(2), incr("cat", 1));
+    engine.handle_event(1_005, at(3), incr("cat", 2));
+    let mut released = Vec::new();
+    while let Some(work) = engine.poll_work(1_005) {
+        engine.handle_outcome(1_005, work, Outcome::Applied);
+    }
+    while let Some(notice) = engine.poll_notice() {
+        if let Notice::Released {
+            stream, waited_ms, ..
+        } = notice
+        {
+            released.push((stream.to_string(), waited_ms));
+        }
+    }
+    // p waited 1,005 ms (noticed), q 995 ms (not).
+    assert_eq!(released, vec![("p".to_string(), 1_005)]);
+    assert_eq!(engine.counters().released, 2);
+}

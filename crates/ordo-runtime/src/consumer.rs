@@ -761,6 +761,14 @@ impl<S: Store> Consumer<S> {
                     "ordo: dead letter {id}{}: {reason}",
                     stream.map(|s| format!(" (stream `{s}`)")).unwrap_or_default()
                 ),
+                Notice::Released {
+                    stream,
+                    version,
+                    waited_ms,
+                } => eprintln!(
+                    "ordo: released: `{stream}` version {version} went on after waiting {} s for its dependency",
+                    waited_ms / 1000
+                ),
                 Notice::Stale {
                     stream,
                     version,
@@ -894,6 +902,16 @@ fn journal_entry(notice: &Notice, at_ms: u64) -> JournalEntry {
             stream.as_deref().map(String::from),
             *version,
             serde_json::json!({ "id": id, "kind": kind.name(), "reason": reason }),
+        ),
+        Notice::Released {
+            stream,
+            version,
+            waited_ms,
+        } => (
+            "released",
+            Some(stream.to_string()),
+            Some(*version),
+            serde_json::json!({ "waited_ms": waited_ms }),
         ),
         Notice::Stale {
             stream,
