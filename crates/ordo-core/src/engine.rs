@@ -982,8 +982,11 @@ impl Engine {
         for document in std::iter::once(target).chain(source_ids.iter().copied()) {
             self.streams[document as usize].flags &= !DOCUMENT_BUSY;
         }
-        self.out_unwritten.remove(&(s, version));
-        if self.out_written.remove(&(s, version)) {
+        // Rare (replays out across a commit): no lookups on the common path.
+        if !self.out_unwritten.is_empty() {
+            self.out_unwritten.remove(&(s, version));
+        }
+        if !self.out_written.is_empty() && self.out_written.remove(&(s, version)) {
             work.written = true;
         }
         match outcome {
