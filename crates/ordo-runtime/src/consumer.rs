@@ -657,6 +657,7 @@ impl<S: Store> Consumer<S> {
             actions: std::mem::take(&mut self.actions),
             journal: std::mem::take(&mut self.journal),
             retention: self.retention,
+            now_ms: self.clock.now_ms(),
         };
         self.store.commit(&self.source, batch)?;
 

@@ -52,6 +52,9 @@ pub struct CommitBatch {
     pub journal: Vec<journal::JournalEntry>,
     /// What the journal keeps; applied when this batch adds entries.
     pub retention: journal::Retention,
+    /// The committer's clock now (ms), which the journal's entry times come from (0: the
+    /// system clock); the age retention counts from it.
+    pub now_ms: u64,
 }
 
 /// One row of `ordo export`.

@@ -755,15 +755,22 @@ impl PostgresStore {
             )?;
             added += 1;
         }
-        if added > 0 {
+        // One member at a time trims (two deleting overlapping rows in different orders
+        // could deadlock); a member that finds the lock taken leaves it to the other.
+        let trim = added > 0
+            && transaction
+                .query_one("SELECT pg_try_advisory_xact_lock(7102004)", &[])?
+                .get::<_, bool>(0);
+        if trim {
             let retention = batch.retention;
             transaction.execute(
                 "DELETE FROM journal WHERE id <= (SELECT MAX(id) FROM journal) - $1",
                 &[&(retention.entries_max.min(i64::MAX as u64) as i64)],
             )?;
+            let oldest_ms = crate::sqlite::journal_now(batch).saturating_sub(retention.age_ms_max);
             transaction.execute(
                 "DELETE FROM journal WHERE at_ms < $1",
-                &[&(crate::sqlite::now_ms().saturating_sub(retention.age_ms_max) as i64)],
+                &[&(oldest_ms as i64)],
             )?;
         }
         transaction.commit()?;

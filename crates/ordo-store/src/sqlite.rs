@@ -750,9 +750,20 @@ fn write_journal(transaction: &Connection, batch: &CommitBatch) -> rusqlite::Res
             .execute(params![retention.entries_max.min(i64::MAX as u64) as i64])?;
         transaction
             .prepare_cached("DELETE FROM journal WHERE at_ms < ?1")?
-            .execute(params![now_ms().saturating_sub(retention.age_ms_max) as i64])?;
+            .execute(params![
+                journal_now(batch).saturating_sub(retention.age_ms_max) as i64
+            ])?;
     }
     Ok(())
+}
+
+/// The time the journal's age retention counts from: the committer's clock.
+pub(crate) fn journal_now(batch: &CommitBatch) -> u64 {
+    if batch.now_ms > 0 {
+        batch.now_ms
+    } else {
+        now_ms()
+    }
 }
 
 fn insert_action(connection: &Connection, action: &OperatorAction) -> rusqlite::Result<u64> {
@@ -1156,6 +1167,7 @@ mod tests {
                     actions: Vec::new(),
                     journal: Vec::new(),
                     retention: Default::default(),
+                    now_ms: 0,
                 },
             )
             .unwrap();

@@ -98,14 +98,30 @@ impl Engine {
 
     /// The highest version of `s` from `cut` on such that every version up to it is
     /// applied, out, or waiting with no `after` of its own and no merge.
+    ///
+    /// It stops below a version an earlier merge already holds back (beyond that merge's
+    /// own effective cut): waiting for it would make this merge wait for the other one,
+    /// which may wait for this one.
     fn delivered_plainly_through(&self, s: StreamId, cut: u64) -> u64 {
         let state = &self.streams[s as usize];
         let mut through = cut.max(state.applied);
         let Some(extra) = state.extra.as_ref() else {
             return through;
         };
+        let held_from = self
+            .fences
+            .get(&s)
+            .into_iter()
+            .flatten()
+            .filter(|f| !f.lifted)
+            .map(|f| f.effective + 1)
+            .min()
+            .unwrap_or(u64::MAX);
         loop {
             let next = through + 1;
+            if next >= held_from {
+                return through;
+            }
             let plain = extra.in_flight_version == Some(next)
                 || matches!(
                     extra.slots.get(&next),
@@ -137,7 +153,18 @@ impl Engine {
                 .get(&s)?
                 .iter()
                 .find(|f| f.target == target && f.version == version && !f.lifted)?;
-            (self.streams[s as usize].applied < fence.effective).then(|| super::Dependency {
+            let state = &self.streams[s as usize];
+            // A version of the source dead-lettered since (a refusal) holds the source,
+            // not the merge: the merge goes, and what the source applies after the
+            // operator's action reaches the target through the alias.
+            let dead_lettered = matches!(
+                state
+                    .extra
+                    .as_ref()
+                    .and_then(|x| x.slots.get(&(state.applied + 1))),
+                Some(Slot::DeadLettered(_))
+            );
+            (state.applied < fence.effective && !dead_lettered).then(|| super::Dependency {
                 stream: source.clone(),
                 version: fence.effective,
             })
@@ -268,13 +295,12 @@ impl Engine {
             .flatten()
             .into_iter()
             .flatten()
-            .filter(|f| self.on_its_way(f));
+            .filter(|f| f.seq <= seq && self.on_its_way(f));
         // A merge of the event's own stream is ordered by the stream itself (and must not
         // wait for itself when it names its own document's source).
         own.chain(inherited)
             .find(|f| {
                 f.target != s
-                    && f.seq <= seq
                     && !own_sources
                         .iter()
                         .any(|source| **source == *self.names[f.target as usize])
