@@ -52,6 +52,31 @@ fn entry_of(store: &str, stream: &str) -> String {
     entry["id"].as_u64().unwrap().to_string()
 }
 
+/// `dlq replay --body` of account-1's poison deposit, corrected (same stream and version,
+/// a new id): (exit code, stdout, how long it took).
+fn replay_corrected_deposit(scratch: &Scratch, store: &str) -> (i32, String, Duration) {
+    let poison = entry_of(store, "account-1");
+    let fixed = scratch.path("fixed.json");
+    write_lines(
+        &fixed,
+        &[
+            r#"{"id":"l2-fixed","stream":"account-1","version":2,"type":"Deposited","op":"incr","data":{"balance":100}}"#,
+        ],
+    );
+    timed(&[
+        "dlq",
+        "replay",
+        "--store",
+        store,
+        "--id",
+        &poison,
+        "--body",
+        fixed.to_str().unwrap(),
+        "--reason",
+        "amount sent as text by the teller app",
+    ])
+}
+
 #[test]
 fn every_stuck_state_is_fixed_while_ordo_run_holds_the_sqlite_store() {
     let scratch = Scratch::new();
@@ -81,26 +106,7 @@ fn every_stuck_state_is_fixed_while_ordo_run_holds_the_sqlite_store() {
     assert!(settled, "the run never dead-lettered the three events");
 
     // The poison deposit, corrected: same stream and version, a new id.
-    let poison = entry_of(&store, "account-1");
-    let fixed = scratch.path("fixed.json");
-    write_lines(
-        &fixed,
-        &[
-            r#"{"id":"l2-fixed","stream":"account-1","version":2,"type":"Deposited","op":"incr","data":{"balance":100}}"#,
-        ],
-    );
-    let (code, out, took) = timed(&[
-        "dlq",
-        "replay",
-        "--store",
-        &store,
-        "--id",
-        &poison,
-        "--body",
-        fixed.to_str().unwrap(),
-        "--reason",
-        "amount sent as text by the teller app",
-    ]);
+    let (code, out, took) = replay_corrected_deposit(&scratch, &store);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("requeued"), "{out}");
     eprintln!("dlq replay --body answered in {took:?}");
@@ -344,26 +350,7 @@ fn every_stuck_state_is_fixed_while_ordo_run_runs_on_postgres() {
         let listed = run(&["dlq", "list", "--store", &store, "--json"]);
         listed.status.success() && json_lines(&listed).len() == 2
     });
-    let poison = entry_of(&store, "account-1");
-    let fixed = scratch.path("fixed.json");
-    write_lines(
-        &fixed,
-        &[
-            r#"{"id":"l2-fixed","stream":"account-1","version":2,"type":"Deposited","op":"incr","data":{"balance":100}}"#,
-        ],
-    );
-    let (code, out, _) = timed(&[
-        "dlq",
-        "replay",
-        "--store",
-        &store,
-        "--id",
-        &poison,
-        "--body",
-        fixed.to_str().unwrap(),
-        "--reason",
-        "amount sent as text",
-    ]);
+    let (code, out, _) = replay_corrected_deposit(&scratch, &store);
     assert_eq!(code, 0, "{out}");
     let (code, out, _) = timed(&[
         "parked",
