@@ -54,6 +54,10 @@ pub const DEAD_LETTER_ID_BLOCK: i64 = 10_000;
 /// Most attempts to re-establish a lost connection within one operation.
 pub const RECONNECT_ATTEMPTS_MAX: u32 = 5;
 
+/// Most times an operation outside a commit runs again after the server chose it as a
+/// deadlock's victim.
+pub const DEADLOCK_RETRIES_MAX: u32 = 10;
+
 /// Pause before the first reconnect attempt; it doubles with each further attempt.
 pub const RECONNECT_PAUSE_MS_FIRST: u64 = 200;
 
@@ -157,18 +161,22 @@ enum WriteError {
     Database(postgres::Error),
 }
 
+/// Whether the server rolled the transaction back to break a deadlock (or a
+/// serialization failure): running it again is safe.
+fn deadlock_victim(error: &postgres::Error) -> bool {
+    error.code().is_some_and(|code| {
+        *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
 impl From<postgres::Error> for WriteError {
     fn from(error: postgres::Error) -> Self {
         // Two members locking rows in different orders: one is chosen to fail, and it
         // recovers like any conflict.
-        match error.code() {
-            Some(code)
-                if *code == SqlState::T_R_DEADLOCK_DETECTED
-                    || *code == SqlState::T_R_SERIALIZATION_FAILURE =>
-            {
-                WriteError::Conflict(database(error))
-            }
-            _ => WriteError::Database(error),
+        if deadlock_victim(&error) {
+            WriteError::Conflict(database(error))
+        } else {
+            WriteError::Database(error)
         }
     }
 }
@@ -289,13 +297,17 @@ impl PostgresStore {
     }
 
     /// Runs `operation`, re-establishing a lost connection up to
-    /// [`RECONNECT_ATTEMPTS_MAX`] times; `Err(message)` when it cannot.
+    /// [`RECONNECT_ATTEMPTS_MAX`] times; `Err(message)` when it cannot. An operation the
+    /// server chose as a deadlock's victim (two members claiming partitions while the
+    /// other commits, say) ran in a transaction that rolled back whole: it runs again, up
+    /// to [`DEADLOCK_RETRIES_MAX`] times.
     fn retrying<T>(
         &mut self,
         mut operation: impl FnMut(&mut Self) -> Result<T, postgres::Error>,
     ) -> Result<T, ReadError> {
         let mut pause_ms = RECONNECT_PAUSE_MS_FIRST;
         let mut attempt = 0;
+        let mut deadlocks = 0;
         loop {
             match operation(self) {
                 Ok(value) => return Ok(value),
@@ -303,6 +315,12 @@ impl PostgresStore {
                     attempt += 1;
                     self.reconnect(&error, attempt, &mut pause_ms, "")
                         .map_err(ReadError::Unavailable)?;
+                }
+                Err(error) if deadlocks < DEADLOCK_RETRIES_MAX && deadlock_victim(&error) => {
+                    deadlocks += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        10 * u64::from(deadlocks),
+                    ));
                 }
                 Err(error) => return Err(ReadError::Database(database(error))),
             }
@@ -427,7 +445,7 @@ impl PostgresStore {
             let mut current: HashMap<u32, (String, i64)> = HashMap::new();
             for row in transaction.query(
                 "SELECT partition, member, epoch FROM claims
-                 WHERE source = $1 AND partition = ANY($2) FOR SHARE",
+                 WHERE source = $1 AND partition = ANY($2) ORDER BY partition FOR SHARE",
                 &[&self.claims_source, &partitions],
             )? {
                 current.insert(row.get::<_, i64>(0) as u32, (row.get(1), row.get(2)));
@@ -1164,10 +1182,13 @@ impl Store for PostgresStore {
 
     fn claim(&mut self, source: &str, partitions: &[u32]) -> Result<(), ReadError> {
         let member = self.member.clone();
+        // In partition order, as commits lock their claims: fewer deadlocks to break.
+        let mut partitions = partitions.to_vec();
+        partitions.sort_unstable();
         let claims = self.retrying(|store| {
             let mut transaction = store.client.transaction()?;
             let mut claims = Vec::with_capacity(partitions.len());
-            for &partition in partitions {
+            for &partition in &partitions {
                 let epoch: i64 = transaction
                     .query_one(
                         "INSERT INTO claims (source, partition, member, epoch) VALUES ($1, $2, $3, 1)
