@@ -318,9 +318,7 @@ impl PostgresStore {
                 }
                 Err(error) if deadlocks < DEADLOCK_RETRIES_MAX && deadlock_victim(&error) => {
                     deadlocks += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(
-                        10 * u64::from(deadlocks),
-                    ));
+                    std::thread::sleep(std::time::Duration::from_millis(10 * u64::from(deadlocks)));
                 }
                 Err(error) => return Err(ReadError::Database(database(error))),
             }
