@@ -38,12 +38,28 @@ pub enum Command {
     /// The durable journal: late-after-merge, stalls, dead letters, conflicts, operator
     /// actions (who, when, why), newest last.
     Notices(NoticesArgs),
+    /// One screen: counters, positions and lag, waiting events and dead letters with
+    /// their oldest ages, the longest-waiting streams and what each waits for.
+    ///
+    /// Example: ordo status --store sqlite:ordo.db
+    Status(StatusArgs),
     /// Publish the store's outbox to Kafka, keyed by stream, in order.
     Relay(RelayArgs),
     /// Deterministic disorder simulation against the in-order oracle.
     Chaos(ChaosArgs),
     /// Run the performance suite; every figure is a ratio against a same-run baseline.
     Bench(BenchArgs),
+}
+
+/// `ordo status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The store.
+    #[arg(long)]
+    pub store: String,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `ordo notices`.
@@ -145,6 +161,15 @@ pub struct RunArgs {
     /// Journal entries older than this many days are deleted.
     #[arg(long, value_name = "DAYS", default_value_t = ordo_store::journal::JOURNAL_AGE_MS_MAX_DEFAULT / 86_400_000)]
     pub notices_max_age_days: u64,
+    /// Serve Prometheus metrics at /metrics, and /healthz and /readyz, on ADDR: a port
+    /// (127.0.0.1:PORT), or HOST:PORT to listen elsewhere. Port 0 picks a free one (the
+    /// address is printed on stderr).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// /healthz turns red when the run loop has not stepped, or handler calls have been
+    /// out with none ending, for this long.
+    #[arg(long, value_name = "MS", default_value_t = ordo_runtime::telemetry::STUCK_MS_DEFAULT)]
+    pub health_stuck_ms: u64,
     /// Engine settings.
     #[command(flatten)]
     pub engine: EngineArgs,

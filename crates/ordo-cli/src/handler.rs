@@ -18,7 +18,7 @@ use crate::cli::HandlerArgs;
 const HANDLER_SETTINGS_KEY: &str = "handler";
 
 /// A handler and how it is called.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct HandlerSettings {
     /// `http://…`, `https://…` or `exec:COMMAND`.
     pub url: String,
@@ -48,6 +48,7 @@ pub fn for_run(
         attempts: args.handler_attempts,
         backoff_initial_ms: args.handler_backoff_ms,
         backoff_max_ms: args.handler_backoff_max_ms.max(args.handler_backoff_ms),
+        telemetry: None,
     };
     options.validate().map_err(anyhow::Error::msg)?;
     if !has_documents_ok(store, recorded.is_some())? {
@@ -84,6 +85,7 @@ pub fn recorded(store: &mut AnyStore) -> anyhow::Result<Option<HandlerSettings>>
             attempts: number("attempts", u64::from(defaults.attempts)) as u32,
             backoff_initial_ms: number("backoff_initial_ms", defaults.backoff_initial_ms),
             backoff_max_ms: number("backoff_max_ms", defaults.backoff_max_ms),
+            telemetry: None,
         },
     }))
 }

@@ -27,6 +27,7 @@ mod notices;
 mod relay;
 mod run;
 mod settings;
+mod status;
 
 use std::process::ExitCode;
 
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
             cli::ParkedCommand::Skip(args) => dlq::parked_skip(args),
         },
         cli::Command::Notices(args) => notices::run(args),
+        cli::Command::Status(args) => status::run(args),
         cli::Command::Relay(args) => relay::run(args),
         cli::Command::Chaos(args) => chaos::run(args),
         cli::Command::Bench(args) => bench::run(args),

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ordo_runtime::{run_until_signal, Consumer, RunEnd, RunOptions, SourceUrl};
+use ordo_runtime::telemetry::{Endpoint, StatusReader, Telemetry};
+use ordo_runtime::{run_serving, Consumer, RunEnd, RunOptions, SourceUrl};
 use ordo_store::{FaultStage, Store};
 
 use crate::cli::RunArgs;
@@ -22,7 +23,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         store.acquire_lease("ordo run")?;
     }
     let mut config = engine_config(&args.engine, &mut store)?;
-    let handler = crate::handler::for_run(&args.handler, &mut store)?;
+    let mut handler = crate::handler::for_run(&args.handler, &mut store)?;
+    let telemetry = match &args.metrics {
+        Some(_) => {
+            anyhow::ensure!(
+                args.health_stuck_ms > 0,
+                "--health-stuck-ms must be at least 1"
+            );
+            Some(Telemetry::new(args.health_stuck_ms))
+        }
+        None => None,
+    };
+    if let (Some(settings), Some(telemetry)) = (&mut handler, &telemetry) {
+        settings.options.telemetry = Some(telemetry.handlers());
+    }
+    // Bound before anything runs: a taken port is a usage error, not a log line.
+    let endpoint = match (&args.metrics, &telemetry) {
+        (Some(address), Some(telemetry)) => Some(endpoint(address, &args.store, telemetry)?),
+        _ => None,
+    };
     crate::handler::adapt_config(&mut config, handler.as_ref());
     // The pool starts (its URL parsed, its command checked) before anything is recorded.
     let pool = match &handler {
@@ -79,6 +98,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(pool) = pool {
         consumer = consumer.with_handlers(pool);
     }
+    if let Some(telemetry) = telemetry {
+        consumer.set_telemetry(telemetry);
+    }
     let mut options = RunOptions {
         exit_when_idle: args.exit_when_idle,
         progress: args.progress,
@@ -91,7 +113,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(interval) = args.commit_interval_ms {
         options.commit_interval_ms = interval;
     }
-    let (report, mut consumer) = match run_until_signal(consumer, source, options) {
+    let (report, mut consumer) = match run_serving(consumer, source, options, endpoint) {
         Ok(done) => done,
         Err(error) => {
             eprintln!("ordo: run failed, nothing of the failed batch was written: {error}");
@@ -123,5 +145,46 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// Binds the metrics endpoint: a bare port (or `:PORT`) means loopback.
+fn endpoint(
+    address: &str,
+    store_url: &str,
+    telemetry: &std::sync::Arc<Telemetry>,
+) -> anyhow::Result<Endpoint> {
+    let address = match address.strip_prefix(':').unwrap_or(address) {
+        port if port.parse::<u16>().is_ok() => format!("127.0.0.1:{port}"),
+        _ => address.to_string(),
+    };
+    let listener = std::net::TcpListener::bind(&address)
+        .with_context(|| format!("--metrics {address}: cannot listen"))?;
+    eprintln!(
+        "ordo: metrics on http://{}/metrics (and /healthz, /readyz)",
+        listener.local_addr()?
+    );
+    // A connection of the endpoint's own, opened at the first scrape and again after
+    // an error (a restarted database).
+    let url = store_url.to_string();
+    let mut store: Option<ordo_store::AnyStore> = None;
+    let reader: StatusReader = Box::new(move || {
+        let opened = match store.as_mut() {
+            Some(opened) => opened,
+            None => store.insert(
+                ordo_store::AnyStore::open(&url, false)
+                    .map_err(|e| ordo_store::ReadError::Unavailable(e.to_string()))?,
+            ),
+        };
+        let status = opened.status();
+        if status.is_err() {
+            store = None;
+        }
+        status
+    });
+    Ok(Endpoint {
+        listener,
+        telemetry: telemetry.clone(),
+        reader,
     })
 }

@@ -3,6 +3,51 @@
 
 use std::fmt;
 
+/// Buckets of [`ReorderDistances`]: bucket `i` holds distances up to `2^i`, the last one
+/// everything beyond.
+pub const REORDER_BUCKETS: usize = 12;
+const _: () = assert!(REORDER_BUCKETS >= 2 && REORDER_BUCKETS <= 64);
+
+/// How far ahead of their stream's next expected version events arrived (only events
+/// that arrived ahead of a gap): a histogram the metrics export, so that per-key
+/// reordering shows in dashboards, with how deep it goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReorderDistances {
+    /// Events per bucket (see [`REORDER_BUCKETS`]); not cumulative.
+    pub buckets: [u64; REORDER_BUCKETS],
+    /// The sum of all distances.
+    pub sum: u64,
+}
+
+impl ReorderDistances {
+    /// Counts one event `distance` versions ahead (at least 1).
+    pub fn record(&mut self, distance: u64) {
+        debug_assert!(distance >= 1, "an event ahead of a gap is at least 1 ahead");
+        // The smallest i with distance <= 2^i.
+        let bucket = (u64::BITS - distance.saturating_sub(1).leading_zeros()) as usize;
+        self.buckets[bucket.min(REORDER_BUCKETS - 1)] += 1;
+        self.sum = self.sum.saturating_add(distance);
+    }
+
+    /// Bucket `i`'s upper bound (`None`: the last, unbounded one).
+    pub fn upper_bound(bucket: usize) -> Option<u64> {
+        (bucket + 1 < REORDER_BUCKETS).then(|| 1u64 << bucket)
+    }
+
+    /// Events counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Adds another histogram's counts.
+    pub fn add(&mut self, other: &ReorderDistances) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+        self.sum = self.sum.saturating_add(other.sum);
+    }
+}
+
 /// Decision counts. Every delivered event lands in exactly one of `applied`, `duplicate`,
 /// `stale`, `dead_lettered` (or is still waiting); `buffered`, `parked`, `released`,
 /// `redirected` and `late_after_merge` count what happened on the way.
@@ -94,5 +139,27 @@ impl fmt::Display for Counters {
             write!(f, "{name}={value}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod reorder_tests {
+    use super::*;
+
+    #[test]
+    fn distances_land_in_power_of_two_buckets() {
+        let mut h = ReorderDistances::default();
+        for d in [1, 2, 3, 4, 5, 1024, 1025, u64::MAX] {
+            h.record(d);
+        }
+        assert_eq!(h.buckets[0], 1); // 1
+        assert_eq!(h.buckets[1], 1); // 2
+        assert_eq!(h.buckets[2], 2); // 3, 4
+        assert_eq!(h.buckets[3], 1); // 5
+        assert_eq!(h.buckets[10], 1); // 1024
+        assert_eq!(h.buckets[11], 2); // beyond
+        assert_eq!(h.count(), 8);
+        assert_eq!(ReorderDistances::upper_bound(10), Some(1024));
+        assert_eq!(ReorderDistances::upper_bound(11), None);
     }
 }

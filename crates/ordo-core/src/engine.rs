@@ -27,7 +27,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::checkpoint::{CheckpointTracker, SourcePosition};
-use crate::counters::Counters;
+use crate::counters::{Counters, ReorderDistances};
 use crate::dedupe::{id_hash, DedupeWindow};
 use crate::envelope::{parse_event, Dependency, Event, Op, OpPolicy, ParseError};
 use crate::limits::{
@@ -509,6 +509,8 @@ pub struct Engine {
     loads: VecDeque<Load>,
     /// Streams spilled and loads answered since this engine started (diagnostics).
     spill_totals: (u64, u64),
+    /// How far ahead of a gap events arrived since the last [`Self::take_reorder_distances`].
+    reorder_distances: ReorderDistances,
     /// Events put into slots so far (their `seq`).
     deliveries: u64,
     /// Source stream → the known merges that name it (see `merge_fence`).
@@ -566,6 +568,7 @@ impl Engine {
             held: FxHashMap::default(),
             loads: VecDeque::new(),
             spill_totals: (0, 0),
+            reorder_distances: ReorderDistances::default(),
             deliveries: 0,
             fences: FxHashMap::default(),
             fence_waiters: FxHashMap::default(),
@@ -883,6 +886,8 @@ impl Engine {
         // yet: the counters are a function of the deliveries alone, whatever the batching.
         if gap {
             self.counters.buffered += 1;
+            self.reorder_distances
+                .record(version - contiguous_through - 1);
         }
         let counted_parked = self.awaits_undelivered(&event);
         if counted_parked {
@@ -1615,6 +1620,11 @@ impl Engine {
             let a = self.intern(awaited);
             self.add_spilled_waiter(a, version);
         }
+    }
+
+    /// How far ahead of a gap events arrived since the last call (the metrics' histogram).
+    pub fn take_reorder_distances(&mut self) -> ReorderDistances {
+        std::mem::take(&mut self.reorder_distances)
     }
 
     /// Streams spilled and loads answered since this engine was created or restored.

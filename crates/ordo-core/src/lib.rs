@@ -15,7 +15,7 @@ pub mod limits;
 pub mod state;
 
 pub use checkpoint::SourcePosition;
-pub use counters::Counters;
+pub use counters::{Counters, ReorderDistances, REORDER_BUCKETS};
 pub use engine::{
     Action, Config, Decision, DecisionKind, Disposition, Engine, Notice, OperatorError, Outcome,
     ReplayOutcome, WaitingEvent, WaitsFor, Work,

@@ -183,6 +183,8 @@ pub struct Consumer<S: Store> {
     /// Deliveries queued to apply minus works finished (handlers only; a bound on how
     /// far the source is read ahead of slow handlers).
     handler_backlog: u64,
+    /// Where commit durations and reorder counts are reported (`--metrics`).
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl<S: Store> Consumer<S> {
@@ -222,7 +224,18 @@ impl<S: Store> Consumer<S> {
             actions_seen,
             retention: Retention::default(),
             handler_backlog: 0,
+            telemetry: None,
         })
+    }
+
+    /// Reports commit durations, conflicts and reorder counts to `telemetry`.
+    pub fn set_telemetry(&mut self, telemetry: Arc<crate::telemetry::Telemetry>) {
+        self.telemetry = Some(telemetry);
+    }
+
+    /// Where this consumer reports, if anywhere.
+    pub fn telemetry(&self) -> Option<&Arc<crate::telemetry::Telemetry>> {
+        self.telemetry.as_ref()
     }
 
     /// Sends every event to `pool`'s handler instead of applying the document
@@ -659,7 +672,14 @@ impl<S: Store> Consumer<S> {
             retention: self.retention,
             now_ms: self.clock.now_ms(),
         };
+        let started = std::time::Instant::now();
         self.store.commit(&self.source, batch)?;
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.committed(
+                started.elapsed().as_secs_f64(),
+                &self.engine.take_reorder_distances(),
+            );
+        }
 
         if self.uncommitted_events > 0 {
             self.last_delivery_commit = Some(std::time::Instant::now());

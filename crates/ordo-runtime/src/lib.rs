@@ -7,8 +7,11 @@ pub mod handlers;
 pub mod operator;
 pub mod run;
 pub mod source;
+pub mod telemetry;
 
 pub use consumer::{now_ms, Clock, ConsumeError, Consumer};
 pub use handlers::{apply_concurrently, HandlerReport};
-pub use run::{run, run_until_signal, RunEnd, RunError, RunLoop, RunOptions, RunReport};
+pub use run::{
+    run, run_serving, run_until_signal, RunEnd, RunError, RunLoop, RunOptions, RunReport,
+};
 pub use source::{FileSource, LogSource, Polled, Source, SourceError, SourceUrl};

@@ -208,6 +208,10 @@ impl RunLoop {
         }
         // Whatever a restart restored may be ready at once.
         consumer.apply_ready()?;
+        if let Some(telemetry) = consumer.telemetry() {
+            // A group member is ready once partitions are assigned.
+            telemetry.set_ready(!source.is_group());
+        }
         let now_ms = consumer.clock().now_ms();
         Ok(RunLoop {
             options: options.clone(),
@@ -252,6 +256,13 @@ impl RunLoop {
         source: &mut dyn Source,
         stop: bool,
     ) -> Result<Option<RunEnd>, RunError> {
+        if let Some(telemetry) = consumer.telemetry().cloned() {
+            telemetry.heartbeat();
+            if telemetry.lag_wanted() {
+                let ends = source.ends();
+                telemetry.measured_lag(&ends, &consumer.engine.checkpoints());
+            }
+        }
         let options = &self.options;
         let conflicts = &mut self.conflicts;
         if stop {
@@ -293,6 +304,10 @@ impl RunLoop {
         match polled {
             Polled::Revoked(partitions) => {
                 tracing::info!(?partitions, "partitions revoked");
+                if let Some(telemetry) = consumer.telemetry() {
+                    telemetry.rebalanced();
+                    telemetry.set_ready(false);
+                }
                 // Whatever was read is applied and committed before partitions change
                 // hands; a conflict drops the batch, which the next owner reads again.
                 // No handler call may still run once the next owner starts sending.
@@ -324,6 +339,10 @@ impl RunLoop {
                 source.committed(&consumer.engine.checkpoints());
                 source.complete_rebalance(&consumer.engine.checkpoints())?;
                 consumer.apply_ready()?;
+                if let Some(telemetry) = consumer.telemetry() {
+                    telemetry.rebalanced();
+                    telemetry.set_ready(!partitions.is_empty());
+                }
                 return Ok(None);
             }
             Polled::Nothing => {}
@@ -331,6 +350,9 @@ impl RunLoop {
                 // The batch arrived at one moment: one reading of each clock for all of it.
                 let received = Instant::now();
                 let received_ms = consumer.clock().now_ms();
+                if let Some(telemetry) = consumer.telemetry() {
+                    telemetry.delivered(events.len() as u64);
+                }
                 if !events.is_empty() {
                     self.oldest_uncommitted_ms.get_or_insert(received_ms);
                     self.first_delivery.get_or_insert(received);
@@ -344,7 +366,12 @@ impl RunLoop {
                     }
                 }
             }
-            Polled::Idle => drained = true,
+            Polled::Idle => {
+                drained = true;
+                if let Some(telemetry) = consumer.telemetry() {
+                    telemetry.caught_up();
+                }
+            }
             Polled::Finished => {
                 drained = true;
                 finished = true;
@@ -479,6 +506,9 @@ fn commit<S: Store>(
             Ok(true)
         }
         Err(ConsumeError::Commit(CommitError::Conflict(detail))) => {
+            if let Some(telemetry) = consumer.telemetry() {
+                telemetry.conflicted();
+            }
             conflicts.in_a_row += 1;
             conflicts.total += 1;
             if conflicts.in_a_row > CONFLICTS_IN_A_ROW_MAX {
@@ -505,9 +535,20 @@ fn commit<S: Store>(
 /// Runs [`run`] on tokio's blocking pool and stops it gracefully on SIGINT or SIGTERM:
 /// the current batch is applied and committed, then the run returns.
 pub fn run_until_signal<S: Store + Send + 'static>(
+    consumer: Consumer<S>,
+    source: Box<dyn Source>,
+    options: RunOptions,
+) -> Result<(RunReport, Consumer<S>), RunError> {
+    run_serving(consumer, source, options, None)
+}
+
+/// [`run_until_signal`], serving `endpoint` (`/metrics`, `/healthz`, `/readyz`) beside
+/// the loop while it runs.
+pub fn run_serving<S: Store + Send + 'static>(
     mut consumer: Consumer<S>,
     mut source: Box<dyn Source>,
     options: RunOptions,
+    endpoint: Option<crate::telemetry::Endpoint>,
 ) -> Result<(RunReport, Consumer<S>), RunError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -526,12 +567,16 @@ pub fn run_until_signal<S: Store + Send + 'static>(
             }
             signal_stop.store(true, Ordering::SeqCst);
         });
+        let served = endpoint.map(|endpoint| tokio::spawn(crate::telemetry::serve(endpoint)));
         let work = tokio::task::spawn_blocking(move || {
             let report = run(&mut consumer, source.as_mut(), &options, &stop);
             report.map(|r| (r, consumer))
         });
         let result = work.await.expect("the run loop does not panic");
         signals.abort();
+        if let Some(served) = served {
+            served.abort();
+        }
         result
     })
 }

@@ -145,6 +145,12 @@ pub trait Source: Send {
         false
     }
 
+    /// Where each partition this process reads ends now, for the lag metrics (empty when
+    /// the source cannot say: a file has no end to catch up with).
+    fn ends(&mut self) -> Vec<crate::telemetry::PartitionEnd> {
+        Vec::new()
+    }
+
     /// Reads again from these checkpoints: a commit was refused because another process
     /// sharing the store got there first, so the uncommitted deliveries are read again
     /// against the state the store holds now.
@@ -258,6 +264,20 @@ impl LogSource {
 }
 
 impl Source for LogSource {
+    fn ends(&mut self) -> Vec<crate::telemetry::PartitionEnd> {
+        match self.log.last_position() {
+            Ok(last) => vec![crate::telemetry::PartitionEnd {
+                partition: 0,
+                caught_up_at: last,
+                events: last,
+            }],
+            Err(error) => {
+                tracing::warn!(%error, "the event log's end cannot be read");
+                Vec::new()
+            }
+        }
+    }
+
     fn resume(&mut self, checkpoints: &[(u32, u64)]) {
         self.after = checkpoints
             .iter()

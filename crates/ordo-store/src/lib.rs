@@ -15,6 +15,7 @@ mod pg;
 mod rows;
 pub mod sharing;
 mod sqlite;
+pub mod status;
 mod url;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub use pg::{
     PostgresStore, DEAD_LETTER_ID_BLOCK, POSTGRES_SCHEMA_VERSION, RECONNECT_ATTEMPTS_MAX,
 };
 pub use sqlite::{FaultStage, SqliteStore, SCHEMA_VERSION};
+pub use status::StoreStatus;
 pub use url::StoreUrl;
 
 /// The SQLite client a transactional handler writes through (the version ordo uses).
@@ -192,6 +194,14 @@ pub enum AnyStore {
 }
 
 impl AnyStore {
+    /// What `ordo status` and the metrics show (see [`status`]).
+    pub fn status(&mut self) -> Result<StoreStatus, ReadError> {
+        match self {
+            AnyStore::Sqlite(store) => store.status(),
+            AnyStore::Postgres(store) => store.status(),
+        }
+    }
+
     /// Opens the store a URL names; `create` for verbs that may create a SQLite file.
     pub fn open(url: &str, create: bool) -> Result<Self, OpenError> {
         match StoreUrl::parse(url)? {

@@ -80,7 +80,8 @@ CREATE TABLE IF NOT EXISTS streams (
     stream TEXT PRIMARY KEY, applied BIGINT NOT NULL, alias_target TEXT, alias_cut BIGINT);
 CREATE TABLE IF NOT EXISTS pending (
     stream TEXT NOT NULL, version BIGINT NOT NULL, state TEXT NOT NULL, event TEXT,
-    partition BIGINT, awaits_stream TEXT, awaits_version BIGINT, PRIMARY KEY (stream, version));
+    partition BIGINT, awaits_stream TEXT, awaits_version BIGINT, since_ms BIGINT,
+    PRIMARY KEY (stream, version));
 CREATE TABLE IF NOT EXISTS dead_letters (
     id BIGINT PRIMARY KEY, kind TEXT NOT NULL, stream TEXT, version BIGINT, event_id TEXT,
     body TEXT NOT NULL, reason TEXT NOT NULL, partition BIGINT, \"offset\" BIGINT,
@@ -90,7 +91,7 @@ CREATE TABLE IF NOT EXISTS dedupe_blocks (
     hashes BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     source TEXT NOT NULL, partition BIGINT NOT NULL, \"offset\" BIGINT NOT NULL,
-    PRIMARY KEY (source, partition));
+    committed_ms BIGINT, PRIMARY KEY (source, partition));
 CREATE TABLE IF NOT EXISTS claims (
     source TEXT NOT NULL, partition BIGINT NOT NULL, member TEXT NOT NULL,
     epoch BIGINT NOT NULL, PRIMARY KEY (source, partition));
@@ -234,6 +235,82 @@ fn connect(url: &str, schema: Option<&str>) -> Result<Client, postgres::Error> {
         client.batch_execute(&format!("SET search_path TO {schema}"))?;
     }
     Ok(client)
+}
+
+impl PostgresStore {
+    /// What `ordo status` and the metrics show (see [`crate::status`]).
+    pub fn status(&mut self) -> Result<crate::StoreStatus, ReadError> {
+        let counters = self.counters()?;
+        let rows = self.retrying(|store| status_rows(&mut store.client))?;
+        Ok(crate::StoreStatus::from_rows(crate::status::StatusRows {
+            counters,
+            ..rows
+        }))
+    }
+}
+
+/// The status rows, in one read-only transaction (one consistent view).
+fn status_rows(client: &mut Client) -> Result<crate::status::StatusRows, postgres::Error> {
+    let opt = |v: Option<i64>| v.map(|v| v as u64);
+    let mut transaction = client
+        .build_transaction()
+        .read_only(true)
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()?;
+    let mut rows = crate::status::StatusRows::default();
+    for row in transaction.query(
+        "SELECT source, partition, \"offset\", committed_ms FROM checkpoints
+         ORDER BY source, partition",
+        &[],
+    )? {
+        rows.positions.push(crate::status::Position {
+            source: row.get(0),
+            partition: row.get::<_, i64>(1) as u32,
+            offset: row.get::<_, i64>(2) as u64,
+            committed_ms: opt(row.get(3)),
+        });
+    }
+    for row in transaction.query(
+        "SELECT state, COUNT(*), MIN(since_ms) FROM pending GROUP BY state",
+        &[],
+    )? {
+        rows.pending
+            .push((row.get(0), row.get::<_, i64>(1) as u64, opt(row.get(2))));
+    }
+    let row = transaction.query_one("SELECT COUNT(*), MIN(at_ms) FROM dead_letters", &[])?;
+    rows.dead_letters = (row.get::<_, i64>(0) as u64, opt(row.get(1)));
+    for row in transaction.query(crate::status::LONGEST_WAITING_SQL, &[])? {
+        let stream: String = row.get(0);
+        let head_version = row.get::<_, i64>(3);
+        let head_awaits = transaction
+            .query_opt(
+                "SELECT awaits_stream, awaits_version FROM pending
+                 WHERE stream = $1 AND version = $2 AND state = 'parked'",
+                &[&stream, &head_version],
+            )?
+            .and_then(|r| r.get::<_, Option<String>>(0).zip(opt(r.get(1))));
+        let applied = transaction
+            .query_opt("SELECT applied FROM streams WHERE stream = $1", &[&stream])?
+            .map_or(0, |r| r.get::<_, i64>(0) as u64);
+        let dead_letter = transaction
+            .query_one(
+                "SELECT MIN(id) FROM dead_letters WHERE stream = $1 AND version = $2",
+                &[&stream, &(applied as i64 + 1)],
+            )?
+            .get::<_, Option<i64>>(0)
+            .map(|id| id as u64);
+        rows.streams.push(crate::status::StreamRows {
+            events: row.get::<_, i64>(1) as u64,
+            since_ms: opt(row.get(2)),
+            head_version: head_version as u64,
+            head_awaits,
+            applied,
+            dead_letter,
+            stream,
+        });
+    }
+    transaction.commit()?;
+    Ok(rows)
 }
 
 impl PostgresStore {
@@ -644,9 +721,10 @@ impl PostgresStore {
                 .collect();
             transaction.execute(
                 "INSERT INTO pending
-                 (stream, version, state, event, partition, awaits_stream, awaits_version)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[],
-                     $5::bigint[], $6::text[], $7::bigint[])
+                 (stream, version, state, event, partition, awaits_stream, awaits_version,
+                  since_ms)
+                 SELECT u.*, $8::bigint FROM UNNEST($1::text[], $2::bigint[], $3::text[],
+                     $4::text[], $5::bigint[], $6::text[], $7::bigint[]) AS u
                  ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state,
                  event = excluded.event, partition = excluded.partition,
                  awaits_stream = excluded.awaits_stream, awaits_version = excluded.awaits_version",
@@ -658,6 +736,8 @@ impl PostgresStore {
                     &partitions,
                     &awaits_streams,
                     &awaits_versions,
+                    // Wall time, kept by a later rewrite of the row: how long it waits.
+                    &(crate::sqlite::now_ms() as i64),
                 ],
             )?;
         }
@@ -708,9 +788,16 @@ impl PostgresStore {
         )?;
         for (partition, offset) in &changes.checkpoints {
             transaction.execute(
-                "INSERT INTO checkpoints (source, partition, \"offset\") VALUES ($1, $2, $3)
-                 ON CONFLICT (source, partition) DO UPDATE SET \"offset\" = excluded.\"offset\"",
-                &[&source, &i64::from(*partition), &(*offset as i64)],
+                "INSERT INTO checkpoints (source, partition, \"offset\", committed_ms)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (source, partition) DO UPDATE SET \"offset\" = excluded.\"offset\",
+                 committed_ms = excluded.committed_ms",
+                &[
+                    &source,
+                    &i64::from(*partition),
+                    &(*offset as i64),
+                    &(crate::sqlite::now_ms() as i64),
+                ],
             )?;
         }
         // Counters: add what this process counted since it last read or wrote them.
@@ -915,6 +1002,22 @@ fn migrate(client: &mut Client) -> Result<(), MigrateError> {
     transaction.batch_execute(SCHEMA)?;
     if found == Some(1) {
         transaction.batch_execute(MIGRATE_1_TO_2)?;
+    }
+    // Within version 2 (older builds ignore them): since when an event waits, and when a
+    // position was recorded (`ordo status`). Altered only when missing: an ALTER locks
+    // the table even when it changes nothing.
+    for (table, column) in [("pending", "since_ms"), ("checkpoints", "committed_ms")] {
+        let present = transaction
+            .query_opt(
+                "SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2",
+                &[&table, &column],
+            )?
+            .is_some();
+        if !present {
+            transaction
+                .batch_execute(&format!("ALTER TABLE {table} ADD COLUMN {column} BIGINT"))?;
+        }
     }
     transaction.batch_execute(
         "CREATE INDEX IF NOT EXISTS pending_awaits ON pending (awaits_stream, awaits_version)",

@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS streams (
     stream TEXT PRIMARY KEY, applied INTEGER NOT NULL, alias_target TEXT, alias_cut INTEGER);
 CREATE TABLE IF NOT EXISTS pending (
     stream TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, event TEXT,
-    partition INTEGER, awaits_stream TEXT, awaits_version INTEGER,
+    partition INTEGER, awaits_stream TEXT, awaits_version INTEGER, since_ms INTEGER,
     PRIMARY KEY (stream, version));
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, stream TEXT, version INTEGER, event_id TEXT,
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS dedupe_blocks (
     first_sequence INTEGER PRIMARY KEY, last_sequence INTEGER NOT NULL, hashes BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     source TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
-    PRIMARY KEY (source, partition));
+    committed_ms INTEGER, PRIMARY KEY (source, partition));
 CREATE TABLE IF NOT EXISTS outbox (
     position INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, body TEXT NOT NULL,
     published INTEGER NOT NULL DEFAULT 0);
@@ -217,23 +217,27 @@ impl SqliteStore {
             .map_err(database)?;
         transaction.execute_batch(SCHEMA).map_err(database)?;
         // Version 1 -> 2: waiting events remember their partition (consumer groups) and
-        // what a parked one waits for (spilled parked streams are found by it).
-        for (column, kind) in [
-            ("partition", "INTEGER"),
-            ("awaits_stream", "TEXT"),
-            ("awaits_version", "INTEGER"),
+        // what a parked one waits for (spilled parked streams are found by it). Later,
+        // within version 2 (older builds ignore them): since when an event waits, and
+        // when a position was recorded (`ordo status`).
+        for (table, column, kind) in [
+            ("pending", "partition", "INTEGER"),
+            ("pending", "awaits_stream", "TEXT"),
+            ("pending", "awaits_version", "INTEGER"),
+            ("pending", "since_ms", "INTEGER"),
+            ("checkpoints", "committed_ms", "INTEGER"),
         ] {
             let present: bool = transaction
                 .query_row(
-                    "SELECT COUNT(*) FROM pragma_table_info('pending') WHERE name = ?1",
-                    [column],
+                    "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+                    [table, column],
                     |row| row.get::<_, i64>(0),
                 )
                 .map_err(database)?
                 > 0;
             if !present {
                 transaction
-                    .execute_batch(&format!("ALTER TABLE pending ADD COLUMN {column} {kind}"))
+                    .execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
                     .map_err(database)?;
             }
         }
@@ -250,6 +254,86 @@ impl SqliteStore {
             )
             .map_err(database)?;
         transaction.commit().map_err(database)
+    }
+
+    /// What `ordo status` and the metrics show (see [`crate::status`]).
+    pub fn status(&mut self) -> Result<crate::StoreStatus, ReadError> {
+        let mut rows = crate::status::StatusRows {
+            counters: self.counters()?,
+            ..Default::default()
+        };
+        let opt = |v: Option<i64>| v.map(|v| v as u64);
+        let connection = &self.connection;
+        let mut statement = connection.prepare(
+            "SELECT source, partition, offset, committed_ms FROM checkpoints
+             ORDER BY source, partition",
+        )?;
+        rows.positions = statement
+            .query_map([], |row| {
+                Ok(crate::status::Position {
+                    source: row.get(0)?,
+                    partition: row.get::<_, i64>(1)? as u32,
+                    offset: row.get::<_, i64>(2)? as u64,
+                    committed_ms: opt(row.get(3)?),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut statement = connection
+            .prepare("SELECT state, COUNT(*), MIN(since_ms) FROM pending GROUP BY state")?;
+        rows.pending = statement
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, opt(row.get(2)?)))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.dead_letters =
+            connection.query_row("SELECT COUNT(*), MIN(at_ms) FROM dead_letters", [], |row| {
+                Ok((row.get::<_, i64>(0)? as u64, opt(row.get(1)?)))
+            })?;
+        let mut statement = connection.prepare(crate::status::LONGEST_WAITING_SQL)?;
+        let streams: Vec<(String, u64, Option<u64>, u64)> = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get::<_, i64>(1)? as u64,
+                    opt(row.get(2)?),
+                    row.get::<_, i64>(3)? as u64,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (stream, events, since_ms, head_version) in streams {
+            let head_awaits = connection
+                .query_row(
+                    "SELECT awaits_stream, awaits_version FROM pending
+                     WHERE stream = ?1 AND version = ?2 AND state = 'parked'",
+                    params![stream, head_version as i64],
+                    |row| Ok((row.get::<_, Option<String>>(0)?, opt(row.get(1)?))),
+                )
+                .optional()?
+                .and_then(|(s, v)| s.zip(v));
+            let applied = opt(connection
+                .query_row(
+                    "SELECT applied FROM streams WHERE stream = ?1",
+                    [&stream],
+                    |row| row.get(0),
+                )
+                .optional()?)
+            .unwrap_or(0);
+            let dead_letter = opt(connection.query_row(
+                "SELECT MIN(id) FROM dead_letters WHERE stream = ?1 AND version = ?2",
+                params![stream, applied as i64 + 1],
+                |row| row.get(0),
+            )?);
+            rows.streams.push(crate::status::StreamRows {
+                stream,
+                events,
+                since_ms,
+                head_version,
+                head_awaits,
+                applied,
+                dead_letter,
+            });
+        }
+        Ok(crate::StoreStatus::from_rows(rows))
     }
 
     /// Reads and decodes every waiting row (what a restore that loads everything would
@@ -564,11 +648,19 @@ fn write_changes(
     let changes = &batch.changes;
     let write_checkpoints = |transaction: &Connection| -> Result<(), rusqlite::Error> {
         let mut statement = transaction.prepare_cached(
-            "INSERT INTO checkpoints (source, partition, offset) VALUES (?1, ?2, ?3)
-             ON CONFLICT (source, partition) DO UPDATE SET offset = excluded.offset",
+            "INSERT INTO checkpoints (source, partition, offset, committed_ms)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (source, partition) DO UPDATE SET offset = excluded.offset,
+             committed_ms = excluded.committed_ms",
         )?;
+        let committed_ms = now_ms() as i64;
         for (partition, offset) in &changes.checkpoints {
-            statement.execute(params![source, *partition as i64, *offset as i64])?;
+            statement.execute(params![
+                source,
+                *partition as i64,
+                *offset as i64,
+                committed_ms
+            ])?;
         }
         Ok(())
     };
@@ -615,12 +707,15 @@ fn write_changes(
         }
         let mut put = transaction.prepare_cached(
             "INSERT INTO pending
-             (stream, version, state, event, partition, awaits_stream, awaits_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             (stream, version, state, event, partition, awaits_stream, awaits_version, since_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state,
              event = excluded.event, partition = excluded.partition,
              awaits_stream = excluded.awaits_stream, awaits_version = excluded.awaits_version",
         )?;
+        // Wall time, kept by a later rewrite of the row (the conflict clause leaves it):
+        // how long the event has waited, for `ordo status` and the metrics.
+        let since_ms = now_ms() as i64;
         for record in &changes.pending_put {
             let state = rows::pending_state_name(record.state);
             let event = record.event.as_ref().map(|e| e.to_json_string());
@@ -631,7 +726,8 @@ fn write_changes(
                 event,
                 record.partition.map(i64::from),
                 record.awaits.as_ref().map(|(s, _)| &**s),
-                record.awaits.as_ref().map(|(_, v)| *v as i64)
+                record.awaits.as_ref().map(|(_, v)| *v as i64),
+                since_ms
             ])?;
         }
     }

@@ -90,7 +90,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// How the pool calls a handler.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct HandlerOptions {
     /// Handler calls at once across streams.
     pub concurrency: usize,
@@ -102,6 +102,8 @@ pub struct HandlerOptions {
     pub backoff_initial_ms: u64,
     /// Longest pause between two calls.
     pub backoff_max_ms: u64,
+    /// Where call latency, retries and stuck calls are reported (`--metrics`).
+    pub telemetry: Option<std::sync::Arc<crate::telemetry::HandlerTelemetry>>,
 }
 
 impl Default for HandlerOptions {
@@ -112,6 +114,7 @@ impl Default for HandlerOptions {
             attempts: HANDLER_ATTEMPTS_DEFAULT,
             backoff_initial_ms: BACKOFF_INITIAL_MS_DEFAULT,
             backoff_max_ms: BACKOFF_MAX_MS_DEFAULT,
+            telemetry: None,
         }
     }
 }

@@ -249,10 +249,19 @@ async fn call_until_settled(
                 _ = abandoned.wait_for(|abandon| *abandon) => return (work, None),
             };
             let call = CatchUnwind(handler.handle_boxed(Call::new(&work, attempt)));
-            match tokio::time::timeout(timeout, call).await {
+            let started = std::time::Instant::now();
+            if let Some(telemetry) = &options.telemetry {
+                telemetry.call_started();
+            }
+            let answer = match tokio::time::timeout(timeout, call).await {
                 Ok(answer) => answer,
                 Err(_) => Answer::retry(format!("no answer within {} ms", options.timeout_ms)),
+            };
+            if let Some(telemetry) = &options.telemetry {
+                let retried = matches!(answer, Answer::Retry { .. });
+                telemetry.call_ended(started.elapsed().as_secs_f64(), retried);
             }
+            answer
         };
         let (reason, after_ms) = match answer {
             Answer::Applied => return (work, Some(Outcome::Applied)),

@@ -1,0 +1,487 @@
+//! What a running consumer shows to the outside: Prometheus metrics and the two health
+//! answers (`/healthz`: the loop is alive; `/readyz`: it can do its job).
+//!
+//! Two kinds of values, kept apart on purpose:
+//! - what the store says (counters, waiting events, dead letters, their ages) is read at
+//!   scrape time through a second store connection ([`StatusReader`]), so that the
+//!   metrics agree with `--json`, `ordo status` and `parked list`, and the loop pays
+//!   nothing for them;
+//! - what only this process knows (commit durations, handler latency, the reorder
+//!   histogram, rebalances, lag) is kept in atomics the loop updates as it goes, at most
+//!   once per commit or per handler answer, never per event.
+//!
+//! No label ever holds a stream name (unbounded cardinality): partitions and decisions
+//! only.
+
+mod endpoint;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ordo_core::{Counters, ReorderDistances, REORDER_BUCKETS};
+use ordo_store::{ReadError, StoreStatus};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+pub use endpoint::{serve, Endpoint};
+
+use crate::consumer::now_ms;
+
+/// Default for how long the loop may go without a step, or handler calls without an
+/// answer, before `/healthz` turns red.
+pub const STUCK_MS_DEFAULT: u64 = 60_000;
+
+/// How long a scrape waits for the loop to measure the source's lag before it answers
+/// with the last measurement.
+pub const LAG_WAIT_MS: u64 = 500;
+
+/// Reads a store's status for a scrape (a connection of its own, never the loop's).
+pub type StatusReader = Box<dyn FnMut() -> Result<StoreStatus, ReadError> + Send>;
+
+/// A partition's end, as the source sees it: the checkpoint a consumer that has read
+/// everything would have, and how many events it holds in all (the lag of a consumer
+/// that has read nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionEnd {
+    /// The partition.
+    pub partition: u32,
+    /// The checkpoint when caught up.
+    pub caught_up_at: u64,
+    /// Events in the partition in all (from its first retained one).
+    pub events: u64,
+}
+
+type PartitionLabels = [(&'static str, u32); 1];
+type DecisionLabels = [(&'static str, &'static str); 1];
+
+/// The metrics and health of one running consumer. Shared (`Arc`) between the run loop,
+/// the handler pool and the HTTP endpoint.
+#[derive(Debug)]
+pub struct Telemetry {
+    stuck_ms: u64,
+    heartbeat_ms: AtomicU64,
+    ready: AtomicBool,
+    last_commit_ms: AtomicU64,
+    lag_wanted: AtomicBool,
+    lag_generation: AtomicU64,
+    caught_up_ms: Mutex<Vec<(u32, u64)>>,
+    events: Family<DecisionLabels, Counter>,
+    deliveries: Counter,
+    parked_events: Gauge,
+    stalled_streams: Gauge,
+    dead_letters: Gauge,
+    oldest_parked_age: Gauge<f64, AtomicU64>,
+    oldest_dead_letter_age: Gauge<f64, AtomicU64>,
+    last_commit_timestamp: Gauge<f64, AtomicU64>,
+    heartbeat_age: Gauge<f64, AtomicU64>,
+    lag_events: Family<PartitionLabels, Gauge>,
+    lag_seconds: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
+    commit_duration: Histogram,
+    commit_conflicts: Counter,
+    rebalances: Counter,
+    reorder: Arc<ReorderHistogram>,
+    handlers: Arc<HandlerTelemetry>,
+}
+
+/// What the handler pool reports: call latency, retries, and whether calls are stuck.
+#[derive(Debug)]
+pub struct HandlerTelemetry {
+    latency: Histogram,
+    retries: Counter,
+    calling: Gauge,
+    /// When a call last ended (answered or timed out), or calls started with none out.
+    progress_ms: AtomicU64,
+}
+
+impl Default for HandlerTelemetry {
+    fn default() -> Self {
+        HandlerTelemetry {
+            latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            retries: Counter::default(),
+            calling: Gauge::default(),
+            progress_ms: AtomicU64::new(now_ms()),
+        }
+    }
+}
+
+impl HandlerTelemetry {
+    /// A call attempt starts.
+    pub fn call_started(&self) {
+        if self.calling.inc() == 0 {
+            // Nothing was out: the stuck clock starts now, not at the last answer.
+            self.progress_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// A call attempt ended after `seconds` (an answer, or the timeout).
+    pub fn call_ended(&self, seconds: f64, retried: bool) {
+        self.calling.dec();
+        self.latency.observe(seconds);
+        if retried {
+            self.retries.inc();
+        }
+        self.progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long calls have been out with none ending (0 when none is out).
+    fn stuck_for_ms(&self, now_ms: u64) -> u64 {
+        if self.calling.get() <= 0 {
+            return 0;
+        }
+        now_ms.saturating_sub(self.progress_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The reorder-distance histogram, fed by the engine's counts at each commit (one lock
+/// per commit, not one observation per event).
+#[derive(Debug, Default)]
+struct ReorderHistogram(Mutex<ReorderDistances>);
+
+impl TypedMetric for ReorderHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ReorderHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = *self.0.lock().expect("reorder histogram");
+        let buckets: Vec<(f64, u64)> = (0..REORDER_BUCKETS)
+            .map(|i| {
+                let bound = ReorderDistances::upper_bound(i).map_or(f64::MAX, |b| b as f64);
+                (bound, h.buckets[i])
+            })
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(h.sum as f64, h.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Health as `/healthz` answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// The loop steps and handler calls end.
+    Alive,
+    /// Something is stuck; the text says what.
+    Stuck(String),
+}
+
+impl Telemetry {
+    /// Telemetry whose health turns red after `stuck_ms` without progress.
+    pub fn new(stuck_ms: u64) -> Arc<Self> {
+        assert!(stuck_ms > 0, "a zero stuck bound would always be red");
+        let now = now_ms();
+        Arc::new(Telemetry {
+            stuck_ms,
+            heartbeat_ms: AtomicU64::new(now),
+            ready: AtomicBool::new(false),
+            last_commit_ms: AtomicU64::new(0),
+            lag_wanted: AtomicBool::new(false),
+            lag_generation: AtomicU64::new(0),
+            caught_up_ms: Mutex::new(Vec::new()),
+            events: Family::default(),
+            deliveries: Counter::default(),
+            parked_events: Gauge::default(),
+            stalled_streams: Gauge::default(),
+            dead_letters: Gauge::default(),
+            oldest_parked_age: Gauge::default(),
+            oldest_dead_letter_age: Gauge::default(),
+            last_commit_timestamp: Gauge::default(),
+            heartbeat_age: Gauge::default(),
+            lag_events: Family::default(),
+            lag_seconds: Family::default(),
+            commit_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            commit_conflicts: Counter::default(),
+            rebalances: Counter::default(),
+            reorder: Arc::default(),
+            handlers: Arc::default(),
+        })
+    }
+
+    /// What the handler pool reports into.
+    pub fn handlers(&self) -> Arc<HandlerTelemetry> {
+        self.handlers.clone()
+    }
+
+    /// The loop stepped (called once per step: one atomic store).
+    pub fn heartbeat(&self) {
+        self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the consumer can do its job: started, and (in a group) assigned partitions.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Deliveries read.
+    pub fn delivered(&self, count: u64) {
+        self.deliveries.inc_by(count);
+    }
+
+    /// A commit landed after `seconds`, with the engine's reorder counts since the last.
+    pub fn committed(&self, seconds: f64, reorder: &ReorderDistances) {
+        self.commit_duration.observe(seconds);
+        self.last_commit_ms.store(now_ms(), Ordering::Relaxed);
+        if reorder.count() > 0 {
+            self.reorder
+                .0
+                .lock()
+                .expect("reorder histogram")
+                .add(reorder);
+        }
+    }
+
+    /// A commit was refused (another process sharing the store got there first).
+    pub fn conflicted(&self) {
+        self.commit_conflicts.inc();
+    }
+
+    /// Partitions were assigned or revoked.
+    pub fn rebalanced(&self) {
+        self.rebalances.inc();
+    }
+
+    /// Whether a scrape asked for the lag (the loop measures it at its next step).
+    pub fn lag_wanted(&self) -> bool {
+        self.lag_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// The source's ends against the consumer's positions. A partition's lag in seconds is
+    /// how long it has been behind: since it was last seen caught up (0 when it is).
+    pub fn measured_lag(&self, ends: &[PartitionEnd], positions: &[(u32, u64)]) {
+        let now = now_ms();
+        let mut caught_up = self.caught_up_ms.lock().expect("caught-up times");
+        self.lag_events.clear();
+        self.lag_seconds.clear();
+        for end in ends {
+            let lag = match positions.iter().find(|(p, _)| *p == end.partition) {
+                Some(&(_, at)) => end.caught_up_at.saturating_sub(at),
+                None => end.events,
+            };
+            let since = match caught_up.iter_mut().find(|(p, _)| *p == end.partition) {
+                Some(entry) => entry,
+                None => {
+                    caught_up.push((end.partition, now));
+                    caught_up.last_mut().expect("just pushed")
+                }
+            };
+            if lag == 0 {
+                since.1 = now;
+            }
+            let labels = [("partition", end.partition)];
+            self.lag_events.get_or_create(&labels).set(lag as i64);
+            let seconds = now.saturating_sub(since.1) as f64 / 1000.0;
+            self.lag_seconds.get_or_create(&labels).set(seconds);
+        }
+        self.lag_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The source said it is caught up: every partition is.
+    pub fn caught_up(&self) {
+        let now = now_ms();
+        for entry in self
+            .caught_up_ms
+            .lock()
+            .expect("caught-up times")
+            .iter_mut()
+        {
+            entry.1 = now;
+        }
+    }
+
+    /// Health now.
+    pub fn health(&self) -> Health {
+        let now = now_ms();
+        let idle_ms = now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed));
+        if idle_ms > self.stuck_ms {
+            return Health::Stuck(format!(
+                "the run loop has not stepped for {idle_ms} ms (a blocked store or source)"
+            ));
+        }
+        let stuck_ms = self.handlers.stuck_for_ms(now);
+        if stuck_ms > self.stuck_ms {
+            return Health::Stuck(format!(
+                "{} handler calls are out and none has ended for {stuck_ms} ms",
+                self.handlers.calling.get()
+            ));
+        }
+        Health::Alive
+    }
+
+    /// Whether the loop said it is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Sets what the store says (a scrape just read it).
+    fn set_status(&self, status: &StoreStatus) {
+        let now = now_ms();
+        set_counters(&self.events, &status.counters);
+        self.parked_events.set(status.waiting() as i64);
+        self.stalled_streams.set(status.counters.stalled as i64);
+        self.dead_letters.set(status.dead_letters as i64);
+        let age = |at: Option<u64>| at.map_or(0.0, |at| now.saturating_sub(at) as f64 / 1000.0);
+        self.oldest_parked_age.set(age(status.oldest_waiting_ms));
+        self.oldest_dead_letter_age
+            .set(age(status.oldest_dead_letter_ms));
+        // This process's own last commit; before it made one, the store's.
+        let last_ms = match self.last_commit_ms.load(Ordering::Relaxed) {
+            0 => status.last_commit_ms().unwrap_or(0),
+            ms => ms,
+        };
+        self.last_commit_timestamp.set(last_ms as f64 / 1000.0);
+    }
+
+    /// The Prometheus registry, built once per scrape (cheap: handles are shared).
+    fn registry(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register(
+            "ordo_events",
+            "Delivered events by the decision taken (the run counters; same as --json)",
+            self.events.clone(),
+        );
+        r.register(
+            "ordo_deliveries",
+            "Deliveries read by this process",
+            self.deliveries.clone(),
+        );
+        r.register(
+            "ordo_parked_events",
+            "Events waiting on a gap or a dependency (what `parked list` shows)",
+            self.parked_events.clone(),
+        );
+        r.register(
+            "ordo_stalled_streams",
+            "Streams stalled on a gap older than the gap timeout",
+            self.stalled_streams.clone(),
+        );
+        r.register(
+            "ordo_dead_letters",
+            "Entries in the dead-letter queue",
+            self.dead_letters.clone(),
+        );
+        r.register(
+            "ordo_oldest_parked_age_seconds",
+            "Age of the oldest waiting event (0: none)",
+            self.oldest_parked_age.clone(),
+        );
+        r.register(
+            "ordo_oldest_dead_letter_age_seconds",
+            "Age of the oldest dead letter (0: none)",
+            self.oldest_dead_letter_age.clone(),
+        );
+        r.register(
+            "ordo_last_commit_timestamp_seconds",
+            "When the last commit landed (Unix time)",
+            self.last_commit_timestamp.clone(),
+        );
+        r.register(
+            "ordo_loop_heartbeat_age_seconds",
+            "Time since the run loop last stepped",
+            self.heartbeat_age.clone(),
+        );
+        r.register(
+            "ordo_source_lag_events",
+            "Events in the source beyond this consumer's position, per partition",
+            self.lag_events.clone(),
+        );
+        r.register(
+            "ordo_source_lag_seconds",
+            "How long each partition has been behind (0: caught up)",
+            self.lag_seconds.clone(),
+        );
+        r.register(
+            "ordo_commit_duration_seconds",
+            "Time one commit transaction took",
+            self.commit_duration.clone(),
+        );
+        r.register(
+            "ordo_commit_conflicts",
+            "Commits refused because another process sharing the store got there first",
+            self.commit_conflicts.clone(),
+        );
+        r.register(
+            "ordo_rebalances",
+            "Partition assignments and revocations",
+            self.rebalances.clone(),
+        );
+        r.register(
+            "ordo_reorder_distance",
+            "How many versions ahead of its stream's next one an event arrived (events that arrived ahead of a gap)",
+            ArcMetric(self.reorder.clone()),
+        );
+        r.register(
+            "ordo_handler_latency_seconds",
+            "Time one handler call took (answer or timeout)",
+            self.handlers.latency.clone(),
+        );
+        r.register(
+            "ordo_handler_retries",
+            "Handler calls answered retryable or timed out",
+            self.handlers.retries.clone(),
+        );
+        r.register(
+            "ordo_handler_calls_in_flight",
+            "Handler calls out now",
+            self.handlers.calling.clone(),
+        );
+        r
+    }
+
+    /// The metrics as Prometheus text, after reading the store through `reader`.
+    pub fn encode(&self, status: Option<&StoreStatus>) -> String {
+        if let Some(status) = status {
+            self.set_status(status);
+        }
+        let now = now_ms();
+        let heartbeat = self.heartbeat_ms.load(Ordering::Relaxed);
+        self.heartbeat_age
+            .set(now.saturating_sub(heartbeat) as f64 / 1000.0);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry())
+            .expect("writing to a String does not fail");
+        text
+    }
+
+    /// Asks the loop for a lag measurement and waits for it (at most [`LAG_WAIT_MS`]).
+    async fn refresh_lag(&self) {
+        let before = self.lag_generation.load(Ordering::Acquire);
+        self.lag_wanted.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(LAG_WAIT_MS);
+        while self.lag_generation.load(Ordering::Acquire) == before
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn set_counters(family: &Family<DecisionLabels, Counter>, counters: &Counters) {
+    for (name, value) in counters.fields() {
+        // Absolute: the store's counters are the source of truth (and the same as --json).
+        family
+            .get_or_create(&[("decision", name)])
+            .inner()
+            .store(value, Ordering::Relaxed);
+    }
+}
+
+/// A shared metric registered by handle.
+#[derive(Debug)]
+struct ArcMetric(Arc<ReorderHistogram>);
+
+impl EncodeMetric for ArcMetric {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        ReorderHistogram::TYPE
+    }
+}

@@ -1,0 +1,138 @@
+//! The HTTP endpoint beside the run loop: `/metrics`, `/healthz` and `/readyz`. It runs on
+//! the tokio runtime that waits for signals (the loop itself runs on the blocking pool),
+//! so a stuck loop cannot stop it from saying so.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+
+use super::{Health, StatusReader, Telemetry};
+
+/// Where the endpoint listens and what it reads.
+pub struct Endpoint {
+    /// Bound by the caller (so a taken port is a startup error, not a log line).
+    pub listener: std::net::TcpListener,
+    /// The telemetry the loop updates.
+    pub telemetry: Arc<Telemetry>,
+    /// The store's status, through a connection of the endpoint's own.
+    pub reader: StatusReader,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("listener", &self.listener)
+            .finish()
+    }
+}
+
+/// What the endpoint shares between requests.
+struct Shared {
+    telemetry: Arc<Telemetry>,
+    reader: Mutex<StatusReader>,
+}
+
+/// Serves the endpoint until the task is dropped.
+pub async fn serve(endpoint: Endpoint) {
+    let Endpoint {
+        listener,
+        telemetry,
+        reader,
+    } = endpoint;
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+    {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "the metrics endpoint cannot listen");
+            return;
+        }
+    };
+    let shared = Arc::new(Shared {
+        telemetry,
+        reader: Mutex::new(reader),
+    });
+    loop {
+        let Ok((socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<_>| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(answer(&shared, request.uri().path()).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(shared: &Arc<Shared>, path: &str) -> Response<Full<Bytes>> {
+    match path {
+        "/metrics" => {
+            shared.telemetry.refresh_lag().await;
+            let status = read_status(shared).await;
+            let text = shared.telemetry.encode(status.as_ref().ok());
+            if let Err(error) = &status {
+                tracing::warn!(%error, "metrics: the store's status could not be read");
+            }
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        "/healthz" => match shared.telemetry.health() {
+            Health::Alive => plain(StatusCode::OK, "ok".into()),
+            Health::Stuck(why) => plain(StatusCode::SERVICE_UNAVAILABLE, why),
+        },
+        "/readyz" => {
+            if let Health::Stuck(why) = shared.telemetry.health() {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, why);
+            }
+            if !shared.telemetry.is_ready() {
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: starting, or no partition assigned".into(),
+                );
+            }
+            match read_status(shared).await {
+                Ok(_) => plain(StatusCode::OK, "ready".into()),
+                Err(error) => plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the store cannot be read: {error}"),
+                ),
+            }
+        }
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            "not found (try /metrics, /healthz or /readyz)".into(),
+        ),
+    }
+}
+
+/// The store's status, read on the blocking pool (SQLite and PostgreSQL clients block).
+async fn read_status(shared: &Arc<Shared>) -> Result<ordo_store::StoreStatus, String> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut reader = shared.reader.lock().map_err(|_| "a reader panicked")?;
+        (reader)().map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(text + "\n")));
+    *response.status_mut() = status;
+    response
+}
