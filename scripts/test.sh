@@ -12,13 +12,15 @@ if ! command -v tansu >/dev/null 2>&1; then
   cargo install tansu --version 0.6.0 --features dynostore
 fi
 
-# The handler tests run a Python handler (examples/handler.py) and make TLS certificates.
+# The handler tests run a Python handler (examples/handler.py) and make TLS certificates;
+# the observability tests check docs/alerts.yml with promtool (Debian's prometheus).
 missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing ${missing[*]}"
-  apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 echo "== cargo fmt --check"

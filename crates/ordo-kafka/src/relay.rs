@@ -67,7 +67,7 @@ impl ProducerContext for DeliveryCounter {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
         if let Err((error, _)) = result {
-            eprintln!("ordo relay: delivery failed: {error}");
+            tracing::error!("relay: delivery failed: {error}");
             self.failed.fetch_add(1, Ordering::SeqCst);
         }
     }

@@ -248,7 +248,7 @@ impl Source for KafkaSource {
                 }
                 Some(Err(error)) => {
                     // librdkafka retries transport errors itself; report and go on.
-                    eprintln!("ordo: kafka: {error}");
+                    tracing::warn!("kafka: {error}");
                     if events.is_empty() && Instant::now() >= deadline {
                         break;
                     }

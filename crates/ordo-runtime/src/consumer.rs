@@ -529,8 +529,10 @@ impl<S: Store> Consumer<S> {
     /// Whether anything read or applied since the last commit (or rebuild) waits for a
     /// commit. Works can apply without any delivery: released by another member's
     /// progress, or found ready by a rebuild; they must reach the store all the same.
+    /// So must a notice with no event behind it (a gap that stalled while nothing
+    /// arrived): its journal entry and the counter it moved.
     pub fn has_uncommitted(&self) -> bool {
-        self.uncommitted_events > 0 || self.uncommitted_works > 0
+        self.uncommitted_events > 0 || self.uncommitted_works > 0 || !self.journal.is_empty()
     }
 
     /// Applies everything the engine has ready.
@@ -773,37 +775,37 @@ impl<S: Store> Consumer<S> {
                     stream,
                     missing,
                     waiting,
-                } => eprintln!(
-                    "ordo: stalled: `{stream}` is missing version {missing} (version {waiting} waits); once it is known lost: ordo parked skip --store STORE --stream {stream} --version {missing} --reason TEXT"
+                } => tracing::warn!(
+                    "stalled: `{stream}` is missing version {missing} (version {waiting} waits); once it is known lost: ordo parked skip --store STORE --stream {stream} --version {missing} --reason TEXT"
                 ),
                 Notice::DeadLettered {
                     id, stream, reason, ..
-                } => eprintln!(
-                    "ordo: dead letter {id}{}: {reason}",
+                } => tracing::warn!(
+                    "dead letter {id}{}: {reason}",
                     stream.map(|s| format!(" (stream `{s}`)")).unwrap_or_default()
                 ),
                 Notice::Released {
                     stream,
                     version,
                     waited_ms,
-                } => eprintln!(
-                    "ordo: released: `{stream}` version {version} went on after waiting {} s for its dependency",
+                } => tracing::info!(
+                    "released: `{stream}` version {version} went on after waiting {} s for its dependency",
                     waited_ms / 1000
                 ),
                 Notice::Stale {
                     stream,
                     version,
                     id,
-                } => eprintln!(
-                    "ordo: stale: `{id}` claims `{stream}` version {version}, which another event holds; skipped"
+                } => tracing::warn!(
+                    "stale: `{id}` claims `{stream}` version {version}, which another event holds; skipped"
                 ),
                 Notice::LateAfterMerge {
                     stream,
                     version,
                     target,
                     redirected,
-                } => eprintln!(
-                    "ordo: late after merge: `{stream}` version {version} {} `{target}`",
+                } => tracing::info!(
+                    "late after merge: `{stream}` version {version} {} `{target}`",
                     if redirected {
                         "applied to"
                     } else {

@@ -443,8 +443,8 @@ impl RunLoop {
             self.last_progress_ms = now_ms;
             let elapsed_ms = now_ms.saturating_sub(self.started_ms).max(1);
             let rate = self.delivered as f64 * 1000.0 / elapsed_ms as f64;
-            eprintln!(
-                "ordo: {} delivered ({rate:.0}/s), {} applied, {} commits",
+            tracing::info!(
+                "{} delivered ({rate:.0}/s), {} applied, {} commits",
                 self.delivered,
                 consumer.counters().applied,
                 self.commits
@@ -518,7 +518,7 @@ fn commit<S: Store>(
                 });
             }
             if consumer.verbose {
-                eprintln!("ordo: commit conflict ({detail}); rebuilding from the store and reading the batch again");
+                tracing::warn!("commit conflict ({detail}); rebuilding from the store and reading the batch again");
             }
             consumer.reload()?;
             consumer.record_conflict(&detail.to_string());

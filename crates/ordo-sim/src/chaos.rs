@@ -310,7 +310,7 @@ impl Trace {
             self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
         }
         if std::env::var_os("ORDO_CHAOS_FULL_TRACE").is_some() {
-            eprintln!("TRACE {line}");
+            tracing::info!("TRACE {line}");
         }
         if self.tail.len() == TRACE_TAIL_LINES {
             self.tail.pop_front();

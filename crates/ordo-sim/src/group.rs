@@ -486,7 +486,7 @@ impl Simulation {
                 (self.report.trace_hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
         }
         if self.full_trace {
-            eprintln!("{line}");
+            tracing::info!("{line}");
         }
         if self.trace.len() == TRACE_TAIL_LINES {
             self.trace.pop_front();

@@ -426,8 +426,8 @@ impl PostgresStore {
                 redact(&self.url)
             ));
         }
-        eprintln!(
-            "ordo: lost the connection to {}{during} ({error}); reconnecting (attempt {attempt} of {RECONNECT_ATTEMPTS_MAX})",
+        tracing::warn!(
+            "lost the connection to {}{during} ({error}); reconnecting (attempt {attempt} of {RECONNECT_ATTEMPTS_MAX})",
             redact(&self.url),
         );
         std::thread::sleep(Duration::from_millis(*pause_ms));
