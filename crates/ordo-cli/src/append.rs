@@ -12,13 +12,16 @@ use crate::cli::AppendArgs;
 const APPEND_BATCH_LINES: usize = 10_000;
 
 pub fn run(args: AppendArgs) -> anyhow::Result<ExitCode> {
-    let mut log = EventLog::open(&args.log, true)?;
+    // The input first: a mistyped file name must not leave an empty log behind.
     let input: Box<dyn Read> = match &args.file {
         Some(path) => {
             Box::new(std::fs::File::open(path).with_context(|| format!("cannot read `{path}`"))?)
         }
         None => Box::new(std::io::stdin()),
     };
+    // `--log log:PATH` is what `run --source` is given for the same log: take it as well.
+    let path = args.log.strip_prefix("log:").unwrap_or(&args.log);
+    let mut log = EventLog::open(path, true)?;
     let mut reader = BufReader::new(input);
     let mut batch: Vec<String> = Vec::with_capacity(APPEND_BATCH_LINES);
     let mut appended = 0u64;

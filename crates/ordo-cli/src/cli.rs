@@ -11,17 +11,41 @@ pub struct Cli {
     pub command: Command,
 }
 
+const APPEND_HELP: &str = "Examples:
+  ordo append --log events.db events.jsonl
+  cat events.jsonl | ordo append --log events.db
+
+Events are JSON lines, for example:
+  {\"id\":\"e1\",\"stream\":\"account-1\",\"version\":1,\"type\":\"Opened\",\"op\":\"set\",\"data\":{\"balance\":0}}
+  {\"id\":\"e2\",\"stream\":\"account-1\",\"version\":2,\"type\":\"Deposited\",\"op\":\"incr\",\"data\":{\"balance\":100}}";
+
+const RUN_HELP: &str = "Examples:
+  ordo run --source file:events.jsonl --store sqlite:state.db --exit-when-idle --json
+  ordo run --source log:events.db --store sqlite:state.db --metrics 9464
+  ordo run --source log:events.db --store sqlite:state.db --handler http://127.0.0.1:8080/events
+  ordo run --source 'kafka://127.0.0.1:9092/orders?group=inventory' --store postgres://ordo@127.0.0.1:5432/ordo
+
+Events are JSON lines, for example:
+  {\"id\":\"e1\",\"stream\":\"account-1\",\"version\":1,\"type\":\"Opened\",\"op\":\"set\",\"data\":{\"balance\":0}}
+  {\"id\":\"p1\",\"stream\":\"product-1\",\"version\":1,\"type\":\"ProductAdded\",\"op\":\"set\",\"data\":{\"name\":\"lamp\"},\"after\":[{\"stream\":\"category-1\",\"version\":1}]}";
+
 /// The verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the field scenarios through injected disorder on the embedded log and SQLite,
     /// and check them against the in-order oracle.
+    #[command(
+        after_help = "Examples:\n  ordo demo\n  ordo demo --keep /tmp/ordo-demo   (keeps the logs and stores to look at)"
+    )]
     Demo(DemoArgs),
     /// Consume a source into a store.
+    #[command(after_help = RUN_HELP)]
     Run(RunArgs),
     /// Append JSONL events to the embedded event log, as given.
+    #[command(after_help = APPEND_HELP)]
     Append(AppendArgs),
     /// Print every stream's state as JSONL, sorted by stream.
+    #[command(after_help = "Example:\n  ordo export --store sqlite:state.db | jq .")]
     Export(StoreArgs),
     /// The dead-letter queue.
     Dlq {
@@ -37,17 +61,30 @@ pub enum Command {
     },
     /// The durable journal: late-after-merge, stalls, dead letters, conflicts, operator
     /// actions (who, when, why), newest last.
+    #[command(
+        after_help = "Examples:\n  ordo notices --store sqlite:state.db --since 2h\n  ordo notices --store sqlite:state.db --kind stalled --json"
+    )]
     Notices(NoticesArgs),
     /// One screen: counters, positions and lag, waiting events and dead letters with
     /// their oldest ages, the longest-waiting streams and what each waits for.
-    ///
-    /// Example: ordo status --store sqlite:ordo.db
+    #[command(
+        after_help = "Examples:\n  ordo status --store sqlite:state.db\n  ordo status --store postgres://ordo@127.0.0.1:5432/ordo --json"
+    )]
     Status(StatusArgs),
     /// Publish the store's outbox to Kafka, keyed by stream, in order.
+    #[command(
+        after_help = "Example:\n  ordo relay --store sqlite:app.db --to kafka://127.0.0.1:9092/events"
+    )]
     Relay(RelayArgs),
     /// Deterministic disorder simulation against the in-order oracle.
+    #[command(
+        after_help = "Examples:\n  ordo chaos --seeds 300\n  ordo chaos --scenario merges --seed 17   (one seed, with its trace)"
+    )]
     Chaos(ChaosArgs),
     /// Run the performance suite; every figure is a ratio against a same-run baseline.
+    #[command(
+        after_help = "Examples:\n  ordo bench --quick\n  ordo bench --json --plot slow_handlers.svg"
+    )]
     Bench(BenchArgs),
 }
 
@@ -89,6 +126,10 @@ pub struct NoticesArgs {
 /// `ordo demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// Keep the demo's event logs and stores in DIR (created; must be empty) to look at
+    /// with `ordo status`, `export`, `notices`, `dlq list`.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<std::path::PathBuf>,
     /// Events per scenario.
     #[arg(long, default_value_t = 4000)]
     pub events: usize,
@@ -103,16 +144,19 @@ pub struct DemoArgs {
 /// Engine settings shared by the verbs that consume.
 #[derive(Debug, Args, Clone)]
 pub struct EngineArgs {
-    /// Report a stream stalled when a gap stays open this long.
+    /// Report a stream stalled when a gap stays open this long [default: 30000, or what
+    /// the store recorded].
     #[arg(long, value_name = "MS")]
     pub gap_timeout_ms: Option<u64>,
     /// Streams whose name starts with PREFIX use monotonic versions (repeatable).
     #[arg(long, value_name = "PREFIX")]
     pub monotonic: Vec<String>,
-    /// How many event ids the dedupe window remembers.
+    /// How many event ids the dedupe window remembers [default: 1048576, or what the
+    /// store recorded].
     #[arg(long, value_name = "IDS")]
     pub dedupe_window: Option<usize>,
-    /// Most events one stream may hold waiting before further ones are dead-lettered.
+    /// Most events one stream may hold waiting before further ones are dead-lettered
+    /// [default: 4096, or what the store recorded].
     #[arg(long, value_name = "EVENTS")]
     pub stream_pending_max: Option<usize>,
 }
@@ -135,10 +179,13 @@ pub struct RunArgs {
     /// Exit 1 when the dead-letter queue is not empty at the end.
     #[arg(long)]
     pub fail_on_dead_letters: bool,
-    /// Deliveries per commit at most.
+    /// Exit 1 when a stream is stalled at the end (a version that never came).
+    #[arg(long)]
+    pub fail_on_stalled: bool,
+    /// Deliveries per commit at most [default: 32768].
     #[arg(long, value_name = "EVENTS")]
     pub batch: Option<usize>,
-    /// Longest time a delivery waits for its commit.
+    /// Longest time a delivery waits for its commit [default: 50].
     #[arg(long, value_name = "MS")]
     pub commit_interval_ms: Option<u64>,
     /// Print progress to stderr every few seconds.
@@ -225,10 +272,17 @@ pub struct StoreArgs {
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// List dead letters with their reasons.
+    #[command(after_help = "Example:\n  ordo dlq list --store sqlite:state.db")]
     List(ListArgs),
     /// Put dead letters back in their streams (rate-limited, version-guarded).
+    #[command(
+        after_help = "Examples:\n  ordo dlq replay --store sqlite:state.db --id 3 --reason \"handler fixed\"\n  ordo dlq replay --store sqlite:state.db --rate 20/s\n  ordo dlq replay --store sqlite:state.db --id 1 --body fixed.json --reason \"amount sent as text\""
+    )]
     Replay(ReplayArgs),
     /// Pass over dead letters so their streams go on.
+    #[command(
+        after_help = "Example:\n  ordo dlq skip --store sqlite:state.db --id 3 --reason \"refund issued by hand\""
+    )]
     Skip(SkipArgs),
 }
 
@@ -308,8 +362,14 @@ pub struct SkipArgs {
 #[derive(Debug, Subcommand)]
 pub enum ParkedCommand {
     /// List waiting events and what each waits for, after a summary by what is awaited.
+    #[command(
+        after_help = "Examples:\n  ordo parked list --store sqlite:state.db\n  ordo parked list --store sqlite:state.db --stream account-2 --json"
+    )]
     List(ParkedListArgs),
     /// Pass over a missing version known lost, so that the events behind it go on.
+    #[command(
+        after_help = "Example:\n  ordo parked skip --store sqlite:state.db --stream account-2 --version 2 --reason \"lost in the outage\""
+    )]
     Skip(ParkedSkipArgs),
 }
 
@@ -389,4 +449,50 @@ pub struct RelayArgs {
     /// Outbox rows per batch.
     #[arg(long, default_value_t = ordo_kafka::relay::RELAY_BATCH_DEFAULT)]
     pub batch: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The defaults `--help` states in words are the ones the code uses.
+    #[test]
+    fn stated_defaults_are_the_real_ones() {
+        let mut cli = super::Cli::command();
+        let help = cli
+            .find_subcommand_mut("run")
+            .expect("run")
+            .render_long_help()
+            .to_string();
+        for (flag, default) in [
+            (
+                "--gap-timeout-ms",
+                ordo_core::limits::GAP_TIMEOUT_MS_DEFAULT.to_string(),
+            ),
+            (
+                "--dedupe-window",
+                ordo_core::limits::DEDUPE_WINDOW_IDS_DEFAULT.to_string(),
+            ),
+            (
+                "--stream-pending-max",
+                ordo_core::limits::STREAM_PENDING_EVENTS_DEFAULT.to_string(),
+            ),
+            (
+                "--batch",
+                ordo_runtime::run::COMMIT_EVENTS_MAX_DEFAULT.to_string(),
+            ),
+            (
+                "--commit-interval-ms",
+                ordo_runtime::run::COMMIT_INTERVAL_MS_DEFAULT.to_string(),
+            ),
+        ] {
+            let at = help.find(flag).unwrap_or_else(|| panic!("{flag} in help"));
+            let text: String = help[at..].split("\n\n").next().unwrap().into();
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                text.contains(&format!("[default: {default}")),
+                "{flag}: {text}"
+            );
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! `ordo demo`: the field scenarios through injected disorder on the embedded event log
 //! and the SQLite store, with a crash half-way, checked against the in-order oracle, with
-//! a naive consumer for contrast.
+//! a naive consumer for contrast; then an on-call scenario fixed by operator actions.
+
+mod operations;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,14 +22,55 @@ use crate::cli::DemoArgs;
 /// Deliveries per commit in the demo: small, so the crash loses a real batch.
 const DEMO_BATCH_EVENTS: usize = 256;
 
-/// A scratch directory removed when dropped.
-struct Scratch(PathBuf);
+/// Where the demo's logs and stores go: a scratch directory removed when dropped, or the
+/// `--keep` directory, left for the user to look at.
+struct Scratch {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Scratch {
+    fn new(keep: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let Some(dir) = keep else {
+            let dir = std::env::temp_dir().join(format!("ordo-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).context("creating a scratch directory")?;
+            return Ok(Scratch { dir, keep: false });
+        };
+        if dir.exists() {
+            // Logs are appended to, stores resumed: a second demo in one directory would
+            // not be the demo.
+            let empty = std::fs::read_dir(dir)
+                .with_context(|| format!("--keep {}", dir.display()))?
+                .next()
+                .is_none();
+            anyhow::ensure!(
+                empty,
+                "--keep {}: the directory must be empty or missing",
+                dir.display()
+            );
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("--keep {}", dir.display()))?;
+        Ok(Scratch {
+            dir: dir.to_path_buf(),
+            keep: true,
+        })
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
+
+/// How to read the merge counters, which look alike and are not.
+const MERGE_COUNTERS_LEGEND: &str =
+    "reading the merge counters: `late after merge` counts events produced for an entity after it
+was merged away (a producer still holding the old id); `redirected` counts those ordo applied to
+the merge target. They differ when a late event was delivered before the merge itself: it is
+applied to its source and folded into the target by the merge (counted late, not redirected).";
 
 struct Outcome {
     deliveries: usize,
@@ -45,8 +88,8 @@ fn run_scenario(
 ) -> anyhow::Result<(usize, Outcome)> {
     let history = scenario.history(args.seed, args.events);
     let deliveries = scenario.deliveries(args.seed, &history);
-    let log_path = scratch.0.join(format!("{}-log.db", scenario.name()));
-    let store_path = scratch.0.join(format!("{}-state.db", scenario.name()));
+    let log_path = scratch.dir.join(format!("{}-log.db", scenario.name()));
+    let store_path = scratch.dir.join(format!("{}-state.db", scenario.name()));
     let log_path = log_path
         .to_str()
         .context("scratch path is UTF-8")?
@@ -106,8 +149,7 @@ fn run_scenario(
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let scratch = Scratch(std::env::temp_dir().join(format!("ordo-demo-{}", std::process::id())));
-    std::fs::create_dir_all(&scratch.0).context("creating a scratch directory")?;
+    let scratch = Scratch::new(args.keep.as_deref())?;
     let mut all_converged = true;
     let mut reports = Vec::new();
     for scenario in Scenario::ALL {
@@ -165,19 +207,37 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "counters": outcome.counters.to_json(),
         }));
     }
+    let on_call = operations::run(&scratch.dir)?;
+    all_converged &= on_call.wrong.is_empty();
+    reports.push(operations::to_json(&on_call));
     if args.json {
         outln!(
             "{}",
             json!({"converged": all_converged, "scenarios": reports})
         );
-    } else if all_converged {
+        return Ok(exit_code(all_converged));
+    }
+    operations::print(&on_call);
+    outln!("{MERGE_COUNTERS_LEGEND}\n");
+    if scratch.keep {
+        outln!(
+            "kept: each scenario's event log and store in {} (try `ordo status --store sqlite:{}/operations-state.db`)\n",
+            scratch.dir.display(),
+            scratch.dir.display()
+        );
+    }
+    if all_converged {
         outln!("converged: every scenario matches the in-order oracle");
     } else {
         outln!("NOT converged: see the scenarios above");
     }
-    Ok(if all_converged {
+    Ok(exit_code(all_converged))
+}
+
+fn exit_code(converged: bool) -> ExitCode {
+    if converged {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    }
 }

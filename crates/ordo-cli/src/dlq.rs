@@ -11,7 +11,7 @@ use ordo_store::{ActionState, OperatorAction, Store};
 use serde_json::json;
 
 use crate::cli::{ListArgs, ParkedListArgs, ParkedSkipArgs, ReplayArgs, SkipArgs};
-use crate::settings::{engine_config, open_store};
+use crate::settings::{engine_config, open_read_only, open_store};
 
 /// The checkpoint key operator verbs use: they deliver nothing, so they write none.
 const OPERATOR_SOURCE: &str = "ordo:operator";
@@ -32,7 +32,7 @@ fn entry_json(entry: &DeadLetter) -> serde_json::Value {
 }
 
 pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let mut store = open_store(&args.store, false)?;
+    let mut store = open_read_only(&args.store)?;
     let entries = store.dead_letters()?;
     if args.json {
         for entry in &entries {
@@ -333,7 +333,7 @@ fn awaited(waits_for: &WaitsFor) -> String {
 }
 
 pub fn parked(args: ParkedListArgs) -> anyhow::Result<ExitCode> {
-    let mut store = open_store(&args.store, false)?;
+    let mut store = open_read_only(&args.store)?;
     let (config, _) = operator_config(
         &crate::cli::EngineArgs {
             gap_timeout_ms: None,

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use ordo_store::Store;
 
 use crate::cli::StoreArgs;
-use crate::settings::open_store;
+use crate::settings::open_read_only;
 
 pub fn run(args: StoreArgs) -> anyhow::Result<ExitCode> {
-    let mut store = open_store(&args.store, false)?;
+    let mut store = open_read_only(&args.store)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for row in store.export()? {

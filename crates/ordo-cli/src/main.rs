@@ -77,11 +77,22 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(error) if broken_pipe(&error) => ExitCode::from(141),
         Err(error) => {
             eprintln!("ordo: error: {error:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether the output's reader went away (`ordo export | head`): a quiet end, as
+/// [`outln!`] makes it, with the shell's code for SIGPIPE.
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Library events (`tracing`) on stderr, as human lines or (`json`) one JSON object per

@@ -8,7 +8,7 @@ use ordo_store::journal::{JournalEntry, JournalFilter, JOURNAL_KINDS};
 use serde_json::json;
 
 use crate::cli::NoticesArgs;
-use crate::settings::open_store;
+use crate::settings::open_read_only;
 
 /// `--since T`: `90s`, `15m`, `2h`, `3d` back from now, or ms since the epoch.
 fn since_ms(text: &str, now_ms: u64) -> anyhow::Result<u64> {
@@ -113,7 +113,7 @@ pub fn run(args: NoticesArgs) -> anyhow::Result<ExitCode> {
             .transpose()?,
         limit: args.limit,
     };
-    let mut store = open_store(&args.store, false)?;
+    let mut store = open_read_only(&args.store)?;
     let entries = store.journal(&filter)?;
     if args.json {
         for entry in &entries {

@@ -16,6 +16,7 @@ const FAULT_VARIABLE: &str = "ORDO_FAULT_COMMIT";
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let source_url = SourceUrl::parse(&args.source)?;
+    let mut created = CreatedStore::new(&args.store);
     let mut store = open_store(&args.store, true)?;
     // A Kafka consumer group shares one store among its members, and the group gives
     // each partition to one member; other sources have exactly one writer.
@@ -113,6 +114,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(interval) = args.commit_interval_ms {
         options.commit_interval_ms = interval;
     }
+    // From here on the store holds what the run did, whatever becomes of it.
+    created.keep();
     let (report, mut consumer) = match run_serving(consumer, source, options, endpoint) {
         Ok(done) => done,
         Err(error) => {
@@ -141,11 +144,78 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             consumer.notices_suppressed()
         );
     }
-    Ok(if args.fail_on_dead_letters && dead_letters > 0 {
+    let status = consumer.store().status()?;
+    print_still_waiting(&status, &args.store);
+    let failed = (args.fail_on_dead_letters && dead_letters > 0)
+        || (args.fail_on_stalled && status.counters.stalled > 0);
+    Ok(if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What is still stuck at the end of a run, by stream, so that nobody has to guess
+/// from the counters.
+fn print_still_waiting(status: &ordo_store::StoreStatus, store_url: &str) {
+    if status.waiting() == 0 && status.counters.stalled == 0 {
+        return;
+    }
+    eprintln!(
+        "ordo: still waiting: {} events ({} behind a gap or a dead letter, {} on another stream); {} streams stalled",
+        status.waiting(),
+        status.buffered,
+        status.parked,
+        status.counters.stalled
+    );
+    for stream in &status.longest_waiting {
+        eprintln!(
+            "ordo:   {}: {} events wait for {}",
+            stream.stream, stream.events, stream.blocker
+        );
+    }
+    let listed = status.longest_waiting.len() as u64;
+    let streams_more = if listed == ordo_store::status::LONGEST_WAITING_MAX as u64 {
+        " (the longest-waiting streams only)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "ordo: see `ordo status --store {}`{streams_more} and `ordo parked list`",
+        ordo_store::redact(store_url)
+    );
+}
+
+/// A SQLite store file this `run` is about to create: removed again (with its WAL files)
+/// when the run fails before consuming anything (a mistyped source, a taken port), so a
+/// failed first try leaves no empty store behind.
+struct CreatedStore(Option<std::path::PathBuf>);
+
+impl CreatedStore {
+    fn new(store_url: &str) -> Self {
+        let path = match ordo_store::StoreUrl::parse(store_url) {
+            Ok(ordo_store::StoreUrl::Sqlite(path)) => std::path::PathBuf::from(path),
+            _ => return CreatedStore(None),
+        };
+        CreatedStore((!path.exists()).then_some(path))
+    }
+
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CreatedStore {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = path.clone().into_os_string();
+                file.push(suffix);
+                // Best effort: what cannot be removed was never ours to begin with.
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
 }
 
 /// Binds the metrics endpoint: a bare port (or `:PORT`) means loopback.
@@ -172,7 +242,7 @@ fn endpoint(
         let opened = match store.as_mut() {
             Some(opened) => opened,
             None => store.insert(
-                ordo_store::AnyStore::open(&url, false)
+                ordo_store::AnyStore::open_read_only(&url)
                     .map_err(|e| ordo_store::ReadError::Unavailable(e.to_string()))?,
             ),
         };

@@ -15,6 +15,12 @@ pub fn open_store(url: &str, create: bool) -> anyhow::Result<AnyStore> {
     Ok(AnyStore::open(url, create)?)
 }
 
+/// Opens an existing store for reading only (verbs that only read: they never create or
+/// upgrade a store, and work on one they may not write).
+pub fn open_read_only(url: &str) -> anyhow::Result<AnyStore> {
+    Ok(AnyStore::open_read_only(url)?)
+}
+
 /// Opens a SQLite store (verbs that need SQLite-only features, such as the outbox).
 pub fn open_sqlite(url: &str, create: bool) -> anyhow::Result<SqliteStore> {
     match StoreUrl::parse(url)? {

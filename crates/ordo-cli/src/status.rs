@@ -10,10 +10,10 @@ use ordo_store::StoreStatus;
 use serde_json::Value;
 
 use crate::cli::StatusArgs;
-use crate::settings::open_store;
+use crate::settings::open_read_only;
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let mut store = open_store(&args.store, false)?;
+    let mut store = open_read_only(&args.store)?;
     let status = store.status()?;
     let now = now_ms();
     let lags: Vec<Option<u64>> = status.positions.iter().map(lag).collect();
@@ -34,7 +34,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
 /// Events beyond the position, when the source can be read from here (the embedded log).
 fn lag(position: &Position) -> Option<u64> {
     let path = position.source.strip_prefix("log:")?;
-    let mut log = ordo_log::EventLog::open(path, false).ok()?;
+    let mut log = ordo_log::EventLog::open_read_only(path).ok()?;
     Some(log.last_position().ok()?.saturating_sub(position.offset))
 }
 

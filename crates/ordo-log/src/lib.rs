@@ -170,6 +170,37 @@ impl fmt::Debug for EventLog {
 }
 
 impl EventLog {
+    /// Opens an existing log for reading only: nothing is created or written (`ordo
+    /// status` measuring lag beside a running appender).
+    pub fn open_read_only(path: &str) -> Result<Self, LogError> {
+        let file = Path::new(path);
+        if !file.exists() {
+            return Err(LogError::Missing(path.into()));
+        }
+        // As for a store (ordo_store's SqliteStore::open_read_only): with no -wal file no
+        // writer has the log open, and it is read as it stands, creating nothing.
+        let connection = if Path::new(&format!("{path}-wal")).exists() {
+            Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)?
+        } else {
+            let uri = format!(
+                "file:{}?immutable=1",
+                path.replace('%', "%25")
+                    .replace('?', "%3f")
+                    .replace('#', "%23")
+            );
+            Connection::open_with_flags(
+                uri,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+            )?
+        };
+        connection.busy_timeout(Duration::from_secs(5))?;
+        Ok(EventLog {
+            connection,
+            signal: signal_for(file),
+            path: path.into(),
+        })
+    }
+
     /// Opens the log at `path`, creating it when `create` is set.
     pub fn open(path: &str, create: bool) -> Result<Self, LogError> {
         let file = Path::new(path);

@@ -78,10 +78,20 @@ pub enum SourceError {
 impl fmt::Display for SourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SourceError::BadUrl(url) => write!(
-                f,
-                "unsupported source URL `{url}` (expected file:PATH, log:PATH or kafka://HOST:PORT/TOPIC?group=G)"
-            ),
+            SourceError::BadUrl(url) => {
+                write!(
+                    f,
+                    "unsupported source URL `{url}` (expected file:PATH, log:PATH or kafka://HOST:PORT/TOPIC?group=G)"
+                )?;
+                if !url.contains(':') {
+                    // The usual first try: a bare file name.
+                    write!(
+                        f,
+                        "; for a JSONL file, say `file:{url}`; for an event log made by `ordo append`, `log:{url}`"
+                    )?;
+                }
+                Ok(())
+            }
             SourceError::File { path, detail } => write!(f, "cannot read `{path}`: {detail}"),
             SourceError::Log(error) => error.fmt(f),
             SourceError::Unsupported(what) => write!(f, "{what}"),

@@ -31,6 +31,12 @@ pub enum OpenError {
         /// Its process id.
         pid: u32,
     },
+    /// A read-only open found a store an older ordo wrote: reading it needs the
+    /// upgrade a writing verb makes, and a read-only verb never writes.
+    OlderSchema {
+        /// What is missing, in words.
+        missing: String,
+    },
     /// Any other database error.
     Database(String),
 }
@@ -38,11 +44,23 @@ pub enum OpenError {
 impl fmt::Display for OpenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            OpenError::BadUrl(url) => write!(
-                f,
-                "unsupported store URL `{url}` (expected sqlite:PATH or postgres://...)"
-            ),
+            OpenError::BadUrl(url) => {
+                write!(
+                    f,
+                    "unsupported store URL `{url}` (expected sqlite:PATH or postgres://...)"
+                )?;
+                if !url.contains(':') {
+                    // The usual first try: a bare file name.
+                    write!(f, "; for a SQLite file, say `sqlite:{url}`")?;
+                }
+                Ok(())
+            }
             OpenError::Missing(path) => write!(f, "store `{path}` does not exist"),
+            OpenError::OlderSchema { missing } => write!(
+                f,
+                "the store was written by an older ordo ({missing}); `ordo run` upgrades it \
+                 (read-only verbs never write)"
+            ),
             OpenError::NotWritable { path, detail } => {
                 write!(f, "store `{path}` cannot be opened for writing: {detail}")
             }

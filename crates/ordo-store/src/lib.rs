@@ -31,7 +31,7 @@ pub use pg::{
 };
 pub use sqlite::{FaultStage, SqliteStore, SCHEMA_VERSION};
 pub use status::StoreStatus;
-pub use url::StoreUrl;
+pub use url::{redact, StoreUrl};
 
 /// The SQLite client a transactional handler writes through (the version ordo uses).
 pub use rusqlite;
@@ -207,6 +207,17 @@ impl AnyStore {
         match StoreUrl::parse(url)? {
             StoreUrl::Sqlite(path) => Ok(AnyStore::Sqlite(SqliteStore::open(&path, create)?)),
             StoreUrl::Postgres(url) => Ok(AnyStore::Postgres(Box::new(PostgresStore::open(&url)?))),
+        }
+    }
+
+    /// Opens an existing store for reading only: nothing is created, upgraded or written
+    /// (`status`, `export`, `dlq list`, `parked list`, `notices`, the metrics endpoint).
+    pub fn open_read_only(url: &str) -> Result<Self, OpenError> {
+        match StoreUrl::parse(url)? {
+            StoreUrl::Sqlite(path) => Ok(AnyStore::Sqlite(SqliteStore::open_read_only(&path)?)),
+            StoreUrl::Postgres(url) => Ok(AnyStore::Postgres(Box::new(
+                PostgresStore::open_read_only(&url)?,
+            ))),
         }
     }
 

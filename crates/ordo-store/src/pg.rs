@@ -37,7 +37,7 @@ use ordo_core::{
 use ordo_projection::Document;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, NoTls};
+use postgres::{Client, GenericClient, NoTls};
 
 use crate::error::{CommitError, OpenError, ReadError};
 use crate::rows::{self, corrupt};
@@ -212,6 +212,8 @@ pub struct PostgresStore {
     /// Whether a transactional handler's batch transaction is open on `client` (the next
     /// commit ends it; a lost connection then loses the batch, and is not reconnected).
     in_batch: bool,
+    /// Opened by a read-only verb: reconnects stay read-only.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -220,10 +222,18 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-fn connect(url: &str, schema: Option<&str>) -> Result<Client, postgres::Error> {
+fn connect(url: &str, schema: Option<&str>, read_only: bool) -> Result<Client, postgres::Error> {
     let mut config: postgres::Config = url.parse()?;
     config.connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_S));
     let mut client = config.connect(NoTls)?;
+    if read_only {
+        // The server refuses any write on this session, whatever a caller tries.
+        client.batch_execute("SET default_transaction_read_only = on")?;
+        if let Some(schema) = schema {
+            client.batch_execute(&format!("SET search_path TO {schema}"))?;
+        }
+        return Ok(client);
+    }
     if let Some(schema) = schema {
         // Members starting together would race on CREATE SCHEMA IF NOT EXISTS (it can
         // fail with a duplicate key): create it under the migration lock.
@@ -317,6 +327,17 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://…`, optionally `?schema=NAME` to keep ordo's tables
     /// in their own schema, created when missing) and migrates.
     pub fn open(url: &str) -> Result<Self, OpenError> {
+        Self::open_as(url, false)
+    }
+
+    /// Connects to an existing store for reading only: no schema is created or upgraded,
+    /// and the session is read-only (the server refuses writes), so it works with a role
+    /// that may only `SELECT`.
+    pub fn open_read_only(url: &str) -> Result<Self, OpenError> {
+        Self::open_as(url, true)
+    }
+
+    fn open_as(url: &str, read_only: bool) -> Result<Self, OpenError> {
         let (url, schema) = split_schema(url);
         if let Some(schema) = &schema {
             if !schema
@@ -328,14 +349,28 @@ impl PostgresStore {
                 )));
             }
         }
-        let mut client = connect(&url, schema.as_deref()).map_err(|e| {
+        let mut client = connect(&url, schema.as_deref(), read_only).map_err(|e| {
             OpenError::Database(format!(
                 "cannot connect to {}: {}",
                 redact(&url),
                 database(e)
             ))
         })?;
-        migrate(&mut client).map_err(|e| match e {
+        let checked = if read_only {
+            check_current(&mut client)
+        } else {
+            migrate(&mut client)
+        };
+        checked.map_err(|e| match e {
+            MigrateError::Missing => OpenError::Missing(format!(
+                "{}{}",
+                redact(&url),
+                schema
+                    .as_ref()
+                    .map(|s| format!(" (schema {s})"))
+                    .unwrap_or_default()
+            )),
+            MigrateError::Older(missing) => OpenError::OlderSchema { missing },
             MigrateError::Newer(found) => OpenError::NewerSchema {
                 found,
                 supported: POSTGRES_SCHEMA_VERSION,
@@ -362,6 +397,7 @@ impl PostgresStore {
             dead_letter_ids_end: 0,
             listener: None,
             in_batch: false,
+            read_only,
         })
     }
 
@@ -432,7 +468,7 @@ impl PostgresStore {
         );
         std::thread::sleep(Duration::from_millis(*pause_ms));
         *pause_ms *= 2;
-        if let Ok(client) = connect(&self.url, self.schema.as_deref()) {
+        if let Ok(client) = connect(&self.url, self.schema.as_deref(), self.read_only) {
             self.client = client;
         }
         Ok(())
@@ -933,6 +969,17 @@ impl PostgresStore {
             snapshot.next_dead_letter_id = self.dead_letter_ids_next;
             return Ok(snapshot);
         }
+        if self.read_only {
+            // A reader writes no dead letter: it reserves no ids, it only reads the next.
+            let next = client
+                .query_opt(
+                    "SELECT (value)::bigint FROM meta WHERE key = 'next_dead_letter_id'",
+                    &[],
+                )?
+                .map_or(1, |row| row.get::<_, i64>(0));
+            snapshot.next_dead_letter_id = next.max(1) as u64;
+            return Ok(snapshot);
+        }
         // Reserve this process's next block of dead-letter ids.
         let end: i64 = client
             .query_one(
@@ -971,7 +1018,59 @@ fn meta(client: &mut Client, key: &str) -> Result<Option<String>, postgres::Erro
 
 enum MigrateError {
     Newer(i64),
+    /// A read-only open found no ordo tables.
+    Missing,
+    /// A read-only open found a store that needs an upgrade.
+    Older(String),
     Database(postgres::Error),
+}
+
+/// Columns added within [`POSTGRES_SCHEMA_VERSION`] (older builds ignore them): since when
+/// an event waits, and when a position was recorded (`ordo status`).
+const ADDED_COLUMNS: [(&str, &str); 2] = [("pending", "since_ms"), ("checkpoints", "committed_ms")];
+
+/// Whether `table` in the current schema has `column`.
+fn has_column(
+    client: &mut impl GenericClient,
+    table: &str,
+    column: &str,
+) -> Result<bool, postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2",
+            &[&table, &column],
+        )?
+        .is_some())
+}
+
+/// What a read-only open checks instead of migrating: the store exists and is of this
+/// build's schema.
+fn check_current(client: &mut Client) -> Result<(), MigrateError> {
+    let has_meta: bool = client
+        .query_one("SELECT to_regclass('meta') IS NOT NULL", &[])?
+        .get(0);
+    if !has_meta {
+        return Err(MigrateError::Missing);
+    }
+    let found = client
+        .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])?
+        .and_then(|row| row.get::<_, String>(0).parse::<i64>().ok())
+        .ok_or(MigrateError::Missing)?;
+    if found > POSTGRES_SCHEMA_VERSION {
+        return Err(MigrateError::Newer(found));
+    }
+    if found < POSTGRES_SCHEMA_VERSION {
+        return Err(MigrateError::Older(format!(
+            "schema version {found}, this build reads {POSTGRES_SCHEMA_VERSION}"
+        )));
+    }
+    for (table, column) in ADDED_COLUMNS {
+        if !has_column(client, table, column)? {
+            return Err(MigrateError::Older(format!("no column {table}.{column}")));
+        }
+    }
+    Ok(())
 }
 
 impl From<postgres::Error> for MigrateError {
@@ -1006,15 +1105,8 @@ fn migrate(client: &mut Client) -> Result<(), MigrateError> {
     // Within version 2 (older builds ignore them): since when an event waits, and when a
     // position was recorded (`ordo status`). Altered only when missing: an ALTER locks
     // the table even when it changes nothing.
-    for (table, column) in [("pending", "since_ms"), ("checkpoints", "committed_ms")] {
-        let present = transaction
-            .query_opt(
-                "SELECT 1 FROM information_schema.columns
-                 WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2",
-                &[&table, &column],
-            )?
-            .is_some();
-        if !present {
+    for (table, column) in ADDED_COLUMNS {
+        if !has_column(&mut transaction, table, column)? {
             transaction
                 .batch_execute(&format!("ALTER TABLE {table} ADD COLUMN {column} BIGINT"))?;
         }
@@ -1389,7 +1481,7 @@ impl Store for PostgresStore {
     fn poll_progress(&mut self) -> bool {
         if self.listener.is_none() {
             let channel = self.channel();
-            self.listener = connect(&self.url, self.schema.as_deref())
+            self.listener = connect(&self.url, self.schema.as_deref(), self.read_only)
                 .and_then(|mut client| {
                     client.batch_execute(&format!("LISTEN {channel}"))?;
                     Ok(client)

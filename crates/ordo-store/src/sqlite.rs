@@ -32,6 +32,58 @@ pub const COMMIT_ATTEMPTS_MAX: u32 = 5;
 /// A lease whose holder has not written for this long is considered abandoned.
 pub const LEASE_EXPIRY_MS: u64 = 15_000;
 
+/// Columns added after a table was first created, within [`SCHEMA_VERSION`] (older builds
+/// ignore them): version 1 -> 2, waiting events remember their partition (consumer
+/// groups) and what a parked one waits for (spilled parked streams are found by it);
+/// later, since when an event waits and when a position was recorded (`ordo status`).
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+    ("pending", "partition", "INTEGER"),
+    ("pending", "awaits_stream", "TEXT"),
+    ("pending", "awaits_version", "INTEGER"),
+    ("pending", "since_ms", "INTEGER"),
+    ("checkpoints", "committed_ms", "INTEGER"),
+];
+
+/// A read-only connection to `path` (`immutable`: the file is read as it is, with no
+/// locking) and the schema version it holds.
+fn read_only_connection(
+    path: &str,
+    immutable: bool,
+) -> rusqlite::Result<(Connection, Option<String>)> {
+    let connection = if immutable {
+        let uri = format!(
+            "file:{}?immutable=1",
+            path.replace('%', "%25")
+                .replace('?', "%3f")
+                .replace('#', "%23")
+        );
+        Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )?
+    } else {
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?
+    };
+    connection.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    let found = connection
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok((connection, found))
+}
+
+/// Whether `table` has `column`.
+fn has_column(connection: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    connection.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |row| Ok(row.get::<_, i64>(0)? > 0),
+    )
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
@@ -179,6 +231,53 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Opens an existing store for reading only: nothing is created or written (no
+    /// schema, no upgrade, no WAL switch), so it works on a store this user may not
+    /// write, and beside a running consumer.
+    pub fn open_read_only(path: &str) -> Result<Self, OpenError> {
+        if !Path::new(path).exists() {
+            return Err(OpenError::Missing(path.into()));
+        }
+        // With no -wal file, no writer has the store open and every commit is in the
+        // file itself: read it as it stands, which creates nothing (a WAL reader would
+        // create -wal and -shm files, and cannot where it may not write). With one, a
+        // writer runs (or crashed): its WAL must be read too.
+        let immutable = !Path::new(&format!("{path}-wal")).exists();
+        let (connection, found) = read_only_connection(path, immutable).map_err(|e| {
+            OpenError::Database(format!("`{path}` cannot be read as an ordo store ({e})"))
+        })?;
+        let found: i64 = found
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| OpenError::Database(format!("`{path}` has no schema version")))?;
+        if found > SCHEMA_VERSION {
+            return Err(OpenError::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            return Err(OpenError::OlderSchema {
+                missing: format!("schema version {found}, this build reads {SCHEMA_VERSION}"),
+            });
+        }
+        for (table, column, _) in ADDED_COLUMNS {
+            if !has_column(&connection, table, column).map_err(database)? {
+                return Err(OpenError::OlderSchema {
+                    missing: format!("no column {table}.{column}"),
+                });
+            }
+        }
+        Ok(SqliteStore {
+            connection,
+            path: path.into(),
+            commit_attempts_max: COMMIT_ATTEMPTS_MAX,
+            fault: None,
+            commits: 0,
+            leased: false,
+            in_batch: false,
+        })
+    }
+
     fn migrate(&mut self) -> Result<(), OpenError> {
         let found: Option<String> = self
             .connection
@@ -216,26 +315,8 @@ impl SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(database)?;
         transaction.execute_batch(SCHEMA).map_err(database)?;
-        // Version 1 -> 2: waiting events remember their partition (consumer groups) and
-        // what a parked one waits for (spilled parked streams are found by it). Later,
-        // within version 2 (older builds ignore them): since when an event waits, and
-        // when a position was recorded (`ordo status`).
-        for (table, column, kind) in [
-            ("pending", "partition", "INTEGER"),
-            ("pending", "awaits_stream", "TEXT"),
-            ("pending", "awaits_version", "INTEGER"),
-            ("pending", "since_ms", "INTEGER"),
-            ("checkpoints", "committed_ms", "INTEGER"),
-        ] {
-            let present: bool = transaction
-                .query_row(
-                    "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
-                    [table, column],
-                    |row| row.get::<_, i64>(0),
-                )
-                .map_err(database)?
-                > 0;
-            if !present {
+        for (table, column, kind) in ADDED_COLUMNS {
+            if !has_column(&transaction, table, column).map_err(database)? {
                 transaction
                     .execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
                     .map_err(database)?;
