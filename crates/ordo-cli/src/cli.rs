@@ -449,6 +449,13 @@ pub struct RelayArgs {
     /// Outbox rows per batch.
     #[arg(long, default_value_t = ordo_kafka::relay::RELAY_BATCH_DEFAULT)]
     pub batch: usize,
+    /// Serve Prometheus metrics (`ordo_relay_*`, the loop's heartbeat) at /metrics, and
+    /// /healthz and /readyz, on ADDR: a port (127.0.0.1:PORT) or HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// /healthz turns red when the relay loop has not stepped for this long.
+    #[arg(long, value_name = "MS", default_value_t = ordo_runtime::telemetry::STUCK_MS_DEFAULT)]
+    pub health_stuck_ms: u64,
 }
 
 #[cfg(test)]

@@ -219,7 +219,7 @@ impl Drop for CreatedStore {
 }
 
 /// Binds the metrics endpoint: a bare port (or `:PORT`) means loopback.
-fn endpoint(
+pub(crate) fn endpoint(
     address: &str,
     store_url: &str,
     telemetry: &std::sync::Arc<Telemetry>,

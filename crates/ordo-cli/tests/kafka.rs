@@ -961,3 +961,90 @@ fn a_handler_group_member_stopped_mid_call_hands_over_and_the_service_reaches_th
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();
 }
+
+/// Lag per partition from a live Kafka member's `/metrics`: a handler that never answers
+/// for one stream holds its partition's position back (lag > 0 there, and growing in
+/// seconds) while the other partition is caught up (lag 0). Then the outbox relay's own
+/// metrics while it publishes.
+#[test]
+fn kafka_lag_per_partition_and_relay_metrics_are_served() {
+    use common::scrape::{get, scrape_until, start};
+    use common::service::{Behaviour, Service};
+    let broker = Broker::start();
+    broker.create_topic("lagged", 2);
+    let mut events = Vec::new();
+    for version in 1..=5u64 {
+        for s in 0..20 {
+            let line = format!(
+                r#"{{"id":"s{s}-{version}","stream":"s-{s}","version":{version},"type":"T","op":"incr","data":{{"n":1}}}}"#
+            );
+            events.push(
+                ordo_core::parse_event(line.as_bytes(), ordo_core::OpPolicy::Custom).unwrap(),
+            );
+        }
+    }
+    broker.produce("lagged", &events, Some(&|s: &str| hash_partition(s, 2)));
+    let stuck = hash_partition("s-3", 2);
+    let free = 1 - stuck;
+    let service = Service::start(Behaviour {
+        silent_streams: vec!["s-3".into()],
+        ..Behaviour::default()
+    });
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let source = broker.source("lagged", "lagged");
+    let handler = service.url();
+    let member = start(&[
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--handler",
+        &handler,
+        "--handler-timeout-ms",
+        "600000",
+    ]);
+    // librdkafka reports watermarks every 5 s: wait for two reports at most.
+    let lag_of = |p: i32| format!("ordo_source_lag_events{{partition=\"{p}\"}}");
+    let metrics = scrape_until(&member.address, 30, |m| {
+        m.get(&lag_of(stuck)).is_some_and(|l| *l > 0.0) && m.get(&lag_of(free)) == Some(&0.0)
+    });
+    let on_stuck = events
+        .iter()
+        .filter(|e| hash_partition(&e.stream, 2) == stuck)
+        .count() as f64;
+    assert!(metrics[&lag_of(stuck)] < on_stuck, "{metrics:?}");
+    let seconds = scrape_until(&member.address, 10, |m| {
+        m[&format!("ordo_source_lag_seconds{{partition=\"{stuck}\"}}")] >= 1.0
+    });
+    assert_eq!(
+        seconds[&format!("ordo_source_lag_seconds{{partition=\"{free}\"}}")],
+        0.0
+    );
+    assert_eq!(get(&member.address, "/readyz").0, 200, "assigned: ready");
+    drop(member);
+
+    // The relay: an outbox of 30 events, published while scraped.
+    broker.create_topic("relayed", 1);
+    let app = scratch.path("app.db");
+    {
+        let mut store = ordo_store::SqliteStore::open(app.to_str().unwrap(), true).unwrap();
+        let rows: Vec<(String, String)> = events[..30]
+            .iter()
+            .map(|e| (e.stream.to_string(), e.to_json_string()))
+            .collect();
+        store.outbox_append(&rows).unwrap();
+    }
+    let app_store = format!("sqlite:{}", app.display());
+    let to = format!("kafka://{}/relayed", broker.address());
+    let relay = start(&["relay", "--store", &app_store, "--to", &to, "--batch", "10"]);
+    let metrics = scrape_until(&relay.address, 30, |m| {
+        m.get("ordo_relay_published_total") == Some(&30.0)
+    });
+    assert_eq!(metrics["ordo_relay_batches_total"], 3.0);
+    assert_eq!(metrics["ordo_relay_outbox_backlog"], 0.0);
+    assert_eq!(metrics["ordo_relay_failures_total"], 0.0);
+    assert!(metrics["ordo_relay_last_publish_timestamp_seconds"] > 1.7e9);
+    assert_eq!(get(&relay.address, "/healthz").0, 200);
+}

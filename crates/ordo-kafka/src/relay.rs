@@ -6,8 +6,12 @@
 //! again on restart: at-least-once, and the consumer's dedupe absorbs the copies.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use ordo_runtime::telemetry::prometheus_client::metrics::counter::Counter;
+use ordo_runtime::telemetry::prometheus_client::metrics::gauge::Gauge;
+use ordo_runtime::telemetry::Telemetry;
 use ordo_store::SqliteStore;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -35,6 +39,54 @@ pub struct RelayOptions {
     pub batch: usize,
     /// Exit abruptly after publishing (and before marking) this many batches (tests).
     pub crash_after_published_batches: Option<u64>,
+    /// Where the relay reports (`relay --metrics`): heartbeat, readiness and the
+    /// `ordo_relay_*` metrics.
+    pub telemetry: Option<Arc<Telemetry>>,
+}
+
+/// The relay's own metrics, added to a [`Telemetry`].
+#[derive(Clone, Default)]
+struct RelayMetrics {
+    published: Counter,
+    batches: Counter,
+    failures: Counter,
+    backlog: Gauge,
+    last_publish: Gauge<f64, AtomicU64>,
+}
+
+impl RelayMetrics {
+    fn register(telemetry: &Telemetry) -> Self {
+        let metrics = RelayMetrics::default();
+        let shared = metrics.clone();
+        telemetry.add_metrics(move |r| {
+            r.register(
+                "ordo_relay_published",
+                "Outbox events published and marked",
+                shared.published.clone(),
+            );
+            r.register(
+                "ordo_relay_batches",
+                "Outbox batches published and marked",
+                shared.batches.clone(),
+            );
+            r.register(
+                "ordo_relay_failures",
+                "Batches not confirmed by the broker (sent again)",
+                shared.failures.clone(),
+            );
+            r.register(
+                "ordo_relay_outbox_backlog",
+                "Outbox events not yet published",
+                shared.backlog.clone(),
+            );
+            r.register(
+                "ordo_relay_last_publish_timestamp_seconds",
+                "When the last batch was marked published (Unix time)",
+                shared.last_publish.clone(),
+            );
+        });
+        metrics
+    }
 }
 
 impl Default for RelayOptions {
@@ -43,6 +95,7 @@ impl Default for RelayOptions {
             exit_when_idle: false,
             batch: RELAY_BATCH_DEFAULT,
             crash_after_published_batches: None,
+            telemetry: None,
         }
     }
 }
@@ -108,8 +161,22 @@ pub fn run(
                 crate::BROKER_WAIT_MS / 1000
             )
         })?;
+    let telemetry = options.telemetry.as_deref();
+    let metrics = telemetry.map(RelayMetrics::register);
+    if let Some(telemetry) = telemetry {
+        telemetry.set_ready(true);
+    }
     let mut report = RelayReport::default();
     while !stop.load(Ordering::SeqCst) {
+        if let (Some(telemetry), Some(metrics)) = (telemetry, &metrics) {
+            telemetry.heartbeat();
+            if telemetry.lag_wanted() {
+                // A relay has no partitions to lag on: answer the scrape at once.
+                telemetry.measured_lag(&[], &[]);
+            }
+            let backlog = store.outbox_backlog().map_err(|e| e.to_string())?;
+            metrics.backlog.set(backlog as i64);
+        }
         let rows = store
             .outbox_unpublished(options.batch)
             .map_err(|e| e.to_string())?;
@@ -145,6 +212,9 @@ pub fn run(
             })?;
         let failed = producer.context().failed.swap(0, Ordering::SeqCst);
         if failed > 0 {
+            if let Some(metrics) = &metrics {
+                metrics.failures.inc();
+            }
             return Err(format!(
                 "{failed} deliveries failed; the batch stays unpublished and will be sent again"
             ));
@@ -158,6 +228,13 @@ pub fn run(
             .outbox_mark_published(last)
             .map_err(|e| e.to_string())?;
         report.published += rows.len() as u64;
+        if let Some(metrics) = &metrics {
+            metrics.published.inc_by(rows.len() as u64);
+            metrics.batches.inc();
+            metrics
+                .last_publish
+                .set(ordo_runtime::now_ms() as f64 / 1000.0);
+        }
     }
     Ok(report)
 }

@@ -47,9 +47,24 @@ struct GroupContext {
     /// Set when the source is dropped: the consumer's close must not wait for answers
     /// nobody will give, and everything was committed before.
     closing: AtomicBool,
+    /// Each partition's (low, high) watermarks, from librdkafka's last statistics.
+    watermarks: Mutex<BTreeMap<i32, (i64, i64)>>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let mut watermarks = self.watermarks.lock().expect("watermarks");
+        for (&partition, stats) in &topic.partitions {
+            // -1 is librdkafka's own unassigned partition; negative offsets: not known yet.
+            if partition >= 0 && stats.hi_offset >= 0 && stats.lo_offset >= 0 {
+                watermarks.insert(partition, (stats.lo_offset, stats.hi_offset));
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(
@@ -84,6 +99,9 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// How often librdkafka reports statistics (the watermarks behind the lag metrics).
+pub const STATISTICS_INTERVAL_MS: u64 = 5_000;
+
 /// `kafka://HOST:PORT/TOPIC?group=G`: one member of a consumer group.
 pub struct KafkaSource {
     consumer: BaseConsumer<GroupContext>,
@@ -113,7 +131,10 @@ impl KafkaSource {
             .set("enable.partition.eof", "true")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            .set("partition.assignment.strategy", "range");
+            .set("partition.assignment.strategy", "range")
+            // The partitions' watermarks for the lag metrics (`Source::ends`), without a
+            // broker call on the loop's thread.
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string());
         for (key, value) in &url.params {
             config.set(key, value);
         }
@@ -121,6 +142,7 @@ impl KafkaSource {
             topic: url.topic.clone(),
             pending: Mutex::new(VecDeque::new()),
             closing: AtomicBool::new(false),
+            watermarks: Mutex::new(BTreeMap::new()),
         };
         let consumer: BaseConsumer<GroupContext> = config
             .create_with_context(context)
@@ -182,6 +204,29 @@ impl Drop for KafkaSource {
 }
 
 impl Source for KafkaSource {
+    fn ends(&mut self) -> Vec<ordo_runtime::telemetry::PartitionEnd> {
+        // The watermarks of librdkafka's last statistics (every STATISTICS_INTERVAL_MS):
+        // no broker call on the loop's thread.
+        let watermarks = self
+            .consumer
+            .context()
+            .watermarks
+            .lock()
+            .expect("watermarks");
+        self.assigned
+            .keys()
+            .filter_map(|partition| {
+                let &(low, high) = watermarks.get(partition)?;
+                Some(ordo_runtime::telemetry::PartitionEnd {
+                    partition: *partition as u32,
+                    // A checkpoint is the offset of the last event read.
+                    caught_up_at: (high as u64).saturating_sub(1),
+                    events: high.saturating_sub(low) as u64,
+                })
+            })
+            .collect()
+    }
+
     fn resume(&mut self, _checkpoints: &[(u32, u64)]) {
         // Positions arrive with each assignment (complete_rebalance).
     }

@@ -367,10 +367,9 @@ impl RunLoop {
                 }
             }
             Polled::Idle => {
+                // Read to the end is not caught up: events read but not yet applied (a
+                // slow handler, a gap) still count as lag, measured against positions.
                 drained = true;
-                if let Some(telemetry) = consumer.telemetry() {
-                    telemetry.caught_up();
-                }
             }
             Polled::Finished => {
                 drained = true;

@@ -28,7 +28,9 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-pub use endpoint::{serve, Endpoint};
+pub use endpoint::{serve, serve_in_background, Endpoint, Serving};
+/// For metrics other crates add ([`Telemetry::add_metrics`]).
+pub use prometheus_client;
 
 use crate::consumer::now_ms;
 
@@ -86,6 +88,20 @@ pub struct Telemetry {
     rebalances: Counter,
     reorder: Arc<ReorderHistogram>,
     handlers: Arc<HandlerTelemetry>,
+    extra: ExtraMetrics,
+}
+
+/// Metrics registered by another part of ordo (the outbox relay's).
+type Register = Box<dyn Fn(&mut Registry) + Send + Sync>;
+
+/// [`Register`]s, each run on every scrape's registry.
+#[derive(Default)]
+struct ExtraMetrics(Mutex<Vec<Register>>);
+
+impl std::fmt::Debug for ExtraMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtraMetrics")
+    }
 }
 
 /// What the handler pool reports: call latency, retries, and whether calls are stuck.
@@ -201,7 +217,18 @@ impl Telemetry {
             rebalances: Counter::default(),
             reorder: Arc::default(),
             handlers: Arc::default(),
+            extra: ExtraMetrics::default(),
         })
+    }
+
+    /// Adds metrics of another part of ordo: `register` puts its (shared) metrics into
+    /// each scrape's registry.
+    pub fn add_metrics(&self, register: impl Fn(&mut Registry) + Send + Sync + 'static) {
+        self.extra
+            .0
+            .lock()
+            .expect("extra metrics")
+            .push(Box::new(register));
     }
 
     /// What the handler pool reports into.
@@ -280,19 +307,6 @@ impl Telemetry {
             self.lag_seconds.get_or_create(&labels).set(seconds);
         }
         self.lag_generation.fetch_add(1, Ordering::Release);
-    }
-
-    /// The source said it is caught up: every partition is.
-    pub fn caught_up(&self) {
-        let now = now_ms();
-        for entry in self
-            .caught_up_ms
-            .lock()
-            .expect("caught-up times")
-            .iter_mut()
-        {
-            entry.1 = now;
-        }
     }
 
     /// Health now.
@@ -431,6 +445,9 @@ impl Telemetry {
             "Handler calls out now",
             self.handlers.calling.clone(),
         );
+        for register in self.extra.0.lock().expect("extra metrics").iter() {
+            register(&mut r);
+        }
         r
     }
 

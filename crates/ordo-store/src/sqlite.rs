@@ -624,6 +624,15 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// Outbox rows not yet published (the relay's backlog).
+    pub fn outbox_backlog(&mut self) -> Result<u64, ReadError> {
+        Ok(self.connection.query_row(
+            "SELECT COUNT(*) FROM outbox WHERE published = 0",
+            [],
+            |row| row.get::<_, i64>(0),
+        )? as u64)
+    }
+
     /// Marks every outbox row up to `position` published.
     pub fn outbox_mark_published(&mut self, position: u64) -> Result<(), ReadError> {
         self.connection.execute(

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod scrape;
 pub mod service;
 
 use std::io::Write;

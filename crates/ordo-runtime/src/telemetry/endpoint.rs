@@ -35,6 +35,46 @@ struct Shared {
     reader: Mutex<StatusReader>,
 }
 
+/// An endpoint served on a thread of its own (for loops that do not run on tokio, such as
+/// the outbox relay); it stops when this is dropped.
+#[must_use = "the endpoint stops when this is dropped"]
+pub struct Serving {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Serves `endpoint` on a thread of its own until the returned guard is dropped.
+pub fn serve_in_background(endpoint: Endpoint) -> Serving {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        runtime.block_on(async move {
+            tokio::select! {
+                _ = serve(endpoint) => {}
+                _ = stopped => {}
+            }
+        });
+    });
+    Serving {
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
 /// Serves the endpoint until the task is dropped.
 pub async fn serve(endpoint: Endpoint) {
     let Endpoint {
