@@ -4,10 +4,12 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ordo_core::Config;
 use ordo_log::EventLog;
+use ordo_runtime::telemetry::Telemetry;
 use ordo_runtime::{Consumer, LogSource, RunOptions};
 use ordo_sim::Rng;
 use rusqlite::{params, Connection};
@@ -58,7 +60,14 @@ pub struct EmbeddedResult {
     pub tail_latency_ms_p50: f64,
     /// Live tail: append-to-delivery latency, 99th percentile (ms).
     pub tail_latency_ms_p99: f64,
+    /// ordo's durable events per second with the metrics on and scraped (best run).
+    pub metrics_events_per_s: f64,
+    /// Metrics on / off (alternating runs, best of each).
+    pub metrics_vs_off: f64,
 }
+
+/// Fewest alternating off/on pairs of the metrics A/B.
+pub const METRICS_PAIRS_MIN: usize = 3;
 
 /// Events appended one at a time for the live-tail latency measurement.
 pub const TAIL_EVENTS: usize = 200;
@@ -149,11 +158,15 @@ pub(crate) fn consume_until_idle(
     store: &str,
     checkpoint_key: &str,
     source: &mut dyn ordo_runtime::Source,
+    telemetry: Option<Arc<Telemetry>>,
 ) -> Result<ordo_runtime::RunReport, String> {
     let store = ordo_store::AnyStore::open(store, true).map_err(|e| e.to_string())?;
     let mut consumer =
         Consumer::open(store, checkpoint_key, Config::default()).map_err(|e| e.to_string())?;
     consumer.verbose = false;
+    if let Some(telemetry) = telemetry {
+        consumer.set_telemetry(telemetry);
+    }
     let options = RunOptions {
         exit_when_idle: true,
         ..RunOptions::default()
@@ -165,8 +178,66 @@ pub(crate) fn consume_until_idle(
 fn run_ordo(log: &str, store: &str) -> Result<f64, String> {
     let started = Instant::now();
     let mut source = LogSource::open(log).map_err(|e| e.to_string())?;
-    let report = consume_until_idle(store, &format!("log:{log}"), &mut source)?;
+    let report = consume_until_idle(store, &format!("log:{log}"), &mut source, None)?;
     Ok(report.delivered as f64 / started.elapsed().as_secs_f64())
+}
+
+/// How often the metrics A/B scrapes the running consumer: far more often than a
+/// Prometheus server would (15 s is usual), so the measured cost is an upper bound.
+pub const SCRAPE_INTERVAL_MS: u64 = 100;
+
+/// [`run_ordo`] with the metrics on, as `ordo run --metrics` runs them: telemetry in the
+/// loop and the endpoint served on a thread of its own, scraped every
+/// [`SCRAPE_INTERVAL_MS`] (each scrape reads the store's status).
+fn run_ordo_with_metrics(log: &str, store: &str) -> Result<f64, String> {
+    let telemetry = Telemetry::new(ordo_runtime::telemetry::STUCK_MS_DEFAULT);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let url = store.to_string();
+    let mut reader_store: Option<ordo_store::AnyStore> = None;
+    let reader: ordo_runtime::telemetry::StatusReader = Box::new(move || {
+        if reader_store.is_none() {
+            reader_store = Some(
+                ordo_store::AnyStore::open_read_only(&url)
+                    .map_err(|e| ordo_store::ReadError::Database(e.to_string()))?,
+            );
+        }
+        reader_store.as_mut().expect("just opened").status()
+    });
+    let serving = ordo_runtime::telemetry::serve_in_background(ordo_runtime::telemetry::Endpoint {
+        listener,
+        telemetry: telemetry.clone(),
+        reader,
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraping = stop.clone();
+    let scraper = std::thread::spawn(move || {
+        let mut scrapes = 0u64;
+        while !scraping.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(mut socket) = std::net::TcpStream::connect(address) {
+                use std::io::{Read, Write};
+                let _ = socket
+                    .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut page = Vec::new();
+                if socket.read_to_end(&mut page).is_ok() {
+                    scrapes += 1;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(SCRAPE_INTERVAL_MS));
+        }
+        scrapes
+    });
+    let started = Instant::now();
+    let mut source = LogSource::open(log).map_err(|e| e.to_string())?;
+    let report = consume_until_idle(store, &format!("log:{log}"), &mut source, Some(telemetry))?;
+    let rate = report.delivered as f64 / started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes = scraper.join().map_err(|_| "the scraper panicked")?;
+    drop(serving);
+    if scrapes == 0 {
+        return Err("the metrics A/B never scraped the consumer".into());
+    }
+    Ok(rate)
 }
 
 fn run_raw(log_path: &str, store: &str) -> Result<f64, String> {
@@ -220,6 +291,44 @@ fn run_raw(log_path: &str, store: &str) -> Result<f64, String> {
     Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The metrics A/B alone: `pairs` alternating runs without and with the metrics (on
+/// and scraped every [`SCRAPE_INTERVAL_MS`]) over one log; each pair's (off, on) events
+/// per second.
+pub fn metrics_ab(shape: EmbeddedShape, pairs: usize) -> Result<Vec<(f64, f64)>, String> {
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("ordo-metrics-ab-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).map_err(|e| e.to_string())?;
+    let path = |name: &str| scratch.0.join(name).to_string_lossy().into_owned();
+    let log = path("log.db");
+    build_log(&log, shape)?;
+    (0..pairs)
+        .map(|pair| {
+            let off = run_ordo(&log, &format!("sqlite:{}", path(&format!("off-{pair}.db"))))?;
+            let on =
+                run_ordo_with_metrics(&log, &format!("sqlite:{}", path(&format!("on-{pair}.db"))))?;
+            Ok((off, on))
+        })
+        .collect()
+}
+
+/// One run, without or with the metrics, over a fresh log of `shape` (for an instruction
+/// count under callgrind, where the loop's thread is measured apart from the endpoint's):
+/// events per second.
+pub fn metrics_once(shape: EmbeddedShape, metrics: bool) -> Result<f64, String> {
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("ordo-metrics-once-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).map_err(|e| e.to_string())?;
+    let path = |name: &str| scratch.0.join(name).to_string_lossy().into_owned();
+    let log = path("log.db");
+    build_log(&log, shape)?;
+    let store = format!("sqlite:{}", path("state.db"));
+    if metrics {
+        run_ordo_with_metrics(&log, &store)
+    } else {
+        run_ordo(&log, &store)
+    }
+}
+
 /// Runs the embedded benchmark.
 pub fn run(shape: EmbeddedShape) -> Result<EmbeddedResult, String> {
     let scratch = Scratch(std::env::temp_dir().join(format!("ordo-bench-{}", std::process::id())));
@@ -229,12 +338,20 @@ pub fn run(shape: EmbeddedShape) -> Result<EmbeddedResult, String> {
     let events = build_log(&log, shape)?;
     let mut ordo_best: f64 = 0.0;
     let mut raw_best: f64 = 0.0;
-    for repetition in 0..shape.repetitions {
+    let mut metrics_best: f64 = 0.0;
+    // Alternating A/B runs (off, on, off, on …): the machine's drift hits both alike.
+    for repetition in 0..shape.repetitions.max(METRICS_PAIRS_MIN) {
         ordo_best = ordo_best.max(run_ordo(
             &log,
             &format!("sqlite:{}", path(&format!("ordo-{repetition}.db"))),
         )?);
-        raw_best = raw_best.max(run_raw(&log, &path(&format!("raw-{repetition}.db")))?);
+        metrics_best = metrics_best.max(run_ordo_with_metrics(
+            &log,
+            &format!("sqlite:{}", path(&format!("metrics-{repetition}.db"))),
+        )?);
+        if repetition < shape.repetitions {
+            raw_best = raw_best.max(run_raw(&log, &path(&format!("raw-{repetition}.db")))?);
+        }
     }
     let (tail_latency_ms_p50, tail_latency_ms_p99) = tail_latency(&log)?;
     Ok(EmbeddedResult {
@@ -244,6 +361,8 @@ pub fn run(shape: EmbeddedShape) -> Result<EmbeddedResult, String> {
         embedded_events_per_s: ordo_best,
         baseline_events_per_s: raw_best,
         ratio: ordo_best / raw_best,
+        metrics_events_per_s: metrics_best,
+        metrics_vs_off: metrics_best / ordo_best,
     })
 }
 

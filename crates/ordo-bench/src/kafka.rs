@@ -187,6 +187,7 @@ fn ordo_run(brokers: &str) -> Result<f64, String> {
             &store,
             "kafka:bench?group=bench-ordo",
             &mut source,
+            None,
         )?;
         // First delivery to the end of the commit that made the last one durable: the
         // quiet time that tells "drained" and the store's close are not throughput.

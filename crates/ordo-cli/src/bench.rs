@@ -105,6 +105,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "embedded_events_per_s": embedded.embedded_events_per_s.round(),
             "embedded_baseline_events_per_s": embedded.baseline_events_per_s.round(),
             "embedded_vs_raw_sqlite": round3(embedded.ratio),
+            "embedded_metrics_events_per_s": embedded.metrics_events_per_s.round(),
+            "embedded_metrics_vs_off": round3(embedded.metrics_vs_off),
             "embedded_events": embedded.events,
             "tail_latency_ms_p50": round3(embedded.tail_latency_ms_p50),
             "tail_latency_ms_p99": round3(embedded.tail_latency_ms_p99),
@@ -234,6 +236,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             embedded.embedded_events_per_s,
             embedded.baseline_events_per_s,
             embedded.ratio
+        );
+        outln!(
+            "{:<44} {:>14.0} {:>14.0} {:>8.3}",
+            "embedded, metrics on and scraped (vs off)",
+            embedded.metrics_events_per_s,
+            embedded.embedded_events_per_s,
+            embedded.metrics_vs_off
         );
         outln!(
             "{:<44} {:>14.3} {:>14}",

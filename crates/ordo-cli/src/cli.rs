@@ -9,6 +9,10 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Logs as human lines (text) or one JSON object per line with a timestamp (json), on
+    /// stderr; any verb. `ORDO_LOG` sets the level (error, warn, info, debug, trace).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 const APPEND_HELP: &str = "Examples:
@@ -68,7 +72,7 @@ pub enum Command {
     /// One screen: counters, positions and lag, waiting events and dead letters with
     /// their oldest ages, the longest-waiting streams and what each waits for.
     #[command(
-        after_help = "Examples:\n  ordo status --store sqlite:state.db\n  ordo status --store postgres://ordo@127.0.0.1:5432/ordo --json"
+        after_help = "Examples:\n  ordo status --store sqlite:state.db\n  ordo status --store postgres://ordo@127.0.0.1:5432/ordo --json\n  ordo status --store sqlite:state.db --source 'kafka://127.0.0.1:9092/orders?group=inventory'"
     )]
     Status(StatusArgs),
     /// Publish the store's outbox to Kafka, keyed by stream, in order.
@@ -94,6 +98,10 @@ pub struct StatusArgs {
     /// The store.
     #[arg(long)]
     pub store: String,
+    /// The source the consumer reads, to measure lag where the store alone cannot: a
+    /// Kafka topic (kafka://HOST:PORT/TOPIC?group=G). `log:` sources need no flag.
+    #[arg(long)]
+    pub source: Option<String>,
     /// One JSON object.
     #[arg(long)]
     pub json: bool,
@@ -195,9 +203,6 @@ pub struct RunArgs {
     /// applied, redirected to Y, waits for a merge, duplicate, stale, dead-lettered.
     #[arg(short, long)]
     pub verbose: bool,
-    /// Logs as human lines (text) or one JSON object per line (json), on stderr.
-    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
     /// Kafka: quiet time, with every assigned partition at its end, that counts as
     /// drained for --exit-when-idle.
     #[arg(long, value_name = "MS", default_value_t = ordo_kafka::IDLE_MS_DEFAULT)]

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
         }
     };
-    let json_logs = matches!(&cli.command, cli::Command::Run(args) if args.log_format == "json");
+    let json_logs = cli.log_format == "json";
     init_logs(json_logs);
     if matches!(
         cli.command,
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) if broken_pipe(&error) => ExitCode::from(141),
         Err(error) => {
-            eprintln!("ordo: error: {error:#}");
+            tracing::error!("{error:#}");
             ExitCode::from(2)
         }
     }
@@ -110,6 +110,34 @@ fn init_logs(json: bool) {
     if json {
         logs.json().flatten_event(true).init();
     } else {
-        logs.without_time().init();
+        logs.event_format(Human).init();
+    }
+}
+
+/// Human log lines as a CLI prints them: `ordo: what happened`, with `warning:` or
+/// `error:` in front where it is one, and the event's fields after the message.
+struct Human;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Human
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        context: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let prefix = match *event.metadata().level() {
+            tracing::Level::ERROR => "ordo: error: ",
+            tracing::Level::WARN => "ordo: warning: ",
+            _ => "ordo: ",
+        };
+        writer.write_str(prefix)?;
+        context
+            .field_format()
+            .format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
     }
 }

@@ -47,14 +47,15 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     let stop = AtomicBool::new(false);
     match relay::run(&mut store, &url, &options, &stop) {
         Ok(report) => {
-            eprintln!(
-                "ordo relay: published {} events in {} batches",
-                report.published, report.batches
+            tracing::info!(
+                "relay: published {} events in {} batches",
+                report.published,
+                report.batches
             );
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {
-            eprintln!("ordo relay: {error}");
+            tracing::error!("relay: {error}");
             Ok(ExitCode::from(1))
         }
     }

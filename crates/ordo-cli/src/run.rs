@@ -119,7 +119,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (report, mut consumer) = match run_serving(consumer, source, options, endpoint) {
         Ok(done) => done,
         Err(error) => {
-            eprintln!("ordo: run failed, nothing of the failed batch was written: {error}");
+            tracing::error!("run failed, nothing of the failed batch was written: {error}");
             return Ok(ExitCode::from(1));
         }
     };
@@ -134,13 +134,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         RunEnd::Stopped => "stopped by signal after committing the last batch",
         RunEnd::Crashed => "crashed on purpose",
     };
-    eprintln!(
-        "ordo: {how}; {} delivered in this run, {} commits; store counters: {counters}; {dead_letters} dead letters",
+    tracing::info!(
+        "{how}; {} delivered in this run, {} commits; store counters: {counters}; {dead_letters} dead letters",
         report.delivered, report.commits
     );
     if consumer.notices_suppressed() > 0 {
-        eprintln!(
-            "ordo: {} further notices not printed (see the counters)",
+        tracing::info!(
+            "{} further notices not printed (see the counters)",
             consumer.notices_suppressed()
         );
     }
@@ -161,17 +161,19 @@ fn print_still_waiting(status: &ordo_store::StoreStatus, store_url: &str) {
     if status.waiting() == 0 && status.counters.stalled == 0 {
         return;
     }
-    eprintln!(
-        "ordo: still waiting: {} events ({} behind a gap or a dead letter, {} on another stream); {} streams stalled",
+    tracing::info!(
+        "still waiting: {} events ({} behind a gap or a dead letter, {} on another stream); {} streams stalled",
         status.waiting(),
         status.buffered,
         status.parked,
         status.counters.stalled
     );
     for stream in &status.longest_waiting {
-        eprintln!(
-            "ordo:   {}: {} events wait for {}",
-            stream.stream, stream.events, stream.blocker
+        tracing::info!(
+            "  {}: {} events wait for {}",
+            stream.stream,
+            stream.events,
+            stream.blocker
         );
     }
     let listed = status.longest_waiting.len() as u64;
@@ -180,8 +182,8 @@ fn print_still_waiting(status: &ordo_store::StoreStatus, store_url: &str) {
     } else {
         ""
     };
-    eprintln!(
-        "ordo: see `ordo status --store {}`{streams_more} and `ordo parked list`",
+    tracing::info!(
+        "see `ordo status --store {}`{streams_more} and `ordo parked list`",
         ordo_store::redact(store_url)
     );
 }
@@ -230,8 +232,8 @@ pub(crate) fn endpoint(
     };
     let listener = std::net::TcpListener::bind(&address)
         .with_context(|| format!("--metrics {address}: cannot listen"))?;
-    eprintln!(
-        "ordo: metrics on http://{}/metrics (and /healthz, /readyz)",
+    tracing::info!(
+        "metrics on http://{}/metrics (and /healthz, /readyz)",
         listener.local_addr()?
     );
     // A connection of the endpoint's own, opened at the first scrape and again after

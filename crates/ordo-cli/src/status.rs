@@ -16,7 +16,21 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut store = open_read_only(&args.store)?;
     let status = store.status()?;
     let now = now_ms();
-    let lags: Vec<Option<u64>> = status.positions.iter().map(lag).collect();
+    let kafka = match &args.source {
+        Some(source) => Some(kafka_ends(source)?),
+        None => None,
+    };
+    let lags: Vec<Option<u64>> = status
+        .positions
+        .iter()
+        .map(|position| match &kafka {
+            Some((key, ends)) if &position.source == key => ends
+                .iter()
+                .find(|end| end.partition == position.partition)
+                .map(|end| end.caught_up_at.saturating_sub(position.offset)),
+            _ => lag(position),
+        })
+        .collect();
     if args.json {
         let mut json = status.to_json(now);
         if let Some(Value::Array(positions)) = json.get_mut("positions") {
@@ -29,6 +43,21 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     print_human(&status, &lags, now);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The checkpoint key `run` records for a Kafka source, and its partitions' ends.
+fn kafka_ends(
+    source: &str,
+) -> anyhow::Result<(String, Vec<ordo_runtime::telemetry::PartitionEnd>)> {
+    let url = ordo_kafka::KafkaUrl::parse(source).map_err(anyhow::Error::msg)?;
+    // As `ordo run` keys positions: the topic and the group, not a broker address.
+    let key = format!(
+        "kafka:{}?group={}",
+        url.topic,
+        url.group.clone().unwrap_or_default()
+    );
+    let ends = ordo_kafka::partition_ends(&url).map_err(anyhow::Error::msg)?;
+    Ok((key, ends))
 }
 
 /// Events beyond the position, when the source can be read from here (the embedded log).

@@ -1048,3 +1048,36 @@ fn kafka_lag_per_partition_and_relay_metrics_are_served() {
     assert!(metrics["ordo_relay_last_publish_timestamp_seconds"] > 1.7e9);
     assert_eq!(get(&relay.address, "/healthz").0, 200);
 }
+
+/// `ordo status --source kafka://…` measures each recorded position's lag against the
+/// broker's high watermarks, from the store alone (no running consumer).
+#[test]
+fn status_with_a_kafka_source_shows_lag_per_partition() {
+    let broker = Broker::start();
+    broker.create_topic("statused", 2);
+    let seed = 79;
+    let history = Scenario::Bank.history(seed, 300);
+    broker.produce("statused", &history, None);
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let source = broker.source("statused", "s");
+    run_until_idle(&source, &store);
+    let lag = |store: &str| -> Vec<u64> {
+        let output = ok(&["status", "--store", store, "--source", &source, "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        status["positions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["lag_events"].as_u64().expect("lag measured"))
+            .collect()
+    };
+    assert_eq!(lag(&store), [0, 0]);
+    // More events, not consumed: the lag is theirs.
+    let more = Scenario::Bank.history(seed + 1, 40);
+    broker.produce("statused", &more, None);
+    assert_eq!(lag(&store).iter().sum::<u64>(), more.len() as u64);
+    let output = ok(&["status", "--store", &store, "--source", &source]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("lag "), "{text}");
+}

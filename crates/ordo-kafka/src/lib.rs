@@ -11,5 +11,5 @@ pub mod relay;
 mod source;
 mod url;
 
-pub use source::{KafkaSource, BROKER_WAIT_MS, IDLE_MS_DEFAULT};
+pub use source::{partition_ends, KafkaSource, BROKER_WAIT_MS, IDLE_MS_DEFAULT};
 pub use url::KafkaUrl;

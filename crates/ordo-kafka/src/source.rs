@@ -406,3 +406,46 @@ impl Source for KafkaSource {
         }
     }
 }
+
+/// Each partition's end of `url`'s topic, asked of the broker (for `ordo status --source`:
+/// one short-lived client, no group joined, nothing committed).
+pub fn partition_ends(
+    url: &KafkaUrl,
+) -> Result<Vec<ordo_runtime::telemetry::PartitionEnd>, String> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &url.brokers);
+    for (key, value) in &url.params {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(|e| format!("cannot create a client: {e}"))?;
+    let wait = Duration::from_millis(BROKER_WAIT_MS);
+    let metadata = consumer
+        .fetch_metadata(Some(&url.topic), wait)
+        .map_err(|e| {
+            format!(
+                "no answer from {} within {} s: {e}",
+                url.brokers,
+                wait.as_secs()
+            )
+        })?;
+    let topic = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == url.topic)
+        .ok_or_else(|| format!("topic `{}` not found", url.topic))?;
+    let mut ends = Vec::new();
+    for partition in topic.partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(&url.topic, partition.id(), wait)
+            .map_err(|e| format!("partition {}: {e}", partition.id()))?;
+        ends.push(ordo_runtime::telemetry::PartitionEnd {
+            partition: partition.id() as u32,
+            // A checkpoint is the offset of the last event read.
+            caught_up_at: (high.max(0) as u64).saturating_sub(1),
+            events: high.saturating_sub(low).max(0) as u64,
+        });
+    }
+    Ok(ends)
+}
