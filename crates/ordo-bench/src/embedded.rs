@@ -202,7 +202,7 @@ fn run_ordo_with_metrics(log: &str, store: &str) -> Result<f64, String> {
                     .map_err(|e| ordo_store::ReadError::Database(e.to_string()))?,
             );
         }
-        reader_store.as_mut().expect("just opened").status()
+        reader_store.as_mut().expect("just opened").status_summary()
     });
     let serving = ordo_runtime::telemetry::serve_in_background(ordo_runtime::telemetry::Endpoint {
         listener,

@@ -22,6 +22,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // each partition to one member; other sources have exactly one writer.
     if !matches!(source_url, SourceUrl::Kafka(_)) {
         store.acquire_lease("ordo run")?;
+        created.leased();
     }
     let mut config = engine_config(&args.engine, &mut store)?;
     let mut handler = crate::handler::for_run(&args.handler, &mut store)?;
@@ -37,6 +38,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if let (Some(settings), Some(telemetry)) = (&mut handler, &telemetry) {
         settings.options.telemetry = Some(telemetry.handlers());
+        if args.health_stuck_ms <= args.handler.handler_timeout_ms {
+            // Then one slow call that is still within its timeout turns /healthz red, and
+            // a liveness probe restarts a consumer that is fine.
+            tracing::warn!(
+                "--health-stuck-ms {} is not above --handler-timeout-ms {}: a call still within its timeout turns /healthz red",
+                args.health_stuck_ms,
+                args.handler.handler_timeout_ms
+            );
+        }
     }
     // Bound before anything runs: a taken port is a usage error, not a log line.
     let endpoint = match (&args.metrics, &telemetry) {
@@ -190,26 +200,46 @@ fn print_still_waiting(status: &ordo_store::StoreStatus, store_url: &str) {
 
 /// A SQLite store file this `run` is about to create: removed again (with its WAL files)
 /// when the run fails before consuming anything (a mistyped source, a taken port), so a
-/// failed first try leaves no empty store behind.
-struct CreatedStore(Option<std::path::PathBuf>);
+/// failed first try leaves no empty store behind. Only once this process holds the
+/// store's lease: two runs started together on a new path both see it missing, and the
+/// one that loses the lease must not delete the winner's store.
+struct CreatedStore {
+    path: Option<std::path::PathBuf>,
+    leased: bool,
+}
 
 impl CreatedStore {
     fn new(store_url: &str) -> Self {
         let path = match ordo_store::StoreUrl::parse(store_url) {
             Ok(ordo_store::StoreUrl::Sqlite(path)) => std::path::PathBuf::from(path),
-            _ => return CreatedStore(None),
+            _ => {
+                return CreatedStore {
+                    path: None,
+                    leased: false,
+                }
+            }
         };
-        CreatedStore((!path.exists()).then_some(path))
+        CreatedStore {
+            path: (!path.exists()).then_some(path),
+            leased: false,
+        }
+    }
+
+    fn leased(&mut self) {
+        self.leased = true;
     }
 
     fn keep(&mut self) {
-        self.0 = None;
+        self.path = None;
     }
 }
 
 impl Drop for CreatedStore {
     fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
+        if !self.leased {
+            return;
+        }
+        if let Some(path) = self.path.take() {
             for suffix in ["", "-wal", "-shm"] {
                 let mut file = path.clone().into_os_string();
                 file.push(suffix);
@@ -248,7 +278,7 @@ pub(crate) fn endpoint(
                     .map_err(|e| ordo_store::ReadError::Unavailable(e.to_string()))?,
             ),
         };
-        let status = opened.status();
+        let status = opened.status_summary();
         if status.is_err() {
             store = None;
         }

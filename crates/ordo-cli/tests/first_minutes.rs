@@ -67,9 +67,19 @@ fn as_reader(args: &[&str], dir: &Path) -> std::process::Output {
             .output()
             .expect("setpriv runs")
     } else {
+        let files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        for file in &files {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o444)).unwrap();
+        }
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
         let output = run(args);
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for file in &files {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
         output
     }
 }

@@ -49,7 +49,6 @@ pub struct RelayOptions {
 struct RelayMetrics {
     published: Counter,
     batches: Counter,
-    failures: Counter,
     backlog: Gauge,
     last_publish: Gauge<f64, AtomicU64>,
 }
@@ -68,11 +67,6 @@ impl RelayMetrics {
                 "ordo_relay_batches",
                 "Outbox batches published and marked",
                 shared.batches.clone(),
-            );
-            r.register(
-                "ordo_relay_failures",
-                "Batches not confirmed by the broker (sent again)",
-                shared.failures.clone(),
             );
             r.register(
                 "ordo_relay_outbox_backlog",
@@ -171,11 +165,12 @@ pub fn run(
         if let (Some(telemetry), Some(metrics)) = (telemetry, &metrics) {
             telemetry.heartbeat();
             if telemetry.lag_wanted() {
-                // A relay has no partitions to lag on: answer the scrape at once.
+                // A scrape asked: the backlog is the relay's lag (counted only then, as
+                // it costs a scan of the unpublished rows).
+                let backlog = store.outbox_backlog().map_err(|e| e.to_string())?;
+                metrics.backlog.set(backlog as i64);
                 telemetry.measured_lag(&[], &[]);
             }
-            let backlog = store.outbox_backlog().map_err(|e| e.to_string())?;
-            metrics.backlog.set(backlog as i64);
         }
         let rows = store
             .outbox_unpublished(options.batch)
@@ -212,9 +207,6 @@ pub fn run(
             })?;
         let failed = producer.context().failed.swap(0, Ordering::SeqCst);
         if failed > 0 {
-            if let Some(metrics) = &metrics {
-                metrics.failures.inc();
-            }
             return Err(format!(
                 "{failed} deliveries failed; the batch stays unpublished and will be sent again"
             ));

@@ -47,20 +47,31 @@ struct GroupContext {
     /// Set when the source is dropped: the consumer's close must not wait for answers
     /// nobody will give, and everything was committed before.
     closing: AtomicBool,
-    /// Each partition's (low, high) watermarks, from librdkafka's last statistics.
+    /// Each partition's (low, end) offsets, from librdkafka's last statistics.
     watermarks: Mutex<BTreeMap<i32, (i64, i64)>>,
+    /// Whether the last statistics saw a broker up (`/readyz`: the source is reachable).
+    brokers_up: AtomicBool,
 }
 
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        self.brokers_up.store(up, Ordering::Relaxed);
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
         let mut watermarks = self.watermarks.lock().expect("watermarks");
         for (&partition, stats) in &topic.partitions {
+            // A read_committed consumer (librdkafka's default) ends at the last stable
+            // offset, not the high watermark; brokers that do not report it give -1.
+            let end = if stats.ls_offset >= 0 {
+                stats.ls_offset
+            } else {
+                stats.hi_offset
+            };
             // -1 is librdkafka's own unassigned partition; negative offsets: not known yet.
-            if partition >= 0 && stats.hi_offset >= 0 && stats.lo_offset >= 0 {
-                watermarks.insert(partition, (stats.lo_offset, stats.hi_offset));
+            if partition >= 0 && end >= 0 && stats.lo_offset >= 0 {
+                watermarks.insert(partition, (stats.lo_offset, end));
             }
         }
     }
@@ -143,6 +154,7 @@ impl KafkaSource {
             pending: Mutex::new(VecDeque::new()),
             closing: AtomicBool::new(false),
             watermarks: Mutex::new(BTreeMap::new()),
+            brokers_up: AtomicBool::new(true),
         };
         let consumer: BaseConsumer<GroupContext> = config
             .create_with_context(context)
@@ -229,6 +241,10 @@ impl Source for KafkaSource {
 
     fn resume(&mut self, _checkpoints: &[(u32, u64)]) {
         // Positions arrive with each assignment (complete_rebalance).
+    }
+
+    fn reachable(&self) -> bool {
+        self.consumer.context().brokers_up.load(Ordering::Relaxed)
     }
 
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {

@@ -22,6 +22,9 @@ pub const CROSS_PROCESS_POLL_MS: u64 = 10;
 /// Most events returned by one [`EventLog::read`].
 pub const READ_BATCH_MAX: usize = 65_536;
 
+/// How long SQLite itself waits on a lock before answering busy.
+pub const BUSY_TIMEOUT_MS: u64 = 5_000;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     position INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT, version INTEGER, body TEXT NOT NULL);
@@ -193,7 +196,7 @@ impl EventLog {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
             )?
         };
-        connection.busy_timeout(Duration::from_secs(5))?;
+        connection.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
         Ok(EventLog {
             connection,
             signal: signal_for(file),
@@ -223,7 +226,7 @@ impl EventLog {
                 path: path.into(),
                 detail: e.to_string(),
             })?;
-        connection.busy_timeout(Duration::from_secs(5))?;
+        connection.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
         connection.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
         connection.execute_batch("PRAGMA synchronous=NORMAL;")?;
         connection.execute_batch(SCHEMA)?;

@@ -258,6 +258,7 @@ impl RunLoop {
     ) -> Result<Option<RunEnd>, RunError> {
         if let Some(telemetry) = consumer.telemetry().cloned() {
             telemetry.heartbeat();
+            telemetry.set_source_reachable(source.reachable());
             if telemetry.lag_wanted() {
                 let ends = source.ends();
                 telemetry.measured_lag(&ends, &consumer.engine.checkpoints());
@@ -553,7 +554,11 @@ pub fn run_serving<S: Store + Send + 'static>(
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    runtime.block_on(async move {
+    if let Some(telemetry) = consumer.telemetry() {
+        // Restoring the store took what it took; the loop's clock starts now.
+        telemetry.heartbeat();
+    }
+    let result = runtime.block_on(async move {
         let stop = Arc::new(AtomicBool::new(false));
         let signal_stop = stop.clone();
         let signals = tokio::spawn(async move {
@@ -577,5 +582,10 @@ pub fn run_serving<S: Store + Send + 'static>(
             served.abort();
         }
         result
-    })
+    });
+    // A metrics read still out (a database that hangs) must not hold the exit up.
+    runtime.shutdown_timeout(Duration::from_millis(
+        crate::telemetry::endpoint::SHUTDOWN_WAIT_MS,
+    ));
+    result
 }

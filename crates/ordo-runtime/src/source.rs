@@ -155,6 +155,12 @@ pub trait Source: Send {
         false
     }
 
+    /// Whether the source answers now, as far as it knows without asking (`/readyz`): a
+    /// broker client's view of its connections. Local sources always do.
+    fn reachable(&self) -> bool {
+        true
+    }
+
     /// Where each partition this process reads ends now, for the lag metrics (empty when
     /// the source cannot say: a file has no end to catch up with).
     fn ends(&mut self) -> Vec<crate::telemetry::PartitionEnd> {

@@ -13,8 +13,9 @@
 //! No label ever holds a stream name (unbounded cardinality): partitions and decisions
 //! only.
 
-mod endpoint;
+pub(crate) mod endpoint;
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -42,6 +43,22 @@ pub const STUCK_MS_DEFAULT: u64 = 60_000;
 /// with the last measurement.
 pub const LAG_WAIT_MS: u64 = 500;
 
+/// Buckets of the duration histograms, each twice the one before.
+pub const HISTOGRAM_BUCKETS: u16 = 16;
+
+/// The smallest handler-latency bucket (1 ms; the largest is 32.8 s).
+pub const HANDLER_LATENCY_BUCKET_MIN_S: f64 = 0.001;
+
+/// The smallest commit-duration bucket (0.5 ms; the largest is 16.4 s).
+pub const COMMIT_DURATION_BUCKET_MIN_S: f64 = 0.0005;
+
+/// How often a scrape waiting for a lag measurement looks for it.
+const LAG_POLL_MS: u64 = 5;
+
+/// Most `(time, end)` samples kept per partition for the lag in seconds: an hour of
+/// scrapes every 15 s whose every look saw the end move.
+pub const LAG_SAMPLES_MAX: usize = 240;
+
 /// Reads a store's status for a scrape (a connection of its own, never the loop's).
 pub type StatusReader = Box<dyn FnMut() -> Result<StoreStatus, ReadError> + Send>;
 
@@ -68,10 +85,13 @@ pub struct Telemetry {
     stuck_ms: u64,
     heartbeat_ms: AtomicU64,
     ready: AtomicBool,
+    source_reachable: AtomicBool,
     last_commit_ms: AtomicU64,
     lag_wanted: AtomicBool,
     lag_generation: AtomicU64,
-    caught_up_ms: Mutex<Vec<(u32, u64)>>,
+    /// Per partition, `(when, end)` each time a measurement saw its end move, oldest
+    /// first, at most [`LAG_SAMPLES_MAX`]: how long ago the end passed a position.
+    lag_samples: Mutex<BTreeMap<u32, VecDeque<(u64, u64)>>>,
     events: Family<DecisionLabels, Counter>,
     deliveries: Counter,
     parked_events: Gauge,
@@ -81,6 +101,7 @@ pub struct Telemetry {
     oldest_dead_letter_age: Gauge<f64, AtomicU64>,
     last_commit_timestamp: Gauge<f64, AtomicU64>,
     heartbeat_age: Gauge<f64, AtomicU64>,
+    store_readable: Gauge,
     lag_events: Family<PartitionLabels, Gauge>,
     lag_seconds: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
     commit_duration: Histogram,
@@ -117,7 +138,11 @@ pub struct HandlerTelemetry {
 impl Default for HandlerTelemetry {
     fn default() -> Self {
         HandlerTelemetry {
-            latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            latency: Histogram::new(exponential_buckets(
+                HANDLER_LATENCY_BUCKET_MIN_S,
+                2.0,
+                HISTOGRAM_BUCKETS,
+            )),
             retries: Counter::default(),
             calling: Gauge::default(),
             progress_ms: AtomicU64::new(now_ms()),
@@ -197,10 +222,11 @@ impl Telemetry {
             stuck_ms,
             heartbeat_ms: AtomicU64::new(now),
             ready: AtomicBool::new(false),
+            source_reachable: AtomicBool::new(true),
             last_commit_ms: AtomicU64::new(0),
             lag_wanted: AtomicBool::new(false),
             lag_generation: AtomicU64::new(0),
-            caught_up_ms: Mutex::new(Vec::new()),
+            lag_samples: Mutex::new(BTreeMap::new()),
             events: Family::default(),
             deliveries: Counter::default(),
             parked_events: Gauge::default(),
@@ -210,9 +236,14 @@ impl Telemetry {
             oldest_dead_letter_age: Gauge::default(),
             last_commit_timestamp: Gauge::default(),
             heartbeat_age: Gauge::default(),
+            store_readable: Gauge::default(),
             lag_events: Family::default(),
             lag_seconds: Family::default(),
-            commit_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            commit_duration: Histogram::new(exponential_buckets(
+                COMMIT_DURATION_BUCKET_MIN_S,
+                2.0,
+                HISTOGRAM_BUCKETS,
+            )),
             commit_conflicts: Counter::default(),
             rebalances: Counter::default(),
             reorder: Arc::default(),
@@ -280,30 +311,46 @@ impl Telemetry {
     }
 
     /// The source's ends against the consumer's positions. A partition's lag in seconds is
-    /// how long it has been behind: since it was last seen caught up (0 when it is).
+    /// the age of the oldest event it has not consumed, as well as the measurements can
+    /// tell: the time since the first measurement that saw the end past the position (a
+    /// lower bound, as old as this process's first look at most; 0 when caught up).
     pub fn measured_lag(&self, ends: &[PartitionEnd], positions: &[(u32, u64)]) {
         let now = now_ms();
-        let mut caught_up = self.caught_up_ms.lock().expect("caught-up times");
-        self.lag_events.clear();
-        self.lag_seconds.clear();
+        let mut samples = self.lag_samples.lock().expect("lag samples");
+        // Partitions no longer read here (revoked) go; the others are updated in place,
+        // so that a scrape encoding meanwhile never sees a partition vanish.
+        samples.retain(|&partition, _| {
+            let kept = ends.iter().any(|e| e.partition == partition);
+            if !kept {
+                self.lag_events.remove(&[("partition", partition)]);
+                self.lag_seconds.remove(&[("partition", partition)]);
+            }
+            kept
+        });
         for end in ends {
-            let lag = match positions.iter().find(|(p, _)| *p == end.partition) {
+            let position = positions.iter().find(|(p, _)| *p == end.partition);
+            let lag = match position {
                 Some(&(_, at)) => end.caught_up_at.saturating_sub(at),
                 None => end.events,
             };
-            let since = match caught_up.iter_mut().find(|(p, _)| *p == end.partition) {
-                Some(entry) => entry,
-                None => {
-                    caught_up.push((end.partition, now));
-                    caught_up.last_mut().expect("just pushed")
+            let seen = samples.entry(end.partition).or_default();
+            if seen
+                .back()
+                .is_none_or(|&(_, last)| last != end.caught_up_at)
+            {
+                if seen.len() == LAG_SAMPLES_MAX {
+                    seen.pop_front();
                 }
-            };
-            if lag == 0 {
-                since.1 = now;
+                seen.push_back((now, end.caught_up_at));
             }
+            let behind_since = match position {
+                _ if lag == 0 => now,
+                Some(&(_, at)) => seen.iter().find(|&&(_, e)| e > at).map_or(now, |s| s.0),
+                None => seen.front().map_or(now, |s| s.0),
+            };
             let labels = [("partition", end.partition)];
             self.lag_events.get_or_create(&labels).set(lag as i64);
-            let seconds = now.saturating_sub(since.1) as f64 / 1000.0;
+            let seconds = now.saturating_sub(behind_since) as f64 / 1000.0;
             self.lag_seconds.get_or_create(&labels).set(seconds);
         }
         self.lag_generation.fetch_add(1, Ordering::Release);
@@ -331,6 +378,16 @@ impl Telemetry {
     /// Whether the loop said it is ready.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// What the source says of its reachability (the loop passes it on at every step).
+    pub fn set_source_reachable(&self, reachable: bool) {
+        self.source_reachable.store(reachable, Ordering::Relaxed);
+    }
+
+    /// Whether the source was reachable at the loop's last step.
+    pub fn source_reachable(&self) -> bool {
+        self.source_reachable.load(Ordering::Relaxed)
     }
 
     /// Sets what the store says (a scrape just read it).
@@ -401,6 +458,11 @@ impl Telemetry {
             self.heartbeat_age.clone(),
         );
         r.register(
+            "ordo_store_readable",
+            "1 when this scrape read the store; 0 when it could not (the store-backed values are the last read)",
+            self.store_readable.clone(),
+        );
+        r.register(
             "ordo_source_lag_events",
             "Events in the source beyond this consumer's position, per partition",
             self.lag_events.clone(),
@@ -451,8 +513,11 @@ impl Telemetry {
         r
     }
 
-    /// The metrics as Prometheus text, after reading the store through `reader`.
+    /// The metrics as Prometheus text, with what the store said (`None`: it could not be
+    /// read, and `ordo_store_readable` says so).
     pub fn encode(&self, status: Option<&StoreStatus>) -> String {
+        // A failed read leaves the store-backed values as last read: say so.
+        self.store_readable.set(i64::from(status.is_some()));
         if let Some(status) = status {
             self.set_status(status);
         }
@@ -474,13 +539,18 @@ impl Telemetry {
         while self.lag_generation.load(Ordering::Acquire) == before
             && tokio::time::Instant::now() < deadline
         {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(LAG_POLL_MS)).await;
         }
     }
 }
 
 fn set_counters(family: &Family<DecisionLabels, Counter>, counters: &Counters) {
     for (name, value) in counters.fields() {
+        if name == "stalled" {
+            // Streams stalled now, not a count of events: it goes down when a gap fills,
+            // which a counter must not. It is `ordo_stalled_streams`.
+            continue;
+        }
         // Absolute: the store's counters are the source of truth (and the same as --json).
         family
             .get_or_create(&[("decision", name)])

@@ -194,11 +194,20 @@ pub enum AnyStore {
 }
 
 impl AnyStore {
-    /// What `ordo status` and the metrics show (see [`status`]).
+    /// What `ordo status` shows (see [`status`]), with the streams waiting longest.
     pub fn status(&mut self) -> Result<StoreStatus, ReadError> {
         match self {
-            AnyStore::Sqlite(store) => store.status(),
-            AnyStore::Postgres(store) => store.status(),
+            AnyStore::Sqlite(store) => store.status(true),
+            AnyStore::Postgres(store) => store.status(true),
+        }
+    }
+
+    /// What a metrics scrape reads: [`Self::status`] without the longest-waiting streams
+    /// (a scan of every waiting event, which no metric needs).
+    pub fn status_summary(&mut self) -> Result<StoreStatus, ReadError> {
+        match self {
+            AnyStore::Sqlite(store) => store.status(false),
+            AnyStore::Postgres(store) => store.status(false),
         }
     }
 

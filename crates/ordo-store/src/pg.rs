@@ -248,25 +248,31 @@ fn connect(url: &str, schema: Option<&str>, read_only: bool) -> Result<Client, p
 }
 
 impl PostgresStore {
-    /// What `ordo status` and the metrics show (see [`crate::status`]).
-    pub fn status(&mut self) -> Result<crate::StoreStatus, ReadError> {
-        let counters = self.counters()?;
-        let rows = self.retrying(|store| status_rows(&mut store.client))?;
+    /// What `ordo status` and the metrics show (see [`crate::status`]); `longest`: also
+    /// the streams waiting longest (a scrape does without).
+    pub fn status(&mut self, longest: bool) -> Result<crate::StoreStatus, ReadError> {
+        let (counters, rows) = self.retrying(|store| status_rows(&mut store.client, longest))?;
         Ok(crate::StoreStatus::from_rows(crate::status::StatusRows {
-            counters,
+            counters: rows::counters(counters)?,
             ..rows
         }))
     }
 }
 
 /// The status rows, in one read-only transaction (one consistent view).
-fn status_rows(client: &mut Client) -> Result<crate::status::StatusRows, postgres::Error> {
+fn status_rows(
+    client: &mut Client,
+    longest: bool,
+) -> Result<(Option<String>, crate::status::StatusRows), postgres::Error> {
     let opt = |v: Option<i64>| v.map(|v| v as u64);
     let mut transaction = client
         .build_transaction()
         .read_only(true)
         .isolation_level(postgres::IsolationLevel::RepeatableRead)
         .start()?;
+    let counters = transaction
+        .query_opt("SELECT value FROM meta WHERE key = 'counters'", &[])?
+        .map(|row| row.get(0));
     let mut rows = crate::status::StatusRows::default();
     for row in transaction.query(
         "SELECT source, partition, \"offset\", committed_ms FROM checkpoints
@@ -289,6 +295,19 @@ fn status_rows(client: &mut Client) -> Result<crate::status::StatusRows, postgre
     }
     let row = transaction.query_one("SELECT COUNT(*), MIN(at_ms) FROM dead_letters", &[])?;
     rows.dead_letters = (row.get::<_, i64>(0) as u64, opt(row.get(1)));
+    if longest {
+        rows.streams = waiting_streams(&mut transaction)?;
+    }
+    transaction.commit()?;
+    Ok((counters, rows))
+}
+
+/// The streams waiting longest, with what holds each (within the status transaction).
+fn waiting_streams(
+    transaction: &mut postgres::Transaction<'_>,
+) -> Result<Vec<crate::status::StreamRows>, postgres::Error> {
+    let opt = |v: Option<i64>| v.map(|v| v as u64);
+    let mut streams = Vec::new();
     for row in transaction.query(crate::status::LONGEST_WAITING_SQL, &[])? {
         let stream: String = row.get(0);
         let head_version = row.get::<_, i64>(3);
@@ -309,7 +328,7 @@ fn status_rows(client: &mut Client) -> Result<crate::status::StatusRows, postgre
             )?
             .get::<_, Option<i64>>(0)
             .map(|id| id as u64);
-        rows.streams.push(crate::status::StreamRows {
+        streams.push(crate::status::StreamRows {
             events: row.get::<_, i64>(1) as u64,
             since_ms: opt(row.get(2)),
             head_version: head_version as u64,
@@ -319,8 +338,7 @@ fn status_rows(client: &mut Client) -> Result<crate::status::StatusRows, postgre
             stream,
         });
     }
-    transaction.commit()?;
-    Ok(rows)
+    Ok(streams)
 }
 
 impl PostgresStore {

@@ -338,18 +338,25 @@ impl SqliteStore {
     }
 
     /// What `ordo status` and the metrics show (see [`crate::status`]).
-    pub fn status(&mut self) -> Result<crate::StoreStatus, ReadError> {
+    pub fn status(&mut self, longest: bool) -> Result<crate::StoreStatus, ReadError> {
+        // One read transaction: a commit landing meanwhile cannot make the counters,
+        // the waiting events and the dead letters disagree.
+        let connection = self.connection.unchecked_transaction()?;
+        let counters = connection
+            .query_row("SELECT value FROM meta WHERE key = 'counters'", [], |row| {
+                row.get::<_, String>(0)
+            })
+            .optional()?;
         let mut rows = crate::status::StatusRows {
-            counters: self.counters()?,
+            counters: rows::counters(counters)?,
             ..Default::default()
         };
         let opt = |v: Option<i64>| v.map(|v| v as u64);
-        let connection = &self.connection;
-        let mut statement = connection.prepare(
-            "SELECT source, partition, offset, committed_ms FROM checkpoints
-             ORDER BY source, partition",
-        )?;
-        rows.positions = statement
+        rows.positions = connection
+            .prepare(
+                "SELECT source, partition, offset, committed_ms FROM checkpoints
+                 ORDER BY source, partition",
+            )?
             .query_map([], |row| {
                 Ok(crate::status::Position {
                     source: row.get(0)?,
@@ -359,9 +366,8 @@ impl SqliteStore {
                 })
             })?
             .collect::<Result<_, _>>()?;
-        let mut statement = connection
-            .prepare("SELECT state, COUNT(*), MIN(since_ms) FROM pending GROUP BY state")?;
-        rows.pending = statement
+        rows.pending = connection
+            .prepare("SELECT state, COUNT(*), MIN(since_ms) FROM pending GROUP BY state")?
             .query_map([], |row| {
                 Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, opt(row.get(2)?)))
             })?
@@ -370,6 +376,19 @@ impl SqliteStore {
             connection.query_row("SELECT COUNT(*), MIN(at_ms) FROM dead_letters", [], |row| {
                 Ok((row.get::<_, i64>(0)? as u64, opt(row.get(1)?)))
             })?;
+        if longest {
+            rows.streams = waiting_streams(&connection)?;
+        }
+        connection.commit()?;
+        Ok(crate::StoreStatus::from_rows(rows))
+    }
+}
+
+/// The streams waiting longest, with what holds each (within the status transaction).
+fn waiting_streams(connection: &Connection) -> Result<Vec<crate::status::StreamRows>, ReadError> {
+    let opt = |v: Option<i64>| v.map(|v| v as u64);
+    let mut found = Vec::new();
+    {
         let mut statement = connection.prepare(crate::status::LONGEST_WAITING_SQL)?;
         let streams: Vec<(String, u64, Option<u64>, u64)> = statement
             .query_map([], |row| {
@@ -404,7 +423,7 @@ impl SqliteStore {
                 params![stream, applied as i64 + 1],
                 |row| row.get(0),
             )?);
-            rows.streams.push(crate::status::StreamRows {
+            found.push(crate::status::StreamRows {
                 stream,
                 events,
                 since_ms,
@@ -414,9 +433,11 @@ impl SqliteStore {
                 dead_letter,
             });
         }
-        Ok(crate::StoreStatus::from_rows(rows))
     }
+    Ok(found)
+}
 
+impl SqliteStore {
     /// Reads and decodes every waiting row (what a restore that loads everything would
     /// do; the parked-events benchmark measures against it). Returns how many.
     pub fn read_all_pending(&mut self) -> Result<usize, ReadError> {

@@ -15,7 +15,8 @@ pub struct Position {
     pub source: String,
     /// The partition.
     pub partition: u32,
-    /// The next offset to read.
+    /// The last offset settled: every event up to it is applied or durably waiting (the
+    /// source resumes after it).
     pub offset: u64,
     /// When it was last recorded (ms since the Unix epoch; unknown for rows written by
     /// builds before it was kept).

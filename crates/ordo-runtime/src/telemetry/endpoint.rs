@@ -4,12 +4,22 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 
 use super::{Health, StatusReader, Telemetry};
+
+/// Longest a scrape or probe waits for the store's status.
+pub const STORE_READ_TIMEOUT_MS: u64 = 5_000;
+
+/// Pause after a failed `accept` before the next.
+const ACCEPT_RETRY_MS: u64 = 100;
+
+/// Longest a stopping endpoint waits for a store read still out.
+pub(crate) const SHUTDOWN_WAIT_MS: u64 = 1_000;
 
 /// Where the endpoint listens and what it reads.
 pub struct Endpoint {
@@ -68,6 +78,8 @@ pub fn serve_in_background(endpoint: Endpoint) -> Serving {
                 _ = stopped => {}
             }
         });
+        // A store read still out (a database that hangs) must not hold the exit up.
+        runtime.shutdown_timeout(Duration::from_millis(SHUTDOWN_WAIT_MS));
     });
     Serving {
         stop: Some(stop),
@@ -97,8 +109,15 @@ pub async fn serve(endpoint: Endpoint) {
         reader: Mutex::new(reader),
     });
     loop {
-        let Ok((socket, _)) = listener.accept().await else {
-            continue;
+        let socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(error) => {
+                // Out of file descriptors, say: wait instead of spinning on the thread
+                // that also waits for signals.
+                tracing::warn!(%error, "the metrics endpoint cannot accept");
+                tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                continue;
+            }
         };
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -145,6 +164,12 @@ async fn answer(shared: &Arc<Shared>, path: &str) -> Response<Full<Bytes>> {
                     "not ready: starting, or no partition assigned".into(),
                 );
             }
+            if !shared.telemetry.source_reachable() {
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the source is unreachable (no broker up)".into(),
+                );
+            }
             match read_status(shared).await {
                 Ok(_) => plain(StatusCode::OK, "ready".into()),
                 Err(error) => plain(
@@ -160,15 +185,29 @@ async fn answer(shared: &Arc<Shared>, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
-/// The store's status, read on the blocking pool (SQLite and PostgreSQL clients block).
+/// The store's status, read on the blocking pool (SQLite and PostgreSQL clients block),
+/// within [`STORE_READ_TIMEOUT_MS`]; one read at a time, so a store that hangs ties up
+/// one thread, and probes meanwhile get a prompt answer.
 async fn read_status(shared: &Arc<Shared>) -> Result<ordo_store::StoreStatus, String> {
     let shared = shared.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut reader = shared.reader.lock().map_err(|_| "a reader panicked")?;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut reader = match shared.reader.try_lock() {
+            Ok(reader) => reader,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err("an earlier store read has not answered yet".to_string())
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                return Err("an earlier store read panicked".to_string())
+            }
+        };
         (reader)().map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    });
+    match tokio::time::timeout(Duration::from_millis(STORE_READ_TIMEOUT_MS), read).await {
+        Ok(joined) => joined.map_err(|e| e.to_string())?,
+        Err(_) => Err(format!(
+            "the store did not answer within {STORE_READ_TIMEOUT_MS} ms"
+        )),
+    }
 }
 
 fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
