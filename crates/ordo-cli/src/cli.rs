@@ -75,6 +75,12 @@ pub enum Command {
         after_help = "Examples:\n  ordo status --store sqlite:state.db\n  ordo status --store postgres://ordo@127.0.0.1:5432/ordo --json\n  ordo status --store sqlite:state.db --source 'kafka://127.0.0.1:9092/orders?group=inventory'"
     )]
     Status(StatusArgs),
+    /// The operator's web console: what waits and why, dead letters, one stream
+    /// explained, the journal (loopback by default).
+    #[command(
+        after_help = "Examples:\n  ordo console --store sqlite:state.db            (then open http://127.0.0.1:8480/)\n  ORDO_CONSOLE_TOKEN=$(openssl rand -hex 16) ordo console --store postgres://ordo@db/ordo --listen 0.0.0.0:8480 --redact email"
+    )]
+    Console(ConsoleArgs),
     /// Publish the store's outbox to Kafka, keyed by stream, in order.
     #[command(
         after_help = "Example:\n  ordo relay --store sqlite:app.db --to kafka://127.0.0.1:9092/events"
@@ -105,6 +111,25 @@ pub struct StatusArgs {
     /// One JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ordo console`.
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// The store.
+    #[arg(long)]
+    pub store: String,
+    /// Where to listen: a port (loopback) or HOST:PORT; anything but loopback needs a
+    /// token.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8480")]
+    pub listen: String,
+    /// The token every request must carry (at least 16 characters); also
+    /// ORDO_CONSOLE_TOKEN.
+    #[arg(long, env = "ORDO_CONSOLE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A payload field shown as [redacted] wherever it appears (repeatable).
+    #[arg(long, value_name = "FIELD")]
+    pub redact: Vec<String>,
 }
 
 /// `ordo notices`.

@@ -19,6 +19,7 @@ mod append;
 mod bench;
 mod chaos;
 mod cli;
+mod console;
 mod demo;
 mod dlq;
 mod export;
@@ -71,6 +72,7 @@ fn main() -> ExitCode {
         },
         cli::Command::Notices(args) => notices::run(args),
         cli::Command::Status(args) => status::run(args),
+        cli::Command::Console(args) => console::run(args),
         cli::Command::Relay(args) => relay::run(args),
         cli::Command::Chaos(args) => chaos::run(args),
         cli::Command::Bench(args) => bench::run(args),

@@ -153,3 +153,69 @@ pub(crate) fn filter_sql(filter: &JournalFilter, dollar: bool) -> String {
          ORDER BY id DESC {limit}) AS newest ORDER BY id"
     )
 }
+
+/// `at_ms` as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn utc(at_ms: u64) -> String {
+    let seconds = at_ms / 1000;
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// The entry's detail in a few words, as `ordo notices` and the console print it.
+pub fn summary(entry: &JournalEntry) -> String {
+    let d = &entry.detail;
+    let text = |key: &str| d[key].as_str().unwrap_or_default().to_string();
+    match entry.kind {
+        "late-after-merge" if d["redirected"] == true => {
+            format!("applied to merge target `{}`", text("target"))
+        }
+        "late-after-merge" => format!(
+            "applied to its source before the merge; folded into `{}`",
+            text("target")
+        ),
+        "stalled" => format!(
+            "missing version {} (version {} waits)",
+            d["missing"], d["waiting"]
+        ),
+        "dead-lettered" => format!("entry {} ({}): {}", d["id"], text("kind"), text("reason")),
+        "conflict" => text("detail"),
+        "released" => format!(
+            "went on after waiting {} s for its dependency",
+            d["waited_ms"].as_u64().unwrap_or_default() / 1000
+        ),
+        "stale" => format!(
+            "event `{}` skipped: its version is held or passed",
+            text("id")
+        ),
+        "operator" => format!(
+            "{}{} by {}: {}{}",
+            text("verb"),
+            d["args"]["id"]
+                .as_u64()
+                .map(|id| format!(" entry {id}"))
+                .unwrap_or_default(),
+            text("user"),
+            text("result"),
+            match text("reason") {
+                reason if reason.is_empty() => String::new(),
+                reason => format!(" (reason: {reason})"),
+            }
+        ),
+        _ => d.to_string(),
+    }
+}

@@ -197,8 +197,18 @@ impl AnyStore {
     /// What `ordo status` shows (see [`status`]), with the streams waiting longest.
     pub fn status(&mut self) -> Result<StoreStatus, ReadError> {
         match self {
-            AnyStore::Sqlite(store) => store.status(true),
-            AnyStore::Postgres(store) => store.status(true),
+            AnyStore::Sqlite(store) => store.status(status::LONGEST_WAITING_MAX),
+            AnyStore::Postgres(store) => store.status(status::LONGEST_WAITING_MAX),
+        }
+    }
+
+    /// [`Self::status`] naming up to `streams` waiting streams (at most
+    /// [`status::WAITING_STREAMS_MAX`]).
+    pub fn status_waiting(&mut self, streams: usize) -> Result<StoreStatus, ReadError> {
+        let streams = streams.min(status::WAITING_STREAMS_MAX);
+        match self {
+            AnyStore::Sqlite(store) => store.status(streams),
+            AnyStore::Postgres(store) => store.status(streams),
         }
     }
 
@@ -206,8 +216,8 @@ impl AnyStore {
     /// (a scan of every waiting event, which no metric needs).
     pub fn status_summary(&mut self) -> Result<StoreStatus, ReadError> {
         match self {
-            AnyStore::Sqlite(store) => store.status(false),
-            AnyStore::Postgres(store) => store.status(false),
+            AnyStore::Sqlite(store) => store.status(0),
+            AnyStore::Postgres(store) => store.status(0),
         }
     }
 

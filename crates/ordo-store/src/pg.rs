@@ -248,9 +248,9 @@ fn connect(url: &str, schema: Option<&str>, read_only: bool) -> Result<Client, p
 }
 
 impl PostgresStore {
-    /// What `ordo status` and the metrics show (see [`crate::status`]); `longest`: also
-    /// the streams waiting longest (a scrape does without).
-    pub fn status(&mut self, longest: bool) -> Result<crate::StoreStatus, ReadError> {
+    /// What `ordo status` and the metrics show (see [`crate::status`]), with the `longest`
+    /// streams waiting longest (a scrape asks for none).
+    pub fn status(&mut self, longest: usize) -> Result<crate::StoreStatus, ReadError> {
         let (counters, rows) = self.retrying(|store| status_rows(&mut store.client, longest))?;
         Ok(crate::StoreStatus::from_rows(crate::status::StatusRows {
             counters: rows::counters(counters)?,
@@ -262,7 +262,7 @@ impl PostgresStore {
 /// The status rows, in one read-only transaction (one consistent view).
 fn status_rows(
     client: &mut Client,
-    longest: bool,
+    longest: usize,
 ) -> Result<(Option<String>, crate::status::StatusRows), postgres::Error> {
     let opt = |v: Option<i64>| v.map(|v| v as u64);
     let mut transaction = client
@@ -295,8 +295,8 @@ fn status_rows(
     }
     let row = transaction.query_one("SELECT COUNT(*), MIN(at_ms) FROM dead_letters", &[])?;
     rows.dead_letters = (row.get::<_, i64>(0) as u64, opt(row.get(1)));
-    if longest {
-        rows.streams = waiting_streams(&mut transaction)?;
+    if longest > 0 {
+        rows.streams = waiting_streams(&mut transaction, longest)?;
     }
     transaction.commit()?;
     Ok((counters, rows))
@@ -305,10 +305,11 @@ fn status_rows(
 /// The streams waiting longest, with what holds each (within the status transaction).
 fn waiting_streams(
     transaction: &mut postgres::Transaction<'_>,
+    limit: usize,
 ) -> Result<Vec<crate::status::StreamRows>, postgres::Error> {
     let opt = |v: Option<i64>| v.map(|v| v as u64);
     let mut streams = Vec::new();
-    for row in transaction.query(crate::status::LONGEST_WAITING_SQL, &[])? {
+    for row in transaction.query(&crate::status::longest_waiting_sql(limit), &[])? {
         let stream: String = row.get(0);
         let head_version = row.get::<_, i64>(3);
         let head_awaits = transaction

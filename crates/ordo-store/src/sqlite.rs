@@ -218,15 +218,7 @@ impl SqliteStore {
         connection
             .execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;")
             .map_err(database)?;
-        let mut store = SqliteStore {
-            connection,
-            path: path.into(),
-            commit_attempts_max: COMMIT_ATTEMPTS_MAX,
-            fault: None,
-            commits: 0,
-            leased: false,
-            in_batch: false,
-        };
+        let mut store = SqliteStore::over(connection, path);
         store.migrate()?;
         Ok(store)
     }
@@ -267,7 +259,12 @@ impl SqliteStore {
                 });
             }
         }
-        Ok(SqliteStore {
+        Ok(SqliteStore::over(connection, path))
+    }
+
+    /// A store over an opened connection, with nothing of its own yet.
+    fn over(connection: Connection, path: &str) -> Self {
+        SqliteStore {
             connection,
             path: path.into(),
             commit_attempts_max: COMMIT_ATTEMPTS_MAX,
@@ -275,7 +272,7 @@ impl SqliteStore {
             commits: 0,
             leased: false,
             in_batch: false,
-        })
+        }
     }
 
     fn migrate(&mut self) -> Result<(), OpenError> {
@@ -338,7 +335,7 @@ impl SqliteStore {
     }
 
     /// What `ordo status` and the metrics show (see [`crate::status`]).
-    pub fn status(&mut self, longest: bool) -> Result<crate::StoreStatus, ReadError> {
+    pub fn status(&mut self, longest: usize) -> Result<crate::StoreStatus, ReadError> {
         // One read transaction: a commit landing meanwhile cannot make the counters,
         // the waiting events and the dead letters disagree.
         let connection = self.connection.unchecked_transaction()?;
@@ -376,8 +373,8 @@ impl SqliteStore {
             connection.query_row("SELECT COUNT(*), MIN(at_ms) FROM dead_letters", [], |row| {
                 Ok((row.get::<_, i64>(0)? as u64, opt(row.get(1)?)))
             })?;
-        if longest {
-            rows.streams = waiting_streams(&connection)?;
+        if longest > 0 {
+            rows.streams = waiting_streams(&connection, longest)?;
         }
         connection.commit()?;
         Ok(crate::StoreStatus::from_rows(rows))
@@ -385,11 +382,14 @@ impl SqliteStore {
 }
 
 /// The streams waiting longest, with what holds each (within the status transaction).
-fn waiting_streams(connection: &Connection) -> Result<Vec<crate::status::StreamRows>, ReadError> {
+fn waiting_streams(
+    connection: &Connection,
+    limit: usize,
+) -> Result<Vec<crate::status::StreamRows>, ReadError> {
     let opt = |v: Option<i64>| v.map(|v| v as u64);
     let mut found = Vec::new();
     {
-        let mut statement = connection.prepare(crate::status::LONGEST_WAITING_SQL)?;
+        let mut statement = connection.prepare(&crate::status::longest_waiting_sql(limit))?;
         let streams: Vec<(String, u64, Option<u64>, u64)> = statement
             .query_map([], |row| {
                 Ok((

@@ -93,7 +93,8 @@ pub struct StoreStatus {
     pub dead_letters: u64,
     /// When the oldest dead letter was written (ms since the Unix epoch).
     pub oldest_dead_letter_ms: Option<u64>,
-    /// The streams waiting longest, oldest first, at most [`LONGEST_WAITING_MAX`].
+    /// The streams waiting longest, oldest first, as many as asked for (`ordo status`:
+    /// [`LONGEST_WAITING_MAX`]).
     pub longest_waiting: Vec<WaitingStream>,
 }
 
@@ -218,9 +219,15 @@ impl StoreStatus {
 }
 
 /// The query that names the streams waiting longest: oldest first, those of unknown age
-/// last, at most [`LONGEST_WAITING_MAX`].
-pub(crate) const LONGEST_WAITING_SQL: &str = "
-    SELECT stream, COUNT(*), MIN(since_ms), MIN(version) FROM pending
-    WHERE state <> 'skipped' GROUP BY stream
-    ORDER BY MIN(since_ms) IS NULL, MIN(since_ms), stream LIMIT 10";
-const _: () = assert!(LONGEST_WAITING_MAX == 10, "LONGEST_WAITING_SQL says 10");
+/// last, at most `limit`.
+pub(crate) fn longest_waiting_sql(limit: usize) -> String {
+    format!(
+        "SELECT stream, COUNT(*), MIN(since_ms), MIN(version) FROM pending
+         WHERE state <> 'skipped' GROUP BY stream
+         ORDER BY MIN(since_ms) IS NULL, MIN(since_ms), stream LIMIT {limit}"
+    )
+}
+
+/// Most streams a waiting list names (the console's Waiting page).
+pub const WAITING_STREAMS_MAX: usize = 1_000;
+const _: () = assert!(LONGEST_WAITING_MAX <= WAITING_STREAMS_MAX);

@@ -1,0 +1,19 @@
+//! `ordo console`: the operator's web console, next to a running `ordo run` (or a group of
+//! them) on the same store.
+//!
+//! Server-rendered HTML with no front-end build step: each page is one read of the store
+//! through a read-only connection of the console's own (nothing here writes around the
+//! engine's rules), rendered on the server, readable without JavaScript.
+//!
+//! - [`access`]: who may use it — loopback by default, a token required anywhere else;
+//! - [`reads`]: what a page reads from the store, as plain data;
+//! - [`pages`]: how each page says it, as HTML ([`html`] escapes and lays out).
+
+pub mod access;
+mod html;
+pub mod pages;
+pub mod reads;
+mod server;
+
+pub use access::{Access, AccessError};
+pub use server::{serve, ConsoleConfig, ServeError};

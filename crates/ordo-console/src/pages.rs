@@ -1,0 +1,420 @@
+//! Each page, as HTML from what [`crate::reads`] read. Pure functions of their data and
+//! the time, so a page can be checked without a server.
+
+use ordo_core::{DeadLetter, PendingState};
+use ordo_projection::Document;
+use ordo_store::journal::{summary, utc, JournalEntry};
+use ordo_store::status::Blocker;
+use ordo_store::StoreStatus;
+
+use crate::html::{age, escape, page, path_segment, stream_link, table};
+use crate::reads::{redact, StreamView};
+
+/// Filters of the dead-letter page (query parameters; empty means any).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct DeadLetterFilter {
+    /// `sequenced`, `unroutable`, `overflow`, `conflict`.
+    #[serde(default)]
+    pub kind: String,
+    /// The stream, exactly.
+    #[serde(default)]
+    pub stream: String,
+    /// Words of the reason.
+    #[serde(default)]
+    pub reason: String,
+    /// The event's `type`.
+    #[serde(default, rename = "type")]
+    pub event_type: String,
+    /// At least this many minutes old.
+    #[serde(default)]
+    pub older_than_min: Option<u64>,
+}
+
+impl DeadLetterFilter {
+    fn admits(&self, entry: &DeadLetter, now_ms: u64) -> bool {
+        let event_type = serde_json::from_str::<serde_json::Value>(&entry.body)
+            .ok()
+            .and_then(|v| v["type"].as_str().map(String::from))
+            .unwrap_or_default();
+        (self.kind.is_empty() || entry.kind.name() == self.kind)
+            && (self.stream.is_empty() || entry.stream.as_deref() == Some(self.stream.as_str()))
+            && (self.reason.is_empty() || entry.reason.contains(&self.reason))
+            && (self.event_type.is_empty() || event_type == self.event_type)
+            && self
+                .older_than_min
+                .is_none_or(|min| now_ms.saturating_sub(entry.at_ms) >= min * 60_000)
+    }
+}
+
+/// `/`: health, positions, counters, what waits, what is dead-lettered.
+pub fn overview(status: &StoreStatus, now_ms: u64) -> String {
+    let mut body = String::new();
+    let last = status.last_commit_ms();
+    body.push_str(&format!(
+        "<p>Last commit <strong>{} ago</strong> · {} events waiting (oldest {}) · \
+         <span class=\"{}\">{} streams stalled</span> · \
+         <a href=\"/dead-letters\">{} dead letters</a> (oldest {})</p>",
+        age(now_ms, last),
+        status.waiting(),
+        age(now_ms, status.oldest_waiting_ms),
+        if status.counters.stalled > 0 {
+            "bad"
+        } else {
+            "ok"
+        },
+        status.counters.stalled,
+        status.dead_letters,
+        age(now_ms, status.oldest_dead_letter_ms),
+    ));
+    let positions: Vec<Vec<String>> = status
+        .positions
+        .iter()
+        .map(|p| {
+            vec![
+                escape(&p.source),
+                format!("<span class=\"num\">{}</span>", p.partition),
+                format!("<span class=\"num\">{}</span>", p.offset),
+                age(now_ms, p.committed_ms),
+            ]
+        })
+        .collect();
+    body.push_str(&table(
+        "Positions",
+        &["source", "partition", "offset (last settled)", "recorded"],
+        &positions,
+    ));
+    let counters: Vec<Vec<String>> = status
+        .counters
+        .fields()
+        .iter()
+        .map(|(name, value)| vec![escape(name), format!("<span class=\"num\">{value}</span>")])
+        .collect();
+    body.push_str(&table(
+        "Decisions (the run counters)",
+        &["decision", "events"],
+        &counters,
+    ));
+    body.push_str(&waiting_table("Waiting longest", status, now_ms));
+    page("Overview", &body)
+}
+
+/// What holds a stream, in words, with a link where there is somewhere to go.
+fn blocker(blocker: &Blocker) -> String {
+    match blocker {
+        Blocker::DeadLetter { id, .. } => format!(
+            "{} — <a href=\"/dead-letters/{id}\">see the entry</a>",
+            escape(&blocker.to_string())
+        ),
+        Blocker::Stream { stream, version } => {
+            format!("{} to reach version {version}", stream_link(stream))
+        }
+        Blocker::Gap { .. } => escape(&blocker.to_string()),
+    }
+}
+
+fn waiting_table(caption: &str, status: &StoreStatus, now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = status
+        .longest_waiting
+        .iter()
+        .map(|w| {
+            vec![
+                stream_link(&w.stream),
+                format!("<span class=\"num\">{}</span>", w.events),
+                age(now_ms, w.since_ms),
+                format!("<span class=\"num\">{}</span>", w.applied),
+                blocker(&w.blocker),
+            ]
+        })
+        .collect();
+    table(
+        caption,
+        &[
+            "stream",
+            "events",
+            "waiting for",
+            "applied version",
+            "waits for",
+        ],
+        &rows,
+    )
+}
+
+/// The group a waiting stream falls in on the Waiting page: what it awaits.
+fn awaited(blocker: &Blocker) -> String {
+    match blocker {
+        Blocker::Gap { .. } => "a missing version".into(),
+        Blocker::DeadLetter { .. } => "a dead letter of its own".into(),
+        Blocker::Stream { stream, version } => format!("`{stream}` to reach version {version}"),
+    }
+}
+
+/// `/waiting`: waiting streams grouped by what they await, with a search by stream key.
+pub fn waiting(status: &StoreStatus, search: &str, now_ms: u64) -> String {
+    let mut body = format!(
+        "<form class=\"filters\" method=\"get\" action=\"/waiting\">\
+         <label>Stream contains<input name=\"stream\" value=\"{}\"></label>\
+         <button type=\"submit\">Search</button></form>",
+        escape(search)
+    );
+    let mut groups: std::collections::BTreeMap<String, Vec<&ordo_store::status::WaitingStream>> =
+        std::collections::BTreeMap::new();
+    for w in status
+        .longest_waiting
+        .iter()
+        .filter(|w| search.is_empty() || w.stream.contains(search))
+    {
+        groups.entry(awaited(&w.blocker)).or_default().push(w);
+    }
+    if groups.is_empty() {
+        body.push_str("<p>Nothing is waiting.</p>");
+    }
+    for (what, streams) in groups {
+        let rows: Vec<Vec<String>> = streams
+            .iter()
+            .map(|w| {
+                vec![
+                    stream_link(&w.stream),
+                    format!("<span class=\"num\">{}</span>", w.events),
+                    age(now_ms, w.since_ms),
+                    blocker(&w.blocker),
+                ]
+            })
+            .collect();
+        body.push_str(&table(
+            &format!("Waiting for {what} ({} streams)", streams.len()),
+            &["stream", "events", "waiting for", "waits for"],
+            &rows,
+        ));
+    }
+    page("Waiting", &body)
+}
+
+/// `/dead-letters`: the queue, filtered.
+pub fn dead_letters(entries: &[DeadLetter], filter: &DeadLetterFilter, now_ms: u64) -> String {
+    let field = |label: &str, name: &str, value: &str| {
+        format!(
+            "<label>{label}<input name=\"{name}\" value=\"{}\"></label>",
+            escape(value)
+        )
+    };
+    let mut body = format!(
+        "<form class=\"filters\" method=\"get\" action=\"/dead-letters\">{}{}{}{}{}\
+         <button type=\"submit\">Filter</button></form>",
+        field("Kind", "kind", &filter.kind),
+        field("Stream", "stream", &filter.stream),
+        field("Reason contains", "reason", &filter.reason),
+        field("Event type", "type", &filter.event_type),
+        field(
+            "Older than (minutes)",
+            "older_than_min",
+            &filter
+                .older_than_min
+                .map(|m| m.to_string())
+                .unwrap_or_default()
+        ),
+    );
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .filter(|e| filter.admits(e, now_ms))
+        .map(|e| {
+            vec![
+                format!("<a href=\"/dead-letters/{0}\">#{0}</a>", e.id),
+                escape(e.kind.name()),
+                e.stream.as_deref().map(stream_link).unwrap_or_default(),
+                e.version.map(|v| v.to_string()).unwrap_or_default(),
+                escape(e.event_id.as_deref().unwrap_or_default()),
+                age(now_ms, Some(e.at_ms)),
+                escape(&e.reason),
+            ]
+        })
+        .collect();
+    body.push_str(&table(
+        &format!("{} entries", rows.len()),
+        &[
+            "entry",
+            "kind",
+            "stream",
+            "version",
+            "event id",
+            "first seen",
+            "reason",
+        ],
+        &rows,
+    ));
+    page("Dead letters", &body)
+}
+
+/// The event body, parsed when it parses, with `fields` redacted.
+fn payload(body: &str, fields: &[String]) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(value) => {
+            escape(&serde_json::to_string_pretty(&redact(&value, fields)).unwrap_or_default())
+        }
+        // Not JSON (why it was dead-lettered): shown as received, nothing to redact by name.
+        Err(_) => escape(body),
+    }
+}
+
+/// `/dead-letters/{id}`: one entry and its payload.
+pub fn dead_letter(entry: &DeadLetter, fields: &[String], now_ms: u64) -> String {
+    let mut body = format!(
+        "<p><strong>{}</strong> entry, first seen {} ago{}</p><p>Reason: {}</p>",
+        escape(entry.kind.name()),
+        age(now_ms, Some(entry.at_ms)),
+        entry
+            .position
+            .map(|p| format!(", read at partition {} offset {}", p.partition, p.offset))
+            .unwrap_or_default(),
+        escape(&entry.reason),
+    );
+    if let Some(stream) = &entry.stream {
+        body.push_str(&format!(
+            "<p>Stream {} version {}</p>",
+            stream_link(stream),
+            entry.version.map(|v| v.to_string()).unwrap_or_default()
+        ));
+    }
+    body.push_str(&format!(
+        "<h2>Payload</h2><pre>{}</pre>",
+        payload(&entry.body, fields)
+    ));
+    body.push_str(&format!(
+        "<p>Fix it from the command line: <code>ordo dlq replay --store STORE --id {0} [--body fixed.json] --reason TEXT</code> or <code>ordo dlq skip --store STORE --id {0} --reason TEXT</code>.</p>",
+        entry.id
+    ));
+    page(&format!("Dead letter #{}", entry.id), &body)
+}
+
+/// `/streams/{key}`: one entity explained.
+pub fn stream(view: &StreamView, fields: &[String], now_ms: u64) -> String {
+    let applied = view.record.as_ref().map_or(0, |r| r.applied);
+    let mut body = format!("<p>Applied version <strong>{applied}</strong></p>");
+    let document = match &view.document {
+        None => "no document yet".to_string(),
+        Some(Document::Deleted) => "deleted (a tombstone)".to_string(),
+        Some(Document::Live(value)) => format!(
+            "<pre>{}</pre>",
+            escape(&serde_json::to_string_pretty(&redact(value, fields)).unwrap_or_default())
+        ),
+    };
+    body.push_str(&format!("<h2>Document</h2>{document}"));
+    if !view.alias_chain.is_empty() {
+        let chain: Vec<String> = view
+            .alias_chain
+            .iter()
+            .map(|(target, cut)| format!("{} (cut at version {cut})", stream_link(target)))
+            .collect();
+        body.push_str(&format!(
+            "<h2>Merged into</h2><p>{} → {}</p>",
+            escape(&view.stream),
+            chain.join(" → ")
+        ));
+    }
+    let next_dead = view
+        .dead_letters
+        .iter()
+        .find(|d| d.version == Some(applied + 1));
+    let waiting: Vec<Vec<String>> = view
+        .waiting
+        .iter()
+        .map(|p| {
+            let why = match (&p.state, &p.awaits, next_dead) {
+                (PendingState::Parked, Some((stream, version)), _) => {
+                    format!(
+                        "waits for {} to reach version {version}",
+                        stream_link(stream)
+                    )
+                }
+                (PendingState::Skipped, _, _) => "a version passed over (skip marker)".into(),
+                (_, _, Some(dead)) => format!(
+                    "behind version {} — <a href=\"/dead-letters/{1}\">dead letter #{1}</a>",
+                    applied + 1,
+                    dead.id
+                ),
+                _ if p.version > applied + 1 => format!("missing version {}", applied + 1),
+                _ => "behind an earlier event of this stream".into(),
+            };
+            vec![p.version.to_string(), why]
+        })
+        .collect();
+    body.push_str(&table("What waits, and why", &["version", "why"], &waiting));
+    let dead: Vec<Vec<String>> = view
+        .dead_letters
+        .iter()
+        .map(|d| {
+            vec![
+                format!("<a href=\"/dead-letters/{0}\">#{0}</a>", d.id),
+                d.version.map(|v| v.to_string()).unwrap_or_default(),
+                age(now_ms, Some(d.at_ms)),
+                escape(&d.reason),
+            ]
+        })
+        .collect();
+    body.push_str(&table(
+        "Dead letters",
+        &["entry", "version", "first seen", "reason"],
+        &dead,
+    ));
+    body.push_str(&journal_table("Journal", &view.journal));
+    page(&format!("Stream {}", view.stream), &body)
+}
+
+fn journal_table(caption: &str, entries: &[JournalEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                utc(e.at_ms),
+                escape(e.kind),
+                e.stream.as_deref().map(stream_link).unwrap_or_default(),
+                e.version.map(|v| v.to_string()).unwrap_or_default(),
+                escape(&summary(e)),
+            ]
+        })
+        .collect();
+    table(
+        caption,
+        &["when (UTC)", "kind", "stream", "version", "what"],
+        &rows,
+    )
+}
+
+/// Filters of the journal page.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct JournalQuery {
+    /// One kind (`ordo notices --kind`).
+    #[serde(default)]
+    pub kind: String,
+    /// One stream.
+    #[serde(default)]
+    pub stream: String,
+}
+
+/// `/journal`: operator actions and alerts, newest last.
+pub fn journal(entries: &[JournalEntry], query: &JournalQuery) -> String {
+    let options: String = std::iter::once("")
+        .chain(ordo_store::journal::JOURNAL_KINDS.iter().copied())
+        .map(|kind| {
+            format!(
+                "<option value=\"{0}\"{1}>{2}</option>",
+                escape(kind),
+                if kind == query.kind { " selected" } else { "" },
+                if kind.is_empty() { "any" } else { kind }
+            )
+        })
+        .collect();
+    let body = format!(
+        "<form class=\"filters\" method=\"get\" action=\"/journal\">\
+         <label>Kind<select name=\"kind\">{options}</select></label>\
+         <label>Stream<input name=\"stream\" value=\"{}\"></label>\
+         <button type=\"submit\">Filter</button></form>{}",
+        escape(&query.stream),
+        journal_table(&format!("{} entries", entries.len()), entries)
+    );
+    page("Journal", &body)
+}
+
+/// A page for a stream key given in a URL (for links from elsewhere).
+pub fn stream_href(stream: &str) -> String {
+    format!("/streams/{}", path_segment(stream))
+}
