@@ -366,6 +366,10 @@ pub struct ReplayArgs {
     /// One JSON object per replayed entry.
     #[arg(long)]
     pub json: bool,
+    /// Say what each replay would do (apply, already applied, still blocked and why,
+    /// refused again and why) and do nothing; works on a store it may not write.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Engine settings (default: the ones the last `run` recorded in the store).
     #[command(flatten)]
     pub engine: EngineArgs,

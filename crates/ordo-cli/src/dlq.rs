@@ -238,6 +238,9 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    if args.dry_run {
+        return replay_dry_run(&args, body.as_deref());
+    }
     let mut operator = Operator::open(&args.store, &args.engine, "ordo dlq replay")?;
     let entries = select(operator.dead_letters()?, &args.ids)?;
     let interval = Duration::from_secs_f64(1.0 / per_second);
@@ -281,6 +284,27 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `dlq replay --dry-run`: what each replay would do, from the store alone.
+fn replay_dry_run(args: &ReplayArgs, body: Option<&str>) -> anyhow::Result<ExitCode> {
+    let mut store = open_read_only(&args.store)?;
+    let handler = crate::handler::recorded(&mut store)?.is_some();
+    let queue = store.dead_letters()?;
+    let entries = select(queue.clone(), &args.ids)?;
+    for entry in &entries {
+        let forecast =
+            ordo_runtime::replay_forecast::forecast(&mut store, entry, body, &queue, handler)?;
+        if args.json {
+            outln!(
+                "{}",
+                json!({"id": entry.id, "stream": entry.stream.as_deref(), "version": entry.version, "event_id": entry.event_id.as_deref(), "would": forecast.outcome(), "detail": forecast.to_string()})
+            );
+        } else {
+            outln!("dead letter {} (dry run): {forecast}", entry.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn skip(args: SkipArgs) -> anyhow::Result<ExitCode> {

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::cli::HandlerArgs;
 
 /// The key under which `run --handler` records its handler in the store.
-const HANDLER_SETTINGS_KEY: &str = "handler";
+use ordo_runtime::handler::HANDLER_SETTINGS_KEY;
 
 /// A handler and how it is called.
 #[derive(Clone, Debug)]

@@ -137,6 +137,10 @@ fn every_page_explains_the_stuck_states_of_a_store() {
         "{entry}"
     );
     assert!(entry.contains("must be an integer amount"));
+    assert!(
+        entry.contains("data-would=\"dead-lettered-again\""),
+        "the dry run of the entry as it is: {entry}"
+    );
     assert_eq!(get(&address, "/dead-letters/99", "").0, 404);
     // One stream explained: its document (redacted), what waits behind what, its journal.
     let account = page(&address, "/streams/account-1");

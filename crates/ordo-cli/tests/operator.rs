@@ -401,3 +401,92 @@ fn every_stuck_state_is_fixed_while_ordo_run_runs_on_postgres() {
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();
 }
+
+/// `dlq replay --dry-run` says what each replay would do, from the store alone, and
+/// changes nothing: the poison deposit as it is would fail again, corrected it would
+/// apply and free the deposit behind it; the merge without its cut would fail again.
+#[test]
+fn a_dry_run_says_what_each_replay_would_do_and_changes_nothing() {
+    let scratch = Scratch::new();
+    let input = scratch.path("stuck.jsonl");
+    write_lines(&input, &stuck_lines());
+    let store = scratch.store("state.db");
+    let source = format!("file:{}", input.display());
+    ok(&[
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--exit-when-idle",
+    ]);
+    let before = (
+        String::from_utf8(ok(&["dlq", "list", "--store", &store, "--json"]).stdout).unwrap(),
+        export(&store),
+    );
+    let forecasts = json_lines(&ok(&[
+        "dlq",
+        "replay",
+        "--store",
+        &store,
+        "--dry-run",
+        "--json",
+    ]));
+    let would = |stream: &str| {
+        let entry = forecasts
+            .iter()
+            .find(|f| f["stream"] == stream)
+            .unwrap_or_else(|| panic!("no forecast for {stream}: {forecasts:?}"));
+        (
+            entry["would"].as_str().unwrap().to_string(),
+            entry["detail"].as_str().unwrap().to_string(),
+        )
+    };
+    let (outcome, detail) = would("account-1");
+    assert_eq!(outcome, "dead-lettered-again", "{detail}");
+    assert!(detail.contains("must be an integer amount"), "{detail}");
+    let (outcome, detail) = would("customer-2");
+    assert_eq!(outcome, "dead-lettered-again", "{detail}");
+    assert!(
+        detail.contains("merge has no cut for source `customer-1`"),
+        "{detail}"
+    );
+
+    // The corrected deposit would apply, and the deposit behind it would go on.
+    let poison = entry_of(&store, "account-1");
+    let fixed = scratch.path("fixed.json");
+    write_lines(
+        &fixed,
+        &[
+            r#"{"id":"l2-fixed","stream":"account-1","version":2,"type":"Deposited","op":"incr","data":{"balance":100}}"#,
+        ],
+    );
+    let text = String::from_utf8(
+        ok(&[
+            "dlq",
+            "replay",
+            "--store",
+            &store,
+            "--dry-run",
+            "--id",
+            &poison,
+            "--body",
+            fixed.to_str().unwrap(),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        text.contains("would apply; 1 waiting events of its stream would go on"),
+        "{text}"
+    );
+    let after = (
+        String::from_utf8(ok(&["dlq", "list", "--store", &store, "--json"]).stdout).unwrap(),
+        export(&store),
+    );
+    assert_eq!(before, after, "a dry run changed the store");
+    // What the dry run said is what the replay does.
+    let (code, out, _) = replay_corrected_deposit(&scratch, &store);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(export(&store)["account-1"].version, 3);
+}

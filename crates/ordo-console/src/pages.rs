@@ -256,7 +256,12 @@ fn payload(body: &str, fields: &[String]) -> String {
 }
 
 /// `/dead-letters/{id}`: one entry and its payload.
-pub fn dead_letter(entry: &DeadLetter, fields: &[String], now_ms: u64) -> String {
+pub fn dead_letter(
+    entry: &DeadLetter,
+    forecast: &ordo_runtime::replay_forecast::Forecast,
+    fields: &[String],
+    now_ms: u64,
+) -> String {
     let mut body = format!(
         "<p><strong>{}</strong> entry, first seen {} ago{}</p><p>Reason: {}</p>",
         escape(entry.kind.name()),
@@ -275,11 +280,13 @@ pub fn dead_letter(entry: &DeadLetter, fields: &[String], now_ms: u64) -> String
         ));
     }
     body.push_str(&format!(
-        "<h2>Payload</h2><pre>{}</pre>",
-        payload(&entry.body, fields)
+        "<h2>Payload</h2><pre>{}</pre><h2>If replayed now (dry run)</h2><p data-would=\"{}\">{}</p>",
+        payload(&entry.body, fields),
+        forecast.outcome(),
+        escape(&forecast.to_string()),
     ));
     body.push_str(&format!(
-        "<p>Fix it from the command line: <code>ordo dlq replay --store STORE --id {0} [--body fixed.json] --reason TEXT</code> or <code>ordo dlq skip --store STORE --id {0} --reason TEXT</code>.</p>",
+        "<p>Fix it from the command line: <code>ordo dlq replay --store STORE --id {0} --dry-run</code>, then <code>ordo dlq replay --store STORE --id {0} [--body fixed.json] --reason TEXT</code>, or <code>ordo dlq skip --store STORE --id {0} --reason TEXT</code>.</p>",
         entry.id
     ));
     page(&format!("Dead letter #{}", entry.id), &body)

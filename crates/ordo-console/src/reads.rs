@@ -80,6 +80,25 @@ impl Reader {
         self.with(|store| store.dead_letters())
     }
 
+    /// What replaying dead letter `id` would do (`None`: no such entry).
+    pub fn forecast(
+        &mut self,
+        id: u64,
+    ) -> Result<Option<(DeadLetter, ordo_runtime::replay_forecast::Forecast)>, ReadError> {
+        self.with(|store| {
+            let queue = store.dead_letters()?;
+            let Some(entry) = queue.iter().find(|e| e.id == id).cloned() else {
+                return Ok(None);
+            };
+            let handler = store
+                .setting(ordo_runtime::handler::HANDLER_SETTINGS_KEY)?
+                .is_some();
+            let forecast =
+                ordo_runtime::replay_forecast::forecast(store, &entry, None, &queue, handler)?;
+            Ok(Some((entry, forecast)))
+        })
+    }
+
     /// Journal entries.
     pub fn journal(&mut self, filter: &JournalFilter) -> Result<Vec<JournalEntry>, ReadError> {
         self.with(|store| store.journal(filter))

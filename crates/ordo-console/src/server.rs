@@ -216,11 +216,15 @@ async fn dead_letters(
 }
 
 async fn dead_letter(State(console): State<Shared>, Path(id): Path<u64>) -> Response {
-    match read(&console, |r| r.dead_letters()).await {
-        Ok(entries) => match entries.iter().find(|e| e.id == id) {
-            Some(entry) => {
-                Html(pages::dead_letter(entry, &console.redact, now_ms())).into_response()
-            }
+    match read(&console, move |r| r.forecast(id)).await {
+        Ok(found) => match found {
+            Some((entry, forecast)) => Html(pages::dead_letter(
+                &entry,
+                &forecast,
+                &console.redact,
+                now_ms(),
+            ))
+            .into_response(),
             None => (
                 StatusCode::NOT_FOUND,
                 Html(crate::html::page(

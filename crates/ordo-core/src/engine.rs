@@ -2211,14 +2211,9 @@ impl Engine {
             Slot::Event(pending) => pending,
         };
         // A merge must name a cut for each source before anything else is judged.
-        if let Op::Merge { from } = &pending.event.op {
-            if let Some(missing) = from.iter().find(|f| pending.event.cut_for(f).is_none()) {
-                let reason = format!(
-                    "merge has no cut for source `{missing}`: its `after` must name the last version of each source that belongs before the merge"
-                );
-                self.reject_head(now_ms, s, version, reason);
-                return None;
-            }
+        if let Some(reason) = pending.event.merge_without_cut() {
+            self.reject_head(now_ms, s, version, reason);
+            return None;
         }
         if let Some(dependency) = self.first_unmet(&pending.event) {
             self.park(s, version, dependency);

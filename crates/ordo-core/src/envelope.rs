@@ -131,6 +131,18 @@ impl Event {
             .find(|d| &*d.stream == source)
             .map(|d| d.version)
     }
+
+    /// Why this merge cannot be applied as it is: a source without a cut (`None` for a
+    /// merge that names every cut, and for any other op).
+    pub fn merge_without_cut(&self) -> Option<String> {
+        let Op::Merge { from } = &self.op else {
+            return None;
+        };
+        let missing = from.iter().find(|f| self.cut_for(f).is_none())?;
+        Some(format!(
+            "merge has no cut for source `{missing}`: its `after` must name the last version of each source that belongs before the merge"
+        ))
+    }
 }
 
 /// Which ops the parser accepts.

@@ -29,6 +29,11 @@ pub use transactional::{Refusal, TransactionalHandler};
 
 use std::future::Future;
 
+/// The store setting where `ordo run --handler` records its handler (operator verbs,
+/// dry runs and the console read it: a recorded handler, not the built-in projection,
+/// applies events).
+pub const HANDLER_SETTINGS_KEY: &str = "handler";
+
 /// Default handler calls at once across streams (`--concurrency`).
 pub const CONCURRENCY_DEFAULT: usize = 64;
 

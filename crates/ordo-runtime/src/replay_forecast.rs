@@ -1,0 +1,147 @@
+//! What replaying a dead letter would do, decided from the store without doing it (`ordo
+//! dlq replay --dry-run`, and the console's dry run): the version guard, what the stream
+//! still waits for, and — with the built-in document projection — whether the event
+//! would be refused again. Nothing is written or sent.
+
+use std::sync::Arc;
+
+use ordo_core::{parse_event, DeadLetter, Load, Op, OpPolicy};
+use ordo_projection::{DocumentProjection, Projection};
+use ordo_store::{ReadError, Store};
+
+/// What a replay would do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Forecast {
+    /// It would apply, and this many events waiting behind it on its stream would go on
+    /// (as far as nothing else holds them).
+    Applies {
+        /// Waiting events of its stream.
+        behind: usize,
+    },
+    /// Its version is already applied or passed: a counted no-op.
+    AlreadyApplied,
+    /// It would be requeued but wait: the reason.
+    StillBlocked(String),
+    /// The projection would refuse it again: the reason.
+    FailsAgain(String),
+    /// A handler decides: it would be sent to it.
+    SentToHandler,
+    /// It cannot be replayed as it is (no stream, or a body that does not parse).
+    Refused(String),
+}
+
+impl std::fmt::Display for Forecast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Forecast::Applies { behind: 0 } => f.write_str("would apply"),
+            Forecast::Applies { behind } => {
+                write!(
+                    f,
+                    "would apply; {behind} waiting events of its stream would go on"
+                )
+            }
+            Forecast::AlreadyApplied => {
+                f.write_str("already applied (the version guard makes it a no-op)")
+            }
+            Forecast::StillBlocked(why) => write!(f, "still blocked: {why}"),
+            Forecast::FailsAgain(why) => write!(f, "would be dead-lettered again: {why}"),
+            Forecast::SentToHandler => {
+                f.write_str("would be sent to the recorded handler, whose answer decides")
+            }
+            Forecast::Refused(why) => write!(f, "refused: {why}"),
+        }
+    }
+}
+
+impl Forecast {
+    /// The one-word outcome, as `--json` and the console label it.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Forecast::Applies { .. } => "apply",
+            Forecast::AlreadyApplied => "already-applied",
+            Forecast::StillBlocked(_) => "still-blocked",
+            Forecast::FailsAgain(_) => "dead-lettered-again",
+            Forecast::SentToHandler => "to-handler",
+            Forecast::Refused(_) => "refused",
+        }
+    }
+}
+
+/// What replaying `entry` (or `body` in its place) would do, given every dead letter of
+/// the store (`queue`); `handler`: a handler, not the built-in projection, applies events.
+pub fn forecast(
+    store: &mut impl Store,
+    entry: &DeadLetter,
+    body: Option<&str>,
+    queue: &[DeadLetter],
+    handler: bool,
+) -> Result<Forecast, ReadError> {
+    let (Some(stream), Some(version)) = (entry.stream.as_deref(), entry.version) else {
+        return Ok(Forecast::Refused(
+            "the entry names no stream (unroutable): fix it upstream".into(),
+        ));
+    };
+    let policy = if handler {
+        OpPolicy::Custom
+    } else {
+        OpPolicy::Document
+    };
+    let event = match parse_event(body.unwrap_or(&entry.body).trim().as_bytes(), policy) {
+        Ok(event) => event,
+        Err(error) => return Ok(Forecast::FailsAgain(error.to_string())),
+    };
+    let key: Arc<str> = Arc::from(stream);
+    let applied = store
+        .stream_records(std::slice::from_ref(&key))?
+        .pop()
+        .map_or(0, |r| r.applied);
+    if version <= applied {
+        return Ok(Forecast::AlreadyApplied);
+    }
+    if version > applied + 1 {
+        let why = match queue
+            .iter()
+            .find(|d| d.stream.as_deref() == Some(stream) && d.version == Some(applied + 1))
+        {
+            Some(earlier) => format!(
+                "behind dead letter #{} (version {})",
+                earlier.id,
+                applied + 1
+            ),
+            None => format!("version {} of `{stream}` is missing", applied + 1),
+        };
+        return Ok(Forecast::StillBlocked(why));
+    }
+    // As the engine judges the stream's next event: a merge's cuts first, then `after`.
+    if let Some(why) = event.merge_without_cut() {
+        return Ok(Forecast::FailsAgain(why));
+    }
+    for dependency in &event.after {
+        let reached = store
+            .stream_records(&[Arc::from(&*dependency.stream)])?
+            .pop()
+            .map_or(0, |r| r.applied);
+        if reached < dependency.version {
+            return Ok(Forecast::StillBlocked(format!(
+                "waits for `{}` to reach version {} (it is at {reached})",
+                dependency.stream, dependency.version
+            )));
+        }
+    }
+    if handler {
+        return Ok(Forecast::SentToHandler);
+    }
+    if !matches!(event.op, Op::Merge { .. }) {
+        let mut document = store.documents(std::slice::from_ref(&key))?.pop().flatten();
+        if let Err(rejection) = DocumentProjection.apply(&mut document, &event) {
+            return Ok(Forecast::FailsAgain(rejection.to_string()));
+        }
+    }
+    let behind = store
+        .load_pending(&Load::Stream(key))?
+        .records
+        .iter()
+        .filter(|r| r.version > version)
+        .count();
+    Ok(Forecast::Applies { behind })
+}
