@@ -21,6 +21,8 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
         listen,
         token: args.token,
         redact: args.redact,
+        // Actions run the verbs of this very binary.
+        binary: std::env::current_exe().context("the ordo binary's own path")?,
     };
     ordo_console::serve(config, |address| {
         tracing::info!("console on http://{address}/");

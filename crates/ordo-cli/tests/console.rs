@@ -226,3 +226,244 @@ fn off_loopback_the_console_needs_a_token_and_every_request_carries_it() {
         200
     );
 }
+
+/// `POST path` with a urlencoded form and extra header lines: (status, body).
+fn post(address: &str, path: &str, form: &[(&str, &str)], headers: &str) -> (u16, String) {
+    let encode = |text: &str| {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect::<String>()
+    };
+    let body: Vec<String> = form
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    let body = body.join("&");
+    let mut socket = TcpStream::connect(address).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        socket,
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
+}
+
+/// The CSRF value a page's forms carry, and the cookie header that goes with it.
+fn csrf_of(address: &str, path: &str) -> (String, String) {
+    let (code, head, body) = get(address, path, "");
+    assert_eq!(code, 200, "{body}");
+    let value = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .expect("a form with a CSRF value")
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let cookie = head
+        .lines()
+        .filter_map(|l| l.strip_prefix("set-cookie: "))
+        .find(|c| c.starts_with("ordo_csrf="))
+        .expect("the CSRF cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    (value, format!("Cookie: {cookie}\r\n"))
+}
+
+/// The scenario of a night on call, over HTTP: a running consumer with a poison deposit,
+/// a lost version and a merge without its cut; each is found from the overview and fixed
+/// in the console (a corrected body, a skip with a reason, a corrected merge), the streams
+/// converge while the consumer runs, and the journal holds every action with its reason.
+#[test]
+fn an_operator_fixes_every_stuck_state_from_the_console_while_ordo_runs() {
+    let scratch = Scratch::new();
+    let input = scratch.path("in.jsonl");
+    let mut lines = LINES.to_vec();
+    // A merge without its cut: dead-lettered (entry 2), fixed with a corrected body.
+    lines.extend([
+        r#"{"id":"c3","stream":"customer-3","version":1,"type":"Registered","op":"set","data":{"orders":3}}"#,
+        r#"{"id":"c4","stream":"customer-4","version":1,"type":"Registered","op":"set","data":{"orders":4}}"#,
+        r#"{"id":"m2","stream":"customer-4","version":2,"type":"CustomersMerged","op":"merge","data":{"from":["customer-3"]}}"#,
+    ]);
+    write_lines(&input, &lines);
+    let log = scratch.path("log.db").to_str().unwrap().to_string();
+    ok(&["append", "--log", &log, input.to_str().unwrap()]);
+    let store = scratch.store("state.db");
+    let running = ordo()
+        .args(["run", "--source", &format!("log:{log}"), "--store", &store])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _running = KilledOnDrop(running);
+    // The console opens the store the consumer creates: once it is there.
+    let created = (0..500).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        run(&["status", "--store", &store]).status.success()
+    });
+    assert!(created, "the consumer never created its store");
+    let (_console, address) = console(&["--store", &store, "--listen", "127.0.0.1:0"]);
+    // Found from the overview.
+    let overview = (0..250)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            get(&address, "/", "")
+        })
+        .find(|(code, _, body)| *code == 200 && body.contains("2 dead letters"))
+        .expect("the overview shows the dead letter")
+        .2;
+    // The entries, as the console links them.
+    let entry_of = |stream: &str| -> String {
+        let listed = page(&address, &format!("/dead-letters?stream={stream}"));
+        let id = listed
+            .split("href=\"/dead-letters/")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no entry for {stream}:\n{listed}"))
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(overview.contains(&format!("/dead-letters/{id}")) || stream != "account-1");
+        format!("/dead-letters/{id}")
+    };
+    let poison = entry_of("account-1");
+    let merge = entry_of("customer-4");
+
+    // A POST without the page's CSRF value, or without a reason, is refused.
+    let (csrf, cookie) = csrf_of(&address, &poison);
+    let (code, _) = post(
+        &address,
+        &format!("{poison}/skip"),
+        &[("reason", "x")],
+        &cookie,
+    );
+    assert_eq!(code, 422, "no csrf field at all");
+    let (code, _) = post(
+        &address,
+        &format!("{poison}/skip"),
+        &[("csrf", "forged"), ("reason", "x")],
+        &cookie,
+    );
+    assert_eq!(code, 403);
+    let (code, _) = post(
+        &address,
+        &format!("{poison}/skip"),
+        &[("csrf", &csrf), ("reason", "x")],
+        &format!("{cookie}Origin: http://evil.example\r\n"),
+    );
+    assert_eq!(code, 403, "another site's form");
+    let (code, body) = post(
+        &address,
+        &format!("{poison}/skip"),
+        &[("csrf", &csrf), ("reason", " ")],
+        &cookie,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("a reason is required"), "{body}");
+
+    // The poison deposit, replaced by a corrected event.
+    let (code, body) = post(
+        &address,
+        &format!("{poison}/replay"),
+        &[
+            ("csrf", &csrf),
+            ("reason", "amount sent as text by the teller app"),
+            (
+                "body",
+                r#"{"id":"l2-fixed","stream":"account-1","version":2,"type":"Deposited","op":"incr","data":{"balance":100}}"#,
+            ),
+        ],
+        &cookie,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("requeued"), "{body}");
+    // The lost version, passed over from the stream page.
+    let (csrf, cookie) = csrf_of(&address, "/streams/account-2");
+    let (code, body) = post(
+        &address,
+        "/streams/account-2/skip-missing",
+        &[
+            ("csrf", &csrf),
+            ("version", "2"),
+            ("reason", "lost in the outage"),
+        ],
+        &cookie,
+    );
+    assert_eq!(code, 200, "{body}");
+    // The merge, with its cut, in place of the one without.
+    let (csrf, cookie) = csrf_of(&address, &merge);
+    assert!(page(&address, &merge).contains("merge has no cut for source"));
+    let (code, body) = post(
+        &address,
+        &format!("{merge}/replay"),
+        &[
+            ("csrf", &csrf),
+            ("reason", "the merge service forgot the cut"),
+            (
+                "body",
+                r#"{"id":"m2-fixed","stream":"customer-4","version":2,"type":"CustomersMerged","op":"merge","data":{"from":["customer-3"]},"after":[{"stream":"customer-3","version":1}]}"#,
+            ),
+        ],
+        &cookie,
+    );
+    assert_eq!(code, 200, "{body}");
+    // Every stream converges on its page while the consumer runs.
+    for (stream, version) in [("account-1", 3), ("account-2", 3), ("customer-4", 2)] {
+        let expected = format!("Applied version <strong>{version}</strong>");
+        let converged = (0..250).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            page(&address, &format!("/streams/{stream}")).contains(&expected)
+        });
+        assert!(converged, "{stream} never reached version {version}");
+    }
+    let journal = page(&address, "/journal?kind=operator");
+    assert!(page(&address, "/streams/customer-3").contains("Merged into"));
+    for expected in [
+        "amount sent as text by the teller app",
+        "lost in the outage",
+        "the merge service forgot the cut",
+    ] {
+        assert!(journal.contains(expected), "no `{expected}` in:\n{journal}");
+    }
+}
+
+#[test]
+fn an_unauthorised_mutation_is_refused() {
+    let scratch = Scratch::new();
+    let store = stuck_store(&scratch);
+    let token = "0123456789abcdef0123";
+    let (_console, address) = console(&[
+        "--store",
+        &store,
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        token,
+    ]);
+    let (code, _) = post(
+        &address,
+        "/dead-letters/1/skip",
+        &[("csrf", "x"), ("reason", "no token")],
+        "",
+    );
+    assert_eq!(code, 401);
+    let entries = common::json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
+    assert_eq!(entries.len(), 1, "nothing was skipped");
+}

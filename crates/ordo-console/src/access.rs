@@ -84,6 +84,69 @@ impl Access {
     }
 }
 
+/// The cookie and form field that carry the CSRF secret.
+pub const CSRF_NAME: &str = "ordo_csrf";
+
+/// Bytes of randomness in the CSRF secret.
+const CSRF_BYTES: usize = 16;
+
+/// The check that a state-changing request comes from the console's own pages: a
+/// secret drawn at start, set as a SameSite=Strict cookie on every page and put in every
+/// form; a POST must carry both, equal, and an `Origin` (when sent) of the console's own
+/// host. Another site can neither read the secret nor send the cookie along.
+#[derive(Clone, Debug)]
+pub struct Csrf {
+    secret: String,
+}
+
+impl Csrf {
+    /// A fresh secret from the system's randomness.
+    pub fn new() -> std::io::Result<Csrf> {
+        use std::io::Read;
+        let mut bytes = [0u8; CSRF_BYTES];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        Ok(Csrf {
+            secret: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+
+    /// The secret, for forms.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The `Set-Cookie` value every page carries.
+    pub fn cookie(&self) -> String {
+        format!("{CSRF_NAME}={}; SameSite=Strict; Path=/", self.secret)
+    }
+
+    /// Whether a POST with this form value, `Cookie` header, `Origin` and `Host` passes.
+    pub fn allows(
+        &self,
+        form: &str,
+        cookie: Option<&str>,
+        origin: Option<&str>,
+        host: Option<&str>,
+    ) -> bool {
+        let cookie = cookie.and_then(|c| {
+            c.split(';')
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(name, _)| *name == CSRF_NAME)
+                .map(|(_, value)| value)
+        });
+        let same_origin = match (origin, host) {
+            (None, _) => true,
+            (Some(origin), Some(host)) => {
+                origin.split_once("://").map(|(_, rest)| rest) == Some(host)
+            }
+            (Some(_), None) => false,
+        };
+        same_origin
+            && same(form.as_bytes(), self.secret.as_bytes())
+            && cookie.is_some_and(|c| same(c.as_bytes(), self.secret.as_bytes()))
+    }
+}
+
 /// Compares in time that does not depend on where the first difference is.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -112,5 +175,19 @@ mod tests {
         assert!(!access.allows(Some("Bearer 0123456789abcdeF"), None));
         assert!(!access.allows(None, None));
         assert!(Access::resolve(local, None).unwrap().allows(None, None));
+    }
+
+    #[test]
+    fn a_post_needs_the_form_value_the_cookie_and_its_own_origin() {
+        let csrf = Csrf::new().unwrap();
+        let secret = csrf.secret().to_string();
+        let cookie = format!("x=1; {CSRF_NAME}={secret}");
+        let host = Some("127.0.0.1:8480");
+        assert!(csrf.allows(&secret, Some(&cookie), None, host));
+        assert!(csrf.allows(&secret, Some(&cookie), Some("http://127.0.0.1:8480"), host));
+        assert!(!csrf.allows(&secret, Some(&cookie), Some("http://evil.example"), host));
+        assert!(!csrf.allows(&secret, None, None, host));
+        assert!(!csrf.allows("guess", Some(&cookie), None, host));
+        assert_ne!(Csrf::new().unwrap().secret(), secret, "drawn anew");
     }
 }

@@ -5,15 +5,18 @@
 //! through a read-only connection of the console's own (nothing here writes around the
 //! engine's rules), rendered on the server, readable without JavaScript.
 //!
-//! - [`access`]: who may use it — loopback by default, a token required anywhere else;
+//! - [`access`]: who may use it — loopback by default, a token required anywhere else —
+//!   and the CSRF check on every state-changing request;
+//! - [`actions`]: what it changes, always through the CLI verbs themselves;
 //! - [`reads`]: what a page reads from the store, as plain data;
 //! - [`pages`]: how each page says it, as HTML ([`html`] escapes and lays out).
 
 pub mod access;
+pub mod actions;
 mod html;
 pub mod pages;
 pub mod reads;
 mod server;
 
-pub use access::{Access, AccessError};
+pub use access::{Access, AccessError, Csrf};
 pub use server::{serve, ConsoleConfig, ServeError};

@@ -260,6 +260,7 @@ pub fn dead_letter(
     entry: &DeadLetter,
     forecast: &ordo_runtime::replay_forecast::Forecast,
     fields: &[String],
+    csrf: &str,
     now_ms: u64,
 ) -> String {
     let mut body = format!(
@@ -285,15 +286,50 @@ pub fn dead_letter(
         forecast.outcome(),
         escape(&forecast.to_string()),
     ));
+    body.push_str(&action_forms(entry.id, csrf));
     body.push_str(&format!(
-        "<p>Fix it from the command line: <code>ordo dlq replay --store STORE --id {0} --dry-run</code>, then <code>ordo dlq replay --store STORE --id {0} [--body fixed.json] --reason TEXT</code>, or <code>ordo dlq skip --store STORE --id {0} --reason TEXT</code>.</p>",
+        "<p>The same from the command line: <code>ordo dlq replay --store STORE --id {0} --dry-run</code>, then <code>ordo dlq replay --store STORE --id {0} [--body fixed.json] --reason TEXT</code>, or <code>ordo dlq skip --store STORE --id {0} --reason TEXT</code>.</p>",
         entry.id
     ));
     page(&format!("Dead letter #{}", entry.id), &body)
 }
 
+/// The replay and skip forms of a dead letter: each needs a reason (kept with the action).
+fn action_forms(id: u64, csrf: &str) -> String {
+    let csrf = escape(csrf);
+    format!(
+        "<h2>Act</h2>\
+         <form method=\"post\" action=\"/dead-letters/{id}/replay\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <label>Reason (kept with the action)<input name=\"reason\" required size=\"60\"></label>\
+         <label>Corrected event (optional: same stream and version, any id)\
+         <textarea name=\"body\" rows=\"6\" cols=\"80\"></textarea></label>\
+         <button type=\"submit\">Replay</button></form>\
+         <form method=\"post\" action=\"/dead-letters/{id}/skip\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <label>Reason (kept with the action)<input name=\"reason\" required size=\"60\"></label>\
+         <button type=\"submit\">Skip (pass over it for good)</button></form>"
+    )
+}
+
+/// What an action did: the verb's own words.
+pub fn action_result(what: &str, succeeded: bool, said: &str, back: &str) -> String {
+    page(
+        "Action",
+        &format!(
+            "<p class=\"{}\" role=\"status\">{}: {}</p><pre>{}</pre>\
+             <p><a href=\"{}\">Back</a> · <a href=\"/journal?kind=operator\">Operator actions in the journal</a></p>",
+            if succeeded { "ok" } else { "bad" },
+            escape(what),
+            if succeeded { "done" } else { "not done" },
+            escape(said),
+            escape(back),
+        ),
+    )
+}
+
 /// `/streams/{key}`: one entity explained.
-pub fn stream(view: &StreamView, fields: &[String], now_ms: u64) -> String {
+pub fn stream(view: &StreamView, fields: &[String], csrf: &str, now_ms: u64) -> String {
     let applied = view.record.as_ref().map_or(0, |r| r.applied);
     let mut body = format!("<p>Applied version <strong>{applied}</strong></p>");
     let document = match &view.document {
@@ -345,6 +381,24 @@ pub fn stream(view: &StreamView, fields: &[String], now_ms: u64) -> String {
         })
         .collect();
     body.push_str(&table("What waits, and why", &["version", "why"], &waiting));
+    let gap = next_dead.is_none()
+        && view
+            .waiting
+            .iter()
+            .any(|p| p.state != PendingState::Skipped && p.version > applied + 1);
+    if gap {
+        body.push_str(&format!(
+            "<form method=\"post\" action=\"{}/skip-missing\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <input type=\"hidden\" name=\"version\" value=\"{}\">\
+             <label>Reason it is known lost (kept with the action)<input name=\"reason\" required size=\"60\"></label>\
+             <button type=\"submit\">Pass over missing version {}</button></form>",
+            escape(&stream_href(&view.stream)),
+            escape(csrf),
+            applied + 1,
+            applied + 1,
+        ));
+    }
     let dead: Vec<Vec<String>> = view
         .dead_letters
         .iter()

@@ -9,11 +9,12 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Form, Router};
 use ordo_store::journal::JournalFilter;
 
-use crate::access::{Access, AccessError, TOKEN_COOKIE};
+use crate::access::{Access, AccessError, Csrf, TOKEN_COOKIE};
+use crate::actions::{Action, Actor};
 use crate::pages::{self, DeadLetterFilter, JournalQuery};
 use crate::reads::{Reader, JOURNAL_PAGE_MAX};
 
@@ -34,6 +35,8 @@ pub struct ConsoleConfig {
     pub token: Option<String>,
     /// Payload fields shown as `[redacted]` wherever they are.
     pub redact: Vec<String>,
+    /// The `ordo` binary that carries actions out (the console's own executable).
+    pub binary: std::path::PathBuf,
 }
 
 /// Why the console did not start or stopped.
@@ -62,6 +65,8 @@ impl std::error::Error for ServeError {}
 struct Console {
     reader: Mutex<Reader>,
     access: Access,
+    csrf: Csrf,
+    actor: Actor,
     redact: Vec<String>,
 }
 
@@ -78,6 +83,11 @@ pub fn serve(config: ConsoleConfig, bound: impl FnOnce(SocketAddr)) -> Result<()
     let console = Arc::new(Console {
         reader: Mutex::new(Reader::new(&config.store)),
         access,
+        csrf: Csrf::new().map_err(ServeError::Serve)?,
+        actor: Actor {
+            binary: config.binary,
+            store: config.store,
+        },
         redact: config.redact,
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -100,6 +110,9 @@ fn router(console: Shared) -> Router {
         .route("/dead-letters/{id}", get(dead_letter))
         .route("/streams/{key}", get(stream))
         .route("/journal", get(journal))
+        .route("/dead-letters/{id}/replay", post(replay))
+        .route("/dead-letters/{id}/skip", post(skip))
+        .route("/streams/{key}/skip-missing", post(skip_missing))
         .route_layer(middleware::from_fn_with_state(console.clone(), guard))
         .route("/login", get(login))
         .with_state(console)
@@ -113,7 +126,12 @@ async fn guard(State(console): State<Shared>, request: Request, next: Next) -> R
         .access
         .allows(text(header::AUTHORIZATION), text(header::COOKIE))
     {
-        return next.run(request).await;
+        let mut response = next.run(request).await;
+        // Every page carries the CSRF cookie its forms are checked against.
+        if let Ok(cookie) = console.csrf.cookie().parse() {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        return response;
     }
     (
         StatusCode::UNAUTHORIZED,
@@ -222,6 +240,7 @@ async fn dead_letter(State(console): State<Shared>, Path(id): Path<u64>) -> Resp
                 &entry,
                 &forecast,
                 &console.redact,
+                console.csrf.secret(),
                 now_ms(),
             ))
             .into_response(),
@@ -241,7 +260,13 @@ async fn dead_letter(State(console): State<Shared>, Path(id): Path<u64>) -> Resp
 async fn stream(State(console): State<Shared>, Path(key): Path<String>) -> Response {
     let wanted = key.clone();
     match read(&console, move |r| r.stream(&wanted)).await {
-        Ok(view) => Html(pages::stream(&view, &console.redact, now_ms())).into_response(),
+        Ok(view) => Html(pages::stream(
+            &view,
+            &console.redact,
+            console.csrf.secret(),
+            now_ms(),
+        ))
+        .into_response(),
         Err(response) => response,
     }
 }
@@ -257,4 +282,113 @@ async fn journal(State(console): State<Shared>, Query(query): Query<JournalQuery
         Ok(entries) => Html(pages::journal(&entries, &query)).into_response(),
         Err(response) => response,
     }
+}
+
+/// The form of every action.
+#[derive(serde::Deserialize)]
+struct ActionForm {
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+/// Checks the form's CSRF value against the cookie and the origin, then runs `action` as
+/// the CLI verb and shows what it said.
+async fn act(
+    console: Shared,
+    headers: HeaderMap,
+    form: ActionForm,
+    action: Action,
+    back: String,
+) -> Response {
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if !console.csrf.allows(
+        &form.csrf,
+        text(header::COOKIE),
+        text(header::ORIGIN),
+        text(header::HOST),
+    ) {
+        return (
+            StatusCode::FORBIDDEN,
+            Html(crate::html::page(
+                "Refused",
+                "<p class=\"bad\">This request did not come from the console's own page (CSRF check). Open the page again and retry.</p>",
+            )),
+        )
+            .into_response();
+    }
+    let what = match &action {
+        Action::Replay { id, body: None } => format!("Replay of dead letter #{id}"),
+        Action::Replay { id, body: Some(_) } => {
+            format!("Replay of dead letter #{id} with a corrected event")
+        }
+        Action::Skip { id } => format!("Skip of dead letter #{id}"),
+        Action::SkipMissing { stream, version } => {
+            format!("Pass over version {version} of `{stream}`")
+        }
+    };
+    let actor = console.actor.clone();
+    let reason = form.reason.clone();
+    let done = tokio::task::spawn_blocking(move || actor.act(&action, &reason)).await;
+    let (code, page) = match done {
+        Ok(Ok(outcome)) => (
+            if outcome.succeeded {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            },
+            pages::action_result(&what, outcome.succeeded, &outcome.said, &back),
+        ),
+        Ok(Err(refused)) => (
+            StatusCode::BAD_REQUEST,
+            pages::action_result(&what, false, &refused, &back),
+        ),
+        Err(join) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            pages::action_result(&what, false, &join.to_string(), &back),
+        ),
+    };
+    (code, Html(page)).into_response()
+}
+
+async fn replay(
+    State(console): State<Shared>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let body = Some(form.body.trim().to_string()).filter(|b| !b.is_empty());
+    let back = format!("/dead-letters/{id}");
+    act(console, headers, form, Action::Replay { id, body }, back).await
+}
+
+async fn skip(
+    State(console): State<Shared>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let back = format!("/dead-letters/{id}");
+    act(console, headers, form, Action::Skip { id }, back).await
+}
+
+async fn skip_missing(
+    State(console): State<Shared>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let Some(version) = form.version else {
+        return (StatusCode::BAD_REQUEST, "the form names no version").into_response();
+    };
+    let back = pages::stream_href(&key);
+    let action = Action::SkipMissing {
+        stream: key,
+        version,
+    };
+    act(console, headers, form, action, back).await
 }

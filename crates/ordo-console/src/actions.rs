@@ -1,0 +1,161 @@
+//! What the console changes, and how: each action is the CLI verb itself (`ordo dlq
+//! replay`, `ordo dlq skip`, `ordo parked skip`), run as a child process of the same
+//! binary, so a console action takes exactly the path a verb takes — a request the
+//! running consumer carries out, or the verb's own engine when nobody runs — and is
+//! recorded the same way, with its reason. Nothing here writes to the store itself.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest an action may take: the verb waits up to 30 s for a running consumer to take
+/// its request up, plus the replay itself.
+pub const ACTION_TIMEOUT_MS: u64 = 60_000;
+
+/// Longest reason kept (it goes into the store's records).
+pub const REASON_LEN_MAX: usize = 1_000;
+
+/// Largest corrected body accepted.
+pub const BODY_LEN_MAX: usize = 1 << 20;
+
+/// An operator action asked for in the console.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Replay a dead letter, or a corrected event in its place.
+    Replay {
+        /// The entry.
+        id: u64,
+        /// A corrected event (JSON), if any.
+        body: Option<String>,
+    },
+    /// Pass a dead letter over.
+    Skip {
+        /// The entry.
+        id: u64,
+    },
+    /// Pass a missing version known lost.
+    SkipMissing {
+        /// The stream.
+        stream: String,
+        /// Its missing version.
+        version: u64,
+    },
+}
+
+/// What came of an action: whether the verb succeeded, and what it said.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Exit code 0.
+    pub succeeded: bool,
+    /// Its standard output and error, as it printed them.
+    pub said: String,
+}
+
+/// Runs actions with the `ordo` binary on one store.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    /// The `ordo` binary (the console's own executable).
+    pub binary: PathBuf,
+    /// The store URL.
+    pub store: String,
+}
+
+impl Actor {
+    /// Carries `action` out with `reason` (required), as the verb does.
+    pub fn act(&self, action: &Action, reason: &str) -> Result<Outcome, String> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err("a reason is required: it is kept with the action".into());
+        }
+        if reason.len() > REASON_LEN_MAX {
+            return Err(format!("the reason is longer than {REASON_LEN_MAX} bytes"));
+        }
+        let mut command = Command::new(&self.binary);
+        let mut body_file = None;
+        match action {
+            Action::Replay { id, body } => {
+                command.args(["dlq", "replay", "--id", &id.to_string()]);
+                if let Some(body) = body {
+                    if body.len() > BODY_LEN_MAX {
+                        return Err(format!(
+                            "the corrected event is larger than {BODY_LEN_MAX} bytes"
+                        ));
+                    }
+                    let path = std::env::temp_dir().join(format!(
+                        "ordo-console-body-{}-{id}-{}.json",
+                        std::process::id(),
+                        ordo_runtime::now_ms()
+                    ));
+                    std::fs::write(&path, body).map_err(|e| e.to_string())?;
+                    command.arg("--body").arg(&path);
+                    body_file = Some(path);
+                }
+            }
+            Action::Skip { id } => {
+                command.args(["dlq", "skip", "--id", &id.to_string()]);
+            }
+            Action::SkipMissing { stream, version } => {
+                command.args([
+                    "parked",
+                    "skip",
+                    "--stream",
+                    stream,
+                    "--version",
+                    &version.to_string(),
+                ]);
+            }
+        }
+        command.args(["--store", &self.store, "--reason", reason]);
+        let outcome = run_bounded(command);
+        if let Some(path) = body_file {
+            let _ = std::fs::remove_file(path);
+        }
+        outcome
+    }
+}
+
+/// Runs `command` to its end within [`ACTION_TIMEOUT_MS`], collecting what it printed.
+fn run_bounded(mut command: Command) -> Result<Outcome, String> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run the verb: {e}"))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_millis(ACTION_TIMEOUT_MS);
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "the verb did not finish within {ACTION_TIMEOUT_MS} ms"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let said = format!(
+        "{}{}",
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default()
+    );
+    Ok(Outcome {
+        succeeded: status.success(),
+        said,
+    })
+}
