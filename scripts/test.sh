@@ -18,9 +18,19 @@ missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# The console's browser test: Debian's chromium, driven by playwright-core under Node.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "== installing ${missing[*]}"
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+browser=crates/ordo-console/browser
+if [ ! -d "$browser/node_modules/playwright-core" ]; then
+  echo "== installing playwright-core (npm ci)"
+  npm ci --prefix "$browser" --no-audit --no-fund
 fi
 
 echo "== cargo fmt --check"

@@ -287,16 +287,12 @@ fn csrf_of(address: &str, path: &str) -> (String, String) {
     (value, format!("Cookie: {cookie}\r\n"))
 }
 
-/// The scenario of a night on call, over HTTP: a running consumer with a poison deposit,
-/// a lost version and a merge without its cut; each is found from the overview and fixed
-/// in the console (a corrected body, a skip with a reason, a corrected merge), the streams
-/// converge while the consumer runs, and the journal holds every action with its reason.
-#[test]
-fn an_operator_fixes_every_stuck_state_from_the_console_while_ordo_runs() {
-    let scratch = Scratch::new();
+/// A running `ordo run` on a log holding the stuck ledger and a merge without its cut
+/// (dead-lettered), and a console next to it: (the run, the console, its address).
+fn live_console(scratch: &Scratch) -> (KilledOnDrop, KilledOnDrop, String) {
     let input = scratch.path("in.jsonl");
     let mut lines = LINES.to_vec();
-    // A merge without its cut: dead-lettered (entry 2), fixed with a corrected body.
+    // A merge without its cut: dead-lettered, fixed with a corrected body.
     lines.extend([
         r#"{"id":"c3","stream":"customer-3","version":1,"type":"Registered","op":"set","data":{"orders":3}}"#,
         r#"{"id":"c4","stream":"customer-4","version":1,"type":"Registered","op":"set","data":{"orders":4}}"#,
@@ -312,14 +308,25 @@ fn an_operator_fixes_every_stuck_state_from_the_console_while_ordo_runs() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _running = KilledOnDrop(running);
+    let running = KilledOnDrop(running);
     // The console opens the store the consumer creates: once it is there.
     let created = (0..500).any(|_| {
         std::thread::sleep(Duration::from_millis(20));
         run(&["status", "--store", &store]).status.success()
     });
     assert!(created, "the consumer never created its store");
-    let (_console, address) = console(&["--store", &store, "--listen", "127.0.0.1:0"]);
+    let (console, address) = console(&["--store", &store, "--listen", "127.0.0.1:0"]);
+    (running, console, address)
+}
+
+/// The scenario of a night on call, over HTTP: a running consumer with a poison deposit,
+/// a lost version and a merge without its cut; each is found from the overview and fixed
+/// in the console (a corrected body, a skip with a reason, a corrected merge), the streams
+/// converge while the consumer runs, and the journal holds every action with its reason.
+#[test]
+fn an_operator_fixes_every_stuck_state_from_the_console_while_ordo_runs() {
+    let scratch = Scratch::new();
+    let (_running, _console, address) = live_console(&scratch);
     // Found from the overview.
     let overview = (0..250)
         .map(|_| {
@@ -466,4 +473,57 @@ fn an_unauthorised_mutation_is_refused() {
     assert_eq!(code, 401);
     let entries = common::json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
     assert_eq!(entries.len(), 1, "nothing was skipped");
+}
+
+/// The same night on call in a real browser: Debian's chromium, headless, driven by
+/// playwright-core (crates/ordo-console/browser/on_call.mjs; scripts/test.sh installs
+/// both). `ORDO_CONSOLE_SHOTS=1` writes its screenshots to docs/console/.
+#[test]
+fn the_on_call_scenario_in_a_real_browser() {
+    let browser = concat!(env!("CARGO_MANIFEST_DIR"), "/../ordo-console/browser");
+    assert!(
+        std::path::Path::new(browser).join("node_modules/playwright-core").exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "needs chromium and playwright-core: scripts/test.sh installs them (apt-get install chromium; npm ci --prefix {browser})"
+    );
+    let scratch = Scratch::new();
+    let (_running, _console, address) = live_console(&scratch);
+    let shots = if std::env::var_os("ORDO_CONSOLE_SHOTS").is_some() {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/console").to_string()
+    } else {
+        scratch.path("shots").to_str().unwrap().to_string()
+    };
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut node = std::process::Command::new("node")
+        .arg(format!("{browser}/on_call.mjs"))
+        .args([&address, &shots])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    // Bounded: a hung browser fails the test instead of the CI run.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while node.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = node.kill();
+            panic!("the browser scenario did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = node.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("on-call scenario: ok"), "{said}");
+    for shot in ["overview", "dead-letter", "waiting", "stream", "journal"] {
+        assert!(
+            std::path::Path::new(&shots)
+                .join(format!("{shot}.png"))
+                .exists(),
+            "no {shot}.png"
+        );
+    }
 }

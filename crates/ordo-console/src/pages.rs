@@ -299,13 +299,13 @@ fn action_forms(id: u64, csrf: &str) -> String {
     let csrf = escape(csrf);
     format!(
         "<h2>Act</h2>\
-         <form method=\"post\" action=\"/dead-letters/{id}/replay\">\
+         <form class=\"act\" method=\"post\" action=\"/dead-letters/{id}/replay\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <label>Reason (kept with the action)<input name=\"reason\" required size=\"60\"></label>\
          <label>Corrected event (optional: same stream and version, any id)\
          <textarea name=\"body\" rows=\"6\" cols=\"80\"></textarea></label>\
          <button type=\"submit\">Replay</button></form>\
-         <form method=\"post\" action=\"/dead-letters/{id}/skip\">\
+         <form class=\"act\" method=\"post\" action=\"/dead-letters/{id}/skip\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <label>Reason (kept with the action)<input name=\"reason\" required size=\"60\"></label>\
          <button type=\"submit\">Skip (pass over it for good)</button></form>"
@@ -388,7 +388,7 @@ pub fn stream(view: &StreamView, fields: &[String], csrf: &str, now_ms: u64) -> 
             .any(|p| p.state != PendingState::Skipped && p.version > applied + 1);
     if gap {
         body.push_str(&format!(
-            "<form method=\"post\" action=\"{}/skip-missing\">\
+            "<form class=\"act\" method=\"post\" action=\"{}/skip-missing\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <input type=\"hidden\" name=\"version\" value=\"{}\">\
              <label>Reason it is known lost (kept with the action)<input name=\"reason\" required size=\"60\"></label>\
