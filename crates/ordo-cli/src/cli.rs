@@ -130,6 +130,10 @@ pub struct ConsoleArgs {
     /// A payload field shown as [redacted] wherever it appears (repeatable).
     #[arg(long, value_name = "FIELD")]
     pub redact: Vec<String>,
+    /// How often the console samples the counters for the Overview's rates and
+    /// sparklines (an hour of samples is kept).
+    #[arg(long, value_name = "MS", default_value_t = ordo_console::history::HISTORY_SAMPLE_MS_DEFAULT)]
+    pub history_sample_ms: u64,
 }
 
 /// `ordo notices`.

@@ -21,6 +21,7 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
         listen,
         token: args.token,
         redact: args.redact,
+        history_sample_ms: args.history_sample_ms,
         // Actions run the verbs of this very binary.
         binary: std::env::current_exe().context("the ordo binary's own path")?,
     };

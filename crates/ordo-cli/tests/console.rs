@@ -315,7 +315,14 @@ fn live_console(scratch: &Scratch) -> (KilledOnDrop, KilledOnDrop, String) {
         run(&["status", "--store", &store]).status.success()
     });
     assert!(created, "the consumer never created its store");
-    let (console, address) = console(&["--store", &store, "--listen", "127.0.0.1:0"]);
+    let (console, address) = console(&[
+        "--store",
+        &store,
+        "--listen",
+        "127.0.0.1:0",
+        "--history-sample-ms",
+        "100",
+    ]);
     (running, console, address)
 }
 
@@ -440,6 +447,15 @@ fn an_operator_fixes_every_stuck_state_from_the_console_while_ordo_runs() {
         });
         assert!(converged, "{stream} never reached version {version}");
     }
+    // The Overview's sparklines and rates, from the console's own samples: the fixes
+    // applied events while it watched.
+    let overview = page(&address, "/");
+    assert!(
+        overview.contains(
+            "<svg role=\"img\" aria-label=\"applied: events per sample over the last hour\""
+        ),
+        "{overview}"
+    );
     let journal = page(&address, "/journal?kind=operator");
     assert!(page(&address, "/streams/customer-3").contains("Merged into"));
     for expected in [

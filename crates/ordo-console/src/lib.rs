@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod actions;
+pub mod history;
 mod html;
 pub mod pages;
 pub mod reads;

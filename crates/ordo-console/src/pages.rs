@@ -47,7 +47,7 @@ impl DeadLetterFilter {
 }
 
 /// `/`: health, positions, counters, what waits, what is dead-lettered.
-pub fn overview(status: &StoreStatus, now_ms: u64) -> String {
+pub fn overview(status: &StoreStatus, history: &crate::history::History, now_ms: u64) -> String {
     let mut body = String::new();
     let last = status.last_commit_ms();
     body.push_str(&format!(
@@ -87,11 +87,24 @@ pub fn overview(status: &StoreStatus, now_ms: u64) -> String {
         .counters
         .fields()
         .iter()
-        .map(|(name, value)| vec![escape(name), format!("<span class=\"num\">{value}</span>")])
+        .map(|(name, value)| {
+            let rate = history
+                .rate_per_min(name)
+                .map_or("–".into(), |r| format!("{r:.1}"));
+            vec![
+                escape(name),
+                format!("<span class=\"num\">{value}</span>"),
+                format!("<span class=\"num\">{rate}</span>"),
+                crate::history::sparkline(
+                    &history.increases(name),
+                    &format!("{name}: events per sample over the last hour"),
+                ),
+            ]
+        })
         .collect();
     body.push_str(&table(
         "Decisions (the run counters)",
-        &["decision", "events"],
+        &["decision", "events", "per minute (last 5 min)", "last hour"],
         &counters,
     ));
     body.push_str(&waiting_table("Waiting longest", status, now_ms));

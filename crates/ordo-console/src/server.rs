@@ -37,6 +37,8 @@ pub struct ConsoleConfig {
     pub redact: Vec<String>,
     /// The `ordo` binary that carries actions out (the console's own executable).
     pub binary: std::path::PathBuf,
+    /// How often the console samples the counters for rates and sparklines.
+    pub history_sample_ms: u64,
 }
 
 /// Why the console did not start or stopped.
@@ -64,6 +66,7 @@ impl std::error::Error for ServeError {}
 
 struct Console {
     reader: Mutex<Reader>,
+    history: Mutex<crate::history::History>,
     access: Access,
     csrf: Csrf,
     actor: Actor,
@@ -82,6 +85,7 @@ pub fn serve(config: ConsoleConfig, bound: impl FnOnce(SocketAddr)) -> Result<()
     bound(listener.local_addr().map_err(ServeError::Listen)?);
     let console = Arc::new(Console {
         reader: Mutex::new(Reader::new(&config.store)),
+        history: Mutex::new(crate::history::History::default()),
         access,
         csrf: Csrf::new().map_err(ServeError::Serve)?,
         actor: Actor {
@@ -94,12 +98,28 @@ pub fn serve(config: ConsoleConfig, bound: impl FnOnce(SocketAddr)) -> Result<()
         .enable_all()
         .build()
         .map_err(ServeError::Serve)?;
+    let sample_ms = config.history_sample_ms.max(1);
     runtime.block_on(async move {
+        tokio::spawn(sample(console.clone(), sample_ms));
         let listener = tokio::net::TcpListener::from_std(listener).map_err(ServeError::Listen)?;
         axum::serve(listener, router(console))
             .await
             .map_err(ServeError::Serve)
     })
+}
+
+/// Samples the counters every `sample_ms` for the Overview's rates and sparklines.
+async fn sample(console: Shared, sample_ms: u64) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(sample_ms));
+    loop {
+        ticks.tick().await;
+        // A store that cannot be read now leaves a hole, not a wrong value.
+        if let Ok(status) = read(&console, |r| r.status(0)).await {
+            if let Ok(mut history) = console.history.lock() {
+                history.record(now_ms(), status.counters);
+            }
+        }
+    }
 }
 
 fn router(console: Shared) -> Router {
@@ -205,7 +225,14 @@ async fn overview(State(console): State<Shared>) -> Response {
     })
     .await
     {
-        Ok(status) => Html(pages::overview(&status, now_ms())).into_response(),
+        Ok(status) => {
+            let history = console
+                .history
+                .lock()
+                .map(|h| h.clone())
+                .unwrap_or_default();
+            Html(pages::overview(&status, &history, now_ms())).into_response()
+        }
         Err(response) => response,
     }
 }
