@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use ordo_runtime::now_ms;
-use ordo_store::status::Position;
+use ordo_runtime::source::log_lag as lag;
 use ordo_store::StoreStatus;
 use serde_json::Value;
 
@@ -58,13 +58,6 @@ fn kafka_ends(
     );
     let ends = ordo_kafka::partition_ends(&url).map_err(anyhow::Error::msg)?;
     Ok((key, ends))
-}
-
-/// Events beyond the position, when the source can be read from here (the embedded log).
-fn lag(position: &Position) -> Option<u64> {
-    let path = position.source.strip_prefix("log:")?;
-    let mut log = ordo_log::EventLog::open_read_only(path).ok()?;
-    Some(log.last_position().ok()?.saturating_sub(position.offset))
 }
 
 fn age(now: u64, at: Option<u64>) -> String {

@@ -103,6 +103,8 @@ fn every_page_explains_the_stuck_states_of_a_store() {
         "email",
     ]);
     let overview = page(&address, "/");
+    // A file source's end is not known to the console.
+    assert!(overview.contains("unknown here"), "{overview}");
     for expected in [
         "1 streams stalled",
         "1 dead letters",
@@ -450,6 +452,8 @@ fn an_operator_fixes_every_stuck_state_from_the_console_while_ordo_runs() {
     // The Overview's sparklines and rates, from the console's own samples: the fixes
     // applied events while it watched.
     let overview = page(&address, "/");
+    // The embedded log's lag is read from the log itself.
+    assert!(overview.contains("lag (events)") && !overview.contains("unknown here"));
     assert!(
         overview.contains(
             "<svg role=\"img\" aria-label=\"applied: events per sample over the last hour\""

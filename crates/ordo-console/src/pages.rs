@@ -74,13 +74,23 @@ pub fn overview(status: &StoreStatus, history: &crate::history::History, now_ms:
                 escape(&p.source),
                 format!("<span class=\"num\">{}</span>", p.partition),
                 format!("<span class=\"num\">{}</span>", p.offset),
+                ordo_runtime::source::log_lag(p).map_or_else(
+                    || "unknown here".into(),
+                    |lag| format!("<span class=\"num\">{lag}</span>"),
+                ),
                 age(now_ms, p.committed_ms),
             ]
         })
         .collect();
     body.push_str(&table(
         "Positions",
-        &["source", "partition", "offset (last settled)", "recorded"],
+        &[
+            "source",
+            "partition",
+            "offset (last settled)",
+            "lag (events)",
+            "recorded",
+        ],
         &positions,
     ));
     let counters: Vec<Vec<String>> = status

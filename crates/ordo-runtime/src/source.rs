@@ -342,3 +342,12 @@ pub fn open(url: &SourceUrl) -> Result<Box<dyn Source>, SourceError> {
         )),
     }
 }
+
+/// Events of the embedded log beyond a recorded position (`ordo status`, the console),
+/// read through a read-only handle; `None` for other sources or a log that cannot be read
+/// from here.
+pub fn log_lag(position: &ordo_store::status::Position) -> Option<u64> {
+    let path = position.source.strip_prefix("log:")?;
+    let mut log = ordo_log::EventLog::open_read_only(path).ok()?;
+    Some(log.last_position().ok()?.saturating_sub(position.offset))
+}
