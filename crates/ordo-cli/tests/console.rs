@@ -418,7 +418,7 @@ fn an_operator_fixes_every_stuck_state_from_the_console_while_ordo_runs() {
         &[
             ("csrf", &csrf),
             ("version", "2"),
-            ("reason", "lost in the outage"),
+            ("reason", "--not-a-flag: lost in the outage"),
         ],
         &cookie,
     );

@@ -75,7 +75,7 @@ impl Actor {
         let mut body_file = None;
         match action {
             Action::Replay { id, body } => {
-                command.args(["dlq", "replay", "--id", &id.to_string()]);
+                command.args(["dlq", "replay", &format!("--id={id}")]);
                 if let Some(body) = body {
                     if body.len() > BODY_LEN_MAX {
                         return Err(format!(
@@ -88,25 +88,29 @@ impl Actor {
                         ordo_runtime::now_ms()
                     ));
                     std::fs::write(&path, body).map_err(|e| e.to_string())?;
-                    command.arg("--body").arg(&path);
+                    let mut flag = std::ffi::OsString::from("--body=");
+                    flag.push(&path);
+                    command.arg(flag);
                     body_file = Some(path);
                 }
             }
             Action::Skip { id } => {
-                command.args(["dlq", "skip", "--id", &id.to_string()]);
+                command.args(["dlq", "skip", &format!("--id={id}")]);
             }
             Action::SkipMissing { stream, version } => {
+                // `--flag=value`: a stream key or reason starting with `-` stays a value.
                 command.args([
-                    "parked",
-                    "skip",
-                    "--stream",
-                    stream,
-                    "--version",
-                    &version.to_string(),
+                    "parked".to_string(),
+                    "skip".to_string(),
+                    format!("--stream={stream}"),
+                    format!("--version={version}"),
                 ]);
             }
         }
-        command.args(["--store", &self.store, "--reason", reason]);
+        command.args([
+            format!("--store={}", self.store),
+            format!("--reason={reason}"),
+        ]);
         let outcome = run_bounded(command);
         if let Some(path) = body_file {
             let _ = std::fs::remove_file(path);
