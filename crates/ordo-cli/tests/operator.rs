@@ -480,6 +480,33 @@ fn a_dry_run_says_what_each_replay_would_do_and_changes_nothing() {
         text.contains("would apply; 1 waiting events of its stream would go on"),
         "{text}"
     );
+    // A corrected event for another version is refused, as the replay would refuse it.
+    let elsewhere = scratch.path("elsewhere.json");
+    write_lines(
+        &elsewhere,
+        &[
+            r#"{"id":"l9","stream":"account-1","version":9,"type":"Deposited","op":"incr","data":{"balance":1}}"#,
+        ],
+    );
+    let text = String::from_utf8(
+        ok(&[
+            "dlq",
+            "replay",
+            "--store",
+            &store,
+            "--dry-run",
+            "--id",
+            &poison,
+            "--body",
+            elsewhere.to_str().unwrap(),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        text.contains("refused: the corrected event is `account-1` version 9"),
+        "{text}"
+    );
     let after = (
         String::from_utf8(ok(&["dlq", "list", "--store", &store, "--json"]).stdout).unwrap(),
         export(&store),

@@ -57,7 +57,7 @@ async function openEntry(page, stream) {
 
 async function replay(page, reason, body) {
   const form = page.locator('form[action$="/replay"]');
-  await form.getByLabel('Reason (kept with the action)').fill(reason);
+  await form.getByLabel('Reason for the replay (kept with the action)').fill(reason);
   await form.getByLabel(/Corrected event/).fill(body);
   await form.getByRole('button', { name: 'Replay' }).click();
   const result = await text(page);

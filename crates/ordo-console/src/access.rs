@@ -23,6 +23,8 @@ pub enum AccessError {
     TokenRequired(SocketAddr),
     /// A token too short to be a secret.
     TokenTooShort,
+    /// A token with characters a cookie cannot carry.
+    TokenCharacters,
 }
 
 impl std::fmt::Display for AccessError {
@@ -31,6 +33,10 @@ impl std::fmt::Display for AccessError {
             AccessError::TokenRequired(address) => write!(
                 f,
                 "--listen {address} is not a loopback address: give --token (or ORDO_CONSOLE_TOKEN) so that nobody else on the network can act on the store"
+            ),
+            AccessError::TokenCharacters => write!(
+                f,
+                "the console token may hold letters, digits and . _ ~ - only (`openssl rand -hex 16` makes one)"
             ),
             AccessError::TokenTooShort => write!(
                 f,
@@ -48,6 +54,14 @@ impl Access {
         let token = token.filter(|t| !t.is_empty());
         match &token {
             Some(token) if token.len() < TOKEN_LEN_MIN => Err(AccessError::TokenTooShort),
+            // It travels in a cookie and a header: no separators, no line breaks.
+            Some(token)
+                if !token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b)) =>
+            {
+                Err(AccessError::TokenCharacters)
+            }
             None if !listen.ip().is_loopback() => Err(AccessError::TokenRequired(listen)),
             _ => Ok(Access { token }),
         }
@@ -74,6 +88,22 @@ impl Access {
             .into_iter()
             .flatten()
             .any(|given| same(given.as_bytes(), token.as_bytes()))
+    }
+
+    /// Whether a request naming `host` (its `Host` header) may pass, the console listening
+    /// on `port`. Without a token only loopback names do: a page elsewhere whose name an
+    /// attacker points at 127.0.0.1 (DNS rebinding) must not reach a console with no
+    /// token. With a token any name does (the token is the check).
+    pub fn host_allowed(&self, host: Option<&str>, port: u16) -> bool {
+        if self.token.is_some() {
+            return true;
+        }
+        let Some(host) = host else {
+            return false;
+        };
+        ["127.0.0.1", "localhost", "[::1]"]
+            .iter()
+            .any(|name| host == format!("{name}:{port}"))
     }
 
     /// Whether `given` is the token (for `/login`).
@@ -175,6 +205,12 @@ mod tests {
         assert!(!access.allows(Some("Bearer 0123456789abcdeF"), None));
         assert!(!access.allows(None, None));
         assert!(Access::resolve(local, None).unwrap().allows(None, None));
+        let open = Access::resolve(local, None).unwrap();
+        assert!(open.host_allowed(Some("127.0.0.1:8080"), 8080));
+        assert!(open.host_allowed(Some("localhost:8080"), 8080));
+        assert!(!open.host_allowed(Some("attacker.example:8080"), 8080));
+        assert!(!open.host_allowed(None, 8080));
+        assert!(access.host_allowed(Some("ops.example:8080"), 8080));
     }
 
     #[test]

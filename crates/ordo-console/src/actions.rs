@@ -72,7 +72,7 @@ impl Actor {
             return Err(format!("the reason is longer than {REASON_LEN_MAX} bytes"));
         }
         let mut command = Command::new(&self.binary);
-        let mut body_file = None;
+        let mut stdin = None;
         match action {
             Action::Replay { id, body } => {
                 command.args(["dlq", "replay", &format!("--id={id}")]);
@@ -82,16 +82,10 @@ impl Actor {
                             "the corrected event is larger than {BODY_LEN_MAX} bytes"
                         ));
                     }
-                    let path = std::env::temp_dir().join(format!(
-                        "ordo-console-body-{}-{id}-{}.json",
-                        std::process::id(),
-                        ordo_runtime::now_ms()
-                    ));
-                    std::fs::write(&path, body).map_err(|e| e.to_string())?;
-                    let mut flag = std::ffi::OsString::from("--body=");
-                    flag.push(&path);
-                    command.arg(flag);
-                    body_file = Some(path);
+                    // On the verb's standard input: no file another user could read or
+                    // swap.
+                    command.arg("--body=/dev/stdin");
+                    stdin = Some(body.clone());
                 }
             }
             Action::Skip { id } => {
@@ -111,22 +105,30 @@ impl Actor {
             format!("--store={}", self.store),
             format!("--reason={reason}"),
         ]);
-        let outcome = run_bounded(command);
-        if let Some(path) = body_file {
-            let _ = std::fs::remove_file(path);
-        }
-        outcome
+        run_bounded(command, stdin)
     }
 }
 
-/// Runs `command` to its end within [`ACTION_TIMEOUT_MS`], collecting what it printed.
-fn run_bounded(mut command: Command) -> Result<Outcome, String> {
+/// Runs `command` to its end within [`ACTION_TIMEOUT_MS`], with `input` on its standard
+/// input, collecting what it printed.
+fn run_bounded(mut command: Command, input: Option<String>) -> Result<Outcome, String> {
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run the verb: {e}"))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        std::thread::spawn(move || {
+            // Dropped at the end: the verb sees the end of its input.
+            let _ = stdin.write_all(input.as_bytes());
+        });
+    }
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let out = std::thread::spawn(move || {

@@ -58,7 +58,7 @@ header a{color:#fff}nav ul{list-style:none;display:flex;gap:16px;margin:0;paddin
 main{padding:16px;max-width:1200px}table{border-collapse:collapse;width:100%;margin:8px 0 20px;background:#fff}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 caption{text-align:left;font-weight:600;padding:4px 0}
-.num{text-align:right;font-variant-numeric:tabular-nums}
+.num{font-variant-numeric:tabular-nums}td:has(> .num){text-align:right}
 .bad{color:#b3261e;font-weight:600}.ok{color:#146c2e;font-weight:600}
 pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto;max-height:24em}
 form.filters{display:flex;gap:12px;flex-wrap:wrap;align-items:end;margin:8px 0}

@@ -25,9 +25,9 @@ pub struct DeadLetterFilter {
     /// The event's `type`.
     #[serde(default, rename = "type")]
     pub event_type: String,
-    /// At least this many minutes old.
+    /// At least this many minutes old (a browser sends the empty field as `""`).
     #[serde(default)]
-    pub older_than_min: Option<u64>,
+    pub older_than_min: String,
 }
 
 impl DeadLetterFilter {
@@ -42,7 +42,10 @@ impl DeadLetterFilter {
             && (self.event_type.is_empty() || event_type == self.event_type)
             && self
                 .older_than_min
-                .is_none_or(|min| now_ms.saturating_sub(entry.at_ms) >= min * 60_000)
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .is_none_or(|min| now_ms.saturating_sub(entry.at_ms) >= min.saturating_mul(60_000))
     }
 }
 
@@ -230,10 +233,7 @@ pub fn dead_letters(entries: &[DeadLetter], filter: &DeadLetterFilter, now_ms: u
         field(
             "Older than (minutes)",
             "older_than_min",
-            &filter
-                .older_than_min
-                .map(|m| m.to_string())
-                .unwrap_or_default()
+            &filter.older_than_min
         ),
     );
     let rows: Vec<Vec<String>> = entries
@@ -324,13 +324,13 @@ fn action_forms(id: u64, csrf: &str) -> String {
         "<h2>Act</h2>\
          <form class=\"act\" method=\"post\" action=\"/dead-letters/{id}/replay\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <label>Reason (kept with the action)<input name=\"reason\" required size=\"60\"></label>\
+         <label>Reason for the replay (kept with the action)<input name=\"reason\" required size=\"60\"></label>\
          <label>Corrected event (optional: same stream and version, any id)\
          <textarea name=\"body\" rows=\"6\" cols=\"80\"></textarea></label>\
          <button type=\"submit\">Replay</button></form>\
          <form class=\"act\" method=\"post\" action=\"/dead-letters/{id}/skip\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <label>Reason (kept with the action)<input name=\"reason\" required size=\"60\"></label>\
+         <label>Reason for the skip (kept with the action)<input name=\"reason\" required size=\"60\"></label>\
          <button type=\"submit\">Skip (pass over it for good)</button></form>"
     )
 }
@@ -404,7 +404,9 @@ pub fn stream(view: &StreamView, fields: &[String], csrf: &str, now_ms: u64) -> 
         })
         .collect();
     body.push_str(&table("What waits, and why", &["version", "why"], &waiting));
+    // Only a version no record holds can be passed over (the engine refuses otherwise).
     let gap = next_dead.is_none()
+        && !view.waiting.iter().any(|p| p.version == applied + 1)
         && view
             .waiting
             .iter()

@@ -65,6 +65,10 @@ impl std::fmt::Display for ServeError {
 impl std::error::Error for ServeError {}
 
 struct Console {
+    /// The port it listens on (for the `Host` check).
+    port: u16,
+    /// One store read at a time, waited for without holding a thread.
+    reading: Arc<tokio::sync::Semaphore>,
     reader: Mutex<Reader>,
     history: Mutex<crate::history::History>,
     access: Access,
@@ -82,8 +86,11 @@ pub fn serve(config: ConsoleConfig, bound: impl FnOnce(SocketAddr)) -> Result<()
         Access::resolve(config.listen, config.token.clone()).map_err(ServeError::Access)?;
     let listener = std::net::TcpListener::bind(config.listen).map_err(ServeError::Listen)?;
     listener.set_nonblocking(true).map_err(ServeError::Listen)?;
-    bound(listener.local_addr().map_err(ServeError::Listen)?);
+    let address = listener.local_addr().map_err(ServeError::Listen)?;
+    bound(address);
     let console = Arc::new(Console {
+        port: address.port(),
+        reading: Arc::new(tokio::sync::Semaphore::new(1)),
         reader: Mutex::new(Reader::new(&config.store)),
         history: Mutex::new(crate::history::History::default()),
         access,
@@ -111,6 +118,8 @@ pub fn serve(config: ConsoleConfig, bound: impl FnOnce(SocketAddr)) -> Result<()
 /// Samples the counters every `sample_ms` for the Overview's rates and sparklines.
 async fn sample(console: Shared, sample_ms: u64) {
     let mut ticks = tokio::time::interval(Duration::from_millis(sample_ms));
+    // After a slow read, the next sample comes on time, not as a burst.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         ticks.tick().await;
         // A store that cannot be read now leaves a hole, not a wrong value.
@@ -135,7 +144,31 @@ fn router(console: Shared) -> Router {
         .route("/streams/{key}/skip-missing", post(skip_missing))
         .route_layer(middleware::from_fn_with_state(console.clone(), guard))
         .route("/login", get(login))
+        .layer(middleware::from_fn_with_state(console.clone(), host_guard))
         .with_state(console)
+}
+
+/// Every request, `/login` included, names a host the access rule allows.
+async fn host_guard(State(console): State<Shared>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if console.access.host_allowed(host, console.port) {
+        let mut response = next.run(request).await;
+        // Never framed by another page.
+        if let Ok(value) = "frame-ancestors 'none'".parse() {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_SECURITY_POLICY, value);
+        }
+        return response;
+    }
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        "this console answers to 127.0.0.1, localhost and [::1] only (or give it a --token)",
+    )
+        .into_response()
 }
 
 /// Every page but `/login` passes the access check first.
@@ -189,14 +222,6 @@ async fn read<T: Send + 'static>(
     console: &Shared,
     read: impl FnOnce(&mut Reader) -> Result<T, ordo_store::ReadError> + Send + 'static,
 ) -> Result<T, Response> {
-    let console = console.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        let mut reader = console
-            .reader
-            .lock()
-            .map_err(|_| "an earlier read panicked".to_string())?;
-        read(&mut reader).map_err(|e| e.to_string())
-    });
     let failed = |why: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -207,6 +232,29 @@ async fn read<T: Send + 'static>(
         )
             .into_response()
     };
+    // Waited for here, not on a blocking thread: a store that hangs holds one thread.
+    let permit = match tokio::time::timeout(
+        Duration::from_millis(READ_TIMEOUT_MS),
+        console.reading.clone().acquire_owned(),
+    )
+    .await
+    {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            return Err(failed(
+                "an earlier read of the store has not answered".into(),
+            ))
+        }
+    };
+    let console = console.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut reader = console
+            .reader
+            .lock()
+            .map_err(|_| "an earlier read panicked".to_string())?;
+        read(&mut reader).map_err(|e| e.to_string())
+    });
     match tokio::time::timeout(Duration::from_millis(READ_TIMEOUT_MS), task).await {
         Ok(Ok(Ok(value))) => Ok(value),
         Ok(Ok(Err(why))) => Err(failed(why)),

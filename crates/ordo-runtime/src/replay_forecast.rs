@@ -1,7 +1,9 @@
 //! What replaying a dead letter would do, decided from the store without doing it (`ordo
 //! dlq replay --dry-run`, and the console's dry run): the version guard, what the stream
 //! still waits for, and — with the built-in document projection — whether the event
-//! would be refused again. Nothing is written or sent.
+//! would be refused again. Nothing is written or sent. What it cannot foresee: a
+//! handler's answer, the bound of an overflowing stream, a monotonic stream's rules (it
+//! reads them as gapless), and events that arrive before the replay.
 
 use std::sync::Arc;
 
@@ -90,11 +92,16 @@ pub fn forecast(
         Ok(event) => event,
         Err(error) => return Ok(Forecast::FailsAgain(error.to_string())),
     };
+    if body.is_some() && (&*event.stream != stream || event.version != version) {
+        // As the replay refuses it: a corrected event keeps the entry's place.
+        return Ok(Forecast::Refused(format!(
+            "the corrected event is `{}` version {}; the entry holds `{stream}` version {version}",
+            event.stream, event.version
+        )));
+    }
     let key: Arc<str> = Arc::from(stream);
-    let applied = store
-        .stream_records(std::slice::from_ref(&key))?
-        .pop()
-        .map_or(0, |r| r.applied);
+    let record = store.stream_records(std::slice::from_ref(&key))?.pop();
+    let applied = record.as_ref().map_or(0, |r| r.applied);
     if version <= applied {
         return Ok(Forecast::AlreadyApplied);
     }
@@ -128,11 +135,30 @@ pub fn forecast(
             )));
         }
     }
+    if let Op::Merge { from } = &event.op {
+        // As the engine refuses a merge: a source merged away already, or a cycle.
+        for source in from {
+            let merged = store.stream_records(&[Arc::from(&**source)])?.pop();
+            if let Some((target, _)) = merged.and_then(|r| r.alias) {
+                return Ok(Forecast::FailsAgain(format!(
+                    "source `{source}` is already merged into `{target}`"
+                )));
+            }
+        }
+    }
     if handler {
         return Ok(Forecast::SentToHandler);
     }
     if !matches!(event.op, Op::Merge { .. }) {
-        let mut document = store.documents(std::slice::from_ref(&key))?.pop().flatten();
+        // Past a merge's cut, the engine applies the event to the merge target.
+        let target = match record.and_then(|r| r.alias) {
+            Some((target, cut)) if version > cut => resolve(store, target)?,
+            _ => key.clone(),
+        };
+        let mut document = store
+            .documents(std::slice::from_ref(&target))?
+            .pop()
+            .flatten();
         if let Err(rejection) = DocumentProjection.apply(&mut document, &event) {
             return Ok(Forecast::FailsAgain(rejection.to_string()));
         }
@@ -145,3 +171,23 @@ pub fn forecast(
         .count();
     Ok(Forecast::Applies { behind })
 }
+
+/// The end of `stream`'s alias chain (merges of merges), at most
+/// [`ALIAS_CHAIN_MAX`] links.
+fn resolve(store: &mut impl Store, stream: Arc<str>) -> Result<Arc<str>, ReadError> {
+    let mut at = stream;
+    for _ in 0..ALIAS_CHAIN_MAX {
+        match store
+            .stream_records(std::slice::from_ref(&at))?
+            .pop()
+            .and_then(|r| r.alias)
+        {
+            Some((next, _)) => at = next,
+            None => break,
+        }
+    }
+    Ok(at)
+}
+
+/// Most alias links followed.
+pub const ALIAS_CHAIN_MAX: usize = 16;
