@@ -9,10 +9,7 @@ use crate::cli::ConsoleArgs;
 pub fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     // Refused before listening: a console on a store that is not there shows nothing.
     ordo_store::AnyStore::open_read_only(&args.store)?;
-    let listen = match args.listen.strip_prefix(':').unwrap_or(&args.listen) {
-        port if port.parse::<u16>().is_ok() => format!("127.0.0.1:{port}"),
-        other => other.to_string(),
-    };
+    let listen = crate::settings::listen_address(&args.listen);
     let listen = listen
         .parse()
         .with_context(|| format!("--listen `{listen}`: expected PORT or HOST:PORT"))?;

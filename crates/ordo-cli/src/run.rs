@@ -256,10 +256,7 @@ pub(crate) fn endpoint(
     store_url: &str,
     telemetry: &std::sync::Arc<Telemetry>,
 ) -> anyhow::Result<Endpoint> {
-    let address = match address.strip_prefix(':').unwrap_or(address) {
-        port if port.parse::<u16>().is_ok() => format!("127.0.0.1:{port}"),
-        _ => address.to_string(),
-    };
+    let address = crate::settings::listen_address(address);
     let listener = std::net::TcpListener::bind(&address)
         .with_context(|| format!("--metrics {address}: cannot listen"))?;
     tracing::info!(

@@ -95,3 +95,12 @@ pub fn record_engine_config(store: &mut AnyStore, config: &Config) -> anyhow::Re
     store.set_setting(ENGINE_SETTINGS_KEY, &settings.to_string())?;
     Ok(())
 }
+
+/// A listening address as typed: a bare port or `:PORT` means loopback
+/// (`127.0.0.1:PORT`); anything else is taken as given (`--metrics`, `console --listen`).
+pub fn listen_address(text: &str) -> String {
+    match text.strip_prefix(':').unwrap_or(text) {
+        port if port.parse::<u16>().is_ok() => format!("127.0.0.1:{port}"),
+        _ => text.to_string(),
+    }
+}

@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::scrape::exchange;
 use common::{ok, ordo, run, write_lines, KilledOnDrop, Scratch};
 
 /// A bank ledger, a catalog and a merge: a poison deposit (a dead letter, a deposit
@@ -68,26 +68,7 @@ fn console(args: &[&str]) -> (KilledOnDrop, String) {
 
 /// `GET path` with extra header lines: (status, headers, body).
 fn get(address: &str, path: &str, headers: &str) -> (u16, String, String) {
-    let mut socket = TcpStream::connect(address).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    // A test may name another host (a rebinding attempt) instead of the address's.
-    let host = if headers.starts_with("Host:") {
-        String::new()
-    } else {
-        format!("Host: {address}\r\n")
-    };
-    write!(
-        socket,
-        "GET {path} HTTP/1.1\r\n{host}{headers}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    socket.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, head.to_string(), body.to_string())
+    exchange(address, &format!("GET {path}"), headers, "")
 }
 
 fn page(address: &str, path: &str) -> String {
@@ -263,24 +244,9 @@ fn post(address: &str, path: &str, form: &[(&str, &str)], headers: &str) -> (u16
         .iter()
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect();
-    let body = body.join("&");
-    let mut socket = TcpStream::connect(address).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    write!(
-        socket,
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    socket.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    (
-        head.split(' ').nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
-    )
+    let headers = format!("{headers}Content-Type: application/x-www-form-urlencoded\r\n");
+    let (code, _, body) = exchange(address, &format!("POST {path}"), &headers, &body.join("&"));
+    (code, body)
 }
 
 /// The CSRF value a page's forms carry, and the cookie header that goes with it.

@@ -7,11 +7,9 @@ use std::sync::Arc;
 
 use ordo_core::{DeadLetter, Load, PendingRecord, StreamRecord};
 use ordo_projection::Document;
+use ordo_runtime::replay_forecast::alias_chain;
 use ordo_store::journal::{JournalEntry, JournalFilter};
 use ordo_store::{AnyStore, ReadError, Store, StoreStatus};
-
-/// Most links an alias chain is followed (merges of merges); longer chains are cut.
-pub const ALIAS_CHAIN_MAX: usize = 16;
 
 /// Most journal entries a page shows.
 pub const JOURNAL_PAGE_MAX: u64 = 500;
@@ -110,15 +108,10 @@ impl Reader {
             let key: Arc<str> = Arc::from(stream);
             let document = store.documents(std::slice::from_ref(&key))?.pop().flatten();
             let record = store.stream_records(std::slice::from_ref(&key))?.pop();
-            let mut alias_chain = Vec::new();
-            let mut next = record.as_ref().and_then(|r| r.alias.clone());
-            while let Some((target, cut)) = next.take() {
-                if alias_chain.len() == ALIAS_CHAIN_MAX {
-                    break;
-                }
-                alias_chain.push((target.to_string(), cut));
-                next = store.stream_records(&[target])?.pop().and_then(|r| r.alias);
-            }
+            let alias_chain = alias_chain(store, key.clone())?
+                .into_iter()
+                .map(|(target, cut)| (target.to_string(), cut))
+                .collect();
             let waiting = store.load_pending(&Load::Stream(key))?.records;
             let dead_letters = store
                 .dead_letters()?

@@ -152,7 +152,9 @@ pub fn forecast(
     if !matches!(event.op, Op::Merge { .. }) {
         // Past a merge's cut, the engine applies the event to the merge target.
         let target = match record.and_then(|r| r.alias) {
-            Some((target, cut)) if version > cut => resolve(store, target)?,
+            Some((target, cut)) if version > cut => alias_chain(store, target.clone())?
+                .pop()
+                .map_or(target, |(end, _)| end),
             _ => key.clone(),
         };
         let mut document = store
@@ -172,21 +174,28 @@ pub fn forecast(
     Ok(Forecast::Applies { behind })
 }
 
-/// The end of `stream`'s alias chain (merges of merges), at most
-/// [`ALIAS_CHAIN_MAX`] links.
-fn resolve(store: &mut impl Store, stream: Arc<str>) -> Result<Arc<str>, ReadError> {
+/// Where `stream`'s merges lead: each target and its cut, in order (merges of merges), at
+/// most [`ALIAS_CHAIN_MAX`] links (the forecast and the console's stream page).
+pub fn alias_chain(
+    store: &mut impl Store,
+    stream: Arc<str>,
+) -> Result<Vec<(Arc<str>, u64)>, ReadError> {
+    let mut chain = Vec::new();
     let mut at = stream;
-    for _ in 0..ALIAS_CHAIN_MAX {
+    while chain.len() < ALIAS_CHAIN_MAX {
         match store
             .stream_records(std::slice::from_ref(&at))?
             .pop()
             .and_then(|r| r.alias)
         {
-            Some((next, _)) => at = next,
+            Some((next, cut)) => {
+                chain.push((next.clone(), cut));
+                at = next;
+            }
             None => break,
         }
     }
-    Ok(at)
+    Ok(chain)
 }
 
 /// Most alias links followed.

@@ -47,20 +47,38 @@ pub fn start(args: &[&str]) -> Running {
 
 /// `GET path` on `address`: (status code, body).
 pub fn get(address: &str, path: &str) -> (u16, String) {
-    let mut socket = TcpStream::connect(address).expect("the endpoint accepts");
+    let (code, _, body) = exchange(address, &format!("GET {path}"), "", "");
+    (code, body)
+}
+
+/// One HTTP/1.1 exchange on a new connection: `request` is the method and path, `headers`
+/// extra header lines (a `Host:` among them replaces the address's), `body` sent as is.
+/// (status, head, body).
+pub fn exchange(address: &str, request: &str, headers: &str, body: &str) -> (u16, String, String) {
+    let mut socket = TcpStream::connect(address).expect("the server accepts");
     socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
+    let host = if headers.starts_with("Host:") {
+        String::new()
+    } else {
+        format!("Host: {address}\r\n")
+    };
+    let length = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
     write!(
         socket,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "{request} HTTP/1.1\r\n{host}{headers}{length}Connection: close\r\n\r\n{body}"
     )
     .unwrap();
     let mut answer = String::new();
     socket.read_to_string(&mut answer).expect("an answer");
     let (head, body) = answer.split_once("\r\n\r\n").expect("HTTP head and body");
     let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
+    (code, head.to_string(), body.to_string())
 }
 
 /// Samples of a Prometheus text page: `name{labels}` → value.
