@@ -63,6 +63,18 @@ pub enum Command {
         #[command(subcommand)]
         command: ParkedCommand,
     },
+    /// Hold one stream's events (they wait, durable, while others go on), or stop
+    /// reading one source partition, until `ordo resume`; recorded with its reason.
+    #[command(
+        after_help = "Examples:\n  ordo pause --store sqlite:state.db --stream account-2 --reason \"ledger fix in progress (INC-42)\"\n  ordo pause --store postgres://ordo@127.0.0.1:5432/ordo --partition 3 --reason \"broker maintenance\""
+    )]
+    Pause(PauseArgs),
+    /// Undo `ordo pause`: the stream's waiting events go on in order, or reading the
+    /// partition goes on from its position.
+    #[command(
+        after_help = "Example:\n  ordo resume --store sqlite:state.db --stream account-2 --reason \"INC-42 fixed\""
+    )]
+    Resume(PauseArgs),
     /// The durable journal: late-after-merge, stalls, dead letters, conflicts, operator
     /// actions (who, when, why), newest last.
     #[command(
@@ -424,6 +436,27 @@ pub struct ParkedSkipArgs {
     #[arg(long)]
     pub version: u64,
     /// Why it is known lost (kept with the action).
+    #[arg(long)]
+    pub reason: String,
+    /// Engine settings (default: the ones the last `run` recorded in the store).
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `ordo pause` and `ordo resume`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["stream", "partition"])))]
+pub struct PauseArgs {
+    /// The store.
+    #[arg(long)]
+    pub store: String,
+    /// The stream.
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// The source partition (0 for `file:` and `log:` sources).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Why (kept with the action; required).
     #[arg(long)]
     pub reason: String,
     /// Engine settings (default: the ones the last `run` recorded in the store).

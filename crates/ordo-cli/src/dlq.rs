@@ -133,7 +133,7 @@ fn operator_consumer(
 const REQUEST_WAIT_MS: u64 = 30_000;
 
 /// Where an operator verb's actions are carried out.
-enum Operator {
+pub(crate) enum Operator {
     /// By this process: nobody holds the store (or it is PostgreSQL, whose running
     /// members notice the change and rebuild).
     Here(Box<Consumer<ordo_store::AnyStore>>),
@@ -146,7 +146,11 @@ enum Operator {
 }
 
 impl Operator {
-    fn open(store_url: &str, engine: &crate::cli::EngineArgs, verb: &str) -> anyhow::Result<Self> {
+    pub(crate) fn open(
+        store_url: &str,
+        engine: &crate::cli::EngineArgs,
+        verb: &str,
+    ) -> anyhow::Result<Self> {
         let mut store = open_store(store_url, false)?;
         match store.acquire_lease(verb) {
             Ok(()) => {}
@@ -169,7 +173,7 @@ impl Operator {
     }
 
     /// Carries `action` out here, or has the running consumer do it; its record.
-    fn act(&mut self, action: &Action, reason: &str) -> anyhow::Result<OperatorAction> {
+    pub(crate) fn act(&mut self, action: &Action, reason: &str) -> anyhow::Result<OperatorAction> {
         match self {
             Operator::Here(consumer) => {
                 let record = consumer.perform(action, action.request(reason))?;
@@ -340,6 +344,7 @@ fn waits_for_json(waits_for: &WaitsFor) -> serde_json::Value {
         WaitsFor::Merge { stream, version } => {
             json!({"kind": "merge", "stream": &**stream, "version": version})
         }
+        WaitsFor::Paused => json!({"kind": "paused"}),
         WaitsFor::Nothing => json!({"kind": "nothing"}),
     }
 }
@@ -352,6 +357,7 @@ fn awaited(waits_for: &WaitsFor) -> String {
         WaitsFor::Dependency { stream, .. } => format!("`{stream}` (after)"),
         WaitsFor::DeadLetter { .. } => "a dead letter".into(),
         WaitsFor::Merge { stream, .. } => format!("the merge at `{stream}`"),
+        WaitsFor::Paused => "an operator's `ordo resume` (paused)".into(),
         WaitsFor::Nothing => "nothing (goes next)".into(),
     }
 }
@@ -368,6 +374,11 @@ pub fn parked(args: ParkedListArgs) -> anyhow::Result<ExitCode> {
         &mut store,
     )?;
     let mut engine = Engine::restore(config, store.snapshot(OPERATOR_SOURCE)?, now_ms());
+    for pause in store.pauses()? {
+        if let ordo_store::PauseTarget::Stream(stream) = pause.target {
+            engine.pause(&stream);
+        }
+    }
     // Parked streams stay in the store after a restore (spilled): bring them back to list.
     engine.request_all_spilled();
     while let Some(load) = engine.poll_load() {

@@ -25,6 +25,7 @@ mod dlq;
 mod export;
 mod handler;
 mod notices;
+mod pause;
 mod relay;
 mod run;
 mod settings;
@@ -70,6 +71,8 @@ fn main() -> ExitCode {
             cli::ParkedCommand::List(args) => dlq::parked(args),
             cli::ParkedCommand::Skip(args) => dlq::parked_skip(args),
         },
+        cli::Command::Pause(args) => pause::run(args, true),
+        cli::Command::Resume(args) => pause::run(args, false),
         cli::Command::Notices(args) => notices::run(args),
         cli::Command::Status(args) => status::run(args),
         cli::Command::Console(args) => console::run(args),

@@ -95,7 +95,7 @@ fn print_human(status: &StoreStatus, lags: &[Option<u64>], now: u64) {
         );
     }
     outln!(
-        "waiting      {} events ({} behind a gap, {} on a dependency), oldest {}",
+        "waiting      {} events ({} in their stream's line, {} on a dependency), oldest {}",
         status.waiting(),
         status.buffered,
         status.parked,
@@ -107,6 +107,15 @@ fn print_human(status: &StoreStatus, lags: &[Option<u64>], now: u64) {
         status.dead_letters,
         age(now, status.oldest_dead_letter_ms)
     );
+    for pause in &status.pauses {
+        outln!(
+            "paused       {} by {} {} ago: {} (`ordo resume` lets it go)",
+            pause.target,
+            pause.user,
+            age(now, Some(pause.since_ms)),
+            pause.reason
+        );
+    }
     if status.longest_waiting.is_empty() {
         return;
     }

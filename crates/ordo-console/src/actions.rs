@@ -1,5 +1,5 @@
 //! What the console changes, and how: each action is the CLI verb itself (`ordo dlq
-//! replay`, `ordo dlq skip`, `ordo parked skip`), run as a child process of the same
+//! replay`, `ordo dlq skip`, `ordo parked skip`, `ordo pause`, `ordo resume`), run as a child process of the same
 //! binary, so a console action takes exactly the path a verb takes — a request the
 //! running consumer carries out, or the verb's own engine when nobody runs — and is
 //! recorded the same way, with its reason. Nothing here writes to the store itself.
@@ -18,6 +18,16 @@ pub const REASON_LEN_MAX: usize = 1_000;
 
 /// Largest corrected body accepted.
 pub const BODY_LEN_MAX: usize = 1 << 20;
+
+/// Most dead letters one replay of a selection takes.
+pub const SELECTION_MAX: usize = 1_000;
+
+/// Fastest replay rate offered (replays per second).
+pub const REPLAY_RATE_MAX: u32 = 1_000;
+
+/// Longest a replay of a selection may take at its rate: an hour (beyond that, use the
+/// CLI, which has no browser waiting on it).
+pub const SELECTION_DURATION_MS_MAX: u64 = 3_600_000;
 
 /// An operator action asked for in the console.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +51,73 @@ pub enum Action {
         /// Its missing version.
         version: u64,
     },
+    /// Replay several dead letters, in entry order, at most `per_second` a second.
+    ReplayMany {
+        /// The entries.
+        ids: Vec<u64>,
+        /// The rate.
+        per_second: u32,
+    },
+    /// Pause a stream or a partition.
+    Pause(ordo_store::PauseTarget),
+    /// Resume one.
+    Resume(ordo_store::PauseTarget),
+}
+
+impl Action {
+    /// What the action is, in words (the result page's heading).
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Replay { id, body: None } => format!("Replay of dead letter #{id}"),
+            Action::Replay { id, body: Some(_) } => {
+                format!("Replay of dead letter #{id} with a corrected event")
+            }
+            Action::Skip { id } => format!("Skip of dead letter #{id}"),
+            Action::SkipMissing { stream, version } => {
+                format!("Pass over version {version} of `{stream}`")
+            }
+            Action::ReplayMany { ids, per_second } => {
+                format!("Replay of {} dead letters at {per_second}/s", ids.len())
+            }
+            Action::Pause(target) => format!("Pause of {target}"),
+            Action::Resume(target) => format!("Resume of {target}"),
+        }
+    }
+
+    /// How long the verb may take.
+    fn timeout_ms(&self) -> u64 {
+        match self {
+            Action::ReplayMany { ids, per_second } => {
+                ACTION_TIMEOUT_MS + ids.len() as u64 * 1000 / u64::from((*per_second).max(1))
+            }
+            _ => ACTION_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Checks a selection's size and rate before anything runs.
+pub fn check_selection(ids: &[u64], per_second: u32) -> Result<(), String> {
+    if ids.is_empty() {
+        return Err("no dead letter is selected".into());
+    }
+    if ids.len() > SELECTION_MAX {
+        return Err(format!(
+            "{} entries selected; at most {SELECTION_MAX} at once",
+            ids.len()
+        ));
+    }
+    if per_second == 0 || per_second > REPLAY_RATE_MAX {
+        return Err(format!(
+            "the rate must be 1 to {REPLAY_RATE_MAX} replays per second"
+        ));
+    }
+    if ids.len() as u64 * 1000 / u64::from(per_second) > SELECTION_DURATION_MS_MAX {
+        return Err(format!(
+            "{} entries at {per_second}/s take over an hour; raise the rate or use `ordo dlq replay`",
+            ids.len()
+        ));
+    }
+    Ok(())
 }
 
 /// What came of an action: whether the verb succeeded, and what it said.
@@ -100,18 +177,38 @@ impl Actor {
                     format!("--version={version}"),
                 ]);
             }
+            Action::ReplayMany { ids, per_second } => {
+                check_selection(ids, *per_second)?;
+                command.args(["dlq", "replay", &format!("--rate={per_second}/s")]);
+                command.args(ids.iter().map(|id| format!("--id={id}")));
+            }
+            Action::Pause(target) | Action::Resume(target) => {
+                command.arg(if matches!(action, Action::Pause(_)) {
+                    "pause"
+                } else {
+                    "resume"
+                });
+                command.arg(match target {
+                    ordo_store::PauseTarget::Stream(stream) => format!("--stream={stream}"),
+                    ordo_store::PauseTarget::Partition(p) => format!("--partition={p}"),
+                });
+            }
         }
         command.args([
             format!("--store={}", self.store),
             format!("--reason={reason}"),
         ]);
-        run_bounded(command, stdin)
+        run_bounded(command, stdin, action.timeout_ms())
     }
 }
 
-/// Runs `command` to its end within [`ACTION_TIMEOUT_MS`], with `input` on its standard
+/// Runs `command` to its end within `timeout_ms`, with `input` on its standard
 /// input, collecting what it printed.
-fn run_bounded(mut command: Command, input: Option<String>) -> Result<Outcome, String> {
+fn run_bounded(
+    mut command: Command,
+    input: Option<String>,
+    timeout_ms: u64,
+) -> Result<Outcome, String> {
     let mut child = command
         .stdin(if input.is_some() {
             Stdio::piped()
@@ -141,7 +238,7 @@ fn run_bounded(mut command: Command, input: Option<String>) -> Result<Outcome, S
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let deadline = Instant::now() + Duration::from_millis(ACTION_TIMEOUT_MS);
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             break status;
@@ -149,9 +246,7 @@ fn run_bounded(mut command: Command, input: Option<String>) -> Result<Outcome, S
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!(
-                "the verb did not finish within {ACTION_TIMEOUT_MS} ms"
-            ));
+            return Err(format!("the verb did not finish within {timeout_ms} ms"));
         }
         std::thread::sleep(Duration::from_millis(20));
     };

@@ -28,6 +28,58 @@ pub struct DeadLetterFilter {
     /// At least this many minutes old (a browser sends the empty field as `""`).
     #[serde(default)]
     pub older_than_min: String,
+    /// Which page of [`DEAD_LETTER_PAGE_ROWS`] entries (from 0).
+    #[serde(default)]
+    pub page: usize,
+}
+
+/// Entries one page of the dead-letter list shows.
+pub const DEAD_LETTER_PAGE_ROWS: usize = 100;
+
+/// Links to the previous and next pages, keeping the filter.
+fn pager(filter: &DeadLetterFilter, page_index: usize, pages: usize) -> String {
+    let link = |index: usize, text: &str| {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("kind", &filter.kind)
+            .append_pair("stream", &filter.stream)
+            .append_pair("reason", &filter.reason)
+            .append_pair("type", &filter.event_type)
+            .append_pair("older_than_min", &filter.older_than_min)
+            .append_pair("page", &index.to_string())
+            .finish();
+        format!("<a href=\"/dead-letters?{}\">{text}</a>", escape(&query))
+    };
+    let mut links = Vec::new();
+    if page_index > 0 {
+        links.push(link(page_index - 1, "← previous page"));
+    }
+    if page_index + 1 < pages {
+        links.push(link(page_index + 1, "next page →"));
+    }
+    if links.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<nav aria-label=\"Pages of entries\"><p>{}</p></nav>",
+        links.join(" · ")
+    )
+}
+
+/// A dead letter's reason with the values of redacted fields hidden: reasons quote the
+/// payload (`field `email`: expected …`), so a value of a redacted field may appear.
+pub fn redact_reason(reason: &str, fields: &[String]) -> String {
+    if fields.is_empty() {
+        return reason.to_string();
+    }
+    // A reason that names a redacted field says nothing more after the name.
+    for field in fields {
+        for quoted in [format!("`{field}`"), format!("\"{field}\"")] {
+            if let Some(at) = reason.find(&quoted) {
+                return format!("{} [rest redacted]", &reason[..at + quoted.len()]);
+            }
+        }
+    }
+    reason.to_string()
 }
 
 impl DeadLetterFilter {
@@ -50,7 +102,12 @@ impl DeadLetterFilter {
 }
 
 /// `/`: health, positions, counters, what waits, what is dead-lettered.
-pub fn overview(status: &StoreStatus, history: &crate::history::History, now_ms: u64) -> String {
+pub fn overview(
+    status: &StoreStatus,
+    history: &crate::history::History,
+    csrf: &str,
+    now_ms: u64,
+) -> String {
     let mut body = String::new();
     let last = status.last_commit_ms();
     body.push_str(&format!(
@@ -85,6 +142,7 @@ pub fn overview(status: &StoreStatus, history: &crate::history::History, now_ms:
             ]
         })
         .collect();
+    body.push_str(&pauses(&status.pauses, csrf, now_ms));
     body.push_str(&table(
         "Positions",
         &[
@@ -121,7 +179,75 @@ pub fn overview(status: &StoreStatus, history: &crate::history::History, now_ms:
         &counters,
     ));
     body.push_str(&waiting_table("Waiting longest", status, now_ms));
+    body.push_str(&pause_partition_form(csrf));
     page("Overview", &body)
+}
+
+/// The pauses in force, each with its resume form.
+fn pauses(pauses: &[ordo_store::Pause], csrf: &str, now_ms: u64) -> String {
+    if pauses.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = pauses
+        .iter()
+        .map(|p| {
+            let (what, action) = match &p.target {
+                ordo_store::PauseTarget::Stream(stream) => (
+                    format!("stream {}", stream_link(stream)),
+                    format!("{}/resume", stream_href(stream)),
+                ),
+                ordo_store::PauseTarget::Partition(partition) => (
+                    format!("partition {partition}"),
+                    format!("/partitions/{partition}/resume"),
+                ),
+            };
+            vec![
+                what,
+                escape(&p.user),
+                age(now_ms, Some(p.since_ms)),
+                escape(&p.reason),
+                reason_form(&action, csrf, "Resume", "Reason for the resume"),
+            ]
+        })
+        .collect();
+    format!(
+        "<div class=\"bad\" role=\"status\">{} paused</div>{}",
+        pauses.len(),
+        table(
+            "Paused by operators",
+            &["what", "by", "for", "why", "resume"],
+            &rows
+        )
+    )
+}
+
+/// A form that posts one action with a required reason.
+fn reason_form(action: &str, csrf: &str, button: &str, label: &str) -> String {
+    format!(
+        "<form class=\"act\" method=\"post\" action=\"{}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <label>{} (kept with the action)<input name=\"reason\" required size=\"40\"></label>\
+         <button type=\"submit\">{}</button></form>",
+        escape(action),
+        escape(csrf),
+        escape(label),
+        escape(button),
+    )
+}
+
+/// Pausing a source partition: reading it stops until it is resumed.
+fn pause_partition_form(csrf: &str) -> String {
+    format!(
+        "<h2>Pause a partition</h2><p>Stops reading one source partition (its events wait \
+         in the broker, lag grows); what was read already is applied. The same as \
+         <code>ordo pause --partition N</code>.</p>\
+         <form class=\"act\" method=\"post\" action=\"/partitions/pause\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <label>Partition<input name=\"partition\" type=\"number\" min=\"0\" required></label>\
+         <label>Reason for the pause (kept with the action)<input name=\"reason\" required size=\"40\"></label>\
+         <button type=\"submit\">Pause the partition</button></form>",
+        escape(csrf)
+    )
 }
 
 /// What holds a stream, in words, with a link where there is somewhere to go.
@@ -134,7 +260,7 @@ fn blocker(blocker: &Blocker) -> String {
         Blocker::Stream { stream, version } => {
             format!("{} to reach version {version}", stream_link(stream))
         }
-        Blocker::Gap { .. } => escape(&blocker.to_string()),
+        Blocker::Gap { .. } | Blocker::Paused => escape(&blocker.to_string()),
     }
 }
 
@@ -171,6 +297,7 @@ fn awaited(blocker: &Blocker) -> String {
         Blocker::Gap { .. } => "a missing version".into(),
         Blocker::DeadLetter { .. } => "a dead letter of its own".into(),
         Blocker::Stream { stream, version } => format!("`{stream}` to reach version {version}"),
+        Blocker::Paused => "an operator's resume (paused)".into(),
     }
 }
 
@@ -216,7 +343,12 @@ pub fn waiting(status: &StoreStatus, search: &str, now_ms: u64) -> String {
 }
 
 /// `/dead-letters`: the queue, filtered.
-pub fn dead_letters(entries: &[DeadLetter], filter: &DeadLetterFilter, now_ms: u64) -> String {
+pub fn dead_letters(
+    entries: &[DeadLetter],
+    filter: &DeadLetterFilter,
+    fields: &[String],
+    now_ms: u64,
+) -> String {
     let field = |label: &str, name: &str, value: &str| {
         format!(
             "<label>{label}<input name=\"{name}\" value=\"{}\"></label>",
@@ -236,24 +368,56 @@ pub fn dead_letters(entries: &[DeadLetter], filter: &DeadLetterFilter, now_ms: u
             &filter.older_than_min
         ),
     );
-    let rows: Vec<Vec<String>> = entries
+    let admitted: Vec<&DeadLetter> = entries
         .iter()
         .filter(|e| filter.admits(e, now_ms))
+        .collect();
+    let pages = admitted.len().div_ceil(DEAD_LETTER_PAGE_ROWS).max(1);
+    let page_index = filter.page.min(pages - 1);
+    let shown = admitted
+        .iter()
+        .skip(page_index * DEAD_LETTER_PAGE_ROWS)
+        .take(DEAD_LETTER_PAGE_ROWS);
+    let rows: Vec<Vec<String>> = shown
         .map(|e| {
             vec![
+                format!(
+                    "<input type=\"checkbox\" name=\"id\" value=\"{0}\" form=\"selection\" \
+                     aria-label=\"Select entry #{0}\">",
+                    e.id
+                ),
                 format!("<a href=\"/dead-letters/{0}\">#{0}</a>", e.id),
                 escape(e.kind.name()),
                 e.stream.as_deref().map(stream_link).unwrap_or_default(),
                 e.version.map(|v| v.to_string()).unwrap_or_default(),
                 escape(e.event_id.as_deref().unwrap_or_default()),
                 age(now_ms, Some(e.at_ms)),
-                escape(&e.reason),
+                escape(&redact_reason(&e.reason, fields)),
             ]
         })
         .collect();
+    // Every entry the filter admits, on any page: "all of a stream" is a filter by
+    // stream, then this.
+    let all_ids: String = admitted
+        .iter()
+        .take(crate::actions::SELECTION_MAX)
+        .map(|e| format!("<input type=\"hidden\" name=\"id\" value=\"{}\">", e.id))
+        .collect();
+    body.push_str(&format!(
+        "<form id=\"selection\" class=\"filters\" method=\"post\" action=\"/dead-letters/dry-run\">\
+         <button type=\"submit\">Dry run of the selected</button></form>\
+         <form class=\"filters\" method=\"post\" action=\"/dead-letters/dry-run\">{all_ids}\
+         <button type=\"submit\">Dry run of all {} entries shown by the filter</button></form>",
+        admitted.len().min(crate::actions::SELECTION_MAX)
+    ));
     body.push_str(&table(
-        &format!("{} entries", rows.len()),
+        &format!(
+            "{} entries (page {} of {pages})",
+            admitted.len(),
+            page_index + 1
+        ),
         &[
+            "select",
             "entry",
             "kind",
             "stream",
@@ -264,6 +428,7 @@ pub fn dead_letters(entries: &[DeadLetter], filter: &DeadLetterFilter, now_ms: u
         ],
         &rows,
     ));
+    body.push_str(&pager(filter, page_index, pages));
     page("Dead letters", &body)
 }
 
@@ -294,7 +459,7 @@ pub fn dead_letter(
             .position
             .map(|p| format!(", read at partition {} offset {}", p.partition, p.offset))
             .unwrap_or_default(),
-        escape(&entry.reason),
+        escape(&redact_reason(&entry.reason, fields)),
     );
     if let Some(stream) = &entry.stream {
         body.push_str(&format!(
@@ -315,6 +480,74 @@ pub fn dead_letter(
         entry.id
     ));
     page(&format!("Dead letter #{}", entry.id), &body)
+}
+
+/// The dry run of a selection: what each replay would do, then the form that replays
+/// them for real at a chosen rate.
+pub fn selection_dry_run(
+    forecasts: &[crate::reads::SelectedForecast],
+    per_second: u32,
+    csrf: &str,
+) -> String {
+    let rows: Vec<Vec<String>> = forecasts
+        .iter()
+        .map(|f| {
+            let (stream, version) = f
+                .entry
+                .as_ref()
+                .map_or((String::new(), String::new()), |e| {
+                    (
+                        e.stream.as_deref().map(stream_link).unwrap_or_default(),
+                        e.version.map(|v| v.to_string()).unwrap_or_default(),
+                    )
+                });
+            let (would, detail) = match (&f.forecast, f.after) {
+                (None, _) => ("gone".to_string(), "no longer in the queue".to_string()),
+                (Some(forecast), Some(after)) => (
+                    forecast.outcome().to_string(),
+                    format!("would apply once #{after}, earlier in this selection, has"),
+                ),
+                (Some(forecast), None) => (forecast.outcome().to_string(), forecast.to_string()),
+            };
+            vec![
+                format!("<a href=\"/dead-letters/{0}\">#{0}</a>", f.id),
+                stream,
+                version,
+                format!("<span data-would=\"{0}\">{0}</span>", escape(&would)),
+                escape(&detail),
+            ]
+        })
+        .collect();
+    let ids: String = forecasts
+        .iter()
+        .filter(|f| f.entry.is_some())
+        .map(|f| format!("<input type=\"hidden\" name=\"id\" value=\"{}\">", f.id))
+        .collect();
+    let body = format!(
+        "<p>Nothing has changed yet. Replays go in entry order; each is version-guarded.</p>{}\
+         <form class=\"act\" method=\"post\" action=\"/dead-letters/replay\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">{ids}\
+         <label>Rate (replays per second, 1 to {})<input name=\"rate\" type=\"number\" min=\"1\" max=\"{}\" value=\"{per_second}\" required></label>\
+         <label>Reason for the replay (kept with each action)<input name=\"reason\" required size=\"60\"></label>\
+         <button type=\"submit\">Replay these {} entries</button></form>\
+         <p>The same from the command line: <code>ordo dlq replay --store STORE {} --rate {per_second}/s --reason TEXT</code> (add <code>--dry-run</code> to see this table).</p>",
+        table(
+            &format!("Dry run of {} entries", forecasts.len()),
+            &["entry", "stream", "version", "would", "why"],
+            &rows
+        ),
+        escape(csrf),
+        crate::actions::REPLAY_RATE_MAX,
+        crate::actions::REPLAY_RATE_MAX,
+        forecasts.iter().filter(|f| f.entry.is_some()).count(),
+        forecasts
+            .iter()
+            .filter(|f| f.entry.is_some())
+            .map(|f| format!("--id {}", f.id))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    page("Replay a selection: dry run", &body)
 }
 
 /// The replay and skip forms of a dead letter: each needs a reason (kept with the action).
@@ -355,6 +588,28 @@ pub fn action_result(what: &str, succeeded: bool, said: &str, back: &str) -> Str
 pub fn stream(view: &StreamView, fields: &[String], csrf: &str, now_ms: u64) -> String {
     let applied = view.record.as_ref().map_or(0, |r| r.applied);
     let mut body = format!("<p>Applied version <strong>{applied}</strong></p>");
+    let href = stream_href(&view.stream);
+    match &view.paused {
+        Some(pause) => body.push_str(&format!(
+            "<p class=\"bad\" role=\"status\">Paused by {} {} ago: {}. Its events wait, \
+             durable, until it is resumed.</p>{}",
+            escape(&pause.user),
+            age(now_ms, Some(pause.since_ms)),
+            escape(&pause.reason),
+            reason_form(
+                &format!("{href}/resume"),
+                csrf,
+                "Resume this stream",
+                "Reason for the resume"
+            )
+        )),
+        None => body.push_str(&reason_form(
+            &format!("{href}/pause"),
+            csrf,
+            "Pause this stream",
+            "Reason for the pause (its events wait until it is resumed)",
+        )),
+    }
     let document = match &view.document {
         None => "no document yet".to_string(),
         Some(Document::Deleted) => "deleted (a tombstone)".to_string(),
@@ -385,6 +640,9 @@ pub fn stream(view: &StreamView, fields: &[String], csrf: &str, now_ms: u64) -> 
         .iter()
         .map(|p| {
             let why = match (&p.state, &p.awaits, next_dead) {
+                _ if view.paused.is_some() && p.state != PendingState::Skipped => {
+                    "paused by an operator".into()
+                }
                 (PendingState::Parked, Some((stream, version)), _) => {
                     format!(
                         "waits for {} to reach version {version}",

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ordo_core::{DeadLetter, Load, PendingRecord, StreamRecord};
 use ordo_projection::Document;
 use ordo_runtime::replay_forecast::alias_chain;
+use ordo_runtime::replay_forecast::Forecast;
 use ordo_store::journal::{JournalEntry, JournalFilter};
 use ordo_store::{AnyStore, ReadError, Store, StoreStatus};
 
@@ -31,6 +32,8 @@ pub struct StreamView {
     pub dead_letters: Vec<DeadLetter>,
     /// Its journal entries, newest last.
     pub journal: Vec<JournalEntry>,
+    /// The operator's pause of it, in force.
+    pub paused: Option<ordo_store::Pause>,
 }
 
 /// The console's connection to the store.
@@ -97,6 +100,50 @@ impl Reader {
         })
     }
 
+    /// What replaying the entries `ids` one after the other, in entry order, would do:
+    /// each forecast as if replayed now, except that an entry blocked only behind an
+    /// earlier entry of the selection that would apply is said to apply after it.
+    pub fn forecasts(&mut self, ids: &[u64]) -> Result<Vec<SelectedForecast>, ReadError> {
+        self.with(|store| {
+            let queue = store.dead_letters()?;
+            let handler = store
+                .setting(ordo_runtime::handler::HANDLER_SETTINGS_KEY)?
+                .is_some();
+            // Per stream: the version the selection's replays would have applied through.
+            let mut through: std::collections::HashMap<Box<str>, (u64, u64)> = Default::default();
+            let mut all = Vec::with_capacity(ids.len());
+            for &id in ids {
+                let Some(entry) = queue.iter().find(|e| e.id == id).cloned() else {
+                    all.push(SelectedForecast::missing(id));
+                    continue;
+                };
+                let mut forecast =
+                    ordo_runtime::replay_forecast::forecast(store, &entry, None, &queue, handler)?;
+                let mut after = None;
+                if let (Some(stream), Some(version)) = (entry.stream.clone(), entry.version) {
+                    let chained = through
+                        .get(&stream)
+                        .filter(|(applied, _)| version == applied + 1)
+                        .map(|&(_, by)| by);
+                    if let (Forecast::StillBlocked(_), Some(by)) = (&forecast, chained) {
+                        forecast = Forecast::Applies { behind: 0 };
+                        after = Some(by);
+                    }
+                    if matches!(forecast, Forecast::Applies { .. } | Forecast::SentToHandler) {
+                        through.insert(stream, (version, id));
+                    }
+                }
+                all.push(SelectedForecast {
+                    id,
+                    entry: Some(entry),
+                    forecast: Some(forecast),
+                    after,
+                });
+            }
+            Ok(all)
+        })
+    }
+
     /// Journal entries.
     pub fn journal(&mut self, filter: &JournalFilter) -> Result<Vec<JournalEntry>, ReadError> {
         self.with(|store| store.journal(filter))
@@ -123,7 +170,12 @@ impl Reader {
                 limit: JOURNAL_PAGE_MAX,
                 ..JournalFilter::default()
             })?;
+            let paused = store
+                .pauses()?
+                .into_iter()
+                .find(|p| matches!(&p.target, ordo_store::PauseTarget::Stream(s) if s == stream));
             Ok(StreamView {
+                paused,
                 stream: stream.to_string(),
                 document,
                 record,
@@ -133,6 +185,30 @@ impl Reader {
                 journal,
             })
         })
+    }
+}
+
+/// One entry of a selection's dry run.
+#[derive(Clone, Debug)]
+pub struct SelectedForecast {
+    /// The entry number asked for.
+    pub id: u64,
+    /// The entry (`None`: no longer in the queue).
+    pub entry: Option<DeadLetter>,
+    /// What its replay would do.
+    pub forecast: Option<Forecast>,
+    /// It applies only once this earlier entry of the selection has been replayed.
+    pub after: Option<u64>,
+}
+
+impl SelectedForecast {
+    fn missing(id: u64) -> Self {
+        SelectedForecast {
+            id,
+            entry: None,
+            forecast: None,
+            after: None,
+        }
     }
 }
 

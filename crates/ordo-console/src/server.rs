@@ -12,6 +12,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use ordo_store::journal::JournalFilter;
+use ordo_store::PauseTarget;
 
 use crate::access::{Access, AccessError, Csrf, TOKEN_COOKIE};
 use crate::actions::{Action, Actor};
@@ -142,6 +143,13 @@ fn router(console: Shared) -> Router {
         .route("/dead-letters/{id}/replay", post(replay))
         .route("/dead-letters/{id}/skip", post(skip))
         .route("/streams/{key}/skip-missing", post(skip_missing))
+        .route("/dead-letters/dry-run", post(selection_dry_run))
+        .route("/dead-letters/replay", post(replay_selection))
+        .route("/streams/{key}/pause", post(pause_stream))
+        .route("/streams/{key}/resume", post(resume_stream))
+        .route("/partitions/pause", post(pause_partition_form))
+        .route("/partitions/{partition}/pause", post(pause_partition))
+        .route("/partitions/{partition}/resume", post(resume_partition))
         .route_layer(middleware::from_fn_with_state(console.clone(), guard))
         .route("/login", get(login))
         .layer(middleware::from_fn_with_state(console.clone(), host_guard))
@@ -279,7 +287,13 @@ async fn overview(State(console): State<Shared>) -> Response {
                 .lock()
                 .map(|h| h.clone())
                 .unwrap_or_default();
-            Html(pages::overview(&status, &history, now_ms())).into_response()
+            Html(pages::overview(
+                &status,
+                &history,
+                console.csrf.secret(),
+                now_ms(),
+            ))
+            .into_response()
         }
         Err(response) => response,
     }
@@ -303,7 +317,13 @@ async fn dead_letters(
     Query(filter): Query<DeadLetterFilter>,
 ) -> Response {
     match read(&console, |r| r.dead_letters()).await {
-        Ok(entries) => Html(pages::dead_letters(&entries, &filter, now_ms())).into_response(),
+        Ok(entries) => Html(pages::dead_letters(
+            &entries,
+            &filter,
+            &console.redact,
+            now_ms(),
+        ))
+        .into_response(),
         Err(response) => response,
     }
 }
@@ -396,16 +416,7 @@ async fn act(
         )
             .into_response();
     }
-    let what = match &action {
-        Action::Replay { id, body: None } => format!("Replay of dead letter #{id}"),
-        Action::Replay { id, body: Some(_) } => {
-            format!("Replay of dead letter #{id} with a corrected event")
-        }
-        Action::Skip { id } => format!("Skip of dead letter #{id}"),
-        Action::SkipMissing { stream, version } => {
-            format!("Pass over version {version} of `{stream}`")
-        }
-    };
+    let what = action.describe();
     let actor = console.actor.clone();
     let reason = form.reason.clone();
     let done = tokio::task::spawn_blocking(move || actor.act(&action, &reason)).await;
@@ -466,4 +477,175 @@ async fn skip_missing(
         version,
     };
     act(console, headers, form, action, back).await
+}
+
+async fn pause_stream(
+    State(console): State<Shared>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let back = pages::stream_href(&key);
+    let action = Action::Pause(PauseTarget::Stream(key));
+    act(console, headers, form, action, back).await
+}
+
+async fn resume_stream(
+    State(console): State<Shared>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let back = pages::stream_href(&key);
+    let action = Action::Resume(PauseTarget::Stream(key));
+    act(console, headers, form, action, back).await
+}
+
+async fn pause_partition(
+    State(console): State<Shared>,
+    Path(partition): Path<u32>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let action = Action::Pause(PauseTarget::Partition(partition));
+    act(console, headers, form, action, "/".into()).await
+}
+
+async fn resume_partition(
+    State(console): State<Shared>,
+    Path(partition): Path<u32>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let action = Action::Resume(PauseTarget::Partition(partition));
+    act(console, headers, form, action, "/".into()).await
+}
+
+#[derive(serde::Deserialize)]
+struct PartitionForm {
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+    partition: u32,
+}
+
+/// The overview's form, which names the partition in a field.
+async fn pause_partition_form(
+    State(console): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<PartitionForm>,
+) -> Response {
+    let action = Action::Pause(PauseTarget::Partition(form.partition));
+    let form = ActionForm {
+        csrf: form.csrf,
+        reason: form.reason,
+        body: String::new(),
+        version: None,
+    };
+    act(console, headers, form, action, "/".into()).await
+}
+
+/// A selection of dead letters, as the list page's form sends it (`id` repeated).
+struct Selection {
+    ids: Vec<u64>,
+    per_second: u32,
+    form: ActionForm,
+}
+
+impl Selection {
+    fn parse(body: &[u8]) -> Result<Selection, String> {
+        let mut ids = Vec::new();
+        let mut per_second = DEFAULT_REPLAY_RATE;
+        let mut form = ActionForm {
+            csrf: String::new(),
+            reason: String::new(),
+            body: String::new(),
+            version: None,
+        };
+        for (key, value) in form_urlencoded::parse(body) {
+            match &*key {
+                "id" => ids.push(
+                    value
+                        .parse()
+                        .map_err(|_| format!("`{value}` is not an entry number"))?,
+                ),
+                "rate" => {
+                    per_second = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("`{value}` is not a rate (replays per second)"))?
+                }
+                "csrf" => form.csrf = value.into_owned(),
+                "reason" => form.reason = value.into_owned(),
+                _ => {}
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        crate::actions::check_selection(&ids, per_second)?;
+        Ok(Selection {
+            ids,
+            per_second,
+            form,
+        })
+    }
+}
+
+/// The rate the confirmation form offers first (replays per second).
+const DEFAULT_REPLAY_RATE: u32 = 10;
+
+fn bad_selection(why: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Html(pages::action_result(
+            "Replay of a selection",
+            false,
+            &why,
+            "/dead-letters",
+        )),
+    )
+        .into_response()
+}
+
+/// `POST /dead-letters/dry-run`: what replaying the selected entries would do, each,
+/// with the form that replays them for real. Reads only.
+async fn selection_dry_run(State(console): State<Shared>, body: axum::body::Bytes) -> Response {
+    let selection = match Selection::parse(&body) {
+        Ok(selection) => selection,
+        Err(why) => return bad_selection(why),
+    };
+    let ids = selection.ids.clone();
+    match read(&console, move |r| r.forecasts(&ids)).await {
+        Ok(forecasts) => Html(pages::selection_dry_run(
+            &forecasts,
+            selection.per_second,
+            console.csrf.secret(),
+        ))
+        .into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `POST /dead-letters/replay`: replays the selected entries at the chosen rate.
+async fn replay_selection(
+    State(console): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let selection = match Selection::parse(&body) {
+        Ok(selection) => selection,
+        Err(why) => return bad_selection(why),
+    };
+    let action = Action::ReplayMany {
+        ids: selection.ids,
+        per_second: selection.per_second,
+    };
+    act(
+        console,
+        headers,
+        selection.form,
+        action,
+        "/dead-letters".into(),
+    )
+    .await
 }

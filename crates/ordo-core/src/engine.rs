@@ -369,6 +369,8 @@ pub enum WaitsFor {
         /// The merge's version.
         version: u64,
     },
+    /// An operator paused its stream.
+    Paused,
     /// Nothing: it goes at the next turn.
     Nothing,
 }
@@ -381,6 +383,7 @@ impl WaitsFor {
             WaitsFor::Dependency { .. } => "dependency",
             WaitsFor::DeadLetter { .. } => "dead-letter",
             WaitsFor::Merge { .. } => "merge",
+            WaitsFor::Paused => "paused",
             WaitsFor::Nothing => "nothing",
         }
     }
@@ -405,9 +408,12 @@ const LOAD_REQUESTED: u16 = 1 << 10;
 const FENCED: u16 = 1 << 11;
 /// Streams wait for a merge of this stream to apply (see `merge_fence`).
 const HAS_FENCE_WAITERS: u16 = 1 << 12;
+/// An operator paused it (see `pause`): nothing of it is dispatched.
+const PAUSED: u16 = 1 << 13;
 
 mod decisions;
 mod merge_fence;
+mod pause;
 
 pub use decisions::{Decision, DecisionKind, DECISIONS_MAX};
 
@@ -821,7 +827,14 @@ impl Engine {
         let state = &self.streams[s as usize];
         if state.extra.is_none()
             && state.flags
-                & (WAITING | SPILLED | MONOTONIC | IN_FLIGHT | IN_READY | DOCUMENT_BUSY | FENCED)
+                & (WAITING
+                    | SPILLED
+                    | MONOTONIC
+                    | IN_FLIGHT
+                    | IN_READY
+                    | DOCUMENT_BUSY
+                    | FENCED
+                    | PAUSED)
                 == 0
             && version == applied + 1
             && position.is_some()
@@ -854,7 +867,7 @@ impl Engine {
         // What extends the run from the applied version is always taken while the stream
         // flows: it is what lets the waiting ones drain. The bound is for what waits.
         let state = &self.streams[s as usize];
-        let flows_next = state.flags & WAITING == 0
+        let flows_next = state.flags & (WAITING | PAUSED) == 0
             && version
                 <= state
                     .extra
@@ -872,7 +885,7 @@ impl Engine {
         }
         let state = &self.streams[s as usize];
         let monotonic = state.flags & MONOTONIC != 0;
-        let waiting = state.flags & WAITING != 0;
+        let waiting = state.flags & (WAITING | PAUSED) != 0;
         let contiguous_through = state
             .extra
             .as_ref()
@@ -1849,7 +1862,8 @@ impl Engine {
             };
             let name = &self.names[s];
             // What holds everything behind it: (in words, at the root).
-            let mut blocker: Option<(String, WaitsFor)> = None;
+            let mut blocker: Option<(String, WaitsFor)> = (state.flags & PAUSED != 0)
+                .then(|| (format!("`{name}` paused by an operator"), WaitsFor::Paused));
             let mut expected = state.applied + 1;
             for (&version, slot) in &extra.slots {
                 if extra.in_flight_version == Some(expected) {
@@ -2060,7 +2074,7 @@ impl Engine {
         let state = &mut self.streams[s as usize];
         // A spilled stream's events are in the store: nothing of it goes before they are
         // loaded back.
-        if state.flags & (IN_READY | IN_FLIGHT | WAITING | SPILLED) != 0 {
+        if state.flags & (IN_READY | IN_FLIGHT | WAITING | SPILLED | PAUSED) != 0 {
             return;
         }
         let Some(extra) = state.extra.as_ref() else {
@@ -2128,17 +2142,7 @@ impl Engine {
     /// length.
     fn block(&mut self, s: StreamId) {
         self.streams[s as usize].flags |= WAITING;
-        let Some(extra) = self.streams[s as usize].extra.as_mut() else {
-            return;
-        };
-        for (&version, slot) in extra.slots.iter_mut() {
-            if let Slot::Event(pending) = slot {
-                if !pending.durable {
-                    pending.durable = true;
-                    self.pending_changed.insert((s, version));
-                }
-            }
-        }
+        self.make_durable(s);
     }
 
     fn unblock(&mut self, s: StreamId) {
@@ -2185,7 +2189,7 @@ impl Engine {
 
     fn try_dispatch(&mut self, now_ms: u64, s: StreamId) -> Option<Work> {
         let state = &self.streams[s as usize];
-        if state.flags & (IN_FLIGHT | WAITING) != 0 {
+        if state.flags & (IN_FLIGHT | WAITING | PAUSED) != 0 {
             return None;
         }
         let monotonic = state.flags & MONOTONIC != 0;

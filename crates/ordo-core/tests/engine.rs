@@ -1004,3 +1004,52 @@ fn a_long_parked_release_is_noticed() {
     assert_eq!(released, vec![("p".to_string(), 1_005)]);
     assert_eq!(engine.counters().released, 2);
 }
+
+#[test]
+fn a_paused_stream_holds_its_events_durably_while_others_go_on_and_resumes_in_order() {
+    let mut d = Driver::new(Config::default());
+    d.send(incr("a", 1));
+    assert!(d.engine.pause("a"));
+    assert!(!d.engine.pause("a"), "a second pause changes nothing");
+    d.send(incr("a", 2));
+    d.send(incr("b", 1));
+    d.send(incr("a", 3));
+    assert_eq!(d.applied(), vec![("a", 1), ("b", 1)], "b goes on; a waits");
+    let waiting = d.engine.waiting();
+    assert_eq!(waiting.len(), 2);
+    assert!(waiting
+        .iter()
+        .all(|w| w.waits_for == ordo_core::WaitsFor::Paused && w.reason.contains("paused")));
+    // What waits is written at the next commit, so the source may move past it.
+    let changes = d.engine.take_changes();
+    let written: Vec<u64> = changes
+        .pending_put
+        .iter()
+        .filter(|p| &*p.stream == "a")
+        .map(|p| p.version)
+        .collect();
+    assert_eq!(written, vec![2, 3], "{changes:?}");
+    assert!(d.engine.is_quiescent(), "nothing can go while a is paused");
+    assert_eq!(d.engine.paused_streams(), vec![std::sync::Arc::from("a")]);
+    assert!(d.engine.resume("a"));
+    assert!(!d.engine.resume("a"));
+    d.run();
+    assert_eq!(
+        d.applied(),
+        vec![("a", 1), ("b", 1), ("a", 2), ("a", 3)],
+        "a resumes in version order"
+    );
+    assert!(d.engine.waiting().is_empty());
+}
+
+#[test]
+fn a_paused_stream_stays_paused_when_what_it_waited_for_arrives() {
+    let mut d = Driver::new(Config::default());
+    d.send(after("p", 1, "c", 1)); // parked on c@1
+    assert!(d.engine.pause("p"));
+    d.send(incr("c", 1)); // releases p@1, but p is paused
+    assert_eq!(d.applied(), vec![("c", 1)]);
+    assert!(d.engine.resume("p"));
+    d.run();
+    assert_eq!(d.applied(), vec![("c", 1), ("p", 1)]);
+}

@@ -6,7 +6,7 @@
 //! session timeout). So a revoked partition is released only once its work is durable,
 //! and an assigned one resumes at the offset committed in ordo's store.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -122,6 +122,10 @@ pub struct KafkaSource {
     answering: Option<Rebalance>,
     last_message: Instant,
     idle: Duration,
+    /// Partitions an operator paused (whether assigned here or not).
+    paused: BTreeSet<u32>,
+    /// Assigned partitions librdkafka has been told to pause.
+    paused_here: BTreeSet<i32>,
 }
 
 impl KafkaSource {
@@ -188,7 +192,43 @@ impl KafkaSource {
             answering: None,
             last_message: Instant::now(),
             idle: Duration::from_millis(idle_ms),
+            paused: BTreeSet::new(),
+            paused_here: BTreeSet::new(),
         })
+    }
+
+    /// Pauses the assigned partitions in `self.paused` and resumes the others that were
+    /// paused. librdkafka drops what it fetched for a paused partition and, resumed,
+    /// fetches again after the last message it handed over, so nothing is skipped.
+    fn apply_pauses(&mut self) -> Result<(), SourceError> {
+        let wanted: BTreeSet<i32> = self
+            .assigned
+            .keys()
+            .copied()
+            .filter(|p| self.paused.contains(&(*p as u32)))
+            .collect();
+        let list = |partitions: &mut dyn Iterator<Item = &i32>| {
+            let mut list = TopicPartitionList::new();
+            for &partition in partitions {
+                list.add_partition(&self.topic, partition);
+            }
+            list
+        };
+        let pause = list(&mut wanted.difference(&self.paused_here));
+        let resume = list(&mut self.paused_here.difference(&wanted));
+        let broker = |what: &str, e: KafkaError| SourceError::Broker(format!("{what}: {e}"));
+        if pause.count() > 0 {
+            self.consumer
+                .pause(&pause)
+                .map_err(|e| broker("cannot pause partitions", e))?;
+        }
+        if resume.count() > 0 {
+            self.consumer
+                .resume(&resume)
+                .map_err(|e| broker("cannot resume partitions", e))?;
+        }
+        self.paused_here = wanted;
+        Ok(())
     }
 
     fn next_rebalance(&self) -> Option<Rebalance> {
@@ -241,6 +281,14 @@ impl Source for KafkaSource {
 
     fn resume(&mut self, _checkpoints: &[(u32, u64)]) {
         // Positions arrive with each assignment (complete_rebalance).
+    }
+
+    fn pause_partitions(&mut self, paused: &BTreeSet<u32>) -> Result<(), SourceError> {
+        if *paused != self.paused {
+            self.paused = paused.clone();
+            self.apply_pauses()?;
+        }
+        Ok(())
     }
 
     fn reachable(&self) -> bool {
@@ -323,7 +371,10 @@ impl Source for KafkaSource {
             return Ok(Polled::Events(events));
         }
         let drained = !self.assigned.is_empty()
-            && self.assigned.values().all(|&eof| eof)
+            && self
+                .assigned
+                .iter()
+                .all(|(p, &eof)| eof || self.paused_here.contains(p))
             && self.last_message.elapsed() >= self.idle;
         Ok(if drained {
             Polled::Idle
@@ -337,6 +388,7 @@ impl Source for KafkaSource {
         match self.answering.take() {
             Some(Rebalance::Revoke(_)) => {
                 self.assigned.clear();
+                self.paused_here.clear();
                 self.consumer
                     .unassign()
                     .map_err(|e| broker("cannot release partitions", e))?;
@@ -357,6 +409,9 @@ impl Source for KafkaSource {
                 self.consumer
                     .assign(&list)
                     .map_err(|e| broker("cannot take partitions", e))?;
+                // A new assignment starts unpaused.
+                self.paused_here.clear();
+                self.apply_pauses()?;
             }
             None => {}
         }
@@ -397,12 +452,14 @@ impl Source for KafkaSource {
                 Some(Err(_)) | None => break,
             }
         }
+        self.paused_here.clear();
         if list.count() == 0 {
             return Ok(());
         }
         self.consumer.assign(&list).map_err(|e| {
             SourceError::Broker(format!("cannot read again from the checkpoints: {e}"))
-        })
+        })?;
+        self.apply_pauses()
     }
 
     fn committed(&mut self, checkpoints: &[(u32, u64)]) {

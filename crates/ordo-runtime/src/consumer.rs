@@ -185,6 +185,8 @@ pub struct Consumer<S: Store> {
     handler_backlog: u64,
     /// Where commit durations and reorder counts are reported (`--metrics`).
     telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// Source partitions an operator paused: the run loop reads nothing more from them.
+    paused_partitions: std::collections::BTreeSet<u32>,
 }
 
 impl<S: Store> Consumer<S> {
@@ -203,7 +205,7 @@ impl<S: Store> Consumer<S> {
         // Read before the snapshot: an action recorded in between is seen again, not missed.
         let actions_seen = store.last_action_id()?;
         let snapshot = store.snapshot(source)?;
-        Ok(Consumer {
+        let mut consumer = Consumer {
             engine: Engine::restore(config, snapshot, clock.now_ms()),
             store,
             source: source.into(),
@@ -225,7 +227,40 @@ impl<S: Store> Consumer<S> {
             retention: Retention::default(),
             handler_backlog: 0,
             telemetry: None,
-        })
+            paused_partitions: Default::default(),
+        };
+        consumer.restore_pauses()?;
+        Ok(consumer)
+    }
+
+    /// Puts the pauses in force in the store back into the engine and the partition set.
+    fn restore_pauses(&mut self) -> Result<(), ConsumeError> {
+        self.paused_partitions.clear();
+        for pause in self.store.pauses()? {
+            match pause.target {
+                ordo_store::PauseTarget::Stream(stream) => {
+                    self.engine.pause(&stream);
+                }
+                ordo_store::PauseTarget::Partition(partition) => {
+                    self.paused_partitions.insert(partition);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The source partitions an operator paused (the run loop stops reading them).
+    pub fn paused_partitions(&self) -> &std::collections::BTreeSet<u32> {
+        &self.paused_partitions
+    }
+
+    /// Pauses or resumes reading `partition`; whether that changed anything.
+    pub(crate) fn set_partition_paused(&mut self, partition: u32, paused: bool) -> bool {
+        if paused {
+            self.paused_partitions.insert(partition)
+        } else {
+            self.paused_partitions.remove(&partition)
+        }
     }
 
     /// Reports commit durations, conflicts and reorder counts to `telemetry`.
@@ -448,6 +483,7 @@ impl<S: Store> Consumer<S> {
             snapshot.retain_partitions(owned);
         }
         self.engine = Engine::restore(config, snapshot, self.clock.now_ms());
+        self.restore_pauses()?;
         self.cache = DocumentCache::default();
         self.store.forget_documents();
         self.uncommitted_events = 0;

@@ -5,7 +5,7 @@
 //! who asked, when, why and what came of it, in the commit that carries its effects.
 
 use ordo_core::{parse_event, DeadLetter, ReplayOutcome};
-use ordo_store::{ActionState, OperatorAction, Store};
+use ordo_store::{ActionState, OperatorAction, PauseTarget, Store, PAUSE_VERB, RESUME_VERB};
 use serde_json::json;
 
 use crate::consumer::{now_ms, ConsumeError, Consumer};
@@ -32,6 +32,10 @@ pub enum Action {
         /// Its next version, which no event holds.
         version: u64,
     },
+    /// Hold a stream's events, or stop reading a partition, until resumed.
+    Pause(PauseTarget),
+    /// Undo a pause.
+    Resume(PauseTarget),
 }
 
 impl Action {
@@ -41,6 +45,8 @@ impl Action {
             Action::Replay { .. } => "dlq replay",
             Action::Skip { .. } => "dlq skip",
             Action::SkipMissing { .. } => "parked skip",
+            Action::Pause(_) => PAUSE_VERB,
+            Action::Resume(_) => RESUME_VERB,
         }
     }
 
@@ -55,6 +61,7 @@ impl Action {
             Action::SkipMissing { stream, version } => {
                 json!({ "stream": stream, "version": version })
             }
+            Action::Pause(target) | Action::Resume(target) => target.to_args(),
         }
     }
 
@@ -81,6 +88,15 @@ impl Action {
                     .as_u64()
                     .ok_or("`parked skip` without a version")?,
             }),
+            verb @ (PAUSE_VERB | RESUME_VERB) => {
+                let target = PauseTarget::from_args(args)
+                    .ok_or_else(|| format!("`{verb}` without a stream or a partition"))?;
+                Ok(if verb == PAUSE_VERB {
+                    Action::Pause(target)
+                } else {
+                    Action::Resume(target)
+                })
+            }
             other => Err(format!("unknown operator verb `{other}`")),
         }
     }
@@ -209,7 +225,24 @@ impl<S: Store> Consumer<S> {
             Action::SkipMissing { stream, version } => self
                 .skip_missing(stream, *version)
                 .map(|()| "skipped".to_string()),
+            Action::Pause(target) => self.set_paused(target, true),
+            Action::Resume(target) => self.set_paused(target, false),
         })
+    }
+
+    /// Pauses or resumes `target`: `paused` / `resumed`, or why nothing changed.
+    fn set_paused(&mut self, target: &PauseTarget, paused: bool) -> Result<String, String> {
+        let changed = match target {
+            PauseTarget::Stream(stream) if paused => self.engine.pause(stream),
+            PauseTarget::Stream(stream) => self.engine.resume(stream),
+            PauseTarget::Partition(partition) => self.set_partition_paused(*partition, paused),
+        };
+        match (changed, paused) {
+            (true, true) => Ok("paused".into()),
+            (true, false) => Ok("resumed".into()),
+            (false, true) => Err(format!("{target} is paused already")),
+            (false, false) => Err(format!("{target} is not paused")),
+        }
     }
 
     /// Carries out the actions operator verbs left for this consumer (a SQLite store it

@@ -189,6 +189,8 @@ pub struct RunLoop {
     last_dead_letter_check_ms: u64,
     last_action_check_ms: u64,
     started_ms: u64,
+    /// The source refused to pause partitions (said once, not every turn).
+    pause_refused: bool,
 }
 
 impl RunLoop {
@@ -226,7 +228,25 @@ impl RunLoop {
             last_dead_letter_check_ms: now_ms,
             last_action_check_ms: now_ms,
             started_ms: now_ms,
+            pause_refused: false,
         })
+    }
+
+    /// Tells the source which partitions an operator paused (they may have changed with
+    /// an action taken up, or a rebuild that read another process's).
+    fn sync_paused_partitions<S: Store>(
+        &mut self,
+        consumer: &Consumer<S>,
+        source: &mut dyn Source,
+    ) {
+        match source.pause_partitions(consumer.paused_partitions()) {
+            Ok(()) => self.pause_refused = false,
+            Err(error) if !self.pause_refused => {
+                self.pause_refused = true;
+                tracing::warn!(%error, "paused partitions are read on");
+            }
+            Err(_) => {}
+        }
     }
 
     /// What the run did so far, ending with `end`.
@@ -264,6 +284,7 @@ impl RunLoop {
                 telemetry.measured_lag(&ends, &consumer.engine.checkpoints());
             }
         }
+        self.sync_paused_partitions(consumer, source);
         let options = &self.options;
         let conflicts = &mut self.conflicts;
         if stop {

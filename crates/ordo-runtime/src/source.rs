@@ -2,6 +2,7 @@
 //! `log:PATH` (the embedded event log, caught up from the stored position, then
 //! followed live).
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -131,6 +132,10 @@ pub enum Polled {
     Assigned(Vec<u32>),
 }
 
+/// How long a poll of a paused single-partition source waits before saying it is idle:
+/// the loop goes on turning (operator actions, commits) without spinning.
+const PAUSED_POLL_WAIT: Duration = Duration::from_millis(100);
+
 /// A source of deliveries.
 pub trait Source: Send {
     /// Skips what the stored checkpoints say was settled.
@@ -167,6 +172,18 @@ pub trait Source: Send {
         Vec::new()
     }
 
+    /// Reads nothing from these partitions (the whole set of paused ones, each turn) until
+    /// a later call leaves them out; reading a resumed partition goes on where it
+    /// stopped. A paused partition counts as read to its end.
+    fn pause_partitions(&mut self, paused: &BTreeSet<u32>) -> Result<(), SourceError> {
+        if paused.is_empty() {
+            return Ok(());
+        }
+        Err(SourceError::Unsupported(
+            "this source cannot pause partitions".into(),
+        ))
+    }
+
     /// Reads again from these checkpoints: a commit was refused because another process
     /// sharing the store got there first, so the uncommitted deliveries are read again
     /// against the state the store holds now.
@@ -183,6 +200,8 @@ pub struct FileSource {
     path: String,
     next_offset: u64,
     resume_after: Option<u64>,
+    /// An operator paused partition 0, the file's only one.
+    paused: bool,
 }
 
 impl FileSource {
@@ -197,6 +216,7 @@ impl FileSource {
             path: path.into(),
             next_offset: 0,
             resume_after: None,
+            paused: false,
         })
     }
 }
@@ -219,7 +239,16 @@ impl Source for FileSource {
         Ok(())
     }
 
-    fn poll(&mut self, max: usize, _wait: Duration) -> Result<Polled, SourceError> {
+    fn pause_partitions(&mut self, paused: &BTreeSet<u32>) -> Result<(), SourceError> {
+        self.paused = paused.contains(&0);
+        Ok(())
+    }
+
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {
+        if self.paused {
+            std::thread::sleep(wait.min(PAUSED_POLL_WAIT));
+            return Ok(Polled::Idle);
+        }
         let mut events = Vec::new();
         while events.len() < max {
             let mut line = Vec::new();
@@ -267,6 +296,8 @@ impl Source for FileSource {
 pub struct LogSource {
     log: EventLog,
     after: u64,
+    /// An operator paused partition 0, the log's only one.
+    paused: bool,
 }
 
 impl LogSource {
@@ -275,6 +306,7 @@ impl LogSource {
         Ok(LogSource {
             log: EventLog::open(path, false)?,
             after: 0,
+            paused: false,
         })
     }
 }
@@ -306,7 +338,16 @@ impl Source for LogSource {
         Ok(())
     }
 
+    fn pause_partitions(&mut self, paused: &BTreeSet<u32>) -> Result<(), SourceError> {
+        self.paused = paused.contains(&0);
+        Ok(())
+    }
+
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {
+        if self.paused {
+            std::thread::sleep(wait.min(PAUSED_POLL_WAIT));
+            return Ok(Polled::Idle);
+        }
         let mut rows = self.log.read(self.after, max)?;
         if rows.is_empty() && !wait.is_zero() && self.log.wait_for_append(self.after, wait)? {
             rows = self.log.read(self.after, max)?;

@@ -205,10 +205,11 @@ pub fn summary(entry: &JournalEntry) -> String {
         "operator" => format!(
             "{}{} by {}: {}{}",
             text("verb"),
-            d["args"]["id"]
-                .as_u64()
-                .map(|id| format!(" entry {id}"))
-                .unwrap_or_default(),
+            match (d["args"]["id"].as_u64(), d["args"]["partition"].as_u64()) {
+                (Some(id), _) => format!(" entry {id}"),
+                (None, Some(partition)) => format!(" partition {partition}"),
+                (None, None) => String::new(),
+            },
             text("user"),
             text("result"),
             match text("reason") {

@@ -25,7 +25,9 @@ use ordo_projection::Document;
 
 pub use error::{CommitError, OpenError, ReadError};
 pub use memory::{answer_load, pending_snapshot, PendingRows, SharedMemory, SharedMemoryStore};
-pub use operator::{ActionState, OperatorAction};
+pub use operator::{
+    pauses_in_force, ActionState, OperatorAction, Pause, PauseTarget, PAUSE_VERB, RESUME_VERB,
+};
 pub use pg::{
     PostgresStore, DEAD_LETTER_ID_BLOCK, POSTGRES_SCHEMA_VERSION, RECONNECT_ATTEMPTS_MAX,
 };
@@ -181,6 +183,12 @@ pub trait Store {
     /// while consumers may run (PostgreSQL); 0 where verbs leave requests instead.
     fn last_action_id(&mut self) -> Result<u64, ReadError> {
         Ok(0)
+    }
+
+    /// The pauses in force (see [`pauses_in_force`]); none in a store that keeps no
+    /// operator actions.
+    fn pauses(&mut self) -> Result<Vec<Pause>, ReadError> {
+        Ok(Vec::new())
     }
 }
 
@@ -380,6 +388,13 @@ impl Store for AnyStore {
         match self {
             AnyStore::Sqlite(s) => s.last_action_id(),
             AnyStore::Postgres(s) => s.last_action_id(),
+        }
+    }
+
+    fn pauses(&mut self) -> Result<Vec<Pause>, ReadError> {
+        match self {
+            AnyStore::Sqlite(s) => s.pauses(),
+            AnyStore::Postgres(s) => s.pauses(),
         }
     }
 

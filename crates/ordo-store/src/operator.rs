@@ -90,3 +90,94 @@ pub(crate) fn action_from_row(
         done_ms: done_ms.map(|ms| ms as u64),
     })
 }
+
+/// The verb that pauses a stream or a partition.
+pub const PAUSE_VERB: &str = "pause";
+/// The verb that resumes one.
+pub const RESUME_VERB: &str = "resume";
+
+/// What an operator paused.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PauseTarget {
+    /// One stream: none of its events is applied; they wait, durable, until it resumes.
+    Stream(String),
+    /// One source partition: nothing more is read from it until it resumes.
+    Partition(u32),
+}
+
+impl PauseTarget {
+    /// The target as a pause action's arguments keep it.
+    pub fn to_args(&self) -> serde_json::Value {
+        match self {
+            PauseTarget::Stream(stream) => serde_json::json!({ "stream": stream }),
+            PauseTarget::Partition(partition) => serde_json::json!({ "partition": partition }),
+        }
+    }
+
+    /// Reads [`Self::to_args`] back.
+    pub fn from_args(args: &serde_json::Value) -> Option<Self> {
+        if let Some(stream) = args["stream"].as_str() {
+            return Some(PauseTarget::Stream(stream.to_string()));
+        }
+        let partition = u32::try_from(args["partition"].as_u64()?).ok()?;
+        Some(PauseTarget::Partition(partition))
+    }
+}
+
+impl std::fmt::Display for PauseTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PauseTarget::Stream(stream) => write!(f, "stream `{stream}`"),
+            PauseTarget::Partition(partition) => write!(f, "partition {partition}"),
+        }
+    }
+}
+
+/// A pause in force: the action that made it, which nothing resumed since.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pause {
+    /// What is paused.
+    pub target: PauseTarget,
+    /// Who paused it.
+    pub user: String,
+    /// Why, in their words.
+    pub reason: String,
+    /// Since when (ms since the epoch).
+    pub since_ms: u64,
+}
+
+/// The pauses in force after `actions` (every carried-out pause and resume, oldest
+/// first): the operator-action record is where pauses live, so that a restart, a
+/// rebalance and another member of a group all read the same ones.
+pub fn pauses_in_force(actions: &[OperatorAction]) -> Vec<Pause> {
+    let mut in_force = std::collections::BTreeMap::new();
+    for action in actions.iter().filter(|a| a.state == ActionState::Done) {
+        let Some(target) = PauseTarget::from_args(&action.args) else {
+            continue;
+        };
+        match action.verb.as_str() {
+            PAUSE_VERB => {
+                let pause = Pause {
+                    target: target.clone(),
+                    user: action.user.clone(),
+                    reason: action.reason.clone(),
+                    since_ms: action.done_ms.unwrap_or(action.requested_ms),
+                };
+                in_force.insert(target, pause);
+            }
+            RESUME_VERB => {
+                in_force.remove(&target);
+            }
+            _ => {}
+        }
+    }
+    in_force.into_values().collect()
+}
+
+/// The query that reads what [`pauses_in_force`] folds.
+pub(crate) fn pause_actions_sql() -> String {
+    format!(
+        "SELECT {ACTION_COLUMNS} FROM operator_actions
+         WHERE verb IN ('{PAUSE_VERB}', '{RESUME_VERB}') AND state = 'done' ORDER BY id"
+    )
+}

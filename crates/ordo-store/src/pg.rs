@@ -252,10 +252,12 @@ impl PostgresStore {
     /// streams waiting longest (a scrape asks for none).
     pub fn status(&mut self, longest: usize) -> Result<crate::StoreStatus, ReadError> {
         let (counters, rows) = self.retrying(|store| status_rows(&mut store.client, longest))?;
-        Ok(crate::StoreStatus::from_rows(crate::status::StatusRows {
+        let mut status = crate::StoreStatus::from_rows(crate::status::StatusRows {
             counters: rows::counters(counters)?,
             ..rows
-        }))
+        });
+        status.mark_paused(self.pauses()?);
+        Ok(status)
     }
 }
 
@@ -1199,6 +1201,28 @@ impl crate::BatchTransaction for PostgresStore {
 }
 
 impl Store for PostgresStore {
+    fn pauses(&mut self) -> Result<Vec<crate::Pause>, ReadError> {
+        let sql = crate::operator::pause_actions_sql();
+        let rows = self.retrying(|store| store.client.query(&sql, &[]))?;
+        let actions = rows
+            .iter()
+            .map(|row| {
+                crate::operator::action_from_row(
+                    row.get(0),
+                    row.get(1),
+                    row.get(2),
+                    row.get(3),
+                    row.get(4),
+                    row.get(5),
+                    row.get(6),
+                    row.get(7),
+                    row.get(8),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::pauses_in_force(&actions))
+    }
+
     fn last_action_id(&mut self) -> Result<u64, ReadError> {
         let row = self.retrying(|store| {
             store

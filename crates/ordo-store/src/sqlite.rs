@@ -377,7 +377,9 @@ impl SqliteStore {
             rows.streams = waiting_streams(&connection, longest)?;
         }
         connection.commit()?;
-        Ok(crate::StoreStatus::from_rows(rows))
+        let mut status = crate::StoreStatus::from_rows(rows);
+        status.mark_paused(self.pauses()?);
+        Ok(status)
     }
 }
 
@@ -1065,6 +1067,11 @@ impl crate::BatchTransaction for SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn pauses(&mut self) -> Result<Vec<crate::Pause>, ReadError> {
+        let actions = action_rows(&self.connection, &crate::operator::pause_actions_sql(), &[])?;
+        Ok(crate::pauses_in_force(&actions))
+    }
+
     fn requested_actions(&mut self) -> Result<Vec<OperatorAction>, ReadError> {
         let sql = format!(
             "SELECT {ACTION_COLUMNS} FROM operator_actions WHERE state = 'pending' ORDER BY id"

@@ -45,6 +45,8 @@ pub enum Blocker {
         /// The version it must reach.
         version: u64,
     },
+    /// An operator paused the stream (`ordo resume` lets it go).
+    Paused,
 }
 
 impl std::fmt::Display for Blocker {
@@ -57,6 +59,7 @@ impl std::fmt::Display for Blocker {
             Blocker::Stream { stream, version } => {
                 write!(f, "`{stream}` to reach version {version}")
             }
+            Blocker::Paused => write!(f, "paused by an operator"),
         }
     }
 }
@@ -96,9 +99,24 @@ pub struct StoreStatus {
     /// The streams waiting longest, oldest first, as many as asked for (`ordo status`:
     /// [`LONGEST_WAITING_MAX`]).
     pub longest_waiting: Vec<WaitingStream>,
+    /// The streams and partitions operators paused, in force now.
+    pub pauses: Vec<crate::Pause>,
 }
 
 impl StoreStatus {
+    /// Keeps `pauses` and names them as what holds the paused waiting streams.
+    pub(crate) fn mark_paused(&mut self, pauses: Vec<crate::Pause>) {
+        for waiting in &mut self.longest_waiting {
+            let paused = pauses.iter().any(
+                |p| matches!(&p.target, crate::PauseTarget::Stream(s) if *s == waiting.stream),
+            );
+            if paused {
+                waiting.blocker = Blocker::Paused;
+            }
+        }
+        self.pauses = pauses;
+    }
+
     /// Events waiting in all (what `parked list` shows).
     pub fn waiting(&self) -> u64 {
         self.buffered + self.parked
@@ -139,6 +157,13 @@ impl StoreStatus {
                 "waits_for": w.blocker.to_string(),
             })).collect::<Vec<_>>(),
             "last_commit_age_seconds": age_s(self.last_commit_ms()),
+            "paused": self.pauses.iter().map(|p| {
+                let mut paused = p.target.to_args();
+                paused["by"] = json!(p.user);
+                paused["reason"] = json!(p.reason);
+                paused["age_seconds"] = json!(age_s(Some(p.since_ms)));
+                paused
+            }).collect::<Vec<_>>(),
         })
     }
 }
