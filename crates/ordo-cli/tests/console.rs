@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -498,7 +499,9 @@ fn the_on_call_scenario_in_a_real_browser() {
         scratch.path("shots").to_str().unwrap().to_string()
     };
     std::fs::create_dir_all(&shots).unwrap();
+    // In a process group of its own: on a timeout the browser it started goes with it.
     let mut node = std::process::Command::new("node")
+        .process_group(0)
         .arg(format!("{browser}/on_call.mjs"))
         .args([&address, &shots])
         .stdout(Stdio::piped())
@@ -509,7 +512,10 @@ fn the_on_call_scenario_in_a_real_browser() {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while node.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > deadline {
-            let _ = node.kill();
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", node.id())])
+                .status();
+            let _ = node.wait();
             panic!("the browser scenario did not finish within 120 s");
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -522,12 +528,136 @@ fn the_on_call_scenario_in_a_real_browser() {
     );
     assert!(output.status.success(), "{said}");
     assert!(said.contains("on-call scenario: ok"), "{said}");
-    for shot in ["overview", "dead-letter", "waiting", "stream", "journal"] {
+    for shot in [
+        "overview",
+        "dry-run",
+        "dead-letter",
+        "waiting",
+        "stream",
+        "paused",
+        "journal",
+    ] {
         assert!(
             std::path::Path::new(&shots)
                 .join(format!("{shot}.png"))
                 .exists(),
             "no {shot}.png"
         );
+    }
+}
+
+/// The entry numbers the dead-letter page lists, in order.
+fn listed_ids(page: &str) -> Vec<String> {
+    page.split("name=\"id\" value=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_string())
+        .collect()
+}
+
+/// A stream that could not drain: its events beyond the bound were dead-lettered as
+/// overflow. Once the missing version arrives, the operator filters the queue by the
+/// stream, dry-runs all of it (the second entry applies once the first has), replays
+/// it at a chosen rate, and the stream converges; then pauses and resumes a stream.
+#[test]
+fn a_stream_s_dead_letters_are_dry_run_and_replayed_together_at_a_rate() {
+    let scratch = Scratch::new();
+    let input = scratch.path("in.jsonl");
+    // account-9 misses version 1; versions 2 and 3 wait (the bound), 4 and 5 overflow.
+    let deposit = |version: u64| {
+        format!(
+            r#"{{"id":"d{version}","stream":"account-9","version":{version},"type":"Deposited","op":"incr","data":{{"balance":{version}}}}}"#
+        )
+    };
+    let lines: Vec<String> = (2..=5).map(deposit).collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    write_lines(&input, &lines);
+    let log = scratch.path("log.db").to_str().unwrap().to_string();
+    ok(&["append", "--log", &log, input.to_str().unwrap()]);
+    let store = scratch.store("state.db");
+    let _running = KilledOnDrop(
+        ordo()
+            .args(["run", "--source", &format!("log:{log}"), "--store", &store])
+            .args(["--stream-pending-max", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let queued = (0..1500).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        let listed = run(&["dlq", "list", "--store", &store, "--json"]);
+        listed.status.success() && common::json_lines(&listed).len() == 2
+    });
+    assert!(queued, "versions 4 and 5 overflow into the queue");
+    let (_console, address) = console(&["--store", &store, "--listen", "127.0.0.1:0"]);
+    // The missing version arrives: 1, 2 and 3 apply.
+    let first = scratch.path("first.jsonl");
+    write_lines(
+        &first,
+        &[r#"{"id":"o1","stream":"account-9","version":1,"type":"Opened","op":"set","data":{"balance":0}}"#],
+    );
+    ok(&["append", "--log", &log, first.to_str().unwrap()]);
+    let version = || {
+        common::export(&store)
+            .get("account-9")
+            .map_or(0, |row| row.version)
+    };
+    let caught_up = (0..1500).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        version() == 3
+    });
+    assert!(caught_up, "versions 1 to 3 apply");
+
+    let listing = page(&address, "/dead-letters?stream=account-9");
+    let ids = listed_ids(&listing);
+    assert_eq!(ids.len(), 4, "checkboxes and the all-shown form: {ids:?}");
+    let entries = &ids[..2];
+    let mut form: Vec<(&str, &str)> = entries.iter().map(|id| ("id", id.as_str())).collect();
+    let (code, dry_run) = post(&address, "/dead-letters/dry-run", &form, "");
+    assert_eq!(code, 200, "{dry_run}");
+    assert_eq!(dry_run.matches("data-would=\"apply\"").count(), 2, "{dry_run}");
+    assert!(
+        dry_run.contains(&format!("would apply once #{}", entries[0])),
+        "{dry_run}"
+    );
+    assert_eq!(version(), 3, "a dry run changes nothing");
+
+    let (csrf, cookie) = csrf_of(&address, "/");
+    form.extend([
+        ("csrf", csrf.as_str()),
+        ("rate", "5"),
+        ("reason", "stream caught up after the outage"),
+    ]);
+    let (code, done) = post(&address, "/dead-letters/replay", &form, &cookie);
+    assert_eq!(code, 200, "{done}");
+    assert_eq!(done.matches("requeued").count(), 2, "{done}");
+    let converged = (0..1500).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        version() == 5
+    });
+    assert!(converged, "the replayed versions apply in order");
+    let doc = common::export(&store)["account-9"].doc.clone();
+    assert_eq!(doc, Some(serde_json::json!({"balance": 14})));
+    let too_fast = [("id", "1"), ("rate", "5000"), ("csrf", csrf.as_str())];
+    let (code, said) = post(&address, "/dead-letters/dry-run", &too_fast, "");
+    assert_eq!(code, 400, "{said}");
+
+    // Pause from the stream page, then resume from the overview's list of pauses.
+    let pause = [("csrf", csrf.as_str()), ("reason", "INC-7: audit of account-9")];
+    let (code, said) = post(&address, "/streams/account-9/pause", &pause, &cookie);
+    assert_eq!(code, 200, "{said}");
+    let stream_page = page(&address, "/streams/account-9");
+    assert!(stream_page.contains("Paused by"), "{stream_page}");
+    assert!(stream_page.contains("INC-7: audit of account-9"));
+    let overview = page(&address, "/");
+    assert!(overview.contains("1 paused"), "{overview}");
+    assert!(overview.contains("/streams/account-9/resume"), "{overview}");
+    let resume = [("csrf", csrf.as_str()), ("reason", "audit done")];
+    let (code, said) = post(&address, "/streams/account-9/resume", &resume, &cookie);
+    assert_eq!(code, 200, "{said}");
+    assert!(!page(&address, "/").contains("paused</div>"));
+    let journal = page(&address, "/journal?kind=operator");
+    for reason in ["stream caught up after the outage", "INC-7", "audit done"] {
+        assert!(journal.contains(reason), "journal lacks {reason}: {journal}");
     }
 }

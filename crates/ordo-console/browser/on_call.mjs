@@ -89,6 +89,18 @@ try {
   );
   await labelled(page);
 
+  // A dry run of the whole queue first: both entries would be refused again as they are.
+  await page.getByRole('navigation', { name: 'Pages' }).getByRole('link', { name: 'Dead letters' }).click();
+  await labelled(page);
+  await page.getByRole('button', { name: /Dry run of all 2 entries/ }).click();
+  const dryRun = await text(page);
+  check(
+    (dryRun.match(/dead-lettered-again/g) || []).length === 2,
+    `dry run of the queue: ${dryRun}`,
+  );
+  await labelled(page);
+  await page.screenshot({ path: `${shots}/dry-run.png`, fullPage: true });
+
   // The poison deposit: the dry run says it fails as it is; a corrected event goes.
   await openEntry(page, 'account-1');
   let entry = await text(page);
@@ -127,6 +139,18 @@ try {
   await until(page, '/streams/customer-3', 'Merged into');
   await until(page, '/', '0 dead letters');
 
+  // A stream held while someone looks at it, then let go, from the keyboard-reachable
+  // forms of the stream page and the overview.
+  await page.goto(`${base}/streams/customer-4`);
+  await page.getByLabel(/Reason for the pause/).fill('INC-7: checking the merged orders');
+  await page.getByRole('button', { name: 'Pause this stream' }).click();
+  check((await text(page)).includes('paused'), 'pause done');
+  await until(page, '/', '1 paused');
+  await page.screenshot({ path: `${shots}/paused.png`, fullPage: true });
+  await page.getByLabel('Reason for the resume (kept with the action)').fill('orders checked');
+  await page.getByRole('button', { name: 'Resume' }).click();
+  check((await text(page)).includes('resumed'), 'resume done');
+
   // The journal holds each action with its reason.
   await page.goto(`${base}/journal`);
   await page.getByLabel('Kind').selectOption('operator');
@@ -136,6 +160,8 @@ try {
     'amount sent as text by the teller app',
     'lost in the outage',
     'the merge service forgot the cut',
+    'INC-7: checking the merged orders',
+    'orders checked',
   ]) {
     check(journal.includes(reason), `journal lacks "${reason}": ${journal}`);
   }

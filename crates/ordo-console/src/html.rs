@@ -64,6 +64,7 @@ pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto;max-height:2
 form.filters{display:flex;gap:12px;flex-wrap:wrap;align-items:end;margin:8px 0}
 label{display:flex;flex-direction:column;font-size:13px}
 form.act{border:1px solid #ddd;background:#fff;padding:8px 12px;margin:8px 0;display:flex;flex-direction:column;gap:6px;align-items:start}
+label.pick{flex-direction:row;gap:4px;align-items:center}
 form.act label{width:100%}form.act input,form.act textarea{width:100%;box-sizing:border-box}
 ";
 

@@ -382,8 +382,8 @@ pub fn dead_letters(
         .map(|e| {
             vec![
                 format!(
-                    "<input type=\"checkbox\" name=\"id\" value=\"{0}\" form=\"selection\" \
-                     aria-label=\"Select entry #{0}\">",
+                    "<label class=\"pick\"><input type=\"checkbox\" name=\"id\" value=\"{0}\" \
+                     form=\"selection\"><span>select #{0}</span></label>",
                     e.id
                 ),
                 format!("<a href=\"/dead-letters/{0}\">#{0}</a>", e.id),
