@@ -208,8 +208,15 @@ fn off_loopback_the_console_needs_a_token_and_every_request_carries_it() {
     assert_eq!(get(&address, "/", wrong).0, 401);
     let bearer = format!("Authorization: Bearer {token}\r\n");
     assert_eq!(get(&address, "/", &bearer).0, 200);
-    assert_eq!(get(&address, "/login?token=nope", "").0, 401);
-    let (code, head, _) = get(&address, &format!("/login?token={token}"), "");
+    assert_eq!(post(&address, "/login", &[("token", "nope")], "").0, 401);
+    let (code, form) = post(&address, "/login", &[], "");
+    assert_eq!(code, 422, "a login without a token: {form}");
+    let (code, head, _) = exchange(
+        &address,
+        "POST /login",
+        "Content-Type: application/x-www-form-urlencoded\r\n",
+        &format!("token={token}"),
+    );
     assert_eq!(code, 303, "{head}");
     let cookie = head
         .lines()
@@ -265,7 +272,7 @@ fn csrf_of(address: &str, path: &str) -> (String, String) {
     let cookie = head
         .lines()
         .filter_map(|l| l.strip_prefix("set-cookie: "))
-        .find(|c| c.starts_with("ordo_csrf="))
+        .find(|c| c.starts_with("ordo_csrf_"))
         .expect("the CSRF cookie")
         .split(';')
         .next()
@@ -594,7 +601,9 @@ fn a_stream_s_dead_letters_are_dry_run_and_replayed_together_at_a_rate() {
     let first = scratch.path("first.jsonl");
     write_lines(
         &first,
-        &[r#"{"id":"o1","stream":"account-9","version":1,"type":"Opened","op":"set","data":{"balance":0}}"#],
+        &[
+            r#"{"id":"o1","stream":"account-9","version":1,"type":"Opened","op":"set","data":{"balance":0}}"#,
+        ],
     );
     ok(&["append", "--log", &log, first.to_str().unwrap()]);
     let version = || {
@@ -615,7 +624,11 @@ fn a_stream_s_dead_letters_are_dry_run_and_replayed_together_at_a_rate() {
     let mut form: Vec<(&str, &str)> = entries.iter().map(|id| ("id", id.as_str())).collect();
     let (code, dry_run) = post(&address, "/dead-letters/dry-run", &form, "");
     assert_eq!(code, 200, "{dry_run}");
-    assert_eq!(dry_run.matches("data-would=\"apply\"").count(), 2, "{dry_run}");
+    assert_eq!(
+        dry_run.matches("data-would=\"apply\"").count(),
+        2,
+        "{dry_run}"
+    );
     assert!(
         dry_run.contains(&format!("would apply once #{}", entries[0])),
         "{dry_run}"
@@ -643,7 +656,10 @@ fn a_stream_s_dead_letters_are_dry_run_and_replayed_together_at_a_rate() {
     assert_eq!(code, 400, "{said}");
 
     // Pause from the stream page, then resume from the overview's list of pauses.
-    let pause = [("csrf", csrf.as_str()), ("reason", "INC-7: audit of account-9")];
+    let pause = [
+        ("csrf", csrf.as_str()),
+        ("reason", "INC-7: audit of account-9"),
+    ];
     let (code, said) = post(&address, "/streams/account-9/pause", &pause, &cookie);
     assert_eq!(code, 200, "{said}");
     let stream_page = page(&address, "/streams/account-9");
@@ -658,6 +674,9 @@ fn a_stream_s_dead_letters_are_dry_run_and_replayed_together_at_a_rate() {
     assert!(!page(&address, "/").contains("paused</div>"));
     let journal = page(&address, "/journal?kind=operator");
     for reason in ["stream caught up after the outage", "INC-7", "audit done"] {
-        assert!(journal.contains(reason), "journal lacks {reason}: {journal}");
+        assert!(
+            journal.contains(reason),
+            "journal lacks {reason}: {journal}"
+        );
     }
 }

@@ -14,6 +14,9 @@ pub const TOKEN_COOKIE: &str = "ordo_console_token";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Access {
     token: Option<String>,
+    /// The token cookie's name: one per port, so consoles of two stores on one host
+    /// (cookies ignore ports) do not overwrite each other's.
+    cookie: String,
 }
 
 /// Why the console refuses to start.
@@ -63,8 +66,22 @@ impl Access {
                 Err(AccessError::TokenCharacters)
             }
             None if !listen.ip().is_loopback() => Err(AccessError::TokenRequired(listen)),
-            _ => Ok(Access { token }),
+            _ => Ok(Access {
+                token,
+                cookie: cookie_name(TOKEN_COOKIE, listen.port()),
+            }),
         }
+    }
+
+    /// The rule once listening on `port` (an ephemeral port is known only then).
+    pub fn on_port(mut self, port: u16) -> Access {
+        self.cookie = cookie_name(TOKEN_COOKIE, port);
+        self
+    }
+
+    /// The `Set-Cookie` value that carries `token` (HttpOnly: no script reads it).
+    pub fn token_cookie(&self, token: &str) -> String {
+        format!("{}={token}; HttpOnly; SameSite=Strict; Path=/", self.cookie)
     }
 
     /// Whether a token is required.
@@ -81,7 +98,7 @@ impl Access {
         let cookie = cookie.and_then(|c| {
             c.split(';')
                 .filter_map(|pair| pair.trim().split_once('='))
-                .find(|(name, _)| *name == TOKEN_COOKIE)
+                .find(|(name, _)| *name == self.cookie)
                 .map(|(_, value)| value)
         });
         [bearer, cookie]
@@ -127,16 +144,24 @@ const CSRF_BYTES: usize = 16;
 #[derive(Clone, Debug)]
 pub struct Csrf {
     secret: String,
+    /// The cookie's name, one per port (see [`Access`]).
+    cookie: String,
+}
+
+/// A cookie's name for the console on `port`.
+fn cookie_name(base: &str, port: u16) -> String {
+    format!("{base}_{port}")
 }
 
 impl Csrf {
-    /// A fresh secret from the system's randomness.
-    pub fn new() -> std::io::Result<Csrf> {
+    /// A fresh secret from the system's randomness, for the console on `port`.
+    pub fn new(port: u16) -> std::io::Result<Csrf> {
         use std::io::Read;
         let mut bytes = [0u8; CSRF_BYTES];
         std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
         Ok(Csrf {
             secret: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            cookie: cookie_name(CSRF_NAME, port),
         })
     }
 
@@ -147,7 +172,7 @@ impl Csrf {
 
     /// The `Set-Cookie` value every page carries.
     pub fn cookie(&self) -> String {
-        format!("{CSRF_NAME}={}; SameSite=Strict; Path=/", self.secret)
+        format!("{}={}; SameSite=Strict; Path=/", self.cookie, self.secret)
     }
 
     /// Whether a POST with this form value, `Cookie` header, `Origin` and `Host` passes.
@@ -161,7 +186,7 @@ impl Csrf {
         let cookie = cookie.and_then(|c| {
             c.split(';')
                 .filter_map(|pair| pair.trim().split_once('='))
-                .find(|(name, _)| *name == CSRF_NAME)
+                .find(|(name, _)| *name == self.cookie)
                 .map(|(_, value)| value)
         });
         let same_origin = match (origin, host) {
@@ -201,7 +226,11 @@ mod tests {
         assert!(Access::resolve(local, None).is_ok());
         let access = Access::resolve(anywhere, Some("0123456789abcdef".into())).unwrap();
         assert!(access.allows(Some("Bearer 0123456789abcdef"), None));
-        assert!(access.allows(None, Some("a=b; ordo_console_token=0123456789abcdef")));
+        assert!(access.allows(None, Some("a=b; ordo_console_token_8080=0123456789abcdef")));
+        assert!(
+            !access.allows(None, Some("ordo_console_token_9090=0123456789abcdef")),
+            "another port's console's cookie"
+        );
         assert!(!access.allows(Some("Bearer 0123456789abcdeF"), None));
         assert!(!access.allows(None, None));
         assert!(Access::resolve(local, None).unwrap().allows(None, None));
@@ -215,15 +244,17 @@ mod tests {
 
     #[test]
     fn a_post_needs_the_form_value_the_cookie_and_its_own_origin() {
-        let csrf = Csrf::new().unwrap();
+        let csrf = Csrf::new(8480).unwrap();
         let secret = csrf.secret().to_string();
-        let cookie = format!("x=1; {CSRF_NAME}={secret}");
+        let cookie = format!("x=1; {CSRF_NAME}_8480={secret}");
+        let elsewhere = format!("{CSRF_NAME}_8481={secret}");
+        assert!(!csrf.allows(&secret, Some(&elsewhere), None, Some("127.0.0.1:8480")));
         let host = Some("127.0.0.1:8480");
         assert!(csrf.allows(&secret, Some(&cookie), None, host));
         assert!(csrf.allows(&secret, Some(&cookie), Some("http://127.0.0.1:8480"), host));
         assert!(!csrf.allows(&secret, Some(&cookie), Some("http://evil.example"), host));
         assert!(!csrf.allows(&secret, None, None, host));
         assert!(!csrf.allows("guess", Some(&cookie), None, host));
-        assert_ne!(Csrf::new().unwrap().secret(), secret, "drawn anew");
+        assert_ne!(Csrf::new(8480).unwrap().secret(), secret, "drawn anew");
     }
 }

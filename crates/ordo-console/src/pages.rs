@@ -762,3 +762,25 @@ pub fn journal(entries: &[JournalEntry], query: &JournalQuery) -> String {
 pub fn stream_href(stream: &str) -> String {
     format!("/streams/{}", path_segment(stream))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::redact_reason;
+
+    #[test]
+    fn a_reason_naming_a_redacted_field_says_nothing_after_the_name() {
+        let fields = vec!["email".to_string()];
+        assert_eq!(
+            redact_reason(
+                "field `email`: expected a number, got \"ada@example.com\"",
+                &fields
+            ),
+            "field `email` [rest redacted]"
+        );
+        assert_eq!(
+            redact_reason("field `balance`: expected a number", &fields),
+            "field `balance`: expected a number"
+        );
+        assert_eq!(redact_reason("anything", &[]), "anything");
+    }
+}

@@ -14,7 +14,7 @@ use axum::{Form, Router};
 use ordo_store::journal::JournalFilter;
 use ordo_store::PauseTarget;
 
-use crate::access::{Access, AccessError, Csrf, TOKEN_COOKIE};
+use crate::access::{Access, AccessError, Csrf};
 use crate::actions::{Action, Actor};
 use crate::pages::{self, DeadLetterFilter, JournalQuery};
 use crate::reads::{Reader, JOURNAL_PAGE_MAX};
@@ -89,13 +89,14 @@ pub fn serve(config: ConsoleConfig, bound: impl FnOnce(SocketAddr)) -> Result<()
     listener.set_nonblocking(true).map_err(ServeError::Listen)?;
     let address = listener.local_addr().map_err(ServeError::Listen)?;
     bound(address);
+    let access = access.on_port(address.port());
     let console = Arc::new(Console {
         port: address.port(),
         reading: Arc::new(tokio::sync::Semaphore::new(1)),
         reader: Mutex::new(Reader::new(&config.store)),
         history: Mutex::new(crate::history::History::default()),
         access,
-        csrf: Csrf::new().map_err(ServeError::Serve)?,
+        csrf: Csrf::new(address.port()).map_err(ServeError::Serve)?,
         actor: Actor {
             binary: config.binary,
             store: config.store,
@@ -151,7 +152,7 @@ fn router(console: Shared) -> Router {
         .route("/partitions/{partition}/pause", post(pause_partition))
         .route("/partitions/{partition}/resume", post(resume_partition))
         .route_layer(middleware::from_fn_with_state(console.clone(), guard))
-        .route("/login", get(login))
+        .route("/login", get(login_form).post(login))
         .layer(middleware::from_fn_with_state(console.clone(), host_guard))
         .with_state(console)
 }
@@ -198,28 +199,44 @@ async fn guard(State(console): State<Shared>, request: Request, next: Next) -> R
         StatusCode::UNAUTHORIZED,
         Html(crate::html::page(
             "Token required",
-            "<p>This console needs its token: open <code>/login?token=…</code> once, or send <code>Authorization: Bearer …</code>.</p>",
+            "<p>This console needs its token: <a href=\"/login\">log in</a> once, or send <code>Authorization: Bearer …</code>.</p>",
         )),
     )
         .into_response()
 }
 
 #[derive(serde::Deserialize)]
-struct LoginQuery {
+struct LoginForm {
     token: String,
 }
 
-/// `/login?token=…`: sets the token cookie (HttpOnly, SameSite=Strict) and goes home.
-async fn login(State(console): State<Shared>, Query(query): Query<LoginQuery>) -> Response {
-    if !console.access.is_token(&query.token) {
-        return (StatusCode::UNAUTHORIZED, "wrong token").into_response();
+/// `GET /login`: the form that asks for the token (posted, so that it stays out of
+/// URLs, browser history and proxy logs).
+async fn login_form() -> Response {
+    Html(crate::html::page(
+        "Log in",
+        "<form class=\"act\" method=\"post\" action=\"/login\">\
+         <label>The console's token (<code>--token</code> or <code>ORDO_CONSOLE_TOKEN</code>)\
+         <input name=\"token\" type=\"password\" autocomplete=\"current-password\" required></label>\
+         <button type=\"submit\">Log in</button></form>",
+    ))
+    .into_response()
+}
+
+/// `POST /login`: sets the token cookie (HttpOnly, SameSite=Strict) and goes home.
+async fn login(State(console): State<Shared>, Form(form): Form<LoginForm>) -> Response {
+    if !console.access.is_token(&form.token) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(crate::html::page(
+                "Log in",
+                "<p class=\"bad\">Wrong token. <a href=\"/login\">Try again</a>.</p>",
+            )),
+        )
+            .into_response();
     }
     let mut headers = HeaderMap::new();
-    let cookie = format!(
-        "{TOKEN_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-        query.token
-    );
-    if let Ok(value) = cookie.parse() {
+    if let Ok(value) = console.access.token_cookie(&form.token).parse() {
         headers.insert(header::SET_COOKIE, value);
     }
     (headers, Redirect::to("/")).into_response()
