@@ -146,6 +146,11 @@ pub struct ConsoleArgs {
     /// sparklines (an hour of samples is kept).
     #[arg(long, value_name = "MS", default_value_t = ordo_console::history::HISTORY_SAMPLE_MS_DEFAULT)]
     pub history_sample_ms: u64,
+    /// A running `ordo run --metrics` endpoint (http://HOST:PORT), read for the loop's
+    /// heartbeat, readiness and the source's lag per partition (repeatable: one per
+    /// member of a group).
+    #[arg(long, value_name = "URL")]
+    pub run_metrics: Vec<String>,
 }
 
 /// `ordo notices`.

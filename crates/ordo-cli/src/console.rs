@@ -13,7 +13,18 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     let listen = listen
         .parse()
         .with_context(|| format!("--listen `{listen}`: expected PORT or HOST:PORT"))?;
+    if args.run_metrics.len() > ordo_console::runs::RUN_ENDPOINTS_MAX {
+        anyhow::bail!(
+            "at most {} --run-metrics endpoints",
+            ordo_console::runs::RUN_ENDPOINTS_MAX
+        );
+    }
+    for endpoint in &args.run_metrics {
+        ordo_console::runs::check_endpoint(endpoint)
+            .map_err(|why| anyhow::anyhow!("--run-metrics: {why}"))?;
+    }
     let config = ordo_console::ConsoleConfig {
+        run_metrics: args.run_metrics,
         store: args.store,
         listen,
         token: args.token,

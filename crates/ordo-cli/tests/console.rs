@@ -581,22 +581,56 @@ fn a_stream_s_dead_letters_are_dry_run_and_replayed_together_at_a_rate() {
     let log = scratch.path("log.db").to_str().unwrap().to_string();
     ok(&["append", "--log", &log, input.to_str().unwrap()]);
     let store = scratch.store("state.db");
-    let _running = KilledOnDrop(
-        ordo()
-            .args(["run", "--source", &format!("log:{log}"), "--store", &store])
-            .args(["--stream-pending-max", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let source = format!("log:{log}");
+    let running = common::scrape::start(&[
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--stream-pending-max",
+        "2",
+    ]);
     let queued = (0..1500).any(|_| {
         std::thread::sleep(Duration::from_millis(20));
         let listed = run(&["dlq", "list", "--store", &store, "--json"]);
         listed.status.success() && common::json_lines(&listed).len() == 2
     });
     assert!(queued, "versions 4 and 5 overflow into the queue");
-    let (_console, address) = console(&["--store", &store, "--listen", "127.0.0.1:0"]);
+    // The run's own endpoint, and one of a member that is not there.
+    let endpoint = format!("http://{}", running.address);
+    let gone = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let (_console, address) = console(&[
+        "--store",
+        &store,
+        "--listen",
+        "127.0.0.1:0",
+        "--run-metrics",
+        &endpoint,
+        "--run-metrics",
+        &gone,
+    ]);
+    let overview = page(&address, "/");
+    assert!(overview.contains("Running consumers"), "{overview}");
+    assert!(
+        overview.contains("partition 0: "),
+        "the log's lag: {overview}"
+    );
+    assert!(
+        overview.contains(">ready<"),
+        "the run's /readyz: {overview}"
+    );
+    assert!(
+        overview.contains("s ago"),
+        "the loop's heartbeat: {overview}"
+    );
+    assert!(
+        overview.contains("unreachable"),
+        "the member that is gone: {overview}"
+    );
     // The missing version arrives: 1, 2 and 3 apply.
     let first = scratch.path("first.jsonl");
     write_lines(

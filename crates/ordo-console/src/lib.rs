@@ -9,6 +9,7 @@
 //!   and the CSRF check on every state-changing request;
 //! - [`actions`]: what it changes, always through the CLI verbs themselves;
 //! - [`reads`]: what a page reads from the store, as plain data;
+//! - [`runs`]: what the running consumers' metrics endpoints say (heartbeat, lag);
 //! - [`pages`]: how each page says it, as HTML ([`html`] escapes and lays out).
 
 pub mod access;
@@ -17,6 +18,7 @@ pub mod history;
 mod html;
 pub mod pages;
 pub mod reads;
+pub mod runs;
 mod server;
 
 pub use access::{Access, AccessError, Csrf};

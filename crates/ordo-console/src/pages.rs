@@ -105,6 +105,7 @@ impl DeadLetterFilter {
 pub fn overview(
     status: &StoreStatus,
     history: &crate::history::History,
+    runs: &[crate::runs::RunHealth],
     csrf: &str,
     now_ms: u64,
 ) -> String {
@@ -143,6 +144,7 @@ pub fn overview(
         })
         .collect();
     body.push_str(&pauses(&status.pauses, csrf, now_ms));
+    body.push_str(&running(runs));
     body.push_str(&table(
         "Positions",
         &[
@@ -182,6 +184,68 @@ pub fn overview(
     body.push_str(&pause_partition_form(csrf));
     page("Overview", &body)
 }
+
+/// What the running consumers' endpoints said: heartbeat, readiness, lag.
+fn running(runs: &[crate::runs::RunHealth]) -> String {
+    if runs.is_empty() {
+        return "<p>Heartbeat and broker lag: give the console each run's metrics endpoint \
+                (<code>--run-metrics http://127.0.0.1:9464</code>).</p>"
+            .into();
+    }
+    let number = |v: Option<f64>, unit: &str| {
+        v.map_or("–".into(), |v| {
+            format!(
+                "<span class=\"num\">{}{unit}</span>",
+                (v * 10.0).round() / 10.0
+            )
+        })
+    };
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|run| {
+            let state = match (&run.error, run.ready, run.heartbeat_age_seconds) {
+                (Some(error), _, _) => {
+                    format!("<span class=\"bad\">unreachable: {}</span>", escape(error))
+                }
+                (None, _, Some(age)) if age > HEARTBEAT_STALE_S => {
+                    format!("<span class=\"bad\">loop stuck for {age:.0} s</span>")
+                }
+                (None, true, _) => "<span class=\"ok\">ready</span>".into(),
+                (None, false, _) => "<span class=\"bad\">not ready</span>".into(),
+            };
+            let lag: Vec<String> = run
+                .lag
+                .iter()
+                .map(|l| {
+                    format!(
+                        "partition {}: {} events, {}",
+                        escape(&l.partition),
+                        number(l.events, ""),
+                        number(l.seconds, " s")
+                    )
+                })
+                .collect();
+            vec![
+                escape(&run.endpoint),
+                state,
+                number(run.heartbeat_age_seconds, " s ago"),
+                if lag.is_empty() {
+                    "–".into()
+                } else {
+                    lag.join("<br>")
+                },
+            ]
+        })
+        .collect();
+    table(
+        "Running consumers (from their metrics endpoints)",
+        &["endpoint", "state", "loop heartbeat", "lag per partition"],
+        &rows,
+    )
+}
+
+/// A loop that has not turned for this long is called stuck (the alert rule's figure).
+const HEARTBEAT_STALE_S: f64 = 60.0;
 
 /// The pauses in force, each with its resume form.
 fn pauses(pauses: &[ordo_store::Pause], csrf: &str, now_ms: u64) -> String {

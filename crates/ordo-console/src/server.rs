@@ -40,6 +40,8 @@ pub struct ConsoleConfig {
     pub binary: std::path::PathBuf,
     /// How often the console samples the counters for rates and sparklines.
     pub history_sample_ms: u64,
+    /// The running consumers' `--metrics` endpoints, read for heartbeat and lag.
+    pub run_metrics: Vec<String>,
 }
 
 /// Why the console did not start or stopped.
@@ -76,6 +78,7 @@ struct Console {
     csrf: Csrf,
     actor: Actor,
     redact: Vec<String>,
+    run_metrics: Vec<String>,
 }
 
 type Shared = Arc<Console>;
@@ -102,6 +105,7 @@ pub fn serve(config: ConsoleConfig, bound: impl FnOnce(SocketAddr)) -> Result<()
             store: config.store,
         },
         redact: config.redact,
+        run_metrics: config.run_metrics,
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -304,9 +308,20 @@ async fn overview(State(console): State<Shared>) -> Response {
                 .lock()
                 .map(|h| h.clone())
                 .unwrap_or_default();
+            let endpoints = console.run_metrics.clone();
+            // Each endpoint is bounded in time; none holds the store's reader.
+            let runs = tokio::task::spawn_blocking(move || {
+                endpoints
+                    .iter()
+                    .map(|e| crate::runs::read(e))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
             Html(pages::overview(
                 &status,
                 &history,
+                &runs,
                 console.csrf.secret(),
                 now_ms(),
             ))
