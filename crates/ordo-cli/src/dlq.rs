@@ -296,16 +296,26 @@ fn replay_dry_run(args: &ReplayArgs, body: Option<&str>) -> anyhow::Result<ExitC
     let handler = crate::handler::recorded(&mut store)?.is_some();
     let queue = store.dead_letters()?;
     let entries = select(queue.clone(), &args.ids)?;
-    for entry in &entries {
-        let forecast =
-            ordo_runtime::replay_forecast::forecast(&mut store, entry, body, &queue, handler)?;
+    if entries.is_empty() && !args.json {
+        outln!("the dead-letter queue is empty: nothing to replay");
+    }
+    let forecasts = ordo_runtime::replay_forecast::forecast_in_order(
+        &mut store, &entries, body, &queue, handler,
+    )?;
+    for (entry, (forecast, after)) in entries.iter().zip(forecasts) {
+        let detail = match after {
+            Some(earlier) => {
+                format!("{forecast} once dead letter {earlier}, replayed before it, has")
+            }
+            None => forecast.to_string(),
+        };
         if args.json {
             outln!(
                 "{}",
-                json!({"id": entry.id, "stream": entry.stream.as_deref(), "version": entry.version, "event_id": entry.event_id.as_deref(), "would": forecast.outcome(), "detail": forecast.to_string()})
+                json!({"id": entry.id, "stream": entry.stream.as_deref(), "version": entry.version, "event_id": entry.event_id.as_deref(), "would": forecast.outcome(), "detail": detail, "after": after})
             );
         } else {
-            outln!("dead letter {} (dry run): {forecast}", entry.id);
+            outln!("dead letter {} (dry run): {detail}", entry.id);
         }
     }
     Ok(ExitCode::SUCCESS)

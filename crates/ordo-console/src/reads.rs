@@ -109,36 +109,28 @@ impl Reader {
             let handler = store
                 .setting(ordo_runtime::handler::HANDLER_SETTINGS_KEY)?
                 .is_some();
-            // Per stream: the version the selection's replays would have applied through.
-            let mut through: std::collections::HashMap<Box<str>, (u64, u64)> = Default::default();
+            let found: Vec<DeadLetter> = ids
+                .iter()
+                .filter_map(|id| queue.iter().find(|e| e.id == *id).cloned())
+                .collect();
+            let mut forecasts = ordo_runtime::replay_forecast::forecast_in_order(
+                store, &found, None, &queue, handler,
+            )?
+            .into_iter();
+            let mut found = found.into_iter().peekable();
             let mut all = Vec::with_capacity(ids.len());
             for &id in ids {
-                let Some(entry) = queue.iter().find(|e| e.id == id).cloned() else {
+                if found.peek().is_some_and(|e| e.id == id) {
+                    let (forecast, after) = forecasts.next().expect("one forecast per entry");
+                    all.push(SelectedForecast {
+                        id,
+                        entry: found.next(),
+                        forecast: Some(forecast),
+                        after,
+                    });
+                } else {
                     all.push(SelectedForecast::missing(id));
-                    continue;
-                };
-                let mut forecast =
-                    ordo_runtime::replay_forecast::forecast(store, &entry, None, &queue, handler)?;
-                let mut after = None;
-                if let (Some(stream), Some(version)) = (entry.stream.clone(), entry.version) {
-                    let chained = through
-                        .get(&stream)
-                        .filter(|(applied, _)| version == applied + 1)
-                        .map(|&(_, by)| by);
-                    if let (Forecast::StillBlocked(_), Some(by)) = (&forecast, chained) {
-                        forecast = Forecast::Applies { behind: 0 };
-                        after = Some(by);
-                    }
-                    if matches!(forecast, Forecast::Applies { .. } | Forecast::SentToHandler) {
-                        through.insert(stream, (version, id));
-                    }
                 }
-                all.push(SelectedForecast {
-                    id,
-                    entry: Some(entry),
-                    forecast: Some(forecast),
-                    after,
-                });
             }
             Ok(all)
         })

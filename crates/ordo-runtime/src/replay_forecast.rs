@@ -174,6 +174,47 @@ pub fn forecast(
     Ok(Forecast::Applies { behind })
 }
 
+/// What replaying `entries` one after the other, in the order given, would do: each as
+/// [`forecast`] says for a replay now, except that an entry blocked behind an earlier
+/// entry of `entries` (the next version of its stream) that would go is said to go after
+/// it (`after`: that entry's id). The projection is not tried on the document the
+/// earlier replay would leave: that is known only once it has applied.
+pub fn forecast_in_order(
+    store: &mut impl Store,
+    entries: &[DeadLetter],
+    body: Option<&str>,
+    queue: &[DeadLetter],
+    handler: bool,
+) -> Result<Vec<(Forecast, Option<u64>)>, ReadError> {
+    // Per stream: the version the earlier replays would have applied through, and by
+    // which entry.
+    let mut through: std::collections::HashMap<Box<str>, (u64, u64)> = Default::default();
+    let mut all = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let mut forecast = forecast(store, entry, body, queue, handler)?;
+        let mut after = None;
+        if let (Some(stream), Some(version)) = (entry.stream.clone(), entry.version) {
+            let chained = through
+                .get(&stream)
+                .filter(|(applied, _)| version == applied + 1)
+                .map(|&(_, by)| by);
+            if let (Forecast::StillBlocked(_), Some(by)) = (&forecast, chained) {
+                forecast = if handler {
+                    Forecast::SentToHandler
+                } else {
+                    Forecast::Applies { behind: 0 }
+                };
+                after = Some(by);
+            }
+            if matches!(forecast, Forecast::Applies { .. } | Forecast::SentToHandler) {
+                through.insert(stream, (version, entry.id));
+            }
+        }
+        all.push((forecast, after));
+    }
+    Ok(all)
+}
+
 /// Where `stream`'s merges lead: each target and its cut, in order (merges of merges), at
 /// most [`ALIAS_CHAIN_MAX`] links (the forecast and the console's stream page).
 pub fn alias_chain(
