@@ -483,6 +483,31 @@ fn an_unauthorised_mutation_is_refused() {
         "",
     );
     assert_eq!(code, 401);
+    for path in [
+        "/streams/account-1/pause",
+        "/streams/account-1/resume",
+        "/partitions/0/pause",
+        "/partitions/pause",
+        "/dead-letters/replay",
+        "/dead-letters/dry-run",
+    ] {
+        let (code, _) = post(&address, path, &[("reason", "no token"), ("id", "1")], "");
+        assert_eq!(code, 401, "{path} without the token");
+    }
+    // With the token but without the CSRF value of the console's own page: refused.
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    for path in ["/streams/account-1/pause", "/dead-letters/replay"] {
+        let form = [("reason", "forged"), ("id", "1"), ("csrf", "guess")];
+        let (code, _) = post(&address, path, &form, &bearer);
+        assert_eq!(code, 403, "{path} without the CSRF value");
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&ok(&["status", "--store", &store, "--json"]).stdout).unwrap();
+    assert_eq!(
+        status["paused"],
+        serde_json::json!([]),
+        "nothing was paused"
+    );
     let entries = common::json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
     assert_eq!(entries.len(), 1, "nothing was skipped");
 }

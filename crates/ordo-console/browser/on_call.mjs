@@ -144,12 +144,12 @@ try {
   await page.goto(`${base}/streams/customer-4`);
   await page.getByLabel(/Reason for the pause/).fill('INC-7: checking the merged orders');
   await page.getByRole('button', { name: 'Pause this stream' }).click();
-  check((await text(page)).includes('paused'), 'pause done');
+  check((await text(page)).includes(': paused ('), 'pause done');
   await until(page, '/', '1 paused');
   await page.screenshot({ path: `${shots}/paused.png`, fullPage: true });
   await page.getByLabel('Reason for the resume (kept with the action)').fill('orders checked');
   await page.getByRole('button', { name: 'Resume' }).click();
-  check((await text(page)).includes('resumed'), 'resume done');
+  check((await text(page)).includes(': resumed ('), 'resume done');
 
   // The journal holds each action with its reason.
   await page.goto(`${base}/journal`);

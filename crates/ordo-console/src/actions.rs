@@ -19,6 +19,10 @@ pub const REASON_LEN_MAX: usize = 1_000;
 /// Largest corrected body accepted.
 pub const BODY_LEN_MAX: usize = 1 << 20;
 
+/// What one entry of a selection may take beyond its turn at the rate: a running
+/// consumer looks for requests every 250 ms and commits each.
+pub const ENTRY_TURN_MS: u64 = 500;
+
 /// Most dead letters one replay of a selection takes.
 pub const SELECTION_MAX: usize = 1_000;
 
@@ -88,7 +92,10 @@ impl Action {
     fn timeout_ms(&self) -> u64 {
         match self {
             Action::ReplayMany { ids, per_second } => {
-                ACTION_TIMEOUT_MS + ids.len() as u64 * 1000 / u64::from((*per_second).max(1))
+                // Each entry waits for its turn at the rate, and (SQLite) for the running
+                // consumer to take its request up.
+                let per_entry_ms = (1000 / u64::from((*per_second).max(1))).max(ENTRY_TURN_MS);
+                ACTION_TIMEOUT_MS + ids.len() as u64 * per_entry_ms
             }
             _ => ACTION_TIMEOUT_MS,
         }

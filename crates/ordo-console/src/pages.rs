@@ -65,21 +65,18 @@ fn pager(filter: &DeadLetterFilter, page_index: usize, pages: usize) -> String {
     )
 }
 
-/// A dead letter's reason with the values of redacted fields hidden: reasons quote the
-/// payload (`field `email`: expected …`), so a value of a redacted field may appear.
+/// A reason (or any text quoting a payload: a dry run's verdict, a journal summary) with
+/// redacted fields kept out: reasons quote payload values next to their field's name
+/// (`incr: `email` must be …, got "…"`), so a text that names a redacted field is not
+/// shown at all.
 pub fn redact_reason(reason: &str, fields: &[String]) -> String {
-    if fields.is_empty() {
-        return reason.to_string();
+    match fields
+        .iter()
+        .find(|f| !f.is_empty() && reason.contains(f.as_str()))
+    {
+        Some(field) => format!("[hidden: it names the redacted field `{field}`]"),
+        None => reason.to_string(),
     }
-    // A reason that names a redacted field says nothing more after the name.
-    for field in fields {
-        for quoted in [format!("`{field}`"), format!("\"{field}\"")] {
-            if let Some(at) = reason.find(&quoted) {
-                return format!("{} [rest redacted]", &reason[..at + quoted.len()]);
-            }
-        }
-    }
-    reason.to_string()
 }
 
 impl DeadLetterFilter {
@@ -536,7 +533,7 @@ pub fn dead_letter(
         "<h2>Payload</h2><pre>{}</pre><h2>If replayed now (dry run)</h2><p data-would=\"{}\">{}</p>",
         payload(&entry.body, fields),
         forecast.outcome(),
-        escape(&forecast.to_string()),
+        escape(&redact_reason(&forecast.to_string(), fields)),
     ));
     body.push_str(&action_forms(entry.id, csrf));
     body.push_str(&format!(
@@ -551,6 +548,7 @@ pub fn dead_letter(
 pub fn selection_dry_run(
     forecasts: &[crate::reads::SelectedForecast],
     per_second: u32,
+    fields: &[String],
     csrf: &str,
 ) -> String {
     let rows: Vec<Vec<String>> = forecasts
@@ -578,7 +576,7 @@ pub fn selection_dry_run(
                 stream,
                 version,
                 format!("<span data-would=\"{0}\">{0}</span>", escape(&would)),
-                escape(&detail),
+                escape(&redact_reason(&detail, fields)),
             ]
         })
         .collect();
@@ -754,7 +752,7 @@ pub fn stream(view: &StreamView, fields: &[String], csrf: &str, now_ms: u64) -> 
                 format!("<a href=\"/dead-letters/{0}\">#{0}</a>", d.id),
                 d.version.map(|v| v.to_string()).unwrap_or_default(),
                 age(now_ms, Some(d.at_ms)),
-                escape(&d.reason),
+                escape(&redact_reason(&d.reason, fields)),
             ]
         })
         .collect();
@@ -763,11 +761,11 @@ pub fn stream(view: &StreamView, fields: &[String], csrf: &str, now_ms: u64) -> 
         &["entry", "version", "first seen", "reason"],
         &dead,
     ));
-    body.push_str(&journal_table("Journal", &view.journal));
+    body.push_str(&journal_table("Journal", &view.journal, fields));
     page(&format!("Stream {}", view.stream), &body)
 }
 
-fn journal_table(caption: &str, entries: &[JournalEntry]) -> String {
+fn journal_table(caption: &str, entries: &[JournalEntry], fields: &[String]) -> String {
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
@@ -776,7 +774,7 @@ fn journal_table(caption: &str, entries: &[JournalEntry]) -> String {
                 escape(e.kind),
                 e.stream.as_deref().map(stream_link).unwrap_or_default(),
                 e.version.map(|v| v.to_string()).unwrap_or_default(),
-                escape(&summary(e)),
+                escape(&redact_reason(&summary(e), fields)),
             ]
         })
         .collect();
@@ -799,7 +797,7 @@ pub struct JournalQuery {
 }
 
 /// `/journal`: operator actions and alerts, newest last.
-pub fn journal(entries: &[JournalEntry], query: &JournalQuery) -> String {
+pub fn journal(entries: &[JournalEntry], query: &JournalQuery, fields: &[String]) -> String {
     let options: String = std::iter::once("")
         .chain(ordo_store::journal::JOURNAL_KINDS.iter().copied())
         .map(|kind| {
@@ -817,7 +815,7 @@ pub fn journal(entries: &[JournalEntry], query: &JournalQuery) -> String {
          <label>Stream<input name=\"stream\" value=\"{}\"></label>\
          <button type=\"submit\">Filter</button></form>{}",
         escape(&query.stream),
-        journal_table(&format!("{} entries", entries.len()), entries)
+        journal_table(&format!("{} entries", entries.len()), entries, fields)
     );
     page("Journal", &body)
 }

@@ -82,11 +82,25 @@ fn get(authority: &str, path: &str) -> Result<(u16, String), String> {
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("{authority}: {e}"))?;
-    let mut answer = String::new();
-    stream
-        .take(SCRAPE_BYTES_MAX)
-        .read_to_string(&mut answer)
-        .map_err(|e| format!("{authority}: {e}"))?;
+    // The whole answer within the time, however slowly it trickles.
+    let deadline = std::time::Instant::now() + timeout;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || bytes.len() as u64 > SCRAPE_BYTES_MAX {
+            return Err(format!(
+                "{authority}: no whole answer within {SCRAPE_TIMEOUT_MS} ms"
+            ));
+        }
+        stream.set_read_timeout(Some(left)).ok();
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("{authority}: {e}")),
+        }
+    }
+    let answer = String::from_utf8_lossy(&bytes);
     let (head, body) = answer
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("{authority}: not an HTTP answer"))?;
@@ -117,6 +131,29 @@ fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
     labels.split(',').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         (k.trim() == key).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// Reads every endpoint at once (each within its own bound), in the order given.
+pub fn read_all(endpoints: &[String]) -> Vec<RunHealth> {
+    std::thread::scope(|scope| {
+        let reads: Vec<_> = endpoints
+            .iter()
+            .map(|endpoint| scope.spawn(move || read(endpoint)))
+            .collect();
+        reads
+            .into_iter()
+            .zip(endpoints)
+            .map(|(read, endpoint)| {
+                read.join().unwrap_or_else(|_| RunHealth {
+                    endpoint: endpoint.clone(),
+                    error: Some("the read failed".into()),
+                    heartbeat_age_seconds: None,
+                    ready: false,
+                    lag: Vec::new(),
+                })
+            })
+            .collect()
     })
 }
 

@@ -310,14 +310,9 @@ async fn overview(State(console): State<Shared>) -> Response {
                 .unwrap_or_default();
             let endpoints = console.run_metrics.clone();
             // Each endpoint is bounded in time; none holds the store's reader.
-            let runs = tokio::task::spawn_blocking(move || {
-                endpoints
-                    .iter()
-                    .map(|e| crate::runs::read(e))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
+            let runs = tokio::task::spawn_blocking(move || crate::runs::read_all(&endpoints))
+                .await
+                .unwrap_or_default();
             Html(pages::overview(
                 &status,
                 &history,
@@ -406,7 +401,7 @@ async fn journal(State(console): State<Shared>, Query(query): Query<JournalQuery
         limit: JOURNAL_PAGE_MAX,
     };
     match read(&console, move |r| r.journal(&filter)).await {
-        Ok(entries) => Html(pages::journal(&entries, &query)).into_response(),
+        Ok(entries) => Html(pages::journal(&entries, &query, &console.redact)).into_response(),
         Err(response) => response,
     }
 }
@@ -651,6 +646,7 @@ async fn selection_dry_run(State(console): State<Shared>, body: axum::body::Byte
         Ok(forecasts) => Html(pages::selection_dry_run(
             &forecasts,
             selection.per_second,
+            &console.redact,
             console.csrf.secret(),
         ))
         .into_response(),

@@ -1053,3 +1053,33 @@ fn a_paused_stream_stays_paused_when_what_it_waited_for_arrives() {
     d.run();
     assert_eq!(d.applied(), vec![("c", 1), ("p", 1)]);
 }
+
+#[test]
+fn pausing_makes_what_already_waits_in_memory_durable() {
+    let mut engine = Engine::new(Config::default());
+    engine.handle_event(0, at(0), incr("a", 1));
+    let first = engine.poll_work(0).expect("a@1 goes out");
+    // In line behind the one out: nothing would write it, the source re-delivers it.
+    engine.handle_event(0, at(1), incr("a", 2));
+    let changes = engine.take_changes();
+    assert!(
+        !changes.pending_put.iter().any(|p| p.version == 2),
+        "in line, not written: {changes:?}"
+    );
+    assert!(engine.pause("a"));
+    let changes = engine.take_changes();
+    assert!(
+        changes
+            .pending_put
+            .iter()
+            .any(|p| &*p.stream == "a" && p.version == 2),
+        "held by the pause, so written: {changes:?}"
+    );
+    engine.handle_outcome(0, first, Outcome::Applied);
+    assert!(
+        engine.poll_work(0).is_none(),
+        "an event already out finishes; a@2 waits"
+    );
+    assert!(engine.resume("a"));
+    assert_eq!(engine.poll_work(0).map(|w| w.event.version), Some(2));
+}

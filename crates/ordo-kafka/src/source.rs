@@ -200,7 +200,11 @@ impl KafkaSource {
     /// Pauses the assigned partitions in `self.paused` and resumes the others that were
     /// paused. librdkafka drops what it fetched for a paused partition and, resumed,
     /// fetches again after the last message it handed over, so nothing is skipped.
-    fn apply_pauses(&mut self) -> Result<(), SourceError> {
+    ///
+    /// `fresh`: the assignment was just made (an assign, a rewind): librdkafka keeps a
+    /// partition's pause across assignments, so every assigned partition is set to what
+    /// is wanted, not only those that changed.
+    fn apply_pauses(&mut self, fresh: bool) -> Result<(), SourceError> {
         let wanted: BTreeSet<i32> = self
             .assigned
             .keys()
@@ -214,8 +218,20 @@ impl KafkaSource {
             }
             list
         };
-        let pause = list(&mut wanted.difference(&self.paused_here));
-        let resume = list(&mut self.paused_here.difference(&wanted));
+        let (pause, resume) = if fresh {
+            let others: Vec<i32> = self
+                .assigned
+                .keys()
+                .copied()
+                .filter(|p| !wanted.contains(p))
+                .collect();
+            (list(&mut wanted.iter()), list(&mut others.iter()))
+        } else {
+            (
+                list(&mut wanted.difference(&self.paused_here)),
+                list(&mut self.paused_here.difference(&wanted)),
+            )
+        };
         let broker = |what: &str, e: KafkaError| SourceError::Broker(format!("{what}: {e}"));
         if pause.count() > 0 {
             self.consumer
@@ -285,8 +301,12 @@ impl Source for KafkaSource {
 
     fn pause_partitions(&mut self, paused: &BTreeSet<u32>) -> Result<(), SourceError> {
         if *paused != self.paused {
-            self.paused = paused.clone();
-            self.apply_pauses()?;
+            let before = std::mem::replace(&mut self.paused, paused.clone());
+            if let Err(error) = self.apply_pauses(false) {
+                // Tried again next turn.
+                self.paused = before;
+                return Err(error);
+            }
         }
         Ok(())
     }
@@ -371,10 +391,9 @@ impl Source for KafkaSource {
             return Ok(Polled::Events(events));
         }
         let drained = !self.assigned.is_empty()
-            && self
-                .assigned
-                .iter()
-                .all(|(p, &eof)| eof || self.paused_here.contains(p))
+            // A paused partition is not read to its end: `--exit-when-idle` waits for it.
+            && self.paused_here.is_empty()
+            && self.assigned.values().all(|&eof| eof)
             && self.last_message.elapsed() >= self.idle;
         Ok(if drained {
             Polled::Idle
@@ -409,9 +428,7 @@ impl Source for KafkaSource {
                 self.consumer
                     .assign(&list)
                     .map_err(|e| broker("cannot take partitions", e))?;
-                // A new assignment starts unpaused.
-                self.paused_here.clear();
-                self.apply_pauses()?;
+                self.apply_pauses(true)?;
             }
             None => {}
         }
@@ -452,14 +469,13 @@ impl Source for KafkaSource {
                 Some(Err(_)) | None => break,
             }
         }
-        self.paused_here.clear();
         if list.count() == 0 {
             return Ok(());
         }
         self.consumer.assign(&list).map_err(|e| {
             SourceError::Broker(format!("cannot read again from the checkpoints: {e}"))
         })?;
-        self.apply_pauses()
+        self.apply_pauses(true)
     }
 
     fn committed(&mut self, checkpoints: &[(u32, u64)]) {

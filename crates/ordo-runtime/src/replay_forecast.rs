@@ -24,6 +24,13 @@ pub enum Forecast {
     AlreadyApplied,
     /// It would be requeued but wait: the reason.
     StillBlocked(String),
+    /// It would be requeued and wait behind an earlier dead letter of its stream.
+    BehindDeadLetter {
+        /// The earlier entry.
+        id: u64,
+        /// Its version (the stream's next).
+        version: u64,
+    },
     /// The projection would refuse it again: the reason.
     FailsAgain(String),
     /// A handler decides: it would be sent to it.
@@ -46,6 +53,12 @@ impl std::fmt::Display for Forecast {
                 f.write_str("already applied (the version guard makes it a no-op)")
             }
             Forecast::StillBlocked(why) => write!(f, "still blocked: {why}"),
+            Forecast::BehindDeadLetter { id, version } => {
+                write!(
+                    f,
+                    "still blocked: behind dead letter #{id} (version {version})"
+                )
+            }
             Forecast::FailsAgain(why) => write!(f, "would be dead-lettered again: {why}"),
             Forecast::SentToHandler => {
                 f.write_str("would be sent to the recorded handler, whose answer decides")
@@ -61,7 +74,7 @@ impl Forecast {
         match self {
             Forecast::Applies { .. } => "apply",
             Forecast::AlreadyApplied => "already-applied",
-            Forecast::StillBlocked(_) => "still-blocked",
+            Forecast::StillBlocked(_) | Forecast::BehindDeadLetter { .. } => "still-blocked",
             Forecast::FailsAgain(_) => "dead-lettered-again",
             Forecast::SentToHandler => "to-handler",
             Forecast::Refused(_) => "refused",
@@ -105,19 +118,31 @@ pub fn forecast(
     if version <= applied {
         return Ok(Forecast::AlreadyApplied);
     }
+    let paused = store
+        .pauses()?
+        .into_iter()
+        .any(|p| matches!(&p.target, ordo_store::PauseTarget::Stream(s) if s.as_str() == stream));
+    if paused {
+        return Ok(Forecast::StillBlocked(format!(
+            "`{stream}` is paused by an operator (`ordo resume` lets it go)"
+        )));
+    }
     if version > applied + 1 {
-        let why = match queue
-            .iter()
-            .find(|d| d.stream.as_deref() == Some(stream) && d.version == Some(applied + 1))
-        {
-            Some(earlier) => format!(
-                "behind dead letter #{} (version {})",
-                earlier.id,
-                applied + 1
-            ),
-            None => format!("version {} of `{stream}` is missing", applied + 1),
-        };
-        return Ok(Forecast::StillBlocked(why));
+        return Ok(
+            match queue
+                .iter()
+                .find(|d| d.stream.as_deref() == Some(stream) && d.version == Some(applied + 1))
+            {
+                Some(earlier) => Forecast::BehindDeadLetter {
+                    id: earlier.id,
+                    version: applied + 1,
+                },
+                None => Forecast::StillBlocked(format!(
+                    "version {} of `{stream}` is missing",
+                    applied + 1
+                )),
+            },
+        );
     }
     // As the engine judges the stream's next event: a merge's cuts first, then `after`.
     if let Some(why) = event.merge_without_cut() {
@@ -198,7 +223,17 @@ pub fn forecast_in_order(
                 .get(&stream)
                 .filter(|(applied, _)| version == applied + 1)
                 .map(|&(_, by)| by);
-            if let (Forecast::StillBlocked(_), Some(by)) = (&forecast, chained) {
+            // Only an event that waits for nothing else (no `after`, not a merge with its
+            // cuts) is known to go once the earlier one has.
+            let waits_for_nothing_else = parse_event(
+                body.unwrap_or(&entry.body).trim().as_bytes(),
+                OpPolicy::Custom,
+            )
+            .is_ok_and(|e| e.after.is_empty() && !matches!(e.op, Op::Merge { .. }));
+            let behind_only_the_earlier = matches!(forecast, Forecast::BehindDeadLetter { .. });
+            if let (true, true, Some(by)) =
+                (behind_only_the_earlier, waits_for_nothing_else, chained)
+            {
                 forecast = if handler {
                     Forecast::SentToHandler
                 } else {

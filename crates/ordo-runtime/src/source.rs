@@ -20,6 +20,8 @@ pub enum SourceUrl {
     Log(String),
     /// `kafka://HOST:PORT/TOPIC?group=G`.
     Kafka(String),
+    /// `nats://HOST:PORT/STREAM?durable=NAME`.
+    Nats(String),
 }
 
 impl SourceUrl {
@@ -34,6 +36,9 @@ impl SourceUrl {
         if url.starts_with("kafka://") {
             return Ok(SourceUrl::Kafka(url.into()));
         }
+        if url.starts_with("nats://") {
+            return Ok(SourceUrl::Nats(url.into()));
+        }
         Err(SourceError::BadUrl(url.into()))
     }
 
@@ -42,7 +47,7 @@ impl SourceUrl {
         match self {
             SourceUrl::File(path) => format!("file:{path}"),
             SourceUrl::Log(path) => format!("log:{path}"),
-            SourceUrl::Kafka(url) => url.clone(),
+            SourceUrl::Kafka(url) | SourceUrl::Nats(url) => url.clone(),
         }
     }
 }
@@ -174,7 +179,8 @@ pub trait Source: Send {
 
     /// Reads nothing from these partitions (the whole set of paused ones, each turn) until
     /// a later call leaves them out; reading a resumed partition goes on where it
-    /// stopped. A paused partition counts as read to its end.
+    /// stopped. A paused partition is never read to its end: the source is not idle
+    /// while one is paused (`--exit-when-idle` waits for the resume).
     fn pause_partitions(&mut self, paused: &BTreeSet<u32>) -> Result<(), SourceError> {
         if paused.is_empty() {
             return Ok(());
@@ -247,7 +253,7 @@ impl Source for FileSource {
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {
         if self.paused {
             std::thread::sleep(wait.min(PAUSED_POLL_WAIT));
-            return Ok(Polled::Idle);
+            return Ok(Polled::Nothing);
         }
         let mut events = Vec::new();
         while events.len() < max {
@@ -346,7 +352,7 @@ impl Source for LogSource {
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {
         if self.paused {
             std::thread::sleep(wait.min(PAUSED_POLL_WAIT));
-            return Ok(Polled::Idle);
+            return Ok(Polled::Nothing);
         }
         let mut rows = self.log.read(self.after, max)?;
         if rows.is_empty() && !wait.is_zero() && self.log.wait_for_append(self.after, wait)? {
@@ -378,8 +384,8 @@ pub fn open(url: &SourceUrl) -> Result<Box<dyn Source>, SourceError> {
     match url {
         SourceUrl::File(path) => Ok(Box::new(FileSource::open(path)?)),
         SourceUrl::Log(path) => Ok(Box::new(LogSource::open(path)?)),
-        SourceUrl::Kafka(_) => Err(SourceError::Unsupported(
-            "the Kafka source is not in this build yet".into(),
+        SourceUrl::Kafka(_) | SourceUrl::Nats(_) => Err(SourceError::Unsupported(
+            "broker sources are opened by their own crates (ordo-kafka, ordo-nats)".into(),
         )),
     }
 }
