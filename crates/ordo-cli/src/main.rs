@@ -108,14 +108,25 @@ fn init_logs(json: bool) {
         .ok()
         .and_then(|text| text.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Broker clients narrate their connections at info level: only their warnings are
+    // the operator's business.
+    let targets = tracing_subscriber::filter::Targets::new()
+        .with_default(level)
+        .with_target("async_nats", tracing::Level::WARN.min(level));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
         .with_target(false);
     if json {
-        logs.json().flatten_event(true).init();
+        logs.json()
+            .flatten_event(true)
+            .finish()
+            .with(targets)
+            .init();
     } else {
-        logs.event_format(Human).init();
+        logs.event_format(Human).finish().with(targets).init();
     }
 }
 

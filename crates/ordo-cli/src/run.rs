@@ -96,6 +96,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 key,
             )
         }
+        SourceUrl::Nats(url) => {
+            let url = ordo_nats::NatsUrl::parse(url).map_err(anyhow::Error::msg)?;
+            // Positions belong to the stream and the consumer, not to a server address.
+            let key = format!(
+                "nats:{}?durable={}",
+                url.stream,
+                url.durable.clone().unwrap_or_default()
+            );
+            (
+                Box::new(ordo_nats::NatsSource::open(&url, args.idle_ms)?),
+                key,
+            )
+        }
         other => (ordo_runtime::source::open(other)?, other.checkpoint_key()),
     };
     let mut consumer = Consumer::open(store, &checkpoint_key, config)?;

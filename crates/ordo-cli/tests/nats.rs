@@ -1,0 +1,246 @@
+//! ordo against the local NATS JetStream server (127.0.0.1:4222, Debian's nats-server
+//! 2.9). Each test makes a stream of its own, named after the test and the process, and
+//! deletes it at the end, whatever happens. Final states are compared with the in-order
+//! oracle.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use common::{export, ok, ordo, run, run_idle, Scratch};
+use ordo_core::Event;
+use ordo_sim::scenarios::Scenario;
+use ordo_sim::{compare, oracle, Rng};
+
+/// The local server.
+const SERVER: &str = "127.0.0.1:4222";
+
+/// Messages published before waiting for their acks.
+const PUBLISH_CHUNK: usize = 256;
+
+/// A stream of this test's own, deleted on drop.
+struct TestStream {
+    runtime: tokio::runtime::Runtime,
+    context: jetstream::Context,
+    name: String,
+    subject: String,
+}
+
+impl TestStream {
+    fn new(test: &str) -> TestStream {
+        let name = format!("ORDO_{}_{}", test.to_uppercase(), std::process::id());
+        let subject = format!("{}.events", name.to_lowercase());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let context = runtime.block_on(async {
+            let client = async_nats::connect(SERVER)
+                .await
+                .expect("NATS with JetStream on 127.0.0.1:4222");
+            let context = jetstream::new(client);
+            let _ = context.delete_stream(&name).await;
+            context
+                .create_stream(stream::Config {
+                    name: name.clone(),
+                    subjects: vec![format!("{subject}.>")],
+                    ..Default::default()
+                })
+                .await
+                .expect("a stream");
+            context
+        });
+        TestStream {
+            runtime,
+            context,
+            name,
+            subject,
+        }
+    }
+
+    fn source(&self, durable: &str) -> String {
+        format!("nats://{SERVER}/{}?durable={durable}", self.name)
+    }
+
+    /// Publishes raw bodies on `SUBJECT.<entity>`, each with its message id (or none).
+    fn publish_raw(&self, messages: &[(String, Vec<u8>, Option<String>)]) {
+        // In chunks, each confirmed before the next: a bounded number of acks in flight.
+        for chunk in messages.chunks(PUBLISH_CHUNK) {
+            self.publish_chunk(chunk);
+        }
+    }
+
+    fn publish_chunk(&self, messages: &[(String, Vec<u8>, Option<String>)]) {
+        self.runtime.block_on(async {
+            let mut acks = Vec::with_capacity(messages.len());
+            for (entity, body, id) in messages {
+                let subject = format!("{}.{entity}", self.subject);
+                let ack = match id {
+                    Some(id) => {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("Nats-Msg-Id", id.as_str());
+                        self.context
+                            .publish_with_headers(subject, headers, body.clone().into())
+                            .await
+                    }
+                    None => self.context.publish(subject, body.clone().into()).await,
+                };
+                acks.push(ack.expect("publish"));
+            }
+            for ack in acks {
+                ack.await.expect("the server stored it");
+            }
+        });
+    }
+
+    /// Publishes events on `SUBJECT.<stream>`, without message ids (a producer's retries
+    /// arrive as new messages).
+    fn publish(&self, events: &[Event]) {
+        let messages: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.stream.replace('.', "_"),
+                    e.to_json_string().into_bytes(),
+                    None,
+                )
+            })
+            .collect();
+        self.publish_raw(&messages);
+    }
+}
+
+impl Drop for TestStream {
+    fn drop(&mut self) {
+        let _ = self
+            .runtime
+            .block_on(self.context.delete_stream(&self.name));
+    }
+}
+
+fn run_until_idle(source: &str, store: &str) -> serde_json::Value {
+    let output = run_idle(source, store, &["--json", "--idle-ms", "1000"]);
+    serde_json::from_slice(&output.stdout).expect("counters")
+}
+
+#[test]
+fn nats_end_to_end_with_duplicates_matches_the_oracle() {
+    let stream = TestStream::new("e2e");
+    let seed = 51;
+    let history = Scenario::Mixed.history(seed, 3000);
+    // The disordered deliveries hold the producer's retries (duplicates), published as
+    // new messages.
+    let deliveries = Scenario::Mixed.deliveries(seed, &history);
+    assert!(deliveries.len() > history.len(), "duplicates are published");
+    stream.publish(&deliveries);
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let source = stream.source("ordo");
+    let counters = run_until_idle(&source, &store);
+    assert!(counters["duplicate"].as_u64().unwrap() > 0, "{counters}");
+    let divergence = compare(&oracle::run(&history), &export(&store), true);
+    assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
+    // A second run resumes after the stored sequence: nothing is delivered again.
+    let again = run_until_idle(&source, &store);
+    assert_eq!(again, counters, "nothing new");
+}
+
+#[test]
+fn sigkill_mid_run_then_restart_matches_the_oracle() {
+    let stream = TestStream::new("kill");
+    let seed = 53;
+    let history = Scenario::Mixed.history(seed, 6000);
+    let deliveries = Scenario::Mixed.deliveries(seed, &history);
+    stream.publish(&deliveries);
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let source = stream.source("ordo");
+    let mut rng = Rng::derive(seed, "kill");
+    for _ in 0..3 {
+        let mut child = ordo()
+            .args([
+                "run", "--source", &source, "--store", &store, "--batch", "32",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.range(700, 2000)));
+        let _ = Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+    let started = Instant::now();
+    run_until_idle(&source, &store);
+    // Resumed from the store's sequence at once, not after the server's ack wait.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the restart took {:?}",
+        started.elapsed()
+    );
+    let divergence = compare(&oracle::run(&history), &export(&store), true);
+    assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
+}
+
+#[test]
+fn malformed_messages_become_dead_letters_with_their_stream_sequence() {
+    let stream = TestStream::new("bad");
+    let good = |id: &str, version: u64| {
+        format!(
+            r#"{{"id":"{id}","stream":"account-1","version":{version},"type":"T","op":"set","data":{{"n":{version}}}}}"#
+        )
+        .into_bytes()
+    };
+    stream.publish_raw(&[
+        ("account-1".into(), good("a", 1), None),
+        ("account-1".into(), b"{not json".to_vec(), None),
+        ("account-1".into(), good("b", 2), None),
+    ]);
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let counters = run_until_idle(&stream.source("ordo"), &store);
+    assert_eq!(counters["dead_lettered"], 1, "{counters}");
+    let entries = common::json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["partition"], 0);
+    assert_eq!(entries[0]["offset"], 2, "the stream sequence: {entries:?}");
+    assert!(
+        entries[0]["reason"].as_str().unwrap().contains("JSON"),
+        "{entries:?}"
+    );
+    assert_eq!(export(&store)["account-1"].version, 2, "the others go on");
+}
+
+#[test]
+fn a_missing_stream_or_durable_is_a_clear_error() {
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let output = run(&[
+        "run",
+        "--source",
+        &format!("nats://{SERVER}/ORDO_NO_SUCH_STREAM?durable=x"),
+        "--store",
+        &store,
+        "--exit-when-idle",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ORDO_NO_SUCH_STREAM"), "{stderr}");
+    assert!(
+        !stderr.contains("connected"),
+        "the client's chatter stays out: {stderr}"
+    );
+    let output = run(&[
+        "run",
+        "--source",
+        &format!("nats://{SERVER}/ORDERS"),
+        "--store",
+        &store,
+    ]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("durable"));
+}
