@@ -244,3 +244,65 @@ fn a_missing_stream_or_durable_is_a_clear_error() {
     assert_ne!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stderr).contains("durable"));
 }
+
+/// A process that stalls longer than the ack wait (SIGSTOP) has its unacknowledged
+/// messages redelivered by the server: the copies are the same stream sequences, which
+/// the engine absorbs as duplicates, and the state is the oracle's.
+#[test]
+fn a_redelivery_after_the_ack_wait_is_absorbed() {
+    let stream = TestStream::new("redeliver");
+    let history: Vec<Event> = (1..=200u64)
+        .map(|n| {
+            let stream = format!("account-{}", n % 10);
+            let version = (n - 1) / 10 + 1;
+            ordo_core::parse_event(
+                format!(
+                    r#"{{"id":"e{n}","stream":"{stream}","version":{version},"type":"T","op":"incr","data":{{"n":1}}}}"#
+                )
+                .as_bytes(),
+                ordo_core::OpPolicy::Document,
+            )
+            .unwrap()
+        })
+        .collect();
+    // No duplicates are published: every duplicate counted is a redelivery.
+    stream.publish(&history);
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let source = format!("{}&ack_wait_ms=1000", stream.source("ordo"));
+    // Nothing committed for 8 s, and the source never called idle: what was pulled
+    // stays unacknowledged.
+    let child = ordo()
+        .args(["run", "--source", &source, "--store", &store])
+        .args(["--commit-interval-ms", "8000", "--idle-ms", "60000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = common::KilledOnDrop(child);
+    std::thread::sleep(Duration::from_millis(1_500));
+    common::kill_with(&child.0, "-STOP");
+    std::thread::sleep(Duration::from_millis(3_000));
+    common::kill_with(&child.0, "-CONT");
+    let started = Instant::now();
+    let settled = loop {
+        let status = run(&["status", "--store", &store, "--json"]);
+        if status.status.success() {
+            let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+            if status["counters"]["applied"] == 200 && status["counters"]["duplicate"] != 0 {
+                break status;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no redelivery absorbed within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        settled["counters"]["duplicate"].as_u64().unwrap() > 0,
+        "{settled}"
+    );
+    let divergence = compare(&oracle::run(&history), &export(&store), true);
+    assert!(divergence.is_empty(), "{divergence}");
+}

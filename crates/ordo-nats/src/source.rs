@@ -13,8 +13,8 @@
 //!   it) of the highest stream sequence the checkpoint covers acknowledges everything
 //!   before it. Nothing is acknowledged before the commit that made it durable (applied,
 //!   or written as waiting).
-//! - **Never given up.** `MaxDeliver` is unlimited, and `AckWait` ([`ACK_WAIT_MS`]) is
-//!   far beyond a commit; a message held longer than a third of it (a slow handler, a
+//! - **Never given up.** `MaxDeliver` is unlimited, and `AckWait` ([`ACK_WAIT_MS`], or
+//!   `ack_wait_ms=` in the URL) is far beyond a commit; a message held longer than a third of it (a slow handler, a
 //!   long commit) is marked in progress (`+WPI`), which restarts its ack wait. A
 //!   redelivery that happens anyway (a process stalled longer than that) is the same
 //!   stream sequence again: the engine's dedupe and version guard absorb it.
@@ -73,6 +73,7 @@ pub struct NatsSource {
     paused: bool,
     /// The stream's last sequence and message count, as last read (for the lag).
     ends: Option<(u64, u64)>,
+    ack_wait: Duration,
 }
 
 fn server(what: &str, error: impl std::fmt::Display) -> SourceError {
@@ -118,6 +119,7 @@ impl NatsSource {
             idle: Duration::from_millis(idle_ms),
             paused: false,
             ends: None,
+            ack_wait: Duration::from_millis(url.ack_wait_ms.unwrap_or(ACK_WAIT_MS)),
         })
     }
 
@@ -136,7 +138,7 @@ impl NatsSource {
             durable_name: Some(self.durable.clone()),
             deliver_policy,
             ack_policy: AckPolicy::All,
-            ack_wait: Duration::from_millis(ACK_WAIT_MS),
+            ack_wait: self.ack_wait,
             max_deliver: -1,
             max_ack_pending: MAX_ACK_PENDING,
             filter_subject: self.url.subject.clone().unwrap_or_default(),
@@ -158,7 +160,7 @@ impl NatsSource {
 
     /// Marks messages held for a third of the ack wait as in progress.
     fn keep_alive(&mut self) {
-        let due = Duration::from_millis(ACK_WAIT_MS / 3);
+        let due = self.ack_wait / 3;
         let now = Instant::now();
         let ackers: Vec<&Acker> = self
             .unacked

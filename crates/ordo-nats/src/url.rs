@@ -14,7 +14,13 @@ pub struct NatsUrl {
     pub subject: Option<String>,
     /// The relay's subject prefix (`prefix=`): it publishes on `PREFIX.<stream>`.
     pub prefix: Option<String>,
+    /// The consumer's ack wait (`ack_wait_ms=`, at least [`ACK_WAIT_MS_MIN`]), else
+    /// [`crate::ACK_WAIT_MS`].
+    pub ack_wait_ms: Option<u64>,
 }
+
+/// Shortest ack wait accepted: below it a commit could outlast it routinely.
+pub const ACK_WAIT_MS_MIN: u64 = 1_000;
 
 impl NatsUrl {
     /// Parses a NATS URL.
@@ -46,6 +52,7 @@ impl NatsUrl {
             durable: None,
             subject: None,
             prefix: None,
+            ack_wait_ms: None,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair
@@ -56,6 +63,10 @@ impl NatsUrl {
                 "durable" => return Err(bad("the durable name must be a consumer name")),
                 "subject" => parsed.subject = Some(value.to_string()),
                 "prefix" => parsed.prefix = Some(value.to_string()),
+                "ack_wait_ms" => match value.parse::<u64>() {
+                    Ok(ms) if ms >= ACK_WAIT_MS_MIN => parsed.ack_wait_ms = Some(ms),
+                    _ => return Err(bad(&format!("ack_wait_ms must be at least {ACK_WAIT_MS_MIN}"))),
+                },
                 other => return Err(bad(&format!("unknown parameter `{other}`"))),
             }
         }
