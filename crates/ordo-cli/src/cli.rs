@@ -516,14 +516,16 @@ pub struct RelayArgs {
     /// The store whose outbox is published.
     #[arg(long)]
     pub store: String,
-    /// Where to: kafka://HOST:PORT/TOPIC (extra ?key=value go to the producer).
+    /// Where to: kafka://HOST:PORT/TOPIC (extra ?key=value go to the producer), or
+    /// nats://HOST:PORT/STREAM[?prefix=P] (subject P.<stream>, P the stream name in
+    /// lower case by default; Nats-Msg-Id the event id).
     #[arg(long)]
     pub to: String,
     /// Stop once the outbox is empty.
     #[arg(long)]
     pub exit_when_idle: bool,
     /// Outbox rows per batch.
-    #[arg(long, default_value_t = ordo_kafka::relay::RELAY_BATCH_DEFAULT)]
+    #[arg(long, default_value_t = ordo_runtime::relay::RELAY_BATCH_DEFAULT)]
     pub batch: usize,
     /// Serve Prometheus metrics (`ordo_relay_*`, the loop's heartbeat) at /metrics, and
     /// /healthz and /readyz, on ADDR: a port (127.0.0.1:PORT) or HOST:PORT.

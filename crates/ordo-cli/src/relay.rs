@@ -3,8 +3,7 @@
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
-use ordo_kafka::relay::{self, RelayOptions};
-use ordo_kafka::KafkaUrl;
+use ordo_runtime::relay::{self, Publisher, RelayOptions};
 use ordo_runtime::telemetry::{serve_in_background, Telemetry};
 
 use crate::cli::RelayArgs;
@@ -15,7 +14,7 @@ use crate::settings::open_sqlite;
 const CRASH_VARIABLE: &str = "ORDO_RELAY_CRASH_AFTER_BATCHES";
 
 pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
-    let url = KafkaUrl::parse(&args.to).map_err(anyhow::Error::msg)?;
+    let mut publisher = publisher(&args.to)?;
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(
         args.health_stuck_ms > 0,
@@ -45,7 +44,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     };
     // The relay stops between batches: a batch is published and marked, or not marked.
     let stop = AtomicBool::new(false);
-    match relay::run(&mut store, &url, &options, &stop) {
+    match relay::run(&mut store, publisher.as_mut(), &options, &stop) {
         Ok(report) => {
             tracing::info!(
                 "relay: published {} events in {} batches",
@@ -59,4 +58,18 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The broker `--to` names: `kafka://…` or `nats://…`.
+fn publisher(to: &str) -> anyhow::Result<Box<dyn Publisher>> {
+    if to.starts_with("nats://") {
+        let url = ordo_nats::NatsUrl::parse(to).map_err(anyhow::Error::msg)?;
+        return Ok(Box::new(
+            ordo_nats::NatsPublisher::connect(&url).map_err(anyhow::Error::msg)?,
+        ));
+    }
+    let url = ordo_kafka::KafkaUrl::parse(to).map_err(anyhow::Error::msg)?;
+    Ok(Box::new(
+        ordo_kafka::relay::KafkaPublisher::connect(&url).map_err(anyhow::Error::msg)?,
+    ))
 }

@@ -306,3 +306,72 @@ fn a_redelivery_after_the_ack_wait_is_absorbed() {
     let divergence = compare(&oracle::run(&history), &export(&store), true);
     assert!(divergence.is_empty(), "{divergence}");
 }
+
+/// `ordo relay --to nats://…`: a relay that crashes between the server's acks and the
+/// mark publishes the batch again on restart; the stream's duplicate window drops the
+/// copies by `Nats-Msg-Id`, so the consumer reads each event once and reaches the oracle.
+#[test]
+fn a_relay_crash_between_publish_and_mark_is_absorbed_by_the_duplicate_window() {
+    let stream = TestStream::new("relay");
+    let scratch = Scratch::new();
+    let app_store = scratch.store("app.db");
+    let seed = 73;
+    let history = Scenario::EventStore.history(seed, 600);
+    {
+        let path = scratch.path("app.db");
+        let mut store = ordo_store::SqliteStore::open(path.to_str().unwrap(), true).unwrap();
+        let rows: Vec<(String, String)> = history
+            .iter()
+            .map(|e| (e.stream.to_string(), e.to_json_string()))
+            .collect();
+        store.outbox_append(&rows).unwrap();
+    }
+    let to = format!("nats://{SERVER}/{}?prefix={}", stream.name, stream.subject);
+    let relay = [
+        "relay",
+        "--store",
+        &app_store,
+        "--to",
+        &to,
+        "--exit-when-idle",
+        "--batch",
+        "100",
+    ];
+    let crashed = ordo()
+        .args(relay)
+        .env("ORDO_RELAY_CRASH_AFTER_BATCHES", "2")
+        .output()
+        .unwrap();
+    assert_eq!(
+        crashed.status.code(),
+        Some(137),
+        "the relay crashed on purpose"
+    );
+    ok(&relay);
+    let stored = stream.runtime.block_on(async {
+        let mut handle = stream.context.get_stream(&stream.name).await.unwrap();
+        handle.info().await.unwrap().state.messages
+    });
+    assert_eq!(
+        stored,
+        history.len() as u64,
+        "the batch published twice is stored once"
+    );
+    let store = scratch.store("state.db");
+    let counters = run_until_idle(&stream.source("ordo"), &store);
+    assert_eq!(counters["applied"].as_u64(), Some(history.len() as u64));
+    let divergence = compare(&oracle::run(&history), &export(&store), true);
+    assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
+    // A prefix the stream does not take is refused before anything is published.
+    let wrong = format!("nats://{SERVER}/{}?prefix=elsewhere", stream.name);
+    let output = run(&[
+        "relay",
+        "--store",
+        &app_store,
+        "--to",
+        &wrong,
+        "--exit-when-idle",
+    ]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("elsewhere"));
+}

@@ -1,18 +1,12 @@
-//! `ordo relay`: publishes the store's outbox to Kafka, keyed by stream, in order.
-//!
-//! Each batch is sent with an idempotent producer (`enable.idempotence=true`,
-//! `acks=all`: no duplicates or reordering from the producer's own retries), flushed, and
-//! only then marked published. A crash between the flush and the mark publishes the batch
-//! again on restart: at-least-once, and the consumer's dedupe absorbs the copies.
+//! The outbox relay's Kafka side: each batch is sent with an idempotent producer
+//! (`enable.idempotence=true`, `acks=all`: no duplicates or reordering from the
+//! producer's own retries), keyed by stream, and flushed before it counts as published
+//! (the loop is [`ordo_runtime::relay`]'s).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ordo_runtime::telemetry::prometheus_client::metrics::counter::Counter;
-use ordo_runtime::telemetry::prometheus_client::metrics::gauge::Gauge;
-use ordo_runtime::telemetry::Telemetry;
-use ordo_store::SqliteStore;
+use ordo_runtime::relay::Publisher;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -21,87 +15,8 @@ use rdkafka::ClientContext;
 
 use crate::url::KafkaUrl;
 
-/// Outbox rows per batch by default.
-pub const RELAY_BATCH_DEFAULT: usize = 1000;
-
 /// Longest wait for a batch's deliveries.
 pub const FLUSH_TIMEOUT_MS: u64 = 30_000;
-
-/// How long an idle relay sleeps between looks at the outbox.
-pub const IDLE_POLL_MS: u64 = 50;
-
-/// How the relay runs.
-#[derive(Clone, Debug)]
-pub struct RelayOptions {
-    /// Stop once the outbox is empty.
-    pub exit_when_idle: bool,
-    /// Rows per batch.
-    pub batch: usize,
-    /// Exit abruptly after publishing (and before marking) this many batches (tests).
-    pub crash_after_published_batches: Option<u64>,
-    /// Where the relay reports (`relay --metrics`): heartbeat, readiness and the
-    /// `ordo_relay_*` metrics.
-    pub telemetry: Option<Arc<Telemetry>>,
-}
-
-/// The relay's own metrics, added to a [`Telemetry`].
-#[derive(Clone, Default)]
-struct RelayMetrics {
-    published: Counter,
-    batches: Counter,
-    backlog: Gauge,
-    last_publish: Gauge<f64, AtomicU64>,
-}
-
-impl RelayMetrics {
-    fn register(telemetry: &Telemetry) -> Self {
-        let metrics = RelayMetrics::default();
-        let shared = metrics.clone();
-        telemetry.add_metrics(move |r| {
-            r.register(
-                "ordo_relay_published",
-                "Outbox events published and marked",
-                shared.published.clone(),
-            );
-            r.register(
-                "ordo_relay_batches",
-                "Outbox batches published and marked",
-                shared.batches.clone(),
-            );
-            r.register(
-                "ordo_relay_outbox_backlog",
-                "Outbox events not yet published",
-                shared.backlog.clone(),
-            );
-            r.register(
-                "ordo_relay_last_publish_timestamp_seconds",
-                "When the last batch was marked published (Unix time)",
-                shared.last_publish.clone(),
-            );
-        });
-        metrics
-    }
-}
-
-impl Default for RelayOptions {
-    fn default() -> Self {
-        RelayOptions {
-            exit_when_idle: false,
-            batch: RELAY_BATCH_DEFAULT,
-            crash_after_published_batches: None,
-            telemetry: None,
-        }
-    }
-}
-
-/// What a relay run did.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RelayReport {
-    /// Events published (and marked).
-    pub published: u64,
-    /// Batches.
-    pub batches: u64,
-}
 
 struct DeliveryCounter {
     failed: AtomicU64,
@@ -120,84 +35,68 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
-/// Runs the relay until the outbox is empty (with `exit_when_idle`) or `stop` is set.
-pub fn run(
-    store: &mut SqliteStore,
-    url: &KafkaUrl,
-    options: &RelayOptions,
-    stop: &AtomicBool,
-) -> Result<RelayReport, String> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &url.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000");
-    for (key, value) in &url.params {
-        config.set(key, value);
-    }
-    let producer: BaseProducer<DeliveryCounter> = config
-        .create_with_context(DeliveryCounter {
-            failed: AtomicU64::new(0),
-        })
-        .map_err(|e| format!("cannot create a producer: {e}"))?;
-    producer
-        .client()
-        .fetch_metadata(
-            Some(&url.topic),
-            Duration::from_millis(crate::BROKER_WAIT_MS),
-        )
-        .map_err(|e| {
-            format!(
-                "no answer from {} within {} s: {e}",
-                url.brokers,
-                crate::BROKER_WAIT_MS / 1000
-            )
-        })?;
-    let telemetry = options.telemetry.as_deref();
-    let metrics = telemetry.map(RelayMetrics::register);
-    if let Some(telemetry) = telemetry {
-        telemetry.set_ready(true);
-    }
-    let mut report = RelayReport::default();
-    while !stop.load(Ordering::SeqCst) {
-        if let (Some(telemetry), Some(metrics)) = (telemetry, &metrics) {
-            telemetry.heartbeat();
-            if telemetry.lag_wanted() {
-                // A scrape asked: the backlog is the relay's lag (counted only then, as
-                // it costs a scan of the unpublished rows).
-                let backlog = store.outbox_backlog().map_err(|e| e.to_string())?;
-                metrics.backlog.set(backlog as i64);
-                telemetry.measured_lag(&[], &[]);
-            }
+/// Publishes outbox batches to one Kafka topic.
+pub struct KafkaPublisher {
+    producer: BaseProducer<DeliveryCounter>,
+    topic: String,
+}
+
+impl KafkaPublisher {
+    /// Creates the producer and checks that the broker answers.
+    pub fn connect(url: &KafkaUrl) -> Result<Self, String> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &url.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000");
+        for (key, value) in &url.params {
+            config.set(key, value);
         }
-        let rows = store
-            .outbox_unpublished(options.batch)
-            .map_err(|e| e.to_string())?;
-        let Some(&(last, _, _)) = rows.last() else {
-            if options.exit_when_idle {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(IDLE_POLL_MS));
-            continue;
-        };
-        for (_, stream, body) in &rows {
-            let mut record = BaseRecord::to(&url.topic)
+        let producer: BaseProducer<DeliveryCounter> = config
+            .create_with_context(DeliveryCounter {
+                failed: AtomicU64::new(0),
+            })
+            .map_err(|e| format!("cannot create a producer: {e}"))?;
+        producer
+            .client()
+            .fetch_metadata(
+                Some(&url.topic),
+                Duration::from_millis(crate::BROKER_WAIT_MS),
+            )
+            .map_err(|e| {
+                format!(
+                    "no answer from {} within {} s: {e}",
+                    url.brokers,
+                    crate::BROKER_WAIT_MS / 1000
+                )
+            })?;
+        Ok(KafkaPublisher {
+            producer,
+            topic: url.topic.clone(),
+        })
+    }
+}
+
+impl Publisher for KafkaPublisher {
+    fn publish(&mut self, rows: &[(u64, String, String)]) -> Result<(), String> {
+        for (_, stream, body) in rows {
+            let mut record = BaseRecord::to(&self.topic)
                 .key(stream.as_str())
                 .payload(body.as_str());
             loop {
-                match producer.send(record) {
+                match self.producer.send(record) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                         record = returned;
-                        producer.poll(Duration::from_millis(10));
+                        self.producer.poll(Duration::from_millis(10));
                     }
                     Err((error, _)) => return Err(format!("cannot send: {error}")),
                 }
             }
         }
-        producer
+        self.producer
             .flush(Duration::from_millis(FLUSH_TIMEOUT_MS))
             .map_err(|e| {
                 format!(
@@ -205,28 +104,12 @@ pub fn run(
                     FLUSH_TIMEOUT_MS / 1000
                 )
             })?;
-        let failed = producer.context().failed.swap(0, Ordering::SeqCst);
+        let failed = self.producer.context().failed.swap(0, Ordering::SeqCst);
         if failed > 0 {
             return Err(format!(
                 "{failed} deliveries failed; the batch stays unpublished and will be sent again"
             ));
         }
-        report.batches += 1;
-        if options.crash_after_published_batches == Some(report.batches) {
-            // Published, not marked: the restart publishes this batch again.
-            std::process::exit(137);
-        }
-        store
-            .outbox_mark_published(last)
-            .map_err(|e| e.to_string())?;
-        report.published += rows.len() as u64;
-        if let Some(metrics) = &metrics {
-            metrics.published.inc_by(rows.len() as u64);
-            metrics.batches.inc();
-            metrics
-                .last_publish
-                .set(ordo_runtime::now_ms() as f64 / 1000.0);
-        }
+        Ok(())
     }
-    Ok(report)
 }

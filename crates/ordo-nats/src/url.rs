@@ -65,7 +65,11 @@ impl NatsUrl {
                 "prefix" => parsed.prefix = Some(value.to_string()),
                 "ack_wait_ms" => match value.parse::<u64>() {
                     Ok(ms) if ms >= ACK_WAIT_MS_MIN => parsed.ack_wait_ms = Some(ms),
-                    _ => return Err(bad(&format!("ack_wait_ms must be at least {ACK_WAIT_MS_MIN}"))),
+                    _ => {
+                        return Err(bad(&format!(
+                            "ack_wait_ms must be at least {ACK_WAIT_MS_MIN}"
+                        )))
+                    }
                 },
                 other => return Err(bad(&format!("unknown parameter `{other}`"))),
             }

@@ -5,6 +5,7 @@ pub mod consumer;
 pub mod handler;
 pub mod handlers;
 pub mod operator;
+pub mod relay;
 pub mod replay_forecast;
 pub mod run;
 pub mod source;
