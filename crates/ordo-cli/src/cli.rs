@@ -253,6 +253,12 @@ pub struct RunArgs {
     /// drained for --exit-when-idle.
     #[arg(long, value_name = "MS", default_value_t = ordo_kafka::IDLE_MS_DEFAULT)]
     pub idle_ms: u64,
+    /// Kafka: this member's stable name in its group (`group.instance.id`, static
+    /// membership): restarted under the same name, it takes its partitions back at once
+    /// instead of waiting for the broker to expire the old session. One name per
+    /// running member (a hostname, a pod name).
+    #[arg(long, value_name = "NAME")]
+    pub member_id: Option<String>,
     /// Journal entries kept at most (`ordo notices`); older ones are deleted.
     #[arg(long, value_name = "N", default_value_t = ordo_store::journal::JOURNAL_ENTRIES_MAX_DEFAULT)]
     pub notices_max: u64,

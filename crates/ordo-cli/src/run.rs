@@ -84,7 +84,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let (source, checkpoint_key): (Box<dyn ordo_runtime::Source>, String) = match &source_url {
         SourceUrl::Kafka(url) => {
-            let url = ordo_kafka::KafkaUrl::parse(url).map_err(anyhow::Error::msg)?;
+            let mut url = ordo_kafka::KafkaUrl::parse(url).map_err(anyhow::Error::msg)?;
+            if let Some(member) = &args.member_id {
+                anyhow::ensure!(
+                    !url.params.iter().any(|(k, _)| k == "group.instance.id"),
+                    "--member-id and group.instance.id in the URL say the same: give one"
+                );
+                url.params
+                    .push(("group.instance.id".into(), member.clone()));
+            }
             // Positions belong to the topic and the group, not to a broker address.
             let key = format!(
                 "kafka:{}?group={}",
@@ -97,6 +105,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             )
         }
         SourceUrl::Nats(url) => {
+            anyhow::ensure!(
+                args.member_id.is_none(),
+                "--member-id names a Kafka group member"
+            );
             let url = ordo_nats::NatsUrl::parse(url).map_err(anyhow::Error::msg)?;
             // Positions belong to the stream and the consumer, not to a server address.
             let key = format!(
@@ -109,7 +121,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 key,
             )
         }
-        other => (ordo_runtime::source::open(other)?, other.checkpoint_key()),
+        other => {
+            anyhow::ensure!(
+                args.member_id.is_none(),
+                "--member-id names a Kafka group member"
+            );
+            (ordo_runtime::source::open(other)?, other.checkpoint_key())
+        }
     };
     let mut consumer = Consumer::open(store, &checkpoint_key, config)?;
     if args.verbose {

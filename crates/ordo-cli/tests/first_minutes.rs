@@ -486,3 +486,23 @@ fn demo_keep_leaves_its_logs_and_stores_and_the_report_explains_itself() {
     let output = run(&["demo", "--events", "300", "--keep", dir.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn member_id_is_for_kafka_sources_only() {
+    let scratch = Scratch::new();
+    let input = scratch.path("empty.jsonl");
+    write_lines(&input, &[]);
+    let source = format!("file:{}", input.to_str().unwrap());
+    let store = scratch.store("state.db");
+    let output = run(&[
+        "run",
+        "--source",
+        &source,
+        "--store",
+        &store,
+        "--member-id",
+        "m1",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Kafka"));
+}

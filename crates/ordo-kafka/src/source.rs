@@ -110,6 +110,9 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// The group session's timeout unless the URL says otherwise (`session.timeout.ms=`).
+pub const SESSION_TIMEOUT_MS_DEFAULT: u64 = 6_000;
+
 /// How often librdkafka reports statistics (the watermarks behind the lag metrics).
 pub const STATISTICS_INTERVAL_MS: u64 = 5_000;
 
@@ -144,7 +147,9 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
-            .set("session.timeout.ms", "10000")
+            // A member that died is expired after this: short, so that its partitions
+            // move on in seconds (`--member-id` avoids even that on a restart).
+            .set("session.timeout.ms", SESSION_TIMEOUT_MS_DEFAULT.to_string())
             .set("heartbeat.interval.ms", "1000")
             .set("partition.assignment.strategy", "range")
             // The partitions' watermarks for the lag metrics (`Source::ends`), without a
