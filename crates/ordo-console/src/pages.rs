@@ -830,15 +830,17 @@ mod tests {
     use super::redact_reason;
 
     #[test]
-    fn a_reason_naming_a_redacted_field_says_nothing_after_the_name() {
+    fn a_text_naming_a_redacted_field_is_hidden_whole() {
         let fields = vec!["email".to_string()];
-        assert_eq!(
-            redact_reason(
-                "field `email`: expected a number, got \"ada@example.com\"",
-                &fields
-            ),
-            "field `email` [rest redacted]"
-        );
+        for reason in [
+            "field `email`: expected a number, got \"ada@example.com\"",
+            "got \"ada@example.com\" for field `email`",
+        ] {
+            assert_eq!(
+                redact_reason(reason, &fields),
+                "[hidden: it names the redacted field `email`]"
+            );
+        }
         assert_eq!(
             redact_reason("field `balance`: expected a number", &fields),
             "field `balance`: expected a number"
