@@ -31,6 +31,10 @@ pub struct KafkaResult {
     pub raw_events_per_s: f64,
     /// ordo / raw.
     pub ratio: f64,
+    /// One hot stream (every event on one key, so one partition): ordo, events per second.
+    pub single_key_events_per_s: f64,
+    /// The raw loop on that one partition, events per second.
+    pub single_key_raw_events_per_s: f64,
 }
 
 struct Broker(Child);
@@ -65,15 +69,35 @@ pub fn run(events: usize) -> Result<KafkaResult, String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let brokers = format!("127.0.0.1:{port}");
+    let (ordo, raw) = topic_run(&listener, &brokers, "bench", events, 5_000)?;
+    let (one, one_raw) = topic_run(&listener, &brokers, "bench-one", events, 1)?;
+    Ok(KafkaResult {
+        events,
+        kafka_events_per_s: ordo,
+        raw_events_per_s: raw,
+        ratio: ordo / raw,
+        single_key_events_per_s: one,
+        single_key_raw_events_per_s: one_raw,
+    })
+}
+
+/// A topic of `events` over `streams` keys: (ordo, raw) events per second.
+fn topic_run(
+    listener: &str,
+    brokers: &str,
+    topic: &str,
+    events: usize,
+    streams: usize,
+) -> Result<(f64, f64), String> {
     let status = Command::new("tansu")
         .args([
             "topic",
             "create",
             "--broker",
-            &listener,
+            listener,
             "--partitions",
             &PARTITIONS.to_string(),
-            "bench",
+            topic,
         ])
         .stdout(Stdio::null())
         .status()
@@ -81,21 +105,16 @@ pub fn run(events: usize) -> Result<KafkaResult, String> {
     if !status.success() {
         return Err("could not create the topic".into());
     }
-    produce(&brokers, events)?;
+    produce(brokers, topic, events, streams)?;
     // Raw before and after ordo (each a fresh group reading from the start), the best
     // counting, so a cold broker does not flatter either side.
-    let raw_before = raw_loop(&brokers, events, "bench-raw-1")?;
-    let ordo = ordo_run(&brokers)?;
-    let raw = raw_before.max(raw_loop(&brokers, events, "bench-raw-2")?);
-    Ok(KafkaResult {
-        events,
-        kafka_events_per_s: ordo,
-        raw_events_per_s: raw,
-        ratio: ordo / raw,
-    })
+    let raw_before = raw_loop(brokers, topic, events, &format!("{topic}-raw-1"))?;
+    let ordo = ordo_run(brokers, topic)?;
+    let raw = raw_before.max(raw_loop(brokers, topic, events, &format!("{topic}-raw-2"))?);
+    Ok((ordo, raw))
 }
 
-fn produce(brokers: &str, events: usize) -> Result<(), String> {
+fn produce(brokers: &str, topic: &str, events: usize, streams: usize) -> Result<(), String> {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -104,7 +123,6 @@ fn produce(brokers: &str, events: usize) -> Result<(), String> {
         .create()
         .map_err(|e| e.to_string())?;
     let mut rng = Rng::derive(1, "kafka-bench");
-    let streams = 5_000;
     let mut versions = vec![0u64; streams];
     for i in 0..events {
         let s = rng.index(streams);
@@ -115,7 +133,7 @@ fn produce(brokers: &str, events: usize) -> Result<(), String> {
             versions[s],
             rng.range(1, 100)
         );
-        let mut record = BaseRecord::to("bench").key(&stream).payload(&body);
+        let mut record = BaseRecord::to(topic).key(&stream).payload(&body);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -131,7 +149,7 @@ fn produce(brokers: &str, events: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn raw_loop(brokers: &str, events: usize, group: &str) -> Result<f64, String> {
+fn raw_loop(brokers: &str, topic: &str, events: usize, group: &str) -> Result<f64, String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -141,7 +159,7 @@ fn raw_loop(brokers: &str, events: usize, group: &str) -> Result<f64, String> {
         .set("session.timeout.ms", "6000")
         .create()
         .map_err(|e| e.to_string())?;
-    consumer.subscribe(&["bench"]).map_err(|e| e.to_string())?;
+    consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
     let mut count = 0usize;
     let mut bytes = 0usize;
     let mut first = None;
@@ -173,19 +191,19 @@ fn raw_loop(brokers: &str, events: usize, group: &str) -> Result<f64, String> {
     Ok(count as f64 / last.duration_since(first).as_secs_f64())
 }
 
-fn ordo_run(brokers: &str) -> Result<f64, String> {
+fn ordo_run(brokers: &str, topic: &str) -> Result<f64, String> {
     let dir = std::env::temp_dir().join(format!("ordo-kafka-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let store_path = dir.join("state.db");
     let result = (|| {
         let url = KafkaUrl::parse(&format!(
-            "kafka://{brokers}/bench?group=bench-ordo&session.timeout.ms=6000"
+            "kafka://{brokers}/{topic}?group={topic}-ordo&session.timeout.ms=6000"
         ))?;
         let mut source = KafkaSource::open(&url, IDLE_MS).map_err(|e| e.to_string())?;
         let store = format!("sqlite:{}", store_path.to_str().ok_or("path")?);
         let report = crate::embedded::consume_until_idle(
             &store,
-            "kafka:bench?group=bench-ordo",
+            &format!("kafka:{topic}?group={topic}-ordo"),
             &mut source,
             None,
         )?;

@@ -58,6 +58,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let kafka_events = if args.quick { 30_000 } else { 100_000 };
     eprintln!("kafka: {kafka_events} events through tansu, ordo vs a raw consume loop ...");
     let kafka = ordo_bench::kafka::run(kafka_events);
+    eprintln!(
+        "nats: {kafka_events} events through the local JetStream, ordo vs a raw pull-and-ack loop, then one hot key ..."
+    );
+    let nats = ordo_bench::nats::run(kafka_events);
     if args.json {
         // Two objects: one `json!` this long exceeds the macro's recursion limit.
         let handler_keys = json!({
@@ -119,6 +123,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "postgres_vs_raw": postgres.as_ref().ok().map(|p| round3(p.ratio)),
             "postgres_skipped": postgres.as_ref().err(),
         });
+        let broker_keys = json!({
+            "single_key_events_per_s_kafka": kafka.as_ref().ok().map(|k| k.single_key_events_per_s.round()),
+            "single_key_raw_events_per_s_kafka": kafka.as_ref().ok().map(|k| k.single_key_raw_events_per_s.round()),
+            "nats_events_per_s": nats.as_ref().ok().map(|n| n.spread.ordo_events_per_s.round()),
+            "nats_raw_events_per_s": nats.as_ref().ok().map(|n| n.spread.raw_events_per_s.round()),
+            "nats_vs_raw": nats.as_ref().ok().map(|n| round3(n.spread.ratio())),
+            "single_key_events_per_s_nats": nats.as_ref().ok().map(|n| n.single_key.ordo_events_per_s.round()),
+            "single_key_raw_events_per_s_nats": nats.as_ref().ok().map(|n| n.single_key.raw_events_per_s.round()),
+            "nats_skipped": nats.as_ref().err(),
+        });
+        if let (Some(all), serde_json::Value::Object(more)) = (report.as_object_mut(), broker_keys)
+        {
+            all.extend(more);
+        }
         if let (Some(all), serde_json::Value::Object(more)) = (report.as_object_mut(), handler_keys)
         {
             all.extend(more);
@@ -259,6 +277,34 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 k.ratio
             ),
             Err(why) => outln!("{:<44} skipped: {why}", "kafka -> SQLite events/s"),
+        }
+        if let Ok(k) = &kafka {
+            outln!(
+                "{:<44} {:>14.0} {:>14.0} {:>8.3}",
+                "kafka, one hot key (vs raw, one partition)",
+                k.single_key_events_per_s,
+                k.single_key_raw_events_per_s,
+                k.single_key_events_per_s / k.single_key_raw_events_per_s
+            );
+        }
+        match &nats {
+            Ok(n) => {
+                outln!(
+                    "{:<44} {:>14.0} {:>14.0} {:>8.3}",
+                    "nats -> SQLite events/s (vs raw pull+ack)",
+                    n.spread.ordo_events_per_s,
+                    n.spread.raw_events_per_s,
+                    n.spread.ratio()
+                );
+                outln!(
+                    "{:<44} {:>14.0} {:>14.0} {:>8.3}",
+                    "nats, one hot key (vs raw, same stream)",
+                    n.single_key.ordo_events_per_s,
+                    n.single_key.raw_events_per_s,
+                    n.single_key.ratio()
+                );
+            }
+            Err(why) => outln!("{:<44} skipped: {why}", "nats -> SQLite events/s"),
         }
         match &postgres {
             Ok(p) => outln!(

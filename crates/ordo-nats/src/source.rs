@@ -49,6 +49,9 @@ pub const SERVER_WAIT_MS: u64 = 10_000;
 /// Shortest pull worth waiting on the server for (shorter ones ask without waiting).
 const PULL_WAIT_MS_MIN: u64 = 10;
 
+/// A pull or an ack taking this much longer than asked holds the loop: said in the logs.
+const SLOW_MS: Duration = Duration::from_millis(2_000);
+
 /// How long a paused source sleeps per poll (it has one partition, 0).
 const PAUSED_POLL_WAIT: Duration = Duration::from_millis(100);
 
@@ -185,37 +188,45 @@ impl NatsSource {
 
     fn pull(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, SourceError> {
         let consumer = self.consumer()?;
+        let asked = Instant::now();
         let batch = self.runtime.block_on(async {
-            let mut messages = if wait.as_millis() < u128::from(PULL_WAIT_MS_MIN) {
+            // What is there now, without waiting (the request ends when the server has
+            // nothing more). A waiting request for many messages that gets only some is
+            // not ended by nats-server 2.9 at its expiry (the client gives up 5 s later),
+            // so waiting is done by a request for one message, which either arrives or
+            // expires.
+            let mut batch = collect(
                 consumer
                     .fetch()
                     .max_messages(max)
                     .messages()
                     .await
-                    .map_err(|e| server("cannot pull", e))?
-            } else {
-                consumer
-                    .batch()
-                    .max_messages(max)
-                    .expires(wait)
-                    .messages()
-                    .await
-                    .map_err(|e| server("cannot pull", e))?
-            };
-            let mut batch = Vec::new();
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(message) => batch.push(message),
-                    Err(error) => {
-                        // A pull that ends early (a status from the server) is not fatal:
-                        // what came is delivered, the next poll asks again.
-                        tracing::debug!(%error, "nats: pull ended");
-                        break;
-                    }
-                }
+                    .map_err(|e| server("cannot pull", e))?,
+            )
+            .await;
+            if batch.is_empty() && wait.as_millis() >= u128::from(PULL_WAIT_MS_MIN) {
+                batch = collect(
+                    consumer
+                        .batch()
+                        .max_messages(1)
+                        .expires(wait)
+                        .messages()
+                        .await
+                        .map_err(|e| server("cannot pull", e))?,
+                )
+                .await;
             }
             Ok::<_, SourceError>(batch)
         })?;
+        if asked.elapsed() > wait + SLOW_MS {
+            // The loop was held: no commit, no operator action meanwhile.
+            tracing::warn!(
+                ms = asked.elapsed().as_millis() as u64,
+                wait_ms = wait.as_millis() as u64,
+                got = batch.len(),
+                "nats: slow pull"
+            );
+        }
         let now = Instant::now();
         let mut deliveries = Vec::with_capacity(batch.len());
         for message in batch {
@@ -239,6 +250,24 @@ impl NatsSource {
         }
         Ok(deliveries)
     }
+}
+
+/// Every message of one pull, in order. A pull that ends early (a status from the
+/// server) is not fatal: what came is delivered, the next poll asks again.
+async fn collect(
+    mut messages: async_nats::jetstream::consumer::pull::Batch,
+) -> Vec<async_nats::jetstream::Message> {
+    let mut batch = Vec::new();
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(message) => batch.push(message),
+            Err(error) => {
+                tracing::debug!(%error, "nats: pull ended");
+                break;
+            }
+        }
+    }
+    batch
 }
 
 impl Source for NatsSource {
@@ -288,9 +317,16 @@ impl Source for NatsSource {
             .remove(&highest)
             .expect("the highest settled sequence is held");
         let wait = Duration::from_millis(SERVER_WAIT_MS);
+        let asked = Instant::now();
         let acked = self
             .runtime
             .block_on(async { tokio::time::timeout(wait, acker.double_ack()).await });
+        if asked.elapsed() > SLOW_MS {
+            tracing::warn!(
+                ms = asked.elapsed().as_millis() as u64,
+                "nats: slow double ack"
+            );
+        }
         match acked {
             Ok(Ok(())) => {}
             // Not fatal: the server redelivers after its ack wait, and the store's
