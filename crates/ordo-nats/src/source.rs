@@ -24,6 +24,8 @@
 //! the [`Source`] calls.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
@@ -45,6 +47,14 @@ pub const MAX_ACK_PENDING: i64 = 65_536;
 
 /// Longest wait for the server to answer at start and for one JetStream API call.
 pub const SERVER_WAIT_MS: u64 = 10_000;
+
+/// The client's buffer per subscription, in messages: a pull's messages beyond it would
+/// be dropped by the client (a "slow consumer").
+const SUBSCRIPTION_CAPACITY: usize = 65_536;
+
+/// Most messages one pull asks for: well inside the subscription's buffer.
+const PULL_MESSAGES_MAX: usize = 8_192;
+const _: () = assert!(PULL_MESSAGES_MAX * 4 <= SUBSCRIPTION_CAPACITY);
 
 /// Shortest pull worth waiting on the server for (shorter ones ask without waiting).
 const PULL_WAIT_MS_MIN: u64 = 10;
@@ -77,6 +87,11 @@ pub struct NatsSource {
     /// The stream's last sequence and message count, as last read (for the lag).
     ends: Option<(u64, u64)>,
     ack_wait: Duration,
+    /// The client dropped messages of a subscription (a slow consumer). With
+    /// `AckPolicy::All` an ack past a dropped message would acknowledge it unread, so
+    /// nothing is acknowledged any more and the source fails: the restart reads again
+    /// from the store's position.
+    dropped: Arc<AtomicBool>,
 }
 
 fn server(what: &str, error: impl std::fmt::Display) -> SourceError {
@@ -96,9 +111,20 @@ impl NatsSource {
             .build()
             .map_err(|e| server("cannot start the NATS client's runtime", e))?;
         let wait = Duration::from_millis(SERVER_WAIT_MS);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let noticed = dropped.clone();
         let (client, stream) = runtime.block_on(async {
             let client = async_nats::ConnectOptions::new()
                 .connection_timeout(wait)
+                .subscription_capacity(SUBSCRIPTION_CAPACITY)
+                .event_callback(move |event| {
+                    let noticed = noticed.clone();
+                    async move {
+                        if matches!(event, async_nats::Event::SlowConsumer(_)) {
+                            noticed.store(true, Ordering::SeqCst);
+                        }
+                    }
+                })
                 .connect(&url.server)
                 .await
                 .map_err(|e| server(&format!("no answer from {}", url.server), e))?;
@@ -123,6 +149,7 @@ impl NatsSource {
             paused: false,
             ends: None,
             ack_wait: Duration::from_millis(url.ack_wait_ms.unwrap_or(ACK_WAIT_MS)),
+            dropped,
         })
     }
 
@@ -187,6 +214,12 @@ impl NatsSource {
     }
 
     fn pull(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, SourceError> {
+        if self.dropped.load(Ordering::SeqCst) {
+            return Err(SourceError::Broker(
+                "the NATS client dropped messages (a slow consumer); nothing after them was acknowledged: restart to read again from the store's position".into(),
+            ));
+        }
+        let max = max.min(PULL_MESSAGES_MAX);
         let consumer = self.consumer()?;
         let asked = Instant::now();
         let batch = self.runtime.block_on(async {
@@ -306,6 +339,10 @@ impl Source for NatsSource {
         let Some(&(_, settled)) = checkpoints.iter().find(|(p, _)| *p == PARTITION) else {
             return;
         };
+        if self.dropped.load(Ordering::SeqCst) {
+            // An ack could cover a message the client dropped unread.
+            return;
+        }
         let Some(&highest) = self.unacked.range(..=settled).next_back().map(|(s, _)| s) else {
             return;
         };
