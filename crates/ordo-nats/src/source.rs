@@ -87,6 +87,8 @@ pub struct NatsSource {
     /// The stream's last sequence and message count, as last read (for the lag).
     ends: Option<(u64, u64)>,
     ack_wait: Duration,
+    /// When the held messages were last looked at for [`Self::keep_alive`].
+    kept_alive_at: Instant,
     /// The client dropped messages of a subscription (a slow consumer). With
     /// `AckPolicy::All` an ack past a dropped message would acknowledge it unread, so
     /// nothing is acknowledged any more and the source fails: the restart reads again
@@ -150,6 +152,7 @@ impl NatsSource {
             ends: None,
             ack_wait: Duration::from_millis(url.ack_wait_ms.unwrap_or(ACK_WAIT_MS)),
             dropped,
+            kept_alive_at: Instant::now(),
         })
     }
 
@@ -192,6 +195,11 @@ impl NatsSource {
     fn keep_alive(&mut self) {
         let due = self.ack_wait / 3;
         let now = Instant::now();
+        // Looked at twice per `due` at most: not a scan of every held message per poll.
+        if now.duration_since(self.kept_alive_at) < due / 2 {
+            return;
+        }
+        self.kept_alive_at = now;
         let ackers: Vec<&Acker> = self
             .unacked
             .values_mut()
