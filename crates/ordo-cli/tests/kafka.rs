@@ -1123,12 +1123,14 @@ fn a_paused_kafka_partition_is_not_read_until_resumed() {
     };
     produce(1);
     let source = broker.source("paused", "paused");
-    let mut member = ordo()
-        .args(["run", "--source", &source, "--store", &store])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut member = common::KilledOnDrop(
+        ordo()
+            .args(["run", "--source", &source, "--store", &store])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let version = |stream: &str| {
         if !run(&["export", "--store", &store]).status.success() {
             return 0;
@@ -1172,10 +1174,8 @@ fn a_paused_kafka_partition_is_not_read_until_resumed() {
     let counters: serde_json::Value =
         serde_json::from_slice(&ok(&["status", "--store", &store, "--json"]).stdout).unwrap();
     assert_eq!(counters["counters"]["duplicate"], 0, "{counters}");
-    let _ = Command::new("kill")
-        .args(["-TERM", &member.id().to_string()])
-        .status();
-    assert_eq!(member.wait().unwrap().code(), Some(0));
+    common::kill_with(&member.0, "-TERM");
+    assert_eq!(member.0.wait().unwrap().code(), Some(0));
     admin
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();
@@ -1213,29 +1213,31 @@ fn a_killed_member_restarted_goes_on_within_seconds() {
                 .iter()
                 .all(|s| export(&store).get(*s).is_some_and(|r| r.version == version))
     };
+    // Guarded: a failed wait must not leave a member running.
     let start = || {
-        ordo()
-            .args(["run", "--source", &source, "--store", &store])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        common::KilledOnDrop(
+            ordo()
+                .args(["run", "--source", &source, "--store", &store])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
     };
     produce_round(1);
     let mut member = start();
     wait_until("the first member applies", 60_000, || applied(1));
-    let _ = Command::new("kill")
-        .args(["-KILL", &member.id().to_string()])
-        .status();
-    let _ = member.wait();
+    common::kill(&member.0);
+    let _ = member.0.wait();
     produce_round(2);
     let restarted = Instant::now();
-    let member = start();
+    let mut member = start();
     wait_until("the restarted member goes on", 60_000, || applied(2));
     let took = restarted.elapsed();
     eprintln!("restart after SIGKILL: {took:?}");
     assert!(took < Duration::from_secs(30), "{took:?}");
-    assert_eq!(stop(member).status.code(), Some(0));
+    common::kill_with(&member.0, "-TERM");
+    assert_eq!(member.0.wait().unwrap().code(), Some(0));
     admin
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();
