@@ -33,28 +33,14 @@ pub const REPLAY_RATE_MAX: u32 = 1_000;
 /// CLI, which has no browser waiting on it).
 pub const SELECTION_DURATION_MS_MAX: u64 = 3_600_000;
 
-/// An operator action asked for in the console.
+/// One operator action, as the verbs themselves take it.
+pub use ordo_runtime::operator::Action as Verb;
+
+/// What the console asks for: one verb, or a replay of several dead letters at a rate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Replay a dead letter, or a corrected event in its place.
-    Replay {
-        /// The entry.
-        id: u64,
-        /// A corrected event (JSON), if any.
-        body: Option<String>,
-    },
-    /// Pass a dead letter over.
-    Skip {
-        /// The entry.
-        id: u64,
-    },
-    /// Pass a missing version known lost.
-    SkipMissing {
-        /// The stream.
-        stream: String,
-        /// Its missing version.
-        version: u64,
-    },
+    /// One verb's action.
+    Verb(Verb),
     /// Replay several dead letters, in entry order, at most `per_second` a second.
     ReplayMany {
         /// The entries.
@@ -62,29 +48,33 @@ pub enum Action {
         /// The rate.
         per_second: u32,
     },
-    /// Pause a stream or a partition.
-    Pause(ordo_store::PauseTarget),
-    /// Resume one.
-    Resume(ordo_store::PauseTarget),
+}
+
+impl From<Verb> for Action {
+    fn from(verb: Verb) -> Self {
+        Action::Verb(verb)
+    }
 }
 
 impl Action {
     /// What the action is, in words (the result page's heading).
     pub fn describe(&self) -> String {
         match self {
-            Action::Replay { id, body: None } => format!("Replay of dead letter #{id}"),
-            Action::Replay { id, body: Some(_) } => {
+            Action::Verb(Verb::Replay { id, body: None }) => {
+                format!("Replay of dead letter #{id}")
+            }
+            Action::Verb(Verb::Replay { id, body: Some(_) }) => {
                 format!("Replay of dead letter #{id} with a corrected event")
             }
-            Action::Skip { id } => format!("Skip of dead letter #{id}"),
-            Action::SkipMissing { stream, version } => {
+            Action::Verb(Verb::Skip { id }) => format!("Skip of dead letter #{id}"),
+            Action::Verb(Verb::SkipMissing { stream, version }) => {
                 format!("Pass over version {version} of `{stream}`")
             }
+            Action::Verb(Verb::Pause(target)) => format!("Pause of {target}"),
+            Action::Verb(Verb::Resume(target)) => format!("Resume of {target}"),
             Action::ReplayMany { ids, per_second } => {
                 format!("Replay of {} dead letters at {per_second}/s", ids.len())
             }
-            Action::Pause(target) => format!("Pause of {target}"),
-            Action::Resume(target) => format!("Resume of {target}"),
         }
     }
 
@@ -158,47 +148,45 @@ impl Actor {
         let mut command = Command::new(&self.binary);
         let mut stdin = None;
         match action {
-            Action::Replay { id, body } => {
-                command.args(["dlq", "replay", &format!("--id={id}")]);
-                if let Some(body) = body {
-                    if body.len() > BODY_LEN_MAX {
-                        return Err(format!(
-                            "the corrected event is larger than {BODY_LEN_MAX} bytes"
-                        ));
+            Action::Verb(verb) => {
+                // The verb's own words (`dlq replay`, `parked skip`, `pause`, …), then its
+                // arguments as `--flag=value`: a stream key or reason starting with `-`
+                // stays a value.
+                command.args(verb.verb().split(' '));
+                match verb {
+                    Verb::Replay { id, body } => {
+                        command.arg(format!("--id={id}"));
+                        if let Some(body) = body {
+                            if body.len() > BODY_LEN_MAX {
+                                return Err(format!(
+                                    "the corrected event is larger than {BODY_LEN_MAX} bytes"
+                                ));
+                            }
+                            // On the verb's standard input: no file another user could
+                            // read or swap.
+                            command.arg("--body=/dev/stdin");
+                            stdin = Some(body.clone());
+                        }
                     }
-                    // On the verb's standard input: no file another user could read or
-                    // swap.
-                    command.arg("--body=/dev/stdin");
-                    stdin = Some(body.clone());
+                    Verb::Skip { id } => {
+                        command.arg(format!("--id={id}"));
+                    }
+                    Verb::SkipMissing { stream, version } => {
+                        command
+                            .args([format!("--stream={stream}"), format!("--version={version}")]);
+                    }
+                    Verb::Pause(target) | Verb::Resume(target) => {
+                        command.arg(match target {
+                            ordo_store::PauseTarget::Stream(stream) => format!("--stream={stream}"),
+                            ordo_store::PauseTarget::Partition(p) => format!("--partition={p}"),
+                        });
+                    }
                 }
-            }
-            Action::Skip { id } => {
-                command.args(["dlq", "skip", &format!("--id={id}")]);
-            }
-            Action::SkipMissing { stream, version } => {
-                // `--flag=value`: a stream key or reason starting with `-` stays a value.
-                command.args([
-                    "parked".to_string(),
-                    "skip".to_string(),
-                    format!("--stream={stream}"),
-                    format!("--version={version}"),
-                ]);
             }
             Action::ReplayMany { ids, per_second } => {
                 check_selection(ids, *per_second)?;
                 command.args(["dlq", "replay", &format!("--rate={per_second}/s")]);
                 command.args(ids.iter().map(|id| format!("--id={id}")));
-            }
-            Action::Pause(target) | Action::Resume(target) => {
-                command.arg(if matches!(action, Action::Pause(_)) {
-                    "pause"
-                } else {
-                    "resume"
-                });
-                command.arg(match target {
-                    ordo_store::PauseTarget::Stream(stream) => format!("--stream={stream}"),
-                    ordo_store::PauseTarget::Partition(p) => format!("--partition={p}"),
-                });
             }
         }
         command.args([

@@ -15,7 +15,7 @@ use ordo_store::journal::JournalFilter;
 use ordo_store::PauseTarget;
 
 use crate::access::{Access, AccessError, Csrf};
-use crate::actions::{Action, Actor};
+use crate::actions::{Action, Actor, Verb};
 use crate::pages::{self, DeadLetterFilter, JournalQuery};
 use crate::reads::{Reader, JOURNAL_PAGE_MAX};
 
@@ -424,9 +424,10 @@ async fn act(
     console: Shared,
     headers: HeaderMap,
     form: ActionForm,
-    action: Action,
+    action: impl Into<Action>,
     back: String,
 ) -> Response {
+    let action = action.into();
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
     if !console.csrf.allows(
         &form.csrf,
@@ -476,7 +477,7 @@ async fn replay(
 ) -> Response {
     let body = Some(form.body.trim().to_string()).filter(|b| !b.is_empty());
     let back = format!("/dead-letters/{id}");
-    act(console, headers, form, Action::Replay { id, body }, back).await
+    act(console, headers, form, Verb::Replay { id, body }, back).await
 }
 
 async fn skip(
@@ -486,7 +487,7 @@ async fn skip(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let back = format!("/dead-letters/{id}");
-    act(console, headers, form, Action::Skip { id }, back).await
+    act(console, headers, form, Verb::Skip { id }, back).await
 }
 
 async fn skip_missing(
@@ -499,7 +500,7 @@ async fn skip_missing(
         return (StatusCode::BAD_REQUEST, "the form names no version").into_response();
     };
     let back = pages::stream_href(&key);
-    let action = Action::SkipMissing {
+    let action = Verb::SkipMissing {
         stream: key,
         version,
     };
@@ -513,7 +514,7 @@ async fn pause_stream(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let back = pages::stream_href(&key);
-    let action = Action::Pause(PauseTarget::Stream(key));
+    let action = Verb::Pause(PauseTarget::Stream(key));
     act(console, headers, form, action, back).await
 }
 
@@ -524,7 +525,7 @@ async fn resume_stream(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let back = pages::stream_href(&key);
-    let action = Action::Resume(PauseTarget::Stream(key));
+    let action = Verb::Resume(PauseTarget::Stream(key));
     act(console, headers, form, action, back).await
 }
 
@@ -534,7 +535,7 @@ async fn pause_partition(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let action = Action::Pause(PauseTarget::Partition(partition));
+    let action = Verb::Pause(PauseTarget::Partition(partition));
     act(console, headers, form, action, "/".into()).await
 }
 
@@ -544,7 +545,7 @@ async fn resume_partition(
     headers: HeaderMap,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let action = Action::Resume(PauseTarget::Partition(partition));
+    let action = Verb::Resume(PauseTarget::Partition(partition));
     act(console, headers, form, action, "/".into()).await
 }
 
@@ -562,7 +563,7 @@ async fn pause_partition_form(
     headers: HeaderMap,
     Form(form): Form<PartitionForm>,
 ) -> Response {
-    let action = Action::Pause(PauseTarget::Partition(form.partition));
+    let action = Verb::Pause(PauseTarget::Partition(form.partition));
     let form = ActionForm {
         csrf: form.csrf,
         reason: form.reason,
