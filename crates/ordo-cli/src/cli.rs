@@ -218,7 +218,8 @@ pub struct EngineArgs {
 /// `ordo run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Where events come from: file:PATH, log:PATH or kafka://HOST:PORT/TOPIC?group=G.
+    /// Where events come from: file:PATH, log:PATH, kafka://HOST:PORT/TOPIC?group=G or
+    /// nats://HOST:PORT/STREAM?durable=NAME[&partitions=N&prefix=P].
     #[arg(long)]
     pub source: String,
     /// Where state goes: sqlite:PATH or postgres://...
@@ -249,14 +250,15 @@ pub struct RunArgs {
     /// applied, redirected to Y, waits for a merge, duplicate, stale, dead-lettered.
     #[arg(short, long)]
     pub verbose: bool,
-    /// Kafka: quiet time, with every assigned partition at its end, that counts as
-    /// drained for --exit-when-idle.
+    /// Kafka and NATS: quiet time, with every assigned partition at its end, that counts
+    /// as drained for --exit-when-idle.
     #[arg(long, value_name = "MS", default_value_t = ordo_kafka::IDLE_MS_DEFAULT)]
     pub idle_ms: u64,
-    /// Kafka: this member's stable name in its group (`group.instance.id`, static
-    /// membership): restarted under the same name, it takes its partitions back at once
-    /// instead of waiting for the broker to expire the old session. One name per
-    /// running member (a hostname, a pod name).
+    /// This member's stable name in its group: Kafka's `group.instance.id` (static
+    /// membership), or its name in the PostgreSQL group of a partitioned NATS source.
+    /// Restarted under the same name, it takes its partitions back at once instead of
+    /// waiting for its old session to expire. One name per running member (a hostname,
+    /// a pod name).
     #[arg(long, value_name = "NAME")]
     pub member_id: Option<String>,
     /// Journal entries kept at most (`ordo notices`); older ones are deleted.

@@ -105,10 +105,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             )
         }
         SourceUrl::Nats(url) => {
-            anyhow::ensure!(
-                args.member_id.is_none(),
-                "--member-id names a Kafka group member"
-            );
             let url = ordo_nats::NatsUrl::parse(url).map_err(anyhow::Error::msg)?;
             // Positions belong to the stream and the consumer, not to a server address.
             let key = format!(
@@ -116,10 +112,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 url.stream,
                 url.durable.clone().unwrap_or_default()
             );
-            (
-                Box::new(ordo_nats::NatsSource::open(&url, args.idle_ms)?),
-                key,
-            )
+            let source = open_nats(&url, &key, &mut store, &args)?;
+            (source, key)
         }
         other => {
             anyhow::ensure!(
@@ -194,6 +188,40 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A NATS source: one member of a group when it is partitioned and the store is
+/// PostgreSQL (the group's members share it), else the reader of every partition.
+fn open_nats(
+    url: &ordo_nats::NatsUrl,
+    key: &str,
+    store: &mut ordo_store::AnyStore,
+    args: &RunArgs,
+) -> anyhow::Result<Box<dyn ordo_runtime::Source>> {
+    let postgres = match store {
+        ordo_store::AnyStore::Postgres(postgres) if url.partitions > 1 => postgres,
+        _ => {
+            anyhow::ensure!(
+                args.member_id.is_none(),
+                "--member-id names a group member: a Kafka source, or a NATS source with partitions=N and a PostgreSQL store"
+            );
+            return Ok(Box::new(ordo_nats::NatsSource::open(url, args.idle_ms)?));
+        }
+    };
+    if let Some(member) = &args.member_id {
+        postgres.set_member(member);
+    }
+    let members = postgres.members(
+        key,
+        url.partitions,
+        std::time::Duration::from_millis(ordo_runtime::membership::SESSION_TIMEOUT_MS),
+    );
+    let member = ordo_runtime::membership::Member::start(members, url.partitions);
+    Ok(Box::new(ordo_nats::NatsSource::open_member(
+        url,
+        args.idle_ms,
+        member,
+    )?))
 }
 
 /// What is still stuck at the end of a run, by stream, so that nobody has to guess

@@ -375,3 +375,205 @@ fn a_relay_crash_between_publish_and_mark_is_absorbed_by_the_duplicate_window() 
     assert_ne!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stderr).contains("elsewhere"));
 }
+
+/// Subject partitions in the group test.
+const GROUP_PARTITIONS: u32 = 4;
+
+impl TestStream {
+    /// A source reading the stream as `GROUP_PARTITIONS` subject partitions.
+    fn partitioned_source(&self, durable: &str) -> String {
+        format!(
+            "nats://{SERVER}/{}?durable={durable}&partitions={GROUP_PARTITIONS}&prefix={}",
+            self.name, self.subject
+        )
+    }
+
+    /// Publishes events on `SUBJECT.<partition>.<stream>`, as a producer using ordo's
+    /// partitioner does.
+    fn publish_partitioned(&self, events: &[Event]) {
+        let messages: Vec<_> = events
+            .iter()
+            .map(|e| {
+                let token = ordo_nats::token(&e.stream);
+                let partition = ordo_nats::partition_of(&token, GROUP_PARTITIONS);
+                (
+                    format!("{partition}.{token}"),
+                    e.to_json_string().into_bytes(),
+                    None,
+                )
+            })
+            .collect();
+        self.publish_raw(&messages);
+    }
+}
+
+/// Live claims by member name, in a PostgreSQL store's schema.
+fn claims_by_member(schema: &str) -> std::collections::BTreeMap<String, i64> {
+    common::postgres_admin()
+        .query(
+            &format!("SELECT member, COUNT(*) FROM {schema}.claims WHERE member <> '' GROUP BY 1"),
+            &[],
+        )
+        .map(|rows| rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+        .unwrap_or_default() // the schema is created by the first member
+}
+
+/// The epoch of each partition's claim.
+fn claim_epochs(schema: &str) -> Vec<i64> {
+    common::postgres_admin()
+        .query(
+            &format!("SELECT epoch FROM {schema}.claims ORDER BY partition"),
+            &[],
+        )
+        .map(|rows| rows.iter().map(|row| row.get(0)).collect())
+        .unwrap_or_default()
+}
+
+/// Waits for `done` at most `limit`, failing the test with `what` otherwise; how long
+/// it took.
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    started.elapsed()
+}
+
+/// Two `ordo run` processes on one stream read as four subject partitions, sharing
+/// PostgreSQL: the group splits the partitions, a SIGKILLed member's partitions go to
+/// the other after the session timeout, a new member takes half back (hand-over by
+/// release, no fencing), a member restarted under its `--member-id` takes its own back
+/// at once, and the running group reaches the oracle on a workload whose dependencies
+/// and merges cross partitions. The last part of the events is published by `ordo relay`
+/// with `partitions=`, so producer and consumers agree on the partitioner.
+#[test]
+fn two_members_on_subject_partitions_survive_a_sigkill() {
+    let stream = TestStream::new("group");
+    let seed = 79;
+    let history = Scenario::Mixed.history(seed, 4_000);
+    let deliveries = Scenario::Mixed.deliveries(seed, &history);
+    let parts: Vec<&[Event]> = deliveries.chunks(deliveries.len().div_ceil(3)).collect();
+    let (mut admin, schema, store) = common::postgres_schema("ordo_nats_group");
+    let source = stream.partitioned_source("members");
+    let scratch = Scratch::new();
+    // Each member's stderr goes to a file (ORDO_TEST_LOG_DIR keeps them for a look).
+    let logs = std::env::var_os("ORDO_TEST_LOG_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| scratch.path(""));
+    let spawn = |name: &str, member_id: Option<&str>| {
+        let mut command = ordo();
+        command.args([
+            "run", "--source", &source, "--store", &store, "--batch", "16",
+        ]);
+        if let Some(id) = member_id {
+            command.args(["--member-id", id]);
+        }
+        let log = logs.join(format!("{name}.log"));
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (common::KilledOnDrop(child), log)
+    };
+    stream.publish_partitioned(parts[0]);
+    let first = spawn("first", None);
+    let (second, _) = spawn("second", Some("second"));
+    let split = |claims: &std::collections::BTreeMap<String, i64>| {
+        claims.len() == 2 && claims.values().all(|&n| n == 2)
+    };
+    wait_until("two partitions each", Duration::from_secs(30), || {
+        split(&claims_by_member(&schema))
+    });
+    stream.publish_partitioned(parts[1]);
+    // Killed mid-stream: the other takes its partitions once its heartbeat is older than
+    // the session timeout.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(first);
+    let took = wait_until(
+        "the survivor holds every partition",
+        Duration::from_secs(30),
+        || claims_by_member(&schema).get("second") == Some(&i64::from(GROUP_PARTITIONS)),
+    );
+    eprintln!("the killed member's partitions taken over after {took:?}");
+    // A new member: the survivor releases two, the newcomer takes them.
+    let third = spawn("third", None);
+    wait_until("a split with the newcomer", Duration::from_secs(30), || {
+        split(&claims_by_member(&schema))
+    });
+    // The rest through the relay, partitioned the same way.
+    let app_store = scratch.store("app.db");
+    {
+        let path = scratch.path("app.db");
+        let mut app = ordo_store::SqliteStore::open(path.to_str().unwrap(), true).unwrap();
+        let rows: Vec<(String, String)> = parts[2]
+            .iter()
+            .map(|e| (e.stream.to_string(), e.to_json_string()))
+            .collect();
+        app.outbox_append(&rows).unwrap();
+    }
+    let to = format!(
+        "nats://{SERVER}/{}?prefix={}&partitions={GROUP_PARTITIONS}",
+        stream.name, stream.subject
+    );
+    ok(&[
+        "relay",
+        "--store",
+        &app_store,
+        "--to",
+        &to,
+        "--exit-when-idle",
+    ]);
+    // Restarted under its name, a member takes its partitions back without waiting for
+    // its old heartbeat to age.
+    let epochs = claim_epochs(&schema);
+    drop(second);
+    let (second, second_log) = spawn("second-again", Some("second"));
+    let back = wait_until(
+        "the restarted member re-claims its partitions",
+        Duration::from_secs(30),
+        || {
+            let now = claim_epochs(&schema);
+            now.len() == epochs.len() && now.iter().zip(&epochs).filter(|(n, e)| n > e).count() == 2
+        },
+    );
+    eprintln!("restarted under its name, its partitions back after {back:?}");
+    assert!(
+        back < Duration::from_millis(ordo_runtime::membership::SESSION_TIMEOUT_MS),
+        "a restart under the same name does not wait for the session timeout ({back:?})"
+    );
+    // The running group converges: no final sweep by a single process.
+    let expected = oracle::run(&history);
+    let converging = Instant::now();
+    loop {
+        let divergence = compare(&expected, &export(&store), true);
+        if divergence.is_empty() {
+            break;
+        }
+        assert!(
+            converging.elapsed() < Duration::from_secs(120),
+            "seed {seed}: the running group did not converge within 120 s:\n{divergence}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "converged {:?} after the last publish",
+        converging.elapsed()
+    );
+    for (mut child, log) in [(second, second_log), third] {
+        common::kill_with(&child.0, "-TERM");
+        let status = child.0.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(0), "{text}");
+        assert!(
+            !text.contains("fenced"),
+            "a hand-over fenced a member: {text}"
+        );
+    }
+    let divergence = compare(&expected, &export(&store), true);
+    assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
+}

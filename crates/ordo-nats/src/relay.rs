@@ -1,5 +1,6 @@
 //! The outbox relay's NATS side: each event is published to JetStream on
-//! `PREFIX.<stream>` with `Nats-Msg-Id` set to its event id, and the batch counts as
+//! `PREFIX.<stream>` (`PREFIX.<partition>.<stream>` with `partitions=N`, see
+//! [`crate::partition`]) with `Nats-Msg-Id` set to its event id, and the batch counts as
 //! published once the server acknowledged every event (the loop is
 //! [`ordo_runtime::relay`]'s). A batch published again after a crash between the acks
 //! and the mark is dropped by the stream's duplicate window (two minutes by default),
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use ordo_runtime::relay::Publisher;
 
+use crate::partition::subject;
 use crate::url::NatsUrl;
 
 /// Events published before their acks are awaited.
@@ -19,6 +21,8 @@ pub struct NatsPublisher {
     runtime: tokio::runtime::Runtime,
     context: async_nats::jetstream::Context,
     prefix: String,
+    /// `partitions=N`: published on `PREFIX.<partition>.<stream>`.
+    partitions: u32,
 }
 
 impl NatsPublisher {
@@ -64,6 +68,7 @@ impl NatsPublisher {
             runtime,
             context,
             prefix,
+            partitions: url.partitions,
         })
     }
 }
@@ -75,19 +80,6 @@ fn event_id(body: &str) -> Option<String> {
     value["id"].as_str().map(String::from)
 }
 
-/// A subject token for a stream key: NATS subjects split on `.` and reserve `*`, `>`
-/// and whitespace.
-fn token(stream: &str) -> String {
-    stream
-        .chars()
-        .map(|c| match c {
-            '.' | '*' | '>' => '_',
-            c if c.is_whitespace() => '_',
-            c => c,
-        })
-        .collect()
-}
-
 impl Publisher for NatsPublisher {
     fn publish(&mut self, rows: &[(u64, String, String)]) -> Result<(), String> {
         let wait = Duration::from_millis(crate::SERVER_WAIT_MS);
@@ -95,7 +87,7 @@ impl Publisher for NatsPublisher {
             for window in rows.chunks(PUBLISH_WINDOW) {
                 let mut acks = Vec::with_capacity(window.len());
                 for (_, stream, body) in window {
-                    let subject = format!("{}.{}", self.prefix, token(stream));
+                    let subject = subject(&self.prefix, self.partitions, stream);
                     let mut headers = async_nats::HeaderMap::new();
                     if let Some(id) = event_id(body) {
                         headers.insert("Nats-Msg-Id", id.as_str());
@@ -125,8 +117,6 @@ mod tests {
 
     #[test]
     fn subjects_and_message_ids_come_from_the_event() {
-        assert_eq!(token("customer-1"), "customer-1");
-        assert_eq!(token("eu.customer 1*"), "eu_customer_1_");
         assert_eq!(
             event_id(r#"{"id":"e1","stream":"s"}"#).as_deref(),
             Some("e1")

@@ -1,5 +1,6 @@
-//! `nats://HOST:PORT/STREAM?durable=NAME[&subject=FILTER]`: a JetStream stream, and the
-//! durable pull consumer ordo reads it through.
+//! `nats://HOST:PORT/STREAM?durable=NAME[&subject=FILTER]`, or
+//! `…?durable=NAME&partitions=N&prefix=P`: a JetStream stream, and the durable pull
+//! consumers ordo reads it through (one, or one per subject partition `P.<n>.>`).
 
 /// A parsed NATS URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,12 +13,19 @@ pub struct NatsUrl {
     pub durable: Option<String>,
     /// Only subjects matching this filter (`subject=`), else the whole stream.
     pub subject: Option<String>,
-    /// The relay's subject prefix (`prefix=`): it publishes on `PREFIX.<stream>`.
+    /// The subject prefix (`prefix=`): the relay publishes on `PREFIX.<stream>`, a source
+    /// reads `PREFIX.>` (`PREFIX.<n>.>` per partition).
     pub prefix: Option<String>,
+    /// How many subject partitions the stream is read as (`partitions=`, 1 when not
+    /// given): partition `n` is the subjects `PREFIX.<n>.>`, read through the durable
+    /// consumer `NAME-<n>`.
+    pub partitions: u32,
     /// The consumer's ack wait (`ack_wait_ms=`, at least [`ACK_WAIT_MS_MIN`]), else
     /// [`crate::ACK_WAIT_MS`].
     pub ack_wait_ms: Option<u64>,
 }
+
+use crate::partition::PARTITIONS_MAX;
 
 /// Shortest ack wait accepted: below it a commit could outlast it routinely.
 pub const ACK_WAIT_MS_MIN: u64 = 1_000;
@@ -52,6 +60,7 @@ impl NatsUrl {
             durable: None,
             subject: None,
             prefix: None,
+            partitions: 1,
             ack_wait_ms: None,
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -71,10 +80,48 @@ impl NatsUrl {
                         )))
                     }
                 },
+                "partitions" => match value.parse::<u32>() {
+                    Ok(n) if (1..=PARTITIONS_MAX).contains(&n) => parsed.partitions = n,
+                    _ => return Err(bad(&format!("partitions must be 1 to {PARTITIONS_MAX}"))),
+                },
                 other => return Err(bad(&format!("unknown parameter `{other}`"))),
             }
         }
+        if parsed.partitions > 1 {
+            if parsed.prefix.is_none() {
+                return Err(bad(
+                    "partitions=N needs prefix=P: partition n is the subjects P.<n>.>",
+                ));
+            }
+            if parsed.subject.is_some() {
+                return Err(bad(
+                    "subject= and partitions= both choose the subjects read: give one",
+                ));
+            }
+        }
         Ok(parsed)
+    }
+
+    /// The subjects partition `partition` reads: `PREFIX.<n>.>` when partitioned, else
+    /// `subject=`, else `PREFIX.>`, else the whole stream (`""`).
+    pub fn filter_subject(&self, partition: u32) -> String {
+        match (&self.prefix, &self.subject) {
+            (Some(prefix), _) if self.partitions > 1 => format!("{prefix}.{partition}.>"),
+            (_, Some(subject)) => subject.clone(),
+            (Some(prefix), None) => format!("{prefix}.>"),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The durable consumer that reads `partition`: `NAME`, or `NAME-<n>` when
+    /// partitioned.
+    pub fn consumer_name(&self, partition: u32) -> Option<String> {
+        let durable = self.durable.as_ref()?;
+        Some(if self.partitions > 1 {
+            format!("{durable}-{partition}")
+        } else {
+            durable.clone()
+        })
     }
 }
 
@@ -94,5 +141,22 @@ mod tests {
         assert!(NatsUrl::parse("nats://h:1/A.B?durable=x").is_err());
         assert!(NatsUrl::parse("nats://h:1/A?durable=x.y").is_err());
         assert!(NatsUrl::parse("nats://h:1/A?group=x").is_err());
+    }
+
+    #[test]
+    fn partitions_need_a_prefix_and_name_their_consumers() {
+        let url =
+            NatsUrl::parse("nats://h:1/ORDERS?durable=ordo&partitions=4&prefix=orders").unwrap();
+        assert_eq!(url.partitions, 4);
+        assert_eq!(url.filter_subject(3), "orders.3.>");
+        assert_eq!(url.consumer_name(3).as_deref(), Some("ordo-3"));
+        assert!(NatsUrl::parse("nats://h:1/O?durable=o&partitions=4").is_err());
+        assert!(NatsUrl::parse("nats://h:1/O?durable=o&partitions=0&prefix=p").is_err());
+        assert!(
+            NatsUrl::parse("nats://h:1/O?durable=o&partitions=2&prefix=p&subject=p.>").is_err()
+        );
+        let single = NatsUrl::parse("nats://h:1/O?durable=o&prefix=p").unwrap();
+        assert_eq!(single.filter_subject(0), "p.>");
+        assert_eq!(single.consumer_name(0).as_deref(), Some("o"));
     }
 }

@@ -501,11 +501,12 @@ impl<S: Store> Consumer<S> {
     }
 
     /// Gives partitions up (a revocation, after the commit that settles them).
-    pub fn release(&mut self, partitions: &[u32]) {
-        self.store.release(partitions);
+    pub fn release(&mut self, partitions: &[u32]) -> Result<(), ConsumeError> {
         if let Some(owned) = self.owned.as_mut() {
             owned.retain(|p| !partitions.contains(p));
         }
+        self.store.release(partitions)?;
+        Ok(())
     }
 
     /// Whether this consumer is one member of a group sharing its store.

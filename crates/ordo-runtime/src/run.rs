@@ -337,7 +337,7 @@ impl RunLoop {
                 commit(consumer, source, conflicts, false)?;
                 self.commits += 1;
                 self.oldest_uncommitted_ms = None;
-                consumer.release(&partitions);
+                consumer.release(&partitions)?;
                 // Forget the revoked partitions' streams: whatever of them still waits
                 // here (parked, buffered) is the next owner's now, and nothing may be
                 // applied or written for them from this process (its claims no longer

@@ -79,6 +79,8 @@ pub enum SourceError {
     Unsupported(String),
     /// The broker failed or cannot be reached.
     Broker(String),
+    /// The group's membership failed (see [`crate::membership`]).
+    Membership(ordo_store::members::MembersError),
 }
 
 impl fmt::Display for SourceError {
@@ -87,7 +89,7 @@ impl fmt::Display for SourceError {
             SourceError::BadUrl(url) => {
                 write!(
                     f,
-                    "unsupported source URL `{url}` (expected file:PATH, log:PATH or kafka://HOST:PORT/TOPIC?group=G)"
+                    "unsupported source URL `{url}` (expected file:PATH, log:PATH, kafka://HOST:PORT/TOPIC?group=G or nats://HOST:PORT/STREAM?durable=NAME)"
                 )?;
                 if !url.contains(':') {
                     // The usual first try: a bare file name.
@@ -102,6 +104,7 @@ impl fmt::Display for SourceError {
             SourceError::Log(error) => error.fmt(f),
             SourceError::Unsupported(what) => write!(f, "{what}"),
             SourceError::Broker(detail) => write!(f, "broker: {detail}"),
+            SourceError::Membership(error) => error.fmt(f),
         }
     }
 }

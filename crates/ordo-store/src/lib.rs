@@ -8,6 +8,7 @@
 
 mod error;
 pub mod journal;
+pub mod members;
 mod memory;
 mod operator;
 pub mod outbox;
@@ -149,7 +150,9 @@ pub trait Store {
     }
 
     /// Gives claimed partitions up (on revocation, after the last commit for them).
-    fn release(&mut self, _partitions: &[u32]) {}
+    fn release(&mut self, _partitions: &[u32]) -> Result<(), ReadError> {
+        Ok(())
+    }
 
     /// The caller dropped its cached documents: a store tracking what was read may forget
     /// it too.
@@ -356,7 +359,7 @@ impl Store for AnyStore {
         }
     }
 
-    fn release(&mut self, partitions: &[u32]) {
+    fn release(&mut self, partitions: &[u32]) -> Result<(), ReadError> {
         match self {
             AnyStore::Sqlite(s) => s.release(partitions),
             AnyStore::Postgres(s) => s.release(partitions),

@@ -472,8 +472,9 @@ impl Store for SharedMemoryStore {
         Ok(())
     }
 
-    fn release(&mut self, partitions: &[u32]) {
+    fn release(&mut self, partitions: &[u32]) -> Result<(), ReadError> {
         self.claims.retain(|(p, _)| !partitions.contains(p));
+        Ok(())
     }
 
     fn forget_documents(&mut self) {

@@ -95,6 +95,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS claims (
     source TEXT NOT NULL, partition BIGINT NOT NULL, member TEXT NOT NULL,
     epoch BIGINT NOT NULL, PRIMARY KEY (source, partition));
+CREATE TABLE IF NOT EXISTS members (
+    source TEXT NOT NULL, member TEXT NOT NULL, partitions BIGINT NOT NULL,
+    seen_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (source, member));
 CREATE TABLE IF NOT EXISTS journal (
     id BIGSERIAL PRIMARY KEY, at_ms BIGINT NOT NULL, kind TEXT NOT NULL, stream TEXT,
     version BIGINT, detail TEXT NOT NULL);
@@ -118,7 +121,7 @@ ALTER TABLE dedupe_blocks DROP CONSTRAINT IF EXISTS dedupe_blocks_pkey;
 ALTER TABLE dedupe_blocks ADD COLUMN IF NOT EXISTS block BIGSERIAL PRIMARY KEY;
 ";
 
-fn database(error: postgres::Error) -> String {
+pub(crate) fn database(error: postgres::Error) -> String {
     // The client's messages never carry the password; the URL is redacted by callers.
     // A server error's own message says more than the client's "db error".
     match error.as_db_error() {
@@ -222,7 +225,11 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-fn connect(url: &str, schema: Option<&str>, read_only: bool) -> Result<Client, postgres::Error> {
+pub(crate) fn connect(
+    url: &str,
+    schema: Option<&str>,
+    read_only: bool,
+) -> Result<Client, postgres::Error> {
     let mut config: postgres::Config = url.parse()?;
     config.connect_timeout(Duration::from_secs(CONNECT_TIMEOUT_S));
     let mut client = config.connect(NoTls)?;
@@ -553,6 +560,33 @@ impl PostgresStore {
     /// This process's identity in the partition claims.
     pub fn member(&self) -> &str {
         &self.member
+    }
+
+    /// Names this process in the partition claims and the group (`--member-id`): a
+    /// member restarted under the same name takes its partitions back at once. Two
+    /// processes running at once must not share a name; the claims' epochs still fence
+    /// the older one.
+    pub fn set_member(&mut self, member: &str) {
+        assert!(self.claims.is_empty(), "named before any claim");
+        self.member = member.to_string();
+    }
+
+    /// This process's heartbeat and view in a group reading `source` as `partitions`
+    /// partitions, on its own connection to this store's database.
+    pub fn members(
+        &self,
+        source: &str,
+        partitions: u32,
+        session_timeout: Duration,
+    ) -> crate::members::PgMembers {
+        crate::members::PgMembers::new(
+            self.url.clone(),
+            self.schema.clone(),
+            source,
+            &self.member,
+            partitions,
+            session_timeout,
+        )
     }
 
     /// The server-side process id of this store's connection (tests cut it with
@@ -1119,7 +1153,12 @@ fn migrate(client: &mut Client) -> Result<(), MigrateError> {
             return Err(MigrateError::Newer(found));
         }
     }
-    transaction.batch_execute(SCHEMA)?;
+    let current = found == Some(POSTGRES_SCHEMA_VERSION) && all_exist(&mut transaction)?;
+    if !current {
+        // Only when something is missing: `CREATE INDEX IF NOT EXISTS` locks its table
+        // before it looks, and a member starting beside committing ones would deadlock.
+        transaction.batch_execute(SCHEMA)?;
+    }
     if found == Some(1) {
         transaction.batch_execute(MIGRATE_1_TO_2)?;
     }
@@ -1132,16 +1171,47 @@ fn migrate(client: &mut Client) -> Result<(), MigrateError> {
                 .batch_execute(&format!("ALTER TABLE {table} ADD COLUMN {column} BIGINT"))?;
         }
     }
-    transaction.batch_execute(
-        "CREATE INDEX IF NOT EXISTS pending_awaits ON pending (awaits_stream, awaits_version)",
-    )?;
-    transaction.execute(
-        "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        &[&POSTGRES_SCHEMA_VERSION.to_string()],
-    )?;
+    if !current {
+        transaction.batch_execute(
+            "CREATE INDEX IF NOT EXISTS pending_awaits ON pending (awaits_stream, awaits_version)",
+        )?;
+        transaction.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&POSTGRES_SCHEMA_VERSION.to_string()],
+        )?;
+    }
     transaction.commit()?;
     Ok(())
+}
+
+/// Every table and index [`SCHEMA`] and the migrations create.
+const SCHEMA_OBJECTS: [&str; 14] = [
+    "meta",
+    "documents",
+    "streams",
+    "pending",
+    "dead_letters",
+    "dedupe_blocks",
+    "checkpoints",
+    "claims",
+    "members",
+    "journal",
+    "journal_stream",
+    "journal_at",
+    "operator_actions",
+    "pending_awaits",
+];
+
+/// Whether every table and index of the schema is there.
+fn all_exist(transaction: &mut postgres::Transaction<'_>) -> Result<bool, postgres::Error> {
+    let names: Vec<&str> = SCHEMA_OBJECTS.to_vec();
+    transaction
+        .query_one(
+            "SELECT bool_and(to_regclass(name) IS NOT NULL) FROM unnest($1::TEXT[]) AS name",
+            &[&names],
+        )
+        .map(|row| row.get::<_, Option<bool>>(0).unwrap_or(false))
 }
 
 /// Splits ordo's own `schema=NAME` query parameter off a PostgreSQL URL.
@@ -1444,8 +1514,23 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    fn release(&mut self, partitions: &[u32]) {
+    fn release(&mut self, partitions: &[u32]) -> Result<(), ReadError> {
         self.claims.retain(|(p, _)| !partitions.contains(p));
+        if self.claims_source.is_empty() || partitions.is_empty() {
+            return Ok(());
+        }
+        // Marked released (not deleted: the epoch goes on), so that a member waiting for
+        // one of them takes it at once rather than when this one's heartbeat ages.
+        let source = self.claims_source.clone();
+        let member = self.member.clone();
+        let partitions: Vec<i64> = partitions.iter().map(|&p| i64::from(p)).collect();
+        self.retrying(|store| {
+            store.client.execute(
+                "UPDATE claims SET member = '' WHERE source = $1 AND member = $2 AND partition = ANY($3)",
+                &[&source, &member, &partitions],
+            )
+        })?;
+        Ok(())
     }
 
     fn forget_documents(&mut self) {

@@ -280,7 +280,7 @@ fn a_member_that_lost_its_partition_cannot_commit_for_it() {
         .checkpoints
         .is_empty());
     // After giving the partition up (a revocation), the zombie's other partition is fine.
-    zombie.release(&[1]);
+    zombie.release(&[1]).unwrap();
     let mut engine = Engine::new(Config::default());
     zombie.documents(&[Arc::from("b")]).unwrap();
     zombie
