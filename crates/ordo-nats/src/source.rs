@@ -103,6 +103,10 @@ struct Partition {
     /// Messages the consumer has not delivered yet, as the last message (or its
     /// creation) said: what a pull can ask for and get at once.
     pending: u64,
+    /// The next pull, started when the last one was handed over, so that the network
+    /// works while the run loop applies and commits. Always awaited, never dropped
+    /// running: a request given up on would take messages to nobody.
+    prefetch: Option<tokio::task::JoinHandle<Pulled>>,
 }
 
 /// A JetStream stream read through ordo's durable pull consumers.
@@ -288,14 +292,24 @@ impl NatsSource {
                 "the NATS client dropped messages (a slow consumer); nothing after them was acknowledged: restart to read again from the store's position".into(),
             ));
         }
-        let mut asks = Vec::new();
-        for partition in self.readable() {
-            let consumer = self.consumer(partition)?;
-            asks.push((partition, consumer, self.owned[&partition].pending));
-        }
-        let max = max.min(PULL_MESSAGES_MAX);
+        let readable = self.readable();
         let asked = Instant::now();
-        let pulls = self.runtime.block_on(pull_from(&asks, max, wait))?;
+        let mut deliveries = Vec::new();
+        for pull in self.prefetched(&readable) {
+            self.take(pull, &mut deliveries);
+        }
+        if deliveries.is_empty() {
+            let mut asks = Vec::new();
+            for &partition in &readable {
+                let consumer = self.consumer(partition)?;
+                asks.push((partition, consumer, self.owned[&partition].pending));
+            }
+            let max = max.min(PULL_MESSAGES_MAX);
+            let pulls = self.runtime.block_on(pull_from(&asks, max, wait))?;
+            for pull in pulls {
+                self.take(pull, &mut deliveries);
+            }
+        }
         if asked.elapsed() > wait + SLOW_MS {
             // The loop was held: no commit, no operator action meanwhile.
             tracing::warn!(
@@ -304,11 +318,89 @@ impl NatsSource {
                 "nats: slow pull"
             );
         }
-        let mut deliveries = Vec::new();
-        for pull in pulls {
-            self.take(pull, &mut deliveries);
+        if !deliveries.is_empty() {
+            self.prefetch(&readable);
         }
         Ok(deliveries)
+    }
+
+    /// What the pulls started by [`Self::prefetch`] for these partitions brought.
+    fn prefetched(&mut self, readable: &[u32]) -> Vec<Pulled> {
+        let handles: Vec<_> = readable
+            .iter()
+            .filter_map(|p| {
+                let state = self.owned.get_mut(p)?;
+                state.prefetch.take().map(|handle| (*p, handle))
+            })
+            .collect();
+        if handles.is_empty() {
+            return Vec::new();
+        }
+        self.runtime.block_on(async {
+            let mut pulls = Vec::with_capacity(handles.len());
+            for (partition, handle) in handles {
+                pulls.push(handle.await.unwrap_or_else(|error| {
+                    tracing::warn!(%error, partition, "nats: a prefetch failed");
+                    Pulled {
+                        partition,
+                        messages: Vec::new(),
+                        ended: false,
+                    }
+                }));
+            }
+            pulls
+        })
+    }
+
+    /// Starts the next pull of every readable partition with messages pending, sharing
+    /// [`PULL_MESSAGES_MAX`] between them.
+    fn prefetch(&mut self, readable: &[u32]) {
+        let busy = readable
+            .iter()
+            .filter(|p| self.owned[p].pending > 0 && self.owned[p].consumer.is_some())
+            .count();
+        if busy == 0 {
+            return;
+        }
+        let share = (PULL_MESSAGES_MAX / busy).max(1) as u64;
+        let grace = Duration::from_millis(PULL_GRACE_MS);
+        for partition in readable {
+            let state = self.owned.get_mut(partition).expect("readable is owned");
+            let Some(consumer) = state.consumer.clone() else {
+                continue;
+            };
+            if state.pending == 0 || state.prefetch.is_some() {
+                continue;
+            }
+            let ask = state.pending.min(share) as usize;
+            let partition = *partition;
+            state.prefetch = Some(self.runtime.spawn(async move {
+                match consumer.fetch().max_messages(ask).messages().await {
+                    Ok(messages) => collect(partition, messages, grace).await,
+                    Err(error) => {
+                        tracing::warn!(%error, partition, "nats: cannot pull");
+                        Pulled {
+                            partition,
+                            messages: Vec::new(),
+                            ended: true,
+                        }
+                    }
+                }
+            }));
+        }
+    }
+
+    /// Waits for a partition's prefetch to end and drops what it brought (its consumer is
+    /// about to be made anew or given up): nothing of it was handed over.
+    fn settle_prefetch(&mut self, partition: u32) {
+        let Some(handle) = self
+            .owned
+            .get_mut(&partition)
+            .and_then(|state| state.prefetch.take())
+        else {
+            return;
+        };
+        let _ = self.runtime.block_on(handle);
     }
 
     /// Takes one partition's pulled messages, in order, up to the first that shows one
@@ -363,6 +455,7 @@ impl NatsSource {
     /// the client gave up on may still be alive on the server and take messages that
     /// nobody reads; deleting the consumer ends it.
     fn reset(&mut self, partition: u32) {
+        self.settle_prefetch(partition);
         let state = self.owned.get_mut(&partition).expect("an owned partition");
         if let Some(delivered) = state.delivered_max {
             state.start_after = Some(delivered);
@@ -392,6 +485,10 @@ impl NatsSource {
     /// Every owned partition reads again from the store's checkpoints, on a consumer
     /// made anew.
     fn reposition(&mut self, checkpoints: &[(u32, u64)]) {
+        let owned: Vec<u32> = self.owned.keys().copied().collect();
+        for partition in owned {
+            self.settle_prefetch(partition);
+        }
         for (number, partition) in &mut self.owned {
             partition.start_after = checkpoints
                 .iter()
@@ -612,6 +709,7 @@ impl Source for NatsSource {
             Some(Change::Revoke(partitions)) => {
                 // Its consumer is the next owner's to make anew.
                 for partition in partitions {
+                    self.settle_prefetch(partition);
                     self.owned.remove(&partition);
                 }
             }
