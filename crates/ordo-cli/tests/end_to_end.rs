@@ -107,6 +107,8 @@ fn malformed_lines_are_dead_letters_with_reasons_and_block_nothing_else() {
             r#"{"id":"c1","stream":"c","version":1,"type":"T","op":"set","data":{"s":"text"}}"#,
             r#"{"id":"c2","stream":"c","version":2,"type":"T","op":"incr","data":{"s":1}}"#,
             r#"{"id":"d0","stream":"d","version":0,"type":"T","op":"set","data":{}}"#,
+            // Above i64::MAX: the stores could not keep it as itself.
+            r#"{"id":"e1","stream":"e","version":9223372036854775809,"type":"T","op":"set","data":{}}"#,
         ],
     );
     let store = scratch.store("state.db");
@@ -131,7 +133,7 @@ fn malformed_lines_are_dead_letters_with_reasons_and_block_nothing_else() {
         .iter()
         .map(|e| e["reason"].as_str().unwrap())
         .collect();
-    assert_eq!(entries.len(), 5, "{reasons:?}");
+    assert_eq!(entries.len(), 6, "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("invalid JSON")));
     assert!(reasons.iter().any(|r| r.contains("missing field `stream`")));
     assert!(reasons
@@ -142,7 +144,10 @@ fn malformed_lines_are_dead_letters_with_reasons_and_block_nothing_else() {
         .any(|r| r.contains("holds \"text\", not an integer")));
     assert!(reasons
         .iter()
-        .any(|r| r.contains("`version` must be an integer >= 1")));
+        .any(|r| r.contains("`version` must be an integer from 1 to") && r.contains(", got 0")));
+    assert!(reasons
+        .iter()
+        .any(|r| r.ends_with("got 9223372036854775809")));
     for entry in &entries {
         assert!(
             entry.get("stream").is_some()

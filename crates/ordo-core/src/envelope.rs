@@ -8,7 +8,7 @@
 
 use crate::limits::{
     AFTER_ENTRIES_MAX, EVENT_BYTES_MAX, EVENT_ID_BYTES_MAX, MERGE_SOURCES_MAX,
-    STREAM_NAME_BYTES_MAX,
+    STREAM_NAME_BYTES_MAX, VERSION_MAX,
 };
 use serde_json::{Map, Value};
 use std::fmt;
@@ -197,7 +197,8 @@ pub enum EnvelopeError {
         /// The limit in bytes.
         max: usize,
     },
-    /// `version` is not an integer ≥ 1 (zero, negative, fractional or out of range).
+    /// `version` is not an integer from 1 to [`VERSION_MAX`] (zero, negative, fractional
+    /// or out of range).
     BadVersion {
         /// The value as written.
         value: String,
@@ -252,7 +253,10 @@ impl fmt::Display for EnvelopeError {
                 )
             }
             EnvelopeError::BadVersion { value } => {
-                write!(f, "`version` must be an integer >= 1, got {value}")
+                write!(
+                    f,
+                    "`version` must be an integer from 1 to {VERSION_MAX}, got {value}"
+                )
             }
             EnvelopeError::AfterMalformed { detail } => write!(f, "malformed `after`: {detail}"),
             EnvelopeError::UnknownOp { op } => write!(f, "unknown op `{op}`"),
@@ -477,14 +481,14 @@ fn check_name(s: String, field: &'static str, max: usize) -> Result<Box<str>, En
 fn version_of(value: &Value) -> Result<u64, EnvelopeError> {
     match value {
         Value::Number(n) => match n.as_u64() {
-            Some(v) if v >= 1 => Ok(v),
+            Some(v) if (1..=VERSION_MAX).contains(&v) => Ok(v),
             _ => Err(EnvelopeError::BadVersion {
                 value: n.to_string(),
             }),
         },
         _ => Err(EnvelopeError::WrongType {
             field: "version",
-            expected: "an integer >= 1",
+            expected: "an integer from 1 to 9223372036854775807",
         }),
     }
 }

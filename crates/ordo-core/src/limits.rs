@@ -12,6 +12,11 @@ pub const EVENT_ID_BYTES_MAX: usize = 256;
 /// Longest `stream`, in bytes.
 pub const STREAM_NAME_BYTES_MAX: usize = 256;
 
+/// Highest accepted `version` (in an event and in its `after`): both stores keep
+/// versions as signed 64-bit integers, so a larger one could not be stored as itself.
+/// An event beyond it is dead-lettered with its reason at the envelope.
+pub const VERSION_MAX: u64 = i64::MAX as u64;
+
 /// Most entries in one event's `after` list.
 pub const AFTER_ENTRIES_MAX: usize = 64;
 
