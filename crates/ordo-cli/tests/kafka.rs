@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    export, json_lines, ok, ordo, postgres_admin, postgres_schema, run, run_idle, Scratch,
+    export, json_lines, ok, ordo, postgres_admin, postgres_schema, run, run_idle, until_converged,
+    Scratch,
 };
 use ordo_core::Event;
 use ordo_sim::scenarios::Scenario;
@@ -629,22 +630,8 @@ fn three_members_sharing_postgres_survive_a_sigkill_and_rebalances() {
     // (releasing each other's parked events, redirecting into each other's merges)
     // while they run. Wait until the store matches the oracle, or give up after 120 s.
     let expected = oracle::run(&history);
-    let converging = Instant::now();
-    loop {
-        let divergence = compare(&expected, &export(&store), true);
-        if divergence.is_empty() {
-            break;
-        }
-        assert!(
-            converging.elapsed() < Duration::from_secs(120),
-            "seed {seed}: the running group did not converge within 120 s:\n{divergence}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    eprintln!(
-        "the running group converged {:?} after the last events were produced",
-        converging.elapsed()
-    );
+    let took = until_converged(&expected, &store, Duration::from_secs(120), seed);
+    eprintln!("the running group converged {took:?} after the last events were produced");
     let mut conflicts = 0;
     let mut counts = Vec::new();
     for (mut member, log) in members {

@@ -545,22 +545,8 @@ fn two_members_on_subject_partitions_survive_a_sigkill() {
     );
     // The running group converges: no final sweep by a single process.
     let expected = oracle::run(&history);
-    let converging = Instant::now();
-    loop {
-        let divergence = compare(&expected, &export(&store), true);
-        if divergence.is_empty() {
-            break;
-        }
-        assert!(
-            converging.elapsed() < Duration::from_secs(120),
-            "seed {seed}: the running group did not converge within 120 s:\n{divergence}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    eprintln!(
-        "converged {:?} after the last publish",
-        converging.elapsed()
-    );
+    let took = common::until_converged(&expected, &store, Duration::from_secs(120), seed);
+    eprintln!("converged {took:?} after the last publish");
     for (mut child, log) in [(second, second_log), third] {
         common::kill_with(&child.0, "-TERM");
         let status = child.0.wait().unwrap();

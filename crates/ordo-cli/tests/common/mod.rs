@@ -175,3 +175,26 @@ impl Drop for KilledOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Waits until the store at `store` matches `expected` while its members run (no final
+/// sweep by a single process), failing with `seed` and the divergence after `limit`; how
+/// long it took.
+pub fn until_converged(
+    expected: &Export,
+    store: &str,
+    limit: std::time::Duration,
+    seed: u64,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let divergence = ordo_sim::compare(expected, &export(store), true);
+        if divergence.is_empty() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "seed {seed}: the running group did not converge within {limit:?}:\n{divergence}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
