@@ -143,6 +143,7 @@ pub enum Action {
 
 /// One event handed out for applying. Give it back through [`Engine::handle_outcome`].
 #[derive(Debug)]
+#[must_use = "a dropped Work leaves its stream in flight for ever: give it back through Engine::handle_outcome"]
 pub struct Work {
     /// The event.
     pub event: Event,
@@ -1180,6 +1181,7 @@ impl Engine {
     // ----- outputs -----
 
     /// The next event to apply, if any stream has one ready.
+    #[must_use]
     pub fn poll_work(&mut self, now_ms: u64) -> Option<Work> {
         if let Some(work) = self.express.pop_front() {
             return Some(work);
@@ -1194,6 +1196,7 @@ impl Engine {
     }
 
     /// When [`Engine::handle_timeout`] must next be called, if ever.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
         self.gaps
             .first()
@@ -1201,6 +1204,7 @@ impl Engine {
     }
 
     /// The next notice for the operator.
+    #[must_use]
     pub fn poll_notice(&mut self) -> Option<Notice> {
         self.notices.pop_front()
     }
@@ -1575,6 +1579,7 @@ impl Engine {
     /// The next load the store must answer with [`Self::handle_loaded`]: waiting events
     /// of spilled streams that may go on now, or of a spilled stream a new event arrived
     /// for. Answer every load before the next [`Self::take_changes`].
+    #[must_use]
     pub fn poll_load(&mut self) -> Option<Load> {
         self.loads.pop_front()
     }

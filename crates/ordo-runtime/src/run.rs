@@ -268,6 +268,54 @@ impl RunLoop {
         self.conflicts.total
     }
 
+    /// Partitions change hands: whatever was read is applied and committed first (a
+    /// conflict drops the batch, which the next owner reads again; no handler call may
+    /// still run once the next owner starts sending), then the claims change and the state
+    /// is rebuilt from the store, and the source resumes at the stored checkpoints.
+    fn rebalance<S: Store>(
+        &mut self,
+        consumer: &mut Consumer<S>,
+        source: &mut dyn Source,
+        change: Rebalance<'_>,
+    ) -> Result<(), RunError> {
+        match change {
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(?partitions, "partitions revoked");
+                if let Some(telemetry) = consumer.telemetry() {
+                    telemetry.rebalanced();
+                    telemetry.set_ready(false);
+                }
+            }
+            Rebalance::Assign(partitions) => tracing::info!(?partitions, "partitions assigned"),
+        }
+        consumer.apply_before_rebuild()?;
+        commit(consumer, source, &mut self.conflicts, false)?;
+        self.commits += 1;
+        self.oldest_uncommitted_ms = None;
+        match change {
+            // Forget the revoked partitions' streams: whatever of them still waits here
+            // (parked, buffered) is the next owner's now, and nothing may be applied or
+            // written for them from this process (its claims no longer cover them, so
+            // fencing would not stop it).
+            Rebalance::Revoke(partitions) => consumer.release(partitions)?,
+            // Claimed before the state is re-read: a former owner that has not noticed it
+            // lost a partition can no longer commit for it, so what is read here is final
+            // for these partitions.
+            Rebalance::Assign(partitions) => consumer.claim(partitions)?,
+        }
+        consumer.reload()?;
+        source.committed(&consumer.engine.checkpoints());
+        source.complete_rebalance(&consumer.engine.checkpoints())?;
+        if let Rebalance::Assign(partitions) = change {
+            consumer.apply_ready()?;
+            if let Some(telemetry) = consumer.telemetry() {
+                telemetry.rebalanced();
+                telemetry.set_ready(!partitions.is_empty());
+            }
+        }
+        Ok(())
+    }
+
     /// One round: poll the source once, apply, commit when due. `Some` when the run
     /// ended (`stop`: the last batch was committed).
     pub fn step<S: Store>(
@@ -325,46 +373,11 @@ impl RunLoop {
         let mut finished = false;
         match polled {
             Polled::Revoked(partitions) => {
-                tracing::info!(?partitions, "partitions revoked");
-                if let Some(telemetry) = consumer.telemetry() {
-                    telemetry.rebalanced();
-                    telemetry.set_ready(false);
-                }
-                // Whatever was read is applied and committed before partitions change
-                // hands; a conflict drops the batch, which the next owner reads again.
-                // No handler call may still run once the next owner starts sending.
-                consumer.apply_before_rebuild()?;
-                commit(consumer, source, conflicts, false)?;
-                self.commits += 1;
-                self.oldest_uncommitted_ms = None;
-                consumer.release(&partitions)?;
-                // Forget the revoked partitions' streams: whatever of them still waits
-                // here (parked, buffered) is the next owner's now, and nothing may be
-                // applied or written for them from this process (its claims no longer
-                // cover them, so fencing would not stop it).
-                consumer.reload()?;
-                source.committed(&consumer.engine.checkpoints());
-                source.complete_rebalance(&consumer.engine.checkpoints())?;
+                self.rebalance(consumer, source, Rebalance::Revoke(&partitions))?;
                 return Ok(None);
             }
             Polled::Assigned(partitions) => {
-                tracing::info!(?partitions, "partitions assigned");
-                // Claimed before the state is re-read: a former owner that has not noticed
-                // it lost a partition can no longer commit for it, so what is read here
-                // is final for these partitions.
-                consumer.apply_before_rebuild()?;
-                commit(consumer, source, conflicts, false)?;
-                self.commits += 1;
-                self.oldest_uncommitted_ms = None;
-                consumer.claim(&partitions)?;
-                consumer.reload()?;
-                source.committed(&consumer.engine.checkpoints());
-                source.complete_rebalance(&consumer.engine.checkpoints())?;
-                consumer.apply_ready()?;
-                if let Some(telemetry) = consumer.telemetry() {
-                    telemetry.rebalanced();
-                    telemetry.set_ready(!partitions.is_empty());
-                }
+                self.rebalance(consumer, source, Rebalance::Assign(&partitions))?;
                 return Ok(None);
             }
             Polled::Nothing => {}
@@ -501,6 +514,15 @@ impl RunLoop {
         }
         Ok(None)
     }
+}
+
+/// A change of the partitions this process reads, as the source announced it.
+#[derive(Clone, Copy)]
+enum Rebalance<'a> {
+    /// These are taken away.
+    Revoke(&'a [u32]),
+    /// These are the partitions read from now on.
+    Assign(&'a [u32]),
 }
 
 /// Commits refused because another process sharing the store got there first.

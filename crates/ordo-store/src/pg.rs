@@ -54,6 +54,9 @@ pub const DEAD_LETTER_ID_BLOCK: i64 = 10_000;
 /// Most attempts to re-establish a lost connection within one operation.
 pub const RECONNECT_ATTEMPTS_MAX: u32 = 5;
 
+/// The advisory lock that serializes schema creation and migration across processes.
+const MIGRATION_LOCK_ID: i64 = 7_102_003;
+
 /// Most times an operation outside a commit runs again after the server chose it as a
 /// deadlock's victim.
 pub const DEADLOCK_RETRIES_MAX: u32 = 10;
@@ -246,7 +249,7 @@ pub(crate) fn connect(
         // fail with a duplicate key): create it under the migration lock.
         let mut transaction = client.transaction()?;
         transaction.batch_execute(&format!(
-            "SELECT pg_advisory_xact_lock(7102003); CREATE SCHEMA IF NOT EXISTS {schema}"
+            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID}); CREATE SCHEMA IF NOT EXISTS {schema}"
         ))?;
         transaction.commit()?;
         client.batch_execute(&format!("SET search_path TO {schema}"))?;
@@ -1137,7 +1140,7 @@ impl From<postgres::Error> for MigrateError {
 fn migrate(client: &mut Client) -> Result<(), MigrateError> {
     let mut transaction = client.transaction()?;
     // One migrator at a time across processes.
-    transaction.batch_execute("SELECT pg_advisory_xact_lock(7102003)")?;
+    transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_ID])?;
     let has_meta: bool = transaction
         .query_one("SELECT to_regclass('meta') IS NOT NULL", &[])?
         .get(0);

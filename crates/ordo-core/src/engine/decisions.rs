@@ -128,6 +128,7 @@ impl Engine {
     }
 
     /// The next decision, oldest first (only with [`super::Config::decisions_traced`]).
+    #[must_use]
     pub fn poll_decision(&mut self) -> Option<Decision> {
         self.decisions.queue.pop_front()
     }
