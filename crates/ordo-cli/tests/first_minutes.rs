@@ -488,7 +488,7 @@ fn demo_keep_leaves_its_logs_and_stores_and_the_report_explains_itself() {
 }
 
 #[test]
-fn member_id_is_for_kafka_sources_only() {
+fn member_id_is_for_group_sources_only() {
     let scratch = Scratch::new();
     let input = scratch.path("empty.jsonl");
     write_lines(&input, &[]);
@@ -505,4 +505,65 @@ fn member_id_is_for_kafka_sources_only() {
     ]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("Kafka"));
+}
+
+/// A directory or a FIFO where a file is expected (a source, an event log, a store) is
+/// refused at once with what it is, exit 2: never a hang on the FIFO, never SQLite's
+/// "disk I/O error", and nothing created.
+#[test]
+fn a_directory_or_a_fifo_is_refused_as_a_source_a_log_or_a_store() {
+    let scratch = Scratch::new();
+    let dir = scratch.path("dir");
+    std::fs::create_dir(&dir).unwrap();
+    let fifo = scratch.path("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let events = ledger_file(&scratch);
+    let store = scratch.store("state.db");
+    for (path, kind) in [(&dir, "a directory"), (&fifo, "a FIFO")] {
+        let path = path.to_str().unwrap();
+        let (file, log, sqlite) = (
+            format!("file:{path}"),
+            format!("log:{path}"),
+            format!("sqlite:{path}"),
+        );
+        let attempts: [&[&str]; 5] = [
+            &[
+                "run",
+                "--source",
+                &file,
+                "--store",
+                &store,
+                "--exit-when-idle",
+            ],
+            &[
+                "run",
+                "--source",
+                &log,
+                "--store",
+                &store,
+                "--exit-when-idle",
+            ],
+            &[
+                "run",
+                "--source",
+                &events,
+                "--store",
+                &sqlite,
+                "--exit-when-idle",
+            ],
+            &["status", "--store", &sqlite],
+            &["append", "--log", path, &events["file:".len()..]],
+        ];
+        for args in attempts {
+            let output = run(args);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(stderr.contains(kind), "{args:?}: {stderr}");
+        }
+    }
+    assert!(!scratch.path("state.db").exists(), "nothing was created");
 }

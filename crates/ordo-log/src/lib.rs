@@ -44,8 +44,30 @@ pub enum LogError {
         /// What the system said.
         detail: String,
     },
+    /// The path names something that is not a regular file (a directory, a FIFO).
+    NotAFile {
+        /// The path.
+        path: String,
+        /// What it is instead.
+        kind: &'static str,
+    },
     /// Any other database error.
     Database(String),
+}
+
+/// What `path` is when it exists and is not a regular file (a directory, a FIFO, a
+/// socket, a device): SQLite says "disk I/O error" of a FIFO or blocks on it, and a file
+/// source would wait on it for a writer.
+pub fn special_file(path: &str) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    Some(match () {
+        _ if kind.is_file() => return None,
+        _ if kind.is_dir() => "a directory",
+        _ if kind.is_fifo() => "a FIFO (named pipe)",
+        _ if kind.is_socket() => "a socket",
+        _ => "a device",
+    })
 }
 
 impl fmt::Display for LogError {
@@ -57,6 +79,9 @@ impl fmt::Display for LogError {
                     f,
                     "event log `{path}` cannot be opened for writing: {detail}"
                 )
+            }
+            LogError::NotAFile { path, kind } => {
+                write!(f, "event log `{path}` is {kind}, not a file")
             }
             LogError::Database(detail) => write!(f, "event log error: {detail}"),
         }
@@ -180,6 +205,12 @@ impl EventLog {
         if !file.exists() {
             return Err(LogError::Missing(path.into()));
         }
+        if let Some(kind) = special_file(path) {
+            return Err(LogError::NotAFile {
+                path: path.into(),
+                kind,
+            });
+        }
         // As for a store (ordo_store's SqliteStore::open_read_only): with no -wal file no
         // writer has the log open, and it is read as it stands, creating nothing.
         let connection = if Path::new(&format!("{path}-wal")).exists() {
@@ -207,6 +238,12 @@ impl EventLog {
     /// Opens the log at `path`, creating it when `create` is set.
     pub fn open(path: &str, create: bool) -> Result<Self, LogError> {
         let file = Path::new(path);
+        if let Some(kind) = special_file(path) {
+            return Err(LogError::NotAFile {
+                path: path.into(),
+                kind,
+            });
+        }
         if !file.exists() {
             if !create {
                 return Err(LogError::Missing(path.into()));

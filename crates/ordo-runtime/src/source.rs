@@ -216,6 +216,18 @@ pub struct FileSource {
 impl FileSource {
     /// Opens the file.
     pub fn open(path: &str) -> Result<Self, SourceError> {
+        if let Some(kind) = ordo_log::special_file(path) {
+            // A FIFO would block until a writer came, and could not be read again from
+            // a position after a restart.
+            return Err(SourceError::File {
+                path: path.into(),
+                detail: if kind.contains("FIFO") {
+                    format!("it is {kind}, not a file; to stream events in, `ordo append` them to an event log and read log:PATH")
+                } else {
+                    format!("it is {kind}, not a file")
+                },
+            });
+        }
         let file = File::open(path).map_err(|e| SourceError::File {
             path: path.into(),
             detail: e.to_string(),

@@ -17,6 +17,13 @@ pub enum OpenError {
         /// What the system said.
         detail: String,
     },
+    /// The path names something that is not a regular file (a directory, a FIFO).
+    NotAFile {
+        /// The path.
+        path: String,
+        /// What it is instead.
+        kind: &'static str,
+    },
     /// The store was written by a newer ordo; opening it could corrupt it.
     NewerSchema {
         /// The schema version found.
@@ -63,6 +70,9 @@ impl fmt::Display for OpenError {
             ),
             OpenError::NotWritable { path, detail } => {
                 write!(f, "store `{path}` cannot be opened for writing: {detail}")
+            }
+            OpenError::NotAFile { path, kind } => {
+                write!(f, "store `{path}` is {kind}, not a file (sqlite:PATH names a file)")
             }
             OpenError::NewerSchema { found, supported } => write!(
                 f,

@@ -177,6 +177,7 @@ impl SqliteStore {
         if !create && !file.exists() {
             return Err(OpenError::Missing(path.into()));
         }
+        not_a_file(path)?;
         if create && !file.exists() {
             let parent = file.parent().filter(|p| !p.as_os_str().is_empty());
             if let Some(parent) = parent {
@@ -230,6 +231,7 @@ impl SqliteStore {
         if !Path::new(path).exists() {
             return Err(OpenError::Missing(path.into()));
         }
+        not_a_file(path)?;
         // With no -wal file, no writer has the store open and every commit is in the
         // file itself: read it as it stands, which creates nothing (a WAL reader would
         // create -wal and -shm files, and cannot where it may not write). With one, a
@@ -1335,6 +1337,28 @@ impl Store for SqliteStore {
         }
         Ok(records)
     }
+}
+
+/// Refuses a path that exists and is not a regular file: SQLite would say "disk I/O
+/// error" of a FIFO, or block on it. (`ordo_log::special_file` is the same test for the
+/// event log; the store does not depend on the log.)
+fn not_a_file(path: &str) -> Result<(), OpenError> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return Ok(()); // absent: created, or refused as missing, by the caller
+    };
+    let kind = metadata.file_type();
+    let what = match () {
+        _ if kind.is_file() => return Ok(()),
+        _ if kind.is_dir() => "a directory",
+        _ if kind.is_fifo() => "a FIFO (named pipe)",
+        _ if kind.is_socket() => "a socket",
+        _ => "a device",
+    };
+    Err(OpenError::NotAFile {
+        path: path.into(),
+        kind: what,
+    })
 }
 
 #[cfg(test)]
