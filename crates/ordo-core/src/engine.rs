@@ -151,8 +151,6 @@ pub struct Work {
     redirect: Option<Arc<str>>,
     /// Apply, or fold a merge.
     pub action: Action,
-    /// Whether the event is applied to another stream's document through an alias.
-    pub redirected: bool,
     stream: StreamId,
     /// The event's offset, while not yet settled.
     position: Option<SourcePosition>,
@@ -165,6 +163,11 @@ pub struct Work {
 }
 
 impl Work {
+    /// Whether the event is applied to another stream's document through an alias.
+    pub fn redirected(&self) -> bool {
+        self.redirect.is_some()
+    }
+
     /// The document to apply to: the event's stream, or where its aliases lead.
     pub fn document(&self) -> &str {
         self.redirect.as_deref().unwrap_or(&self.event.stream)
@@ -852,7 +855,6 @@ impl Engine {
                 event,
                 redirect: None,
                 action: Action::Apply,
-                redirected: false,
                 stream: s,
                 position,
                 written: false,
@@ -1046,7 +1048,7 @@ impl Engine {
         if self.config.decisions_traced {
             let kind = DecisionKind::Applied {
                 document: self.names[work.target as usize].clone(),
-                redirected: work.redirected,
+                redirected: work.redirected(),
             };
             self.decide(s, &work.event, kind);
         }
@@ -1056,7 +1058,7 @@ impl Engine {
         if work.written {
             self.pending_changed.insert((s, version));
         }
-        if work.redirected {
+        if work.redirected() {
             self.counters.redirected += 1;
             self.counters.late_after_merge += 1;
             self.notice(Notice::LateAfterMerge {
@@ -2339,7 +2341,6 @@ impl Engine {
             event: pending.event,
             redirect: (target != s).then(|| self.names[target as usize].clone()),
             action,
-            redirected: target != s,
             stream: s,
             position: pending.position,
             written: pending.written,
