@@ -43,3 +43,15 @@ pub const GAP_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// A parked event released after waiting at least this long is noticed (`ordo notices`,
 /// kind `released`): a dependency that comes late is worth an operator's look.
 pub const LONG_PARKED_MS_DEFAULT: u64 = 60_000;
+
+// Relations between the limits, checked when the crate compiles.
+// An id or a stream name fits in an event.
+const _: () = assert!(EVENT_ID_BYTES_MAX < EVENT_BYTES_MAX);
+const _: () = assert!(STREAM_NAME_BYTES_MAX < EVENT_BYTES_MAX);
+// A merge names a cut in `after` for each of its sources, so it may have no more sources
+// than `after` has entries.
+const _: () = assert!(MERGE_SOURCES_MAX <= AFTER_ENTRIES_MAX);
+// A full `after` list of the longest names fits in an event.
+const _: () = assert!(AFTER_ENTRIES_MAX * STREAM_NAME_BYTES_MAX < EVENT_BYTES_MAX);
+// A version fits the stores' signed 64-bit integers.
+const _: () = assert!(VERSION_MAX <= i64::MAX as u64);
