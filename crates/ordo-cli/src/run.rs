@@ -106,12 +106,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         SourceUrl::Nats(url) => {
             let url = ordo_nats::NatsUrl::parse(url).map_err(anyhow::Error::msg)?;
-            // Positions belong to the stream and the consumer, not to a server address.
-            let key = format!(
+            // Positions belong to the stream, the consumer and the split into partitions,
+            // not to a server address.
+            let durable_key = format!(
                 "nats:{}?durable={}",
                 url.stream,
                 url.durable.clone().unwrap_or_default()
             );
+            let key = if url.partitions > 1 {
+                format!("{durable_key}&partitions={}", url.partitions)
+            } else {
+                durable_key.clone()
+            };
+            refuse_another_split(&mut store, &durable_key, &key)?;
             let source = open_nats(&url, &key, &mut store, &args)?;
             (source, key)
         }
@@ -188,6 +195,33 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Refuses to read a NATS stream as another number of partitions than the positions in
+/// the store were recorded for: partition n's position means nothing for another split
+/// (its subjects differ), so messages would be skipped or never read.
+fn refuse_another_split(
+    store: &mut ordo_store::AnyStore,
+    durable_key: &str,
+    key: &str,
+) -> anyhow::Result<()> {
+    let positions = store.status_summary()?.positions;
+    let other = positions.iter().map(|p| p.source.as_str()).find(|source| {
+        *source != key
+            && (*source == durable_key
+                || source
+                    .strip_prefix(durable_key)
+                    .is_some_and(|rest| rest.starts_with("&partitions=")))
+    });
+    if let Some(other) = other {
+        anyhow::bail!(
+            "this store holds positions for `{other}`, a different split of the stream than `{key}`: \
+             a partition's position means nothing for another split, and messages stored under \
+             PREFIX.<n> for an n the new split does not read would never be read. Keep partitions= \
+             as the producers partition (docs/brokers.md, \"Several ordo members on one NATS stream\")"
+        );
+    }
+    Ok(())
 }
 
 /// A NATS source: one member of a group when it is partitioned and the store is

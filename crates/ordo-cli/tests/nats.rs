@@ -563,3 +563,39 @@ fn two_members_on_subject_partitions_survive_a_sigkill() {
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();
 }
+
+/// A store that read a stream as N subject partitions refuses to read it as another
+/// number under the same durable name (partition n's position means nothing for another
+/// split): a clear error, exit 2, before anything is read.
+#[test]
+fn another_split_of_the_same_durable_is_refused() {
+    let stream = TestStream::new("split");
+    let history = Scenario::Mixed.history(83, 300);
+    stream.publish_partitioned(&history);
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let counters = run_until_idle(&stream.partitioned_source("split"), &store);
+    assert_eq!(counters["applied"].as_u64(), Some(history.len() as u64));
+    for other in [
+        format!("nats://{SERVER}/{}?durable=split", stream.name),
+        format!(
+            "nats://{SERVER}/{}?durable=split&partitions=2&prefix={}",
+            stream.name, stream.subject
+        ),
+    ] {
+        let output = run(&[
+            "run",
+            "--source",
+            &other,
+            "--store",
+            &store,
+            "--exit-when-idle",
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("a different split"), "{stderr}");
+    }
+    // Nothing was read or written by the refused runs.
+    let divergence = compare(&oracle::run(&history), &export(&store), true);
+    assert!(divergence.is_empty(), "{divergence}");
+}

@@ -319,7 +319,7 @@ impl NatsSource {
             );
         }
         if !deliveries.is_empty() {
-            self.prefetch(&readable);
+            self.prefetch(&readable)?;
         }
         Ok(deliveries)
     }
@@ -352,28 +352,23 @@ impl NatsSource {
         })
     }
 
-    /// Starts the next pull of every readable partition with messages pending, sharing
-    /// [`PULL_MESSAGES_MAX`] between them.
-    fn prefetch(&mut self, readable: &[u32]) {
-        let busy = readable
-            .iter()
-            .filter(|p| self.owned[p].pending > 0 && self.owned[p].consumer.is_some())
-            .count();
-        if busy == 0 {
-            return;
+    /// Starts the next pull of every readable partition, sharing [`PULL_MESSAGES_MAX`]
+    /// between them: each asks for what it has pending, and at least one message, so
+    /// that a partition that was empty or made anew is not passed over while another
+    /// has a backlog.
+    fn prefetch(&mut self, readable: &[u32]) -> Result<(), SourceError> {
+        if readable.is_empty() {
+            return Ok(());
         }
-        let share = (PULL_MESSAGES_MAX / busy).max(1) as u64;
+        let share = (PULL_MESSAGES_MAX / readable.len()).max(1) as u64;
         let grace = Duration::from_millis(PULL_GRACE_MS);
-        for partition in readable {
-            let state = self.owned.get_mut(partition).expect("readable is owned");
-            let Some(consumer) = state.consumer.clone() else {
-                continue;
-            };
-            if state.pending == 0 || state.prefetch.is_some() {
+        for &partition in readable {
+            if self.owned[&partition].prefetch.is_some() {
                 continue;
             }
-            let ask = state.pending.min(share) as usize;
-            let partition = *partition;
+            let consumer = self.consumer(partition)?;
+            let state = self.owned.get_mut(&partition).expect("readable is owned");
+            let ask = state.pending.clamp(1, share) as usize;
             state.prefetch = Some(self.runtime.spawn(async move {
                 match consumer.fetch().max_messages(ask).messages().await {
                     Ok(messages) => collect(partition, messages, grace).await,
@@ -388,6 +383,7 @@ impl NatsSource {
                 }
             }));
         }
+        Ok(())
     }
 
     /// Waits for a partition's prefetch to end and drops what it brought (its consumer is

@@ -12,8 +12,9 @@
 //!   under its own name (a restart with `--member-id`) ([`takeable`]). Taking is one
 //!   conditional statement on the claim's row ([`PgMembers::reserve`]), so two members
 //!   with different views never both take a partition. Two members read one partition
-//!   at once only when one of them stalled past the session timeout, and then the
-//!   claims' epochs fence the stalled one's commits.
+//!   at once only when one of them stalled past the session timeout: the claims' epochs
+//!   fence the stalled one's commits, and it gives the partition up as soon as its view
+//!   shows the new holder (or, with no fresh view, gives everything up).
 //! - **A stalled loop leaves.** The heartbeat runs on its own thread, but only while the
 //!   run loop polls at least every [`LOOP_SILENCE_MS_MAX`]: a process stuck longer lets
 //!   the others take over, as a Kafka member does after `max.poll.interval.ms`.
@@ -76,7 +77,9 @@ pub enum Change {
 /// store says this member holds (`mine`: owned ones, and ones taken for it since):
 /// revocations first, so that a partition moving between two members is let go of before
 /// the other may take it. A partition held but no longer wanted is revoked even when it
-/// was never read here (its claim is released).
+/// was never read here (its claim is released); one read here that the store says
+/// another member holds now (this one stalled past the session timeout) is revoked at
+/// once, before anything of it is read again.
 #[must_use]
 pub fn change(
     owned: &BTreeSet<u32>,
@@ -85,7 +88,7 @@ pub fn change(
 ) -> Option<Change> {
     let lost: Vec<u32> = owned
         .union(mine)
-        .filter(|partition| !target.contains(partition))
+        .filter(|partition| !target.contains(partition) || !mine.contains(partition))
         .copied()
         .collect();
     if !lost.is_empty() {
@@ -118,6 +121,9 @@ struct Shared {
     fatal: Option<MembersError>,
     /// When the run loop last asked ([`Member::change`]).
     polled_at: Instant,
+    /// Counts the revocations handed out: a beat that started before one may have read
+    /// the claims before the release, and its `mine` is dropped.
+    generation: u64,
 }
 
 /// This process's membership: a heartbeat thread and what it learnt.
@@ -137,6 +143,7 @@ impl Member {
             beat_at: None,
             fatal: None,
             polled_at: Instant::now(),
+            generation: 0,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -175,6 +182,7 @@ impl Member {
             for partition in lost {
                 shared.mine.remove(partition);
             }
+            shared.generation += 1;
         }
         Ok(change)
     }
@@ -198,8 +206,13 @@ fn beat_until_stopped(
     let mut failing = false;
     let mut last_view = GroupView::default();
     while !stop.load(Ordering::SeqCst) {
-        let polled_at = shared.lock().expect("membership").polled_at;
+        let (polled_at, generation) = {
+            let shared = shared.lock().expect("membership");
+            (shared.polled_at, shared.generation)
+        };
         if polled_at.elapsed() < Duration::from_millis(LOOP_SILENCE_MS_MAX) {
+            // Before the beat: the others count this member live from its start.
+            let beaten_at = Instant::now();
             match beat(&mut members, partitions) {
                 Ok((view, target, mine)) => {
                     failing = false;
@@ -209,8 +222,10 @@ fn beat_until_stopped(
                     last_view = view;
                     let mut shared = shared.lock().expect("membership");
                     shared.target = target;
-                    shared.mine = mine;
-                    shared.beat_at = Some(Instant::now());
+                    if shared.generation == generation {
+                        shared.mine = mine;
+                    }
+                    shared.beat_at = Some(beaten_at);
                 }
                 Err(error @ MembersError::PartitionsDiffer { .. }) => {
                     shared.lock().expect("membership").fatal = Some(error);
@@ -327,6 +342,11 @@ mod tests {
         assert_eq!(
             change(&owned, &set(&[1]), &set(&[1, 3])),
             Some(Change::Revoke(vec![3]))
+        );
+        // Read here, but the store says another member holds it now: give it up.
+        assert_eq!(
+            change(&set(&[1, 2]), &set(&[1, 2]), &set(&[1])),
+            Some(Change::Revoke(vec![2]))
         );
         // No fresh view: give everything up.
         assert_eq!(

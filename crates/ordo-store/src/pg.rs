@@ -1518,19 +1518,36 @@ impl Store for PostgresStore {
     }
 
     fn release(&mut self, partitions: &[u32]) -> Result<(), ReadError> {
+        // A partition taken for this member (by its group's heartbeat) but never claimed
+        // here has no epoch of ours: it is released at whatever epoch it has.
+        let released: Vec<(i64, i64)> = partitions
+            .iter()
+            .map(|&p| {
+                let epoch = self
+                    .claims
+                    .iter()
+                    .find(|(c, _)| *c == p)
+                    .map_or(-1, |c| c.1);
+                (i64::from(p), epoch)
+            })
+            .collect();
         self.claims.retain(|(p, _)| !partitions.contains(p));
-        if self.claims_source.is_empty() || partitions.is_empty() {
+        if self.claims_source.is_empty() || released.is_empty() {
             return Ok(());
         }
         // Marked released (not deleted: the epoch goes on), so that a member waiting for
-        // one of them takes it at once rather than when this one's heartbeat ages.
+        // one of them takes it at once rather than when this one's heartbeat ages; only
+        // at the epoch this process claimed, so that an older incarnation under the same
+        // name never releases what a newer one holds.
         let source = self.claims_source.clone();
         let member = self.member.clone();
-        let partitions: Vec<i64> = partitions.iter().map(|&p| i64::from(p)).collect();
+        let (numbers, epochs): (Vec<i64>, Vec<i64>) = released.into_iter().unzip();
         self.retrying(|store| {
             store.client.execute(
-                "UPDATE claims SET member = '' WHERE source = $1 AND member = $2 AND partition = ANY($3)",
-                &[&source, &member, &partitions],
+                "UPDATE claims SET member = '' FROM unnest($3::BIGINT[], $4::BIGINT[]) AS r(partition, epoch)
+                 WHERE claims.source = $1 AND claims.member = $2
+                   AND claims.partition = r.partition AND (r.epoch < 0 OR claims.epoch = r.epoch)",
+                &[&source, &member, &numbers, &epochs],
             )
         })?;
         Ok(())
