@@ -205,7 +205,7 @@ fn malformed_lines_are_dead_letters_with_reasons_and_block_nothing_else() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         json_lines(&ok(&["dlq", "list", "--store", &store, "--json"])).len(),
-        4
+        5
     );
 }
 
