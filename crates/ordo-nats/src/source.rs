@@ -361,7 +361,6 @@ impl NatsSource {
             return Ok(());
         }
         let share = (PULL_MESSAGES_MAX / readable.len()).max(1) as u64;
-        let grace = Duration::from_millis(PULL_GRACE_MS);
         for &partition in readable {
             if self.owned[&partition].prefetch.is_some() {
                 continue;
@@ -369,19 +368,7 @@ impl NatsSource {
             let consumer = self.consumer(partition)?;
             let state = self.owned.get_mut(&partition).expect("readable is owned");
             let ask = state.pending.clamp(1, share) as usize;
-            state.prefetch = Some(self.runtime.spawn(async move {
-                match consumer.fetch().max_messages(ask).messages().await {
-                    Ok(messages) => collect(partition, messages, grace).await,
-                    Err(error) => {
-                        tracing::warn!(%error, partition, "nats: cannot pull");
-                        Pulled {
-                            partition,
-                            messages: Vec::new(),
-                            ended: true,
-                        }
-                    }
-                }
-            }));
+            state.prefetch = Some(self.runtime.spawn(fetch_now(partition, consumer, ask)));
         }
         Ok(())
     }
@@ -591,7 +578,6 @@ async fn pull_from(
     max: usize,
     wait: Duration,
 ) -> Result<Vec<Pulled>, SourceError> {
-    let grace = Duration::from_millis(PULL_GRACE_MS);
     let mut pulls = Vec::new();
     let mut got = 0;
     for (partition, consumer, pending) in asks {
@@ -599,13 +585,7 @@ async fn pull_from(
         if ask == 0 {
             continue;
         }
-        let messages = consumer
-            .fetch()
-            .max_messages(ask)
-            .messages()
-            .await
-            .map_err(|e| server("cannot pull", e))?;
-        let pulled = collect(*partition, messages, grace).await;
+        let pulled = fetch_now(*partition, consumer.clone(), ask).await;
         got += pulled.messages.len();
         pulls.push(pulled);
         if got >= max {
@@ -615,20 +595,55 @@ async fn pull_from(
     if got > 0 || asks.is_empty() || wait.as_millis() < u128::from(PULL_WAIT_MS_MIN) {
         return Ok(pulls);
     }
-    let mut requests = Vec::with_capacity(asks.len());
-    for (partition, consumer, _) in asks {
-        let messages = consumer
-            .batch()
-            .max_messages(1)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(|e| server("cannot pull", e))?;
-        requests.push(collect(*partition, messages, wait + grace));
-    }
     // Every request is awaited to its end: none is dropped with a message in it.
+    let requests = asks
+        .iter()
+        .map(|(partition, consumer, _)| wait_for_one(*partition, consumer.clone(), wait));
     pulls.extend(futures_util::future::join_all(requests).await);
     Ok(pulls)
+}
+
+/// A pull of up to `ask` messages that the server ends when it has no more. A request
+/// that could not be sent may still have reached the server: it counts as not ended, so
+/// the partition's consumer is made anew.
+async fn fetch_now(partition: u32, consumer: PullConsumer, ask: usize) -> Pulled {
+    let grace = Duration::from_millis(PULL_GRACE_MS);
+    match consumer.fetch().max_messages(ask).messages().await {
+        Ok(messages) => collect(partition, messages, grace).await,
+        Err(error) => not_sent(partition, &error),
+    }
+}
+
+/// A pull of one message that waits up to `wait` for it.
+async fn wait_for_one(partition: u32, consumer: PullConsumer, wait: Duration) -> Pulled {
+    let grace = Duration::from_millis(PULL_GRACE_MS);
+    match consumer
+        .batch()
+        .max_messages(1)
+        .expires(wait)
+        .messages()
+        .await
+    {
+        Ok(messages) => collect(partition, messages, wait + grace).await,
+        Err(error) => not_sent(partition, &error),
+    }
+}
+
+fn not_sent(partition: u32, error: &dyn std::fmt::Display) -> Pulled {
+    tracing::warn!(%error, partition, "nats: cannot pull");
+    Pulled {
+        partition,
+        messages: Vec::new(),
+        ended: false,
+    }
+}
+
+/// The stream's last sequence and message count, within [`SERVER_WAIT_MS`] (none when
+/// the server does not say).
+async fn stream_state(stream: &mut async_nats::jetstream::stream::Stream) -> Option<(u64, u64)> {
+    let wait = Duration::from_millis(SERVER_WAIT_MS);
+    let info = tokio::time::timeout(wait, stream.info()).await.ok()?.ok()?;
+    Some((info.state.last_sequence, info.state.messages))
 }
 
 /// Every message of one pull, in order, within `limit`. A pull that ends early (a
@@ -745,15 +760,7 @@ impl Source for NatsSource {
         if self.url.partitions > 1 {
             return self.partition_ends();
         }
-        let wait = Duration::from_millis(SERVER_WAIT_MS);
-        let stream = &mut self.stream;
-        let info = self.runtime.block_on(async {
-            tokio::time::timeout(wait, stream.info())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|info| (info.state.last_sequence, info.state.messages))
-        });
+        let info = self.runtime.block_on(stream_state(&mut self.stream));
         if info.is_some() {
             self.ends = info;
         }
@@ -787,11 +794,7 @@ impl NatsSource {
             .collect();
         let stream = &mut self.stream;
         self.runtime.block_on(async {
-            let last = tokio::time::timeout(wait, stream.info())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map_or(0, |info| info.state.last_sequence);
+            let last = stream_state(stream).await.map_or(0, |(last, _)| last);
             let mut ends = Vec::new();
             for (partition, mut consumer) in consumers {
                 let Ok(Ok(info)) = tokio::time::timeout(wait, consumer.info()).await else {
