@@ -5,13 +5,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use ordo_runtime::telemetry::{Endpoint, StatusReader, Telemetry};
 use ordo_runtime::{run_serving, Consumer, RunEnd, RunOptions, SourceUrl};
-use ordo_store::{FaultStage, Store};
+use ordo_store::Store;
 
 use crate::cli::RunArgs;
 use crate::settings::{engine_config, open_store, record_engine_config};
 
-/// Environment variable that makes commit number N fail half-way (tests only):
-/// `N:documents` or `N:checkpoints`.
+/// Environment variable that makes commit number N fail half-way (tests only, in a
+/// build with the `fault-injection` feature): `N:documents` or `N:checkpoints`.
+#[cfg(feature = "fault-injection")]
 const FAULT_VARIABLE: &str = "ORDO_FAULT_COMMIT";
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -64,24 +65,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     record_engine_config(&mut store, &config)?;
-    if let Ok(fault) = std::env::var(FAULT_VARIABLE) {
-        let (commit, stage) = fault
-            .split_once(':')
-            .with_context(|| format!("{FAULT_VARIABLE} must be N:documents or N:checkpoints"))?;
-        let stage = match stage {
-            "documents" => FaultStage::AfterDocuments,
-            "checkpoints" => FaultStage::AfterCheckpoints,
-            other => anyhow::bail!("{FAULT_VARIABLE}: unknown stage `{other}`"),
-        };
-        match &mut store {
-            ordo_store::AnyStore::Sqlite(sqlite) => {
-                sqlite.inject_fault(commit.parse().context("fault commit number")?, stage)
-            }
-            ordo_store::AnyStore::Postgres(_) => {
-                anyhow::bail!("{FAULT_VARIABLE} works with SQLite stores only")
-            }
-        }
-    }
+    #[cfg(feature = "fault-injection")]
+    inject_fault(&mut store)?;
     let (source, checkpoint_key): (Box<dyn ordo_runtime::Source>, String) = match &source_url {
         SourceUrl::Kafka(url) => {
             let mut url = ordo_kafka::KafkaUrl::parse(url).map_err(anyhow::Error::msg)?;
@@ -195,6 +180,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Arms the commit fault `ORDO_FAULT_COMMIT` asks for (tests/crash.rs).
+#[cfg(feature = "fault-injection")]
+fn inject_fault(store: &mut ordo_store::AnyStore) -> anyhow::Result<()> {
+    use ordo_store::FaultStage;
+    let Ok(fault) = std::env::var(FAULT_VARIABLE) else {
+        return Ok(());
+    };
+    let (commit, stage) = fault
+        .split_once(':')
+        .with_context(|| format!("{FAULT_VARIABLE} must be N:documents or N:checkpoints"))?;
+    let stage = match stage {
+        "documents" => FaultStage::AfterDocuments,
+        "checkpoints" => FaultStage::AfterCheckpoints,
+        other => anyhow::bail!("{FAULT_VARIABLE}: unknown stage `{other}`"),
+    };
+    match store {
+        ordo_store::AnyStore::Sqlite(sqlite) => {
+            sqlite.inject_fault(commit.parse().context("fault commit number")?, stage);
+            Ok(())
+        }
+        ordo_store::AnyStore::Postgres(_) => {
+            anyhow::bail!("{FAULT_VARIABLE} works with SQLite stores only")
+        }
+    }
 }
 
 /// Refuses to read a NATS stream as another number of partitions than the positions in

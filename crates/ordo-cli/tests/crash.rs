@@ -98,7 +98,9 @@ fn assert_counts_match_versions(store: &str, context: &str) -> u64 {
     total
 }
 
+/// Needs a binary built with the `fault-injection` feature (scripts/test.sh builds it so).
 #[test]
+#[cfg(feature = "fault-injection")]
 fn an_injected_commit_fault_writes_neither_state_nor_position() {
     for stage in ["documents", "checkpoints"] {
         let scratch = Scratch::new();

@@ -494,6 +494,7 @@ impl SqliteStore {
     }
 
     /// Makes commit number `commit` (1-based) fail at `stage`, rolled back (tests only).
+    #[cfg(feature = "fault-injection")]
     pub fn inject_fault(&mut self, commit: u64, stage: FaultStage) {
         self.fault = Some((commit, stage));
     }
@@ -1427,6 +1428,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "fault-injection")]
     fn an_injected_fault_rolls_back_everything() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
