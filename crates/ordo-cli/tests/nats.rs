@@ -599,3 +599,87 @@ fn another_split_of_the_same_durable_is_refused() {
     let divergence = compare(&oracle::run(&history), &export(&store), true);
     assert!(divergence.is_empty(), "{divergence}");
 }
+
+/// The applied version of `stream` in `store` (0 before the run created the store).
+fn applied_version(store: &str, stream: &str) -> u64 {
+    if !run(&["export", "--store", store]).status.success() {
+        return 0;
+    }
+    export(store).get(stream).map_or(0, |row| row.version)
+}
+
+/// `ordo pause --partition` on a running NATS consumer: the partition is not read (its
+/// subjects' new messages wait in the stream) until `ordo resume`, while the others go on.
+#[test]
+fn a_paused_nats_partition_is_not_read_until_resumed() {
+    let stream = TestStream::new("pause");
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let event = |stream: &str, version: u64| {
+        let text = format!(
+            r#"{{"id":"{stream}-{version}","stream":"{stream}","version":{version},"type":"T","op":"incr","data":{{"n":1}}}}"#
+        );
+        ordo_core::parse_event(text.as_bytes(), ordo_core::OpPolicy::Document).unwrap()
+    };
+    // One stream in partition 0 and one elsewhere.
+    let in_partition = |p: u32| {
+        (0..)
+            .map(|i| format!("account-{i}"))
+            .find(|s| ordo_nats::partition_of(&ordo_nats::token(s), GROUP_PARTITIONS) == p)
+            .unwrap()
+    };
+    let (paused, other) = (in_partition(0), in_partition(1));
+    stream.publish_partitioned(&[event(&paused, 1), event(&other, 1)]);
+    let _run = common::KilledOnDrop(
+        ordo()
+            .args([
+                "run",
+                "--source",
+                &stream.partitioned_source("pause"),
+                "--store",
+                &store,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("both applied", Duration::from_secs(30), || {
+        applied_version(&store, &paused) == 1 && applied_version(&store, &other) == 1
+    });
+    let pause = [
+        "pause",
+        "--store",
+        &store,
+        "--partition",
+        "0",
+        "--reason",
+        "maintenance",
+    ];
+    ok(&pause);
+    std::thread::sleep(Duration::from_millis(1_500));
+    stream.publish_partitioned(&[event(&paused, 2), event(&other, 2)]);
+    wait_until(
+        "the other partition goes on",
+        Duration::from_secs(30),
+        || applied_version(&store, &other) == 2,
+    );
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(
+        applied_version(&store, &paused),
+        1,
+        "partition 0 is not read"
+    );
+    ok(&[
+        "resume",
+        "--store",
+        &store,
+        "--partition",
+        "0",
+        "--reason",
+        "done",
+    ]);
+    wait_until("partition 0 is read again", Duration::from_secs(30), || {
+        applied_version(&store, &paused) == 2
+    });
+}
