@@ -153,6 +153,32 @@ fn build_log(path: &str, shape: EmbeddedShape) -> Result<usize, String> {
     Ok(keyed.len())
 }
 
+/// ordo's rate from a broker: `source` consumed into a fresh SQLite store (in a temporary
+/// directory named after `tag`) until drained, counted from the first delivery to the end
+/// of the commit that made the last one durable (the quiet time that tells "drained" and
+/// the store's close are not throughput).
+pub(crate) fn durable_rate(
+    tag: &str,
+    checkpoint_key: &str,
+    source: &mut dyn ordo_runtime::Source,
+) -> Result<f64, String> {
+    let dir = std::env::temp_dir().join(format!("ordo-{tag}-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let store_path = dir.join("state.db");
+    let _ = std::fs::remove_file(&store_path);
+    let result = (|| {
+        let store = format!("sqlite:{}", store_path.to_str().ok_or("path")?);
+        let report = consume_until_idle(&store, checkpoint_key, source, None)?;
+        let first = report.first_delivery.ok_or("ordo read nothing")?;
+        let durable = report
+            .last_delivery_commit
+            .ok_or("ordo committed nothing")?;
+        Ok(report.delivered as f64 / durable.duration_since(first).as_secs_f64())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Opens a fresh consumer on `store` and runs it until `source` is drained.
 pub(crate) fn consume_until_idle(
     store: &str,

@@ -192,29 +192,13 @@ fn raw_loop(brokers: &str, topic: &str, events: usize, group: &str) -> Result<f6
 }
 
 fn ordo_run(brokers: &str, topic: &str) -> Result<f64, String> {
-    let dir = std::env::temp_dir().join(format!("ordo-kafka-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let store_path = dir.join("state.db");
-    let result = (|| {
-        let url = KafkaUrl::parse(&format!(
-            "kafka://{brokers}/{topic}?group={topic}-ordo&session.timeout.ms=6000"
-        ))?;
-        let mut source = KafkaSource::open(&url, IDLE_MS).map_err(|e| e.to_string())?;
-        let store = format!("sqlite:{}", store_path.to_str().ok_or("path")?);
-        let report = crate::embedded::consume_until_idle(
-            &store,
-            &format!("kafka:{topic}?group={topic}-ordo"),
-            &mut source,
-            None,
-        )?;
-        // First delivery to the end of the commit that made the last one durable: the
-        // quiet time that tells "drained" and the store's close are not throughput.
-        let first = report.first_delivery.ok_or("ordo read nothing")?;
-        let durable = report
-            .last_delivery_commit
-            .ok_or("ordo committed nothing")?;
-        Ok(report.delivered as f64 / durable.duration_since(first).as_secs_f64())
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let url = KafkaUrl::parse(&format!(
+        "kafka://{brokers}/{topic}?group={topic}-ordo&session.timeout.ms=6000"
+    ))?;
+    let mut source = KafkaSource::open(&url, IDLE_MS).map_err(|e| e.to_string())?;
+    crate::embedded::durable_rate(
+        "kafka",
+        &format!("kafka:{topic}?group={topic}-ordo"),
+        &mut source,
+    )
 }

@@ -211,23 +211,7 @@ fn raw_loop(stream: &TestStream, events: usize, durable: &str) -> Result<f64, St
 }
 
 fn ordo_run(stream: &str) -> Result<f64, String> {
-    let dir = std::env::temp_dir().join(format!("ordo-nats-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let store_path = dir.join("state.db");
-    let _ = std::fs::remove_file(&store_path);
-    let result = (|| {
-        let url = NatsUrl::parse(&format!("nats://{SERVER}/{stream}?durable=ordo"))?;
-        let mut source = NatsSource::open(&url, IDLE_MS).map_err(|e| e.to_string())?;
-        let store = format!("sqlite:{}", store_path.to_str().ok_or("path")?);
-        let key = format!("nats:{stream}?durable=ordo");
-        let report = crate::embedded::consume_until_idle(&store, &key, &mut source, None)?;
-        // First delivery to the end of the commit that made the last one durable.
-        let first = report.first_delivery.ok_or("ordo read nothing")?;
-        let durable = report
-            .last_delivery_commit
-            .ok_or("ordo committed nothing")?;
-        Ok(report.delivered as f64 / durable.duration_since(first).as_secs_f64())
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let url = NatsUrl::parse(&format!("nats://{SERVER}/{stream}?durable=ordo"))?;
+    let mut source = NatsSource::open(&url, IDLE_MS).map_err(|e| e.to_string())?;
+    crate::embedded::durable_rate("nats", &format!("nats:{stream}?durable=ordo"), &mut source)
 }

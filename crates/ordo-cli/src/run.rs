@@ -15,6 +15,9 @@ use crate::settings::{engine_config, open_store, record_engine_config};
 #[cfg(feature = "fault-injection")]
 const FAULT_VARIABLE: &str = "ORDO_FAULT_COMMIT";
 
+/// Why `--member-id` is refused where no group is read.
+const MEMBER_ID_NEEDS_A_GROUP: &str = "--member-id names a group member: a Kafka source, or a NATS source with partitions=N and a PostgreSQL store";
+
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let source_url = SourceUrl::parse(&args.source)?;
     let mut created = CreatedStore::new(&args.store);
@@ -108,10 +111,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             (source, key)
         }
         other => {
-            anyhow::ensure!(
-                args.member_id.is_none(),
-                "--member-id names a Kafka group member"
-            );
+            anyhow::ensure!(args.member_id.is_none(), "{MEMBER_ID_NEEDS_A_GROUP}");
             (ordo_runtime::source::open(other)?, other.checkpoint_key())
         }
     };
@@ -246,10 +246,7 @@ fn open_nats(
     let postgres = match store {
         ordo_store::AnyStore::Postgres(postgres) if url.partitions > 1 => postgres,
         _ => {
-            anyhow::ensure!(
-                args.member_id.is_none(),
-                "--member-id names a group member: a Kafka source, or a NATS source with partitions=N and a PostgreSQL store"
-            );
+            anyhow::ensure!(args.member_id.is_none(), "{MEMBER_ID_NEEDS_A_GROUP}");
             return Ok(Box::new(ordo_nats::NatsSource::open(url, args.idle_ms)?));
         }
     };

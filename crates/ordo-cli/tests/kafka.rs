@@ -1110,20 +1110,8 @@ fn a_paused_kafka_partition_is_not_read_until_resumed() {
     };
     produce(1);
     let source = broker.source("paused", "paused");
-    let mut member = common::KilledOnDrop(
-        ordo()
-            .args(["run", "--source", &source, "--store", &store])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let version = |stream: &str| {
-        if !run(&["export", "--store", &store]).status.success() {
-            return 0;
-        }
-        export(&store).get(stream).map_or(0, |row| row.version)
-    };
+    let mut member = common::run_in_background(&source, &store);
+    let version = |stream: &str| common::applied_version(&store, stream);
     wait_until("both streams at version 1", 30_000, || {
         version("a") == 1 && version("b") == 1
     });
@@ -1201,16 +1189,7 @@ fn a_killed_member_restarted_goes_on_within_seconds() {
                 .all(|s| export(&store).get(*s).is_some_and(|r| r.version == version))
     };
     // Guarded: a failed wait must not leave a member running.
-    let start = || {
-        common::KilledOnDrop(
-            ordo()
-                .args(["run", "--source", &source, "--store", &store])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
+    let start = || common::run_in_background(&source, &store);
     produce_round(1);
     let mut member = start();
     wait_until("the first member applies", 60_000, || applied(1));

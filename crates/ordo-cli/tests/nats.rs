@@ -600,14 +600,6 @@ fn another_split_of_the_same_durable_is_refused() {
     assert!(divergence.is_empty(), "{divergence}");
 }
 
-/// The applied version of `stream` in `store` (0 before the run created the store).
-fn applied_version(store: &str, stream: &str) -> u64 {
-    if !run(&["export", "--store", store]).status.success() {
-        return 0;
-    }
-    export(store).get(stream).map_or(0, |row| row.version)
-}
-
 /// `ordo pause --partition` on a running NATS consumer: the partition is not read (its
 /// subjects' new messages wait in the stream) until `ordo resume`, while the others go on.
 #[test]
@@ -630,22 +622,10 @@ fn a_paused_nats_partition_is_not_read_until_resumed() {
     };
     let (paused, other) = (in_partition(0), in_partition(1));
     stream.publish_partitioned(&[event(&paused, 1), event(&other, 1)]);
-    let _run = common::KilledOnDrop(
-        ordo()
-            .args([
-                "run",
-                "--source",
-                &stream.partitioned_source("pause"),
-                "--store",
-                &store,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _run = common::run_in_background(&stream.partitioned_source("pause"), &store);
     wait_until("both applied", Duration::from_secs(30), || {
-        applied_version(&store, &paused) == 1 && applied_version(&store, &other) == 1
+        common::applied_version(&store, &paused) == 1
+            && common::applied_version(&store, &other) == 1
     });
     let pause = [
         "pause",
@@ -662,11 +642,11 @@ fn a_paused_nats_partition_is_not_read_until_resumed() {
     wait_until(
         "the other partition goes on",
         Duration::from_secs(30),
-        || applied_version(&store, &other) == 2,
+        || common::applied_version(&store, &other) == 2,
     );
     std::thread::sleep(Duration::from_millis(1_500));
     assert_eq!(
-        applied_version(&store, &paused),
+        common::applied_version(&store, &paused),
         1,
         "partition 0 is not read"
     );
@@ -680,6 +660,6 @@ fn a_paused_nats_partition_is_not_read_until_resumed() {
         "done",
     ]);
     wait_until("partition 0 is read again", Duration::from_secs(30), || {
-        applied_version(&store, &paused) == 2
+        common::applied_version(&store, &paused) == 2
     });
 }

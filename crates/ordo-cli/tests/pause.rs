@@ -5,21 +5,12 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{export, json_lines, ok, ordo, run, write_lines, KilledOnDrop, Scratch};
+use common::{export, json_lines, ok, run, write_lines, KilledOnDrop, Scratch};
 
 fn start(log: &str, store: &str) -> KilledOnDrop {
-    let source = format!("log:{log}");
-    KilledOnDrop(
-        ordo()
-            .args(["run", "--source", &source, "--store", store])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    common::run_in_background(&format!("log:{log}"), store)
 }
 
 fn wait_for(what: &str, done: &dyn Fn() -> bool) {
@@ -37,14 +28,6 @@ fn append(scratch: &Scratch, log: &str, name: &str, lines: &[&str]) {
     let path = scratch.path(name);
     write_lines(&path, lines);
     ok(&["append", "--log", log, path.to_str().unwrap()]);
-}
-
-/// The stream's applied version (0 until the run has created the store).
-fn version_of(store: &str, stream: &str) -> u64 {
-    if !run(&["export", "--store", store]).status.success() {
-        return 0;
-    }
-    export(store).get(stream).map_or(0, |row| row.version)
 }
 
 /// `ordo ARGS`: (exit code, stdout).
@@ -70,7 +53,8 @@ fn pause_and_resume(store: &str) {
     );
     let mut child = start(&log, store);
     wait_for("both accounts opened", &|| {
-        version_of(store, "account-1") == 1 && version_of(store, "account-2") == 1
+        common::applied_version(store, "account-1") == 1
+            && common::applied_version(store, "account-2") == 1
     });
 
     let pause = [
@@ -102,7 +86,9 @@ fn pause_and_resume(store: &str) {
             r#"{"id":"d3","stream":"account-1","version":3,"type":"Deposited","op":"incr","data":{"balance":5}}"#,
         ],
     );
-    wait_for("account-2 goes on", &|| version_of(store, "account-2") == 2);
+    wait_for("account-2 goes on", &|| {
+        common::applied_version(store, "account-2") == 2
+    });
     wait_for("account-1's deposits wait, durable", &|| {
         json_lines(&ok(&["parked", "list", "--store", store, "--json"])).len() == 2
     });
@@ -113,7 +99,7 @@ fn pause_and_resume(store: &str) {
             .all(|p| p["stream"] == "account-1" && p["waits_for"]["kind"] == "paused"),
         "{parked:?}"
     );
-    assert_eq!(version_of(store, "account-1"), 1);
+    assert_eq!(common::applied_version(store, "account-1"), 1);
     let status: serde_json::Value =
         serde_json::from_slice(&ok(&["status", "--store", store, "--json"]).stdout).unwrap();
     assert_eq!(status["paused"][0]["stream"], "account-1", "{status}");
@@ -124,7 +110,7 @@ fn pause_and_resume(store: &str) {
     let mut child = start(&log, store);
     std::thread::sleep(Duration::from_millis(1_500));
     assert_eq!(
-        version_of(store, "account-1"),
+        common::applied_version(store, "account-1"),
         1,
         "still paused after a restart"
     );
@@ -140,7 +126,7 @@ fn pause_and_resume(store: &str) {
     ]);
     assert_eq!(code, 0, "{out}");
     wait_for("account-1's deposits apply in order", &|| {
-        version_of(store, "account-1") == 3
+        common::applied_version(store, "account-1") == 3
     });
     assert_eq!(
         export(store)["account-1"].doc,
@@ -168,7 +154,11 @@ fn pause_and_resume(store: &str) {
         ],
     );
     std::thread::sleep(Duration::from_millis(1_500));
-    assert_eq!(version_of(store, "account-2"), 2, "partition 0 is not read");
+    assert_eq!(
+        common::applied_version(store, "account-2"),
+        2,
+        "partition 0 is not read"
+    );
     let (code, out) = verb(&[
         "resume",
         "--store",
@@ -180,7 +170,7 @@ fn pause_and_resume(store: &str) {
     ]);
     assert_eq!(code, 0, "{out}");
     wait_for("partition 0 is read again", &|| {
-        version_of(store, "account-2") == 3
+        common::applied_version(store, "account-2") == 3
     });
 
     let actions = json_lines(&ok(&[

@@ -77,7 +77,8 @@ pub struct PgMembers {
     source: String,
     member: String,
     partitions: u32,
-    session_timeout: Duration,
+    /// How long a silent member still counts as live, in the form the queries take.
+    session_timeout_ms: i64,
 }
 
 impl PgMembers {
@@ -99,7 +100,7 @@ impl PgMembers {
             source: source.to_string(),
             member: member.to_string(),
             partitions,
-            session_timeout,
+            session_timeout_ms: i64::try_from(session_timeout.as_millis()).unwrap_or(i64::MAX),
         }
     }
 
@@ -124,18 +125,27 @@ impl PgMembers {
 
     /// Says this member is alive, and reads who else is and who holds what.
     pub fn beat(&mut self) -> Result<GroupView, MembersError> {
-        let beaten = self.beat_once();
-        if beaten.is_err() {
+        self.reconnecting_after(Self::beat_once)
+    }
+
+    /// Runs `operation`; after a failure the connection is dropped, so that the next
+    /// call connects again.
+    fn reconnecting_after<T>(
+        &mut self,
+        operation: impl FnOnce(&mut Self) -> Result<T, MembersError>,
+    ) -> Result<T, MembersError> {
+        let done = operation(self);
+        if done.is_err() {
             self.client = None;
         }
-        beaten
+        done
     }
 
     fn beat_once(&mut self) -> Result<GroupView, MembersError> {
         let source = self.source.clone();
         let member = self.member.clone();
         let partitions = i64::from(self.partitions);
-        let timeout_ms = i64::try_from(self.session_timeout.as_millis()).unwrap_or(i64::MAX);
+        let timeout_ms = self.session_timeout_ms;
         let mine = self.partitions;
         let client = self.client()?;
         client.execute(
@@ -176,17 +186,13 @@ impl PgMembers {
     /// member that is no longer live), in one statement each, so that two members never
     /// both take one: the partitions now held by this member.
     pub fn reserve(&mut self, partitions: &[u32]) -> Result<Vec<u32>, MembersError> {
-        let reserved = self.reserve_once(partitions);
-        if reserved.is_err() {
-            self.client = None;
-        }
-        reserved
+        self.reconnecting_after(|members| members.reserve_once(partitions))
     }
 
     fn reserve_once(&mut self, partitions: &[u32]) -> Result<Vec<u32>, MembersError> {
         let source = self.source.clone();
         let member = self.member.clone();
-        let timeout_ms = i64::try_from(self.session_timeout.as_millis()).unwrap_or(i64::MAX);
+        let timeout_ms = self.session_timeout_ms;
         let client = self.client()?;
         let mut reserved = Vec::new();
         // In partition order, as commits lock their claims: fewer deadlocks to break.

@@ -198,3 +198,25 @@ pub fn until_converged(
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
+
+/// `ordo run --source SOURCE --store STORE` in the background, output discarded, killed
+/// when the guard goes.
+pub fn run_in_background(source: &str, store: &str) -> KilledOnDrop {
+    KilledOnDrop(
+        ordo()
+            .args(["run", "--source", source, "--store", store])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ordo runs"),
+    )
+}
+
+/// The applied version of `stream` in `store` (0 before a run created the store, or
+/// when the stream has none yet).
+pub fn applied_version(store: &str, stream: &str) -> u64 {
+    if !run(&["export", "--store", store]).status.success() {
+        return 0;
+    }
+    export(store).get(stream).map_or(0, |row| row.version)
+}
