@@ -148,7 +148,7 @@ pub fn run(shape: ParkedShape) -> Result<ParkedResult, String> {
         &products,
         Config::default(),
     )?;
-    let spilled_streams = consumer.engine.spilled_streams();
+    let spilled_streams = consumer.engine().spilled_streams();
     drop(consumer);
 
     // A restart: snapshot and restore, against reading every waiting row back.

@@ -164,7 +164,7 @@ impl Drop for Broker {
 }
 
 fn hash_partition(stream: &str, partitions: u32) -> i32 {
-    (ordo_core::dedupe::id_hash(stream) % u64::from(partitions)) as i32
+    (ordo_core::id_hash(stream) % u64::from(partitions)) as i32
 }
 
 fn run_until_idle(source: &str, store: &str) -> serde_json::Value {

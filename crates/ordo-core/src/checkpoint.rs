@@ -118,7 +118,8 @@ impl CheckpointTracker {
     }
 
     /// The partition's checkpoint, if any offset of it is settled.
-    pub fn checkpoint(&self, partition: u32) -> Option<u64> {
+    #[cfg(test)]
+    fn checkpoint(&self, partition: u32) -> Option<u64> {
         self.partitions
             .get(&partition)
             .and_then(PartitionTrack::checkpoint)

@@ -107,6 +107,7 @@ impl DedupeWindow {
     }
 
     /// Every remembered hash with its newest sequence number.
+    #[cfg(test)]
     fn live(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         let floor = self.floor();
         let older = self
@@ -120,18 +121,9 @@ impl DedupeWindow {
             .map(|(&hash, &sequence)| (hash, sequence))
     }
 
-    /// How many ids are remembered.
-    pub fn len(&self) -> usize {
-        self.live().count()
-    }
-
-    /// Whether no id is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The remembered hashes with their sequence numbers, oldest first.
-    pub fn entries(&self) -> Vec<(u64, u64)> {
+    #[cfg(test)]
+    fn entries(&self) -> Vec<(u64, u64)> {
         let mut entries: Vec<(u64, u64)> = self.live().map(|(h, s)| (s, h)).collect();
         entries.sort_unstable();
         entries

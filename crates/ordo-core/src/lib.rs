@@ -6,21 +6,24 @@
 //! It has no IO, no async runtime and no clock: time is an argument. The runtime and the
 //! simulator drive the very same [`Engine`]; see its module for the call order.
 
-pub mod checkpoint;
-pub mod counters;
-pub mod dedupe;
-pub mod engine;
-pub mod envelope;
+mod checkpoint;
+mod counters;
+mod dedupe;
+mod engine;
+mod envelope;
 pub mod limits;
-pub mod state;
+mod state;
 
 pub use checkpoint::SourcePosition;
 pub use counters::{Counters, ReorderDistances, REORDER_BUCKETS};
+pub use dedupe::id_hash;
 pub use engine::{
     Action, Config, Decision, DecisionKind, Disposition, Engine, Notice, OperatorError, Outcome,
-    ReplayOutcome, WaitingEvent, WaitsFor, Work,
+    ReplayOutcome, WaitingEvent, WaitsFor, Work, DECISIONS_MAX, NOTICES_MAX,
 };
-pub use envelope::{parse_event, Dependency, EnvelopeError, Event, Op, OpPolicy, ParseError};
+pub use envelope::{
+    parse_event, Dependency, EnvelopeError, Event, Op, OpPolicy, ParseError, Routing,
+};
 pub use state::{
     ChangeSet, DeadLetter, DeadLetterKind, Load, Loaded, PendingRecord, PendingState, Snapshot,
     StreamRecord, VersionMode,

@@ -24,7 +24,7 @@ pub const AFTER_ENTRIES_MAX: usize = 64;
 pub const MERGE_SOURCES_MAX: usize = 64;
 
 /// Default capacity of the dedupe window: it remembers the ids of this many most recent
-/// insertions (see [`crate::dedupe`]).
+/// insertions (see the dedupe window).
 pub const DEDUPE_WINDOW_IDS_DEFAULT: usize = 1 << 20;
 
 /// Default bound on the events one stream may hold waiting (gap buffer plus queue).

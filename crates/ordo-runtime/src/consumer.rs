@@ -149,8 +149,7 @@ impl DocumentSlots<Document> for DocumentCache {
 
 /// Engine + projection + cache + store for one source.
 pub struct Consumer<S: Store> {
-    /// The engine.
-    pub engine: Engine,
+    pub(crate) engine: Engine,
     store: S,
     source: String,
     cache: DocumentCache,
@@ -190,6 +189,12 @@ pub struct Consumer<S: Store> {
 }
 
 impl<S: Store> Consumer<S> {
+    /// The engine, for reading its views and checkpoints (inputs go through the
+    /// consumer, which keeps the store and cache in step).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Resumes from what the store holds for `source`.
     pub fn open(store: S, source: &str, config: Config) -> Result<Self, ConsumeError> {
         Self::open_with_clock(store, source, config, Clock::system())
@@ -441,30 +446,9 @@ impl<S: Store> Consumer<S> {
         let Some(key) = key else {
             return self.deliver(now_ms, position, bytes);
         };
-        let now = now_ms;
-        let disposition = match ordo_core::parse_event(bytes, self.engine.config().op_policy) {
-            Ok(event) if event.stream.as_bytes() == key => {
-                self.engine.handle_event(now, Some(position), event)
-            }
-            Ok(event) => {
-                let refused = ordo_core::ParseError {
-                    error: ordo_core::EnvelopeError::KeyMismatch {
-                        key: String::from_utf8_lossy(key).into_owned(),
-                        stream: event.stream.to_string(),
-                    },
-                    routing: ordo_core::envelope::Routing {
-                        id: Some(event.id.clone()),
-                        stream: Some(event.stream.clone()),
-                        version: Some(event.version),
-                    },
-                };
-                self.engine
-                    .handle_invalid(now, Some(position), bytes, refused)
-            }
-            Err(refused) => self
-                .engine
-                .handle_invalid(now, Some(position), bytes, refused),
-        };
+        let disposition = self
+            .engine
+            .handle_keyed_bytes(now_ms, Some(position), bytes, key);
         self.delivered(disposition);
     }
 

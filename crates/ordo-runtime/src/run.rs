@@ -201,7 +201,7 @@ impl RunLoop {
         source: &mut dyn Source,
         options: &RunOptions,
     ) -> Result<Self, RunError> {
-        source.resume(&consumer.engine.checkpoints());
+        source.resume(&consumer.engine().checkpoints());
         if source.is_group() && !consumer.is_group_member() {
             // Nothing is owned until the first assignment: restore no member's waiting
             // events before then.
@@ -304,8 +304,8 @@ impl RunLoop {
             Rebalance::Assign(partitions) => consumer.claim(partitions)?,
         }
         consumer.reload()?;
-        source.committed(&consumer.engine.checkpoints());
-        source.complete_rebalance(&consumer.engine.checkpoints())?;
+        source.committed(&consumer.engine().checkpoints());
+        source.complete_rebalance(&consumer.engine().checkpoints())?;
         if let Rebalance::Assign(partitions) = change {
             consumer.apply_ready()?;
             if let Some(telemetry) = consumer.telemetry() {
@@ -329,7 +329,7 @@ impl RunLoop {
             telemetry.set_source_reachable(source.reachable());
             if telemetry.lag_wanted() {
                 let ends = source.ends();
-                telemetry.measured_lag(&ends, &consumer.engine.checkpoints());
+                telemetry.measured_lag(&ends, &consumer.engine().checkpoints());
             }
         }
         self.sync_paused_partitions(consumer, source);
@@ -412,7 +412,7 @@ impl RunLoop {
             }
         }
         let now_ms = consumer.clock().now_ms();
-        if consumer.is_group_member() && consumer.engine.is_awaiting() {
+        if consumer.is_group_member() && consumer.engine().is_awaiting() {
             // Another member may have applied what parked events here wait for.
             let notified = consumer.store().poll_progress();
             if notified || now_ms.saturating_sub(self.last_recheck_ms) >= AWAITED_RECHECK_MS {
@@ -432,7 +432,7 @@ impl RunLoop {
                 if commit(consumer, source, conflicts, true)? {
                     self.commits += 1;
                     consumer.reload()?;
-                    source.rewind(&consumer.engine.checkpoints())?;
+                    source.rewind(&consumer.engine().checkpoints())?;
                 }
                 self.oldest_uncommitted_ms = None;
             }
@@ -444,13 +444,13 @@ impl RunLoop {
                 consumer.apply_ready()?;
                 if commit(consumer, source, conflicts, true)? {
                     self.commits += 1;
-                    source.committed(&consumer.engine.checkpoints());
+                    source.committed(&consumer.engine().checkpoints());
                 }
                 self.oldest_uncommitted_ms = None;
             }
         }
         consumer.apply_ready()?;
-        if consumer.has_uncommitted() || consumer.engine.awaits_commit() {
+        if consumer.has_uncommitted() || consumer.engine().awaits_commit() {
             // Works applied without a delivery (another member's progress, a spilled
             // stream loaded back, a rebuild after an assignment or a conflict that found
             // them ready) must reach the store too, within the commit interval.
@@ -469,7 +469,7 @@ impl RunLoop {
             self.oldest_uncommitted_ms = None;
             if commit(consumer, source, conflicts, true)? {
                 self.commits += 1;
-                source.committed(&consumer.engine.checkpoints());
+                source.committed(&consumer.engine().checkpoints());
             }
         }
         if options.progress && now_ms.saturating_sub(self.last_progress_ms) >= PROGRESS_INTERVAL_MS
@@ -484,10 +484,10 @@ impl RunLoop {
                 self.commits
             );
         }
-        if drained && consumer.engine.is_quiescent() {
+        if drained && consumer.engine().is_quiescent() {
             if options.exit_when_idle {
                 if consumer.is_group_member()
-                    && consumer.engine.is_awaiting()
+                    && consumer.engine().is_awaiting()
                     && consumer.refresh_awaited()? > 0
                 {
                     // Not idle: another member moved what parked events wait for.
@@ -495,7 +495,7 @@ impl RunLoop {
                 }
                 consumer.engine.handle_source_drained();
                 consumer.apply_ready()?;
-                if !consumer.engine.is_quiescent() {
+                if !consumer.engine().is_quiescent() {
                     // Draining released events (fences of merges that can never go): they
                     // go first, then the run ends.
                     return Ok(None);
@@ -566,7 +566,7 @@ fn commit<S: Store>(
             consumer.reload()?;
             consumer.record_conflict(&detail.to_string());
             if rewind {
-                source.rewind(&consumer.engine.checkpoints())?;
+                source.rewind(&consumer.engine().checkpoints())?;
             }
             consumer.apply_ready()?;
             Ok(false)

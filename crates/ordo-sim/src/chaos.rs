@@ -321,7 +321,7 @@ impl Trace {
 
 /// The partition a keyed producer sends a stream's events to.
 pub(crate) fn partition_of(stream: &str, partitions: u32) -> u32 {
-    (ordo_core::dedupe::id_hash(stream) % u64::from(partitions)) as u32
+    (ordo_core::id_hash(stream) % u64::from(partitions)) as u32
 }
 
 /// The topic after the producers are done, and what they did.

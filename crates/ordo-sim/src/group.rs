@@ -598,7 +598,7 @@ impl Simulation {
                 "  member {} reads {:?}, awaits {:?}; coordinator: {:?}",
                 member.id,
                 member.source.positions,
-                member.consumer.engine.awaited_streams(),
+                member.consumer.engine().awaited_streams(),
                 broker.slots.get(&member.id)
             );
         }
@@ -619,7 +619,7 @@ impl Simulation {
             }
             for member in &self.members {
                 let held: Vec<u32> = member.source.positions.keys().copied().collect();
-                for waiting in member.consumer.engine.waiting() {
+                for waiting in member.consumer.engine().waiting() {
                     if *waiting.stream == **stream {
                         let _ = writeln!(
                             text,
@@ -635,7 +635,7 @@ impl Simulation {
 
     fn step_member(&mut self, index: usize, step: u64) -> Result<(), String> {
         let member = &mut self.members[index];
-        let awaited_before = member.consumer.engine.awaited_streams();
+        let awaited_before = member.consumer.engine().awaited_streams();
         let conflicts_before = member.run.conflicts_total();
         let stepped = member
             .run
@@ -651,7 +651,7 @@ impl Simulation {
             self.record(step, format!("member {id}: commit conflict, state rebuilt"));
         }
         if let Some(member) = self.members.get(index).filter(|m| m.id == id) {
-            let awaited = member.consumer.engine.awaited_streams();
+            let awaited = member.consumer.engine().awaited_streams();
             if awaited != awaited_before {
                 self.record(step, format!("member {id} waits for {awaited:?}"));
             }

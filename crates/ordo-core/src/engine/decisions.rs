@@ -6,7 +6,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::{Engine, Event, StreamId};
+use crate::envelope::Event;
+
+use super::stream::{Slot, StreamId};
+use super::Engine;
 
 /// Most decisions kept for [`Engine::poll_decision`]; older ones are dropped and counted.
 pub const DECISIONS_MAX: usize = 65_536;
@@ -104,7 +107,7 @@ impl Engine {
             decisions.dropped += 1;
         }
         decisions.queue.push_back(Decision {
-            stream: self.names[s as usize].clone(),
+            stream: self.names[s].clone(),
             version: event.version,
             id: event.id.clone(),
             kind,
@@ -116,7 +119,7 @@ impl Engine {
         if !self.config.decisions_traced {
             return;
         }
-        let Some(super::Slot::Event(pending)) = self.streams[s as usize]
+        let Some(Slot::Event(pending)) = self.streams[s]
             .extra
             .as_ref()
             .and_then(|x| x.slots.get(&version))

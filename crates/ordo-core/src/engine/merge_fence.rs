@@ -31,7 +31,10 @@
 //! them back. Fences are per engine: in a consumer group, a source event in another
 //! member's partition does not see them (docs/design.md, "Handlers").
 
-use super::{Engine, Op, Pending, Slot, StreamId, FENCED, HAS_FENCE_WAITERS, MONOTONIC};
+use crate::envelope::Op;
+
+use super::stream::{Pending, Slot, StreamId, AWAITS_MERGE, FENCED, HAS_FENCE_WAITERS, MONOTONIC};
+use super::Engine;
 
 /// One merge known to the engine, seen from one of its sources.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +59,7 @@ pub(super) struct Fence {
 impl Engine {
     /// Registers the fences of a merge put into `target`'s slots at `version`.
     pub(super) fn fence_merge_sources(&mut self, target: StreamId, version: u64, seq: u64) {
-        let Some(Slot::Event(pending)) = self.streams[target as usize]
+        let Some(Slot::Event(pending)) = self.streams[target]
             .extra
             .as_ref()
             .and_then(|x| x.slots.get(&version))
@@ -81,7 +84,7 @@ impl Engine {
                 // waiting versions beyond the applied one go after it (a handler may
                 // have folded the source already; their keys are known to it if sent).
                 effective: if seq == 0 {
-                    cut.max(self.streams[s as usize].applied)
+                    cut.max(self.streams[s].applied)
                 } else {
                     self.delivered_plainly_through(s, cut)
                 },
@@ -92,7 +95,7 @@ impl Engine {
             if !fences.contains(&fence) {
                 fences.push(fence);
             }
-            self.streams[s as usize].flags |= FENCED;
+            self.streams[s].flags.insert(FENCED);
         }
     }
 
@@ -103,7 +106,7 @@ impl Engine {
     /// own effective cut): waiting for it would make this merge wait for the other one,
     /// which may wait for this one.
     fn delivered_plainly_through(&self, s: StreamId, cut: u64) -> u64 {
-        let state = &self.streams[s as usize];
+        let state = &self.streams[s];
         let mut through = cut.max(state.applied);
         let Some(extra) = state.extra.as_ref() else {
             return through;
@@ -153,7 +156,7 @@ impl Engine {
                 .get(&s)?
                 .iter()
                 .find(|f| f.target == target && f.version == version && !f.lifted)?;
-            let state = &self.streams[s as usize];
+            let state = &self.streams[s];
             // A version of the source dead-lettered since (a refusal) holds the source,
             // not the merge: the merge goes, and what the source applies after the
             // operator's action reaches the target through the alias.
@@ -195,7 +198,7 @@ impl Engine {
             fences.retain(|f| !gone(f));
             if fences.is_empty() {
                 self.fences.remove(&s);
-                self.streams[s as usize].flags &= !FENCED;
+                self.streams[s].flags.remove(FENCED);
             }
         }
     }
@@ -206,7 +209,7 @@ impl Engine {
         if fence.lifted {
             return false;
         }
-        let state = &self.streams[fence.target as usize];
+        let state = &self.streams[fence.target];
         if state.applied >= fence.version {
             return false;
         }
@@ -220,7 +223,7 @@ impl Engine {
     /// Whether the merge behind `fence` is on its way: out, or at the head of its stream
     /// with every cut met, so that only its document, its row or its turn holds it.
     fn on_its_way(&self, fence: &Fence) -> bool {
-        let state = &self.streams[fence.target as usize];
+        let state = &self.streams[fence.target];
         let Some(extra) = state.extra.as_ref() else {
             return false;
         };
@@ -228,7 +231,7 @@ impl Engine {
             return true;
         }
         let head = match extra.slots.first_key_value() {
-            Some((&version, _)) if state.flags & MONOTONIC != 0 => version == fence.version,
+            Some((&version, _)) if state.flags.intersects(MONOTONIC) => version == fence.version,
             Some(_) => fence.version == state.applied + 1,
             None => false,
         };
@@ -303,7 +306,7 @@ impl Engine {
                 f.target != s
                     && !own_sources
                         .iter()
-                        .any(|source| **source == *self.names[f.target as usize])
+                        .any(|source| **source == *self.names[f.target])
                     && self.fence_holds(f)
             })
             .map(|f| (f.target, f.version))
@@ -324,10 +327,10 @@ impl Engine {
             Some((target, merge_version)) => (
                 format!(
                     "waits for the merge at `{}` version {merge_version} (it comes after the merge's cut)",
-                    self.names[target as usize]
+                    self.names[target]
                 ),
                 super::WaitsFor::Merge {
-                    stream: self.names[target as usize].clone(),
+                    stream: self.names[target].clone(),
                     version: merge_version,
                 },
             ),
@@ -353,19 +356,19 @@ impl Engine {
 
     /// The head `version` of `s` waits for the merge at `target`'s `merge_version`.
     pub(super) fn wait_for_merge(&mut self, s: StreamId, target: StreamId, merge_version: u64) {
-        debug_assert!(self.streams[target as usize].applied < merge_version);
+        debug_assert!(self.streams[target].applied < merge_version);
         self.fence_waiters.entry(target).or_default().push(s);
-        self.streams[target as usize].flags |= HAS_FENCE_WAITERS;
-        self.block(s);
+        self.streams[target].flags.insert(HAS_FENCE_WAITERS);
+        self.block(s, AWAITS_MERGE);
     }
 
     /// Every stream waiting for a merge of `target` decides again (it may wait for
     /// another one).
     pub(super) fn wake_fence_waiters(&mut self, target: StreamId) {
-        if self.streams[target as usize].flags & HAS_FENCE_WAITERS == 0 {
+        if !self.streams[target].flags.intersects(HAS_FENCE_WAITERS) {
             return;
         }
-        self.streams[target as usize].flags &= !HAS_FENCE_WAITERS;
+        self.streams[target].flags.remove(HAS_FENCE_WAITERS);
         for s in self.fence_waiters.remove(&target).unwrap_or_default() {
             self.unblock(s);
         }
@@ -374,7 +377,7 @@ impl Engine {
     /// Whether `s` holds a merge among its waiting events. Such a stream never leaves
     /// memory (its fences must hold across a spill and a restart).
     pub(super) fn holds_merge(&self, s: StreamId) -> bool {
-        self.streams[s as usize].extra.as_ref().is_some_and(|x| {
+        self.streams[s].extra.as_ref().is_some_and(|x| {
             x.slots.values().any(
                 |slot| matches!(slot, Slot::Event(p) if matches!(p.event.op, Op::Merge { .. })),
             )

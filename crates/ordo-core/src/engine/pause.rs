@@ -12,17 +12,18 @@
 
 use std::sync::Arc;
 
-use super::{Engine, Slot, StreamId, PAUSED};
+use super::stream::{Slot, StreamId, PAUSED};
+use super::Engine;
 
 impl Engine {
     /// Pauses `stream`; false if it was paused already. An event of it already out
     /// finishes; nothing after it goes until [`Engine::resume`].
     pub fn pause(&mut self, stream: &str) -> bool {
         let s = self.intern(stream);
-        if self.streams[s as usize].flags & PAUSED != 0 {
+        if self.streams[s].flags.intersects(PAUSED) {
             return false;
         }
-        self.streams[s as usize].flags |= PAUSED;
+        self.streams[s].flags.insert(PAUSED);
         self.make_durable(s);
         true
     }
@@ -32,10 +33,10 @@ impl Engine {
         let Some(&s) = self.ids.get(stream) else {
             return false;
         };
-        if self.streams[s as usize].flags & PAUSED == 0 {
+        if !self.streams[s].flags.intersects(PAUSED) {
             return false;
         }
-        self.streams[s as usize].flags &= !PAUSED;
+        self.streams[s].flags.remove(PAUSED);
         self.schedule(s);
         true
     }
@@ -47,8 +48,10 @@ impl Engine {
 
     /// The paused streams, sorted.
     pub fn paused_streams(&self) -> Vec<Arc<str>> {
-        let mut paused: Vec<Arc<str>> = (0..self.streams.len())
-            .filter(|&s| self.is_paused_id(s as StreamId))
+        let mut paused: Vec<Arc<str>> = self
+            .streams
+            .ids()
+            .filter(|&s| self.is_paused_id(s))
             .map(|s| self.names[s].clone())
             .collect();
         paused.sort();
@@ -56,13 +59,13 @@ impl Engine {
     }
 
     pub(super) fn is_paused_id(&self, s: StreamId) -> bool {
-        self.streams[s as usize].flags & PAUSED != 0
+        self.streams[s].flags.intersects(PAUSED)
     }
 
     /// Marks every waiting event of `s` to be written at the next commit: nothing
     /// re-delivers what waits behind a held head once the source moves on.
     pub(super) fn make_durable(&mut self, s: StreamId) {
-        let Some(extra) = self.streams[s as usize].extra.as_mut() else {
+        let Some(extra) = self.streams[s].extra.as_mut() else {
             return;
         };
         for (&version, slot) in extra.slots.iter_mut() {
