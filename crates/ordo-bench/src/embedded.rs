@@ -224,8 +224,7 @@ fn run_ordo_with_metrics(log: &str, store: &str) -> Result<f64, String> {
     let reader: ordo_runtime::telemetry::StatusReader = Box::new(move || {
         if reader_store.is_none() {
             reader_store = Some(
-                ordo_store::AnyStore::open_read_only(&url)
-                    .map_err(|e| ordo_store::ReadError::Database(e.to_string()))?,
+                ordo_store::AnyStore::open_read_only(&url).map_err(ordo_store::ReadError::from)?,
             );
         }
         reader_store.as_mut().expect("just opened").status_summary()

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use ordo_core::Config;
 use ordo_log::EventLog;
-use ordo_runtime::{Consumer, LogSource, RunEnd, RunOptions};
+use ordo_runtime::{Consumer, CrashAfter, LogSource, RunError, RunOptions, SourceError};
 use ordo_sim::scenarios::Scenario;
 use ordo_sim::{compare, count_wrong, naive, oracle};
 use ordo_store::{SqliteStore, Store};
@@ -108,29 +108,40 @@ fn run_scenario(
     let source_key = format!("log:{log_path}");
     let progress = !args.json && deliveries.len() >= 50_000;
     // One run of the real runtime on a freshly opened store: a restart each time.
-    let consume = |crash_after_deliveries: Option<u64>| -> anyhow::Result<(ordo_runtime::RunReport, Consumer<SqliteStore>)> {
+    let options = RunOptions {
+        exit_when_idle: true,
+        commit_events_max: DEMO_BATCH_EVENTS,
+        progress,
+        ..RunOptions::default()
+    };
+    let open = || -> anyhow::Result<(Consumer<SqliteStore>, LogSource)> {
         let store = SqliteStore::open(&store_path, true)?;
         let mut consumer = Consumer::open(store, &source_key, Config::default())?;
         consumer.verbose = false;
-        let mut source = LogSource::open(&log_path)?;
-        let options = RunOptions {
-            exit_when_idle: true,
-            commit_events_max: DEMO_BATCH_EVENTS,
-            crash_after_deliveries,
-            progress,
-            ..RunOptions::default()
-        };
-        let report = ordo_runtime::run(&mut consumer, &mut source, &options, &AtomicBool::new(false))?;
-        Ok((report, consumer))
+        Ok((consumer, LogSource::open(&log_path)?))
     };
-    // First run: crash half-way; the uncommitted batch is lost, as with kill -9.
-    let (crashed, _) = consume(Some(deliveries.len() as u64 / 2))?;
+    // First run: crash half-way; what it had not committed is lost, as with kill -9.
+    let (mut consumer, source) = open()?;
+    let mut source = CrashAfter::new(source, deliveries.len() as u64 / 2);
+    let crashed = ordo_runtime::run(
+        &mut consumer,
+        &mut source,
+        &options,
+        &AtomicBool::new(false),
+    );
     anyhow::ensure!(
-        crashed.end == RunEnd::Crashed,
+        matches!(crashed, Err(RunError::Source(SourceError::Crashed { .. }))),
         "the demo's crash did not happen"
     );
-    // Restart from what was committed and run until idle.
-    let (report, mut consumer) = consume(None)?;
+    drop(consumer);
+    // Restart from what was committed and run until idle: a fresh open, as after a crash.
+    let (mut consumer, mut source) = open()?;
+    let report = ordo_runtime::run(
+        &mut consumer,
+        &mut source,
+        &options,
+        &AtomicBool::new(false),
+    )?;
     let store = consumer.store();
     let actual = ordo_sim::export::from_store(store.export()?);
     let expected = oracle::run(&history);

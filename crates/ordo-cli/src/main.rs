@@ -84,10 +84,28 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) if broken_pipe(&error) => ExitCode::from(141),
         Err(error) => {
-            tracing::error!("{error:#}");
+            tracing::error!("{}", error_text(&error));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, as `outer: cause: cause`. ordo's errors say their cause in
+/// their own words and also keep it as their `source()`: a cause whose text the message
+/// says already is not repeated.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
 }
 
 /// Whether the output's reader went away (`ordo export | head`): a quiet end, as

@@ -10,11 +10,49 @@ use crate::cli::RelayArgs;
 use crate::settings::open_sqlite;
 
 /// Environment variable that makes the relay exit after publishing (and before marking)
-/// this many batches (tests only).
+/// this many batches: crash tests, in a binary built with the `fault-injection` feature
+/// only.
+#[cfg(feature = "fault-injection")]
 const CRASH_VARIABLE: &str = "ORDO_RELAY_CRASH_AFTER_BATCHES";
 
+/// A publisher that exits the process as a crash would once its `left`-th batch is
+/// published, before the relay marks it: the restart publishes that batch again.
+#[cfg(feature = "fault-injection")]
+struct CrashAfterBatches {
+    inner: Box<dyn Publisher>,
+    left: u64,
+}
+
+#[cfg(feature = "fault-injection")]
+impl Publisher for CrashAfterBatches {
+    fn publish(&mut self, rows: &[(u64, String, String)]) -> Result<(), String> {
+        self.inner.publish(rows)?;
+        self.left = self.left.saturating_sub(1);
+        if self.left == 0 {
+            std::process::exit(137);
+        }
+        Ok(())
+    }
+}
+
+/// The publisher, wrapped to crash on purpose when [`CRASH_VARIABLE`] asks (never in a
+/// shipped build).
+fn with_fault_injection(publisher: Box<dyn Publisher>) -> Box<dyn Publisher> {
+    #[cfg(feature = "fault-injection")]
+    if let Some(left) = std::env::var(CRASH_VARIABLE)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Box::new(CrashAfterBatches {
+            inner: publisher,
+            left,
+        });
+    }
+    publisher
+}
+
 pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
-    let mut publisher = publisher(&args.to)?;
+    let mut publisher = with_fault_injection(publisher(&args.to)?);
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(
         args.health_stuck_ms > 0,
@@ -38,9 +76,6 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         telemetry,
         exit_when_idle: args.exit_when_idle,
         batch: args.batch,
-        crash_after_published_batches: std::env::var(CRASH_VARIABLE)
-            .ok()
-            .and_then(|v| v.parse().ok()),
     };
     // The relay stops between batches: a batch is published and marked, or not marked.
     let stop = AtomicBool::new(false);

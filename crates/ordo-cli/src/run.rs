@@ -159,7 +159,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         RunEnd::Idle => "source drained, nothing can progress",
         RunEnd::Finished => "source ended",
         RunEnd::Stopped => "stopped by signal after committing the last batch",
-        RunEnd::Crashed => "crashed on purpose",
     };
     tracing::info!(
         "{how}; {} delivered in this run, {} commits; store counters: {counters}; {dead_letters} dead letters",

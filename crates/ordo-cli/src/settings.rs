@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use ordo_core::{Config, VersionMode};
-use ordo_store::{AnyStore, OpenError, SqliteStore, StoreUrl};
+use ordo_store::{AnyStore, SqliteStore, StoreUrl};
 use serde_json::{json, Value};
 
 use crate::cli::EngineArgs;
@@ -25,9 +25,9 @@ pub fn open_read_only(url: &str) -> anyhow::Result<AnyStore> {
 pub fn open_sqlite(url: &str, create: bool) -> anyhow::Result<SqliteStore> {
     match StoreUrl::parse(url)? {
         StoreUrl::Sqlite(path) => Ok(SqliteStore::open(&path, create)?),
-        StoreUrl::Postgres(_) => bail!(OpenError::Database(
-            "the outbox relay reads a SQLite store for now (use sqlite:PATH)".into()
-        )),
+        StoreUrl::Postgres(_) => {
+            bail!("the outbox relay reads a SQLite store for now (use sqlite:PATH)")
+        }
     }
 }
 

@@ -659,7 +659,9 @@ fn three_members_sharing_postgres_survive_a_sigkill_and_rebalances() {
         .unwrap();
 }
 
+/// Needs a binary built with the `fault-injection` feature (scripts/test.sh builds it so).
 #[test]
+#[cfg(feature = "fault-injection")]
 fn a_relay_crash_between_publish_and_mark_is_absorbed_by_the_consumer() {
     let broker = Broker::start();
     broker.create_topic("outbox", 3);

@@ -310,7 +310,9 @@ fn a_redelivery_after_the_ack_wait_is_absorbed() {
 /// `ordo relay --to nats://…`: a relay that crashes between the server's acks and the
 /// mark publishes the batch again on restart; the stream's duplicate window drops the
 /// copies by `Nats-Msg-Id`, so the consumer reads each event once and reaches the oracle.
+/// Needs a binary built with the `fault-injection` feature (scripts/test.sh builds it so).
 #[test]
+#[cfg(feature = "fault-injection")]
 fn a_relay_crash_between_publish_and_mark_is_absorbed_by_the_duplicate_window() {
     let stream = TestStream::new("relay");
     let scratch = Scratch::new();

@@ -51,8 +51,8 @@ pub enum LogError {
         /// What it is instead.
         kind: &'static str,
     },
-    /// Any other database error.
-    Database(String),
+    /// SQLite failed.
+    Sqlite(rusqlite::Error),
 }
 
 /// What `path` is when it exists and is not a regular file (a directory, a FIFO, a
@@ -83,16 +83,23 @@ impl fmt::Display for LogError {
             LogError::NotAFile { path, kind } => {
                 write!(f, "event log `{path}` is {kind}, not a file")
             }
-            LogError::Database(detail) => write!(f, "event log error: {detail}"),
+            LogError::Sqlite(error) => write!(f, "event log error: {error}"),
         }
     }
 }
 
-impl std::error::Error for LogError {}
+impl std::error::Error for LogError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LogError::Sqlite(error) => Some(error),
+            _ => None,
+        }
+    }
+}
 
 impl From<rusqlite::Error> for LogError {
     fn from(error: rusqlite::Error) -> Self {
-        LogError::Database(error.to_string())
+        LogError::Sqlite(error)
     }
 }
 

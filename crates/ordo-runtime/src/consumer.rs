@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ordo_core::{
-    Config, Counters, DeadLetter, DecisionKind, Disposition, Engine, Notice, Outcome,
-    SourcePosition, Work,
+    Config, Counters, DeadLetter, DecisionKind, Disposition, Engine, Notice, OperatorError,
+    Outcome, SourcePosition, Work,
 };
 use ordo_projection::{run_work, Document, DocumentProjection, DocumentSlots};
 use ordo_store::journal::{JournalEntry, Retention};
@@ -103,6 +103,34 @@ impl std::error::Error for ConsumeError {
             ConsumeError::Read(e) => Some(e),
             ConsumeError::Commit(e) => Some(e),
             ConsumeError::Handler(e) => Some(&**e),
+        }
+    }
+}
+
+/// Why an operator action on a running consumer did not go through.
+#[derive(Debug)]
+pub enum ActionError {
+    /// The engine refused it: the stream or the entry is not in the state the action
+    /// needs. Nothing changed.
+    Refused(OperatorError),
+    /// Applying what the action unblocked failed.
+    Consume(ConsumeError),
+}
+
+impl std::fmt::Display for ActionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActionError::Refused(refused) => write!(f, "{refused}"),
+            ActionError::Consume(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for ActionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ActionError::Refused(refused) => Some(refused),
+            ActionError::Consume(error) => Some(error),
         }
     }
 }
@@ -734,12 +762,12 @@ impl<S: Store> Consumer<S> {
     }
 
     /// Replays one dead letter and applies what it unblocks (commit separately).
-    pub fn replay(&mut self, entry: &DeadLetter) -> Result<ordo_core::ReplayOutcome, String> {
+    pub fn replay(&mut self, entry: &DeadLetter) -> Result<ordo_core::ReplayOutcome, ActionError> {
         let outcome = self
             .engine
             .replay_dead_letter(self.clock.now_ms(), entry)
-            .map_err(|e| e.to_string())?;
-        self.apply_until_quiet().map_err(|e| e.to_string())?;
+            .map_err(ActionError::Refused)?;
+        self.apply_until_quiet().map_err(ActionError::Consume)?;
         // The verdict comes only now: requeued is what the engine did, but the projection
         // or the handler may have refused the event again.
         if outcome == ordo_core::ReplayOutcome::Requeued {
@@ -754,20 +782,20 @@ impl<S: Store> Consumer<S> {
 
     /// Passes over one missing version known lost and applies what it unblocks (commit
     /// separately).
-    pub fn skip_missing(&mut self, stream: &str, version: u64) -> Result<(), String> {
+    pub fn skip_missing(&mut self, stream: &str, version: u64) -> Result<(), ActionError> {
         self.engine
             .skip_missing(self.clock.now_ms(), stream, version)
-            .map_err(|e| e.to_string())?;
-        self.apply_until_quiet().map_err(|e| e.to_string())?;
+            .map_err(ActionError::Refused)?;
+        self.apply_until_quiet().map_err(ActionError::Consume)?;
         Ok(())
     }
 
     /// Skips one dead letter and applies what it unblocks (commit separately).
-    pub fn skip(&mut self, entry: &DeadLetter) -> Result<(), String> {
+    pub fn skip(&mut self, entry: &DeadLetter) -> Result<(), ActionError> {
         self.engine
             .skip_dead_letter(self.clock.now_ms(), entry)
-            .map_err(|e| e.to_string())?;
-        self.apply_until_quiet().map_err(|e| e.to_string())?;
+            .map_err(ActionError::Refused)?;
+        self.apply_until_quiet().map_err(ActionError::Consume)?;
         Ok(())
     }
 

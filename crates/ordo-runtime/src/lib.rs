@@ -12,9 +12,9 @@ pub mod run;
 pub mod source;
 pub mod telemetry;
 
-pub use consumer::{now_ms, Clock, ConsumeError, Consumer};
+pub use consumer::{now_ms, ActionError, Clock, ConsumeError, Consumer};
 pub use handlers::{apply_concurrently, HandlerReport};
 pub use run::{
     run, run_serving, run_until_signal, RunEnd, RunError, RunLoop, RunOptions, RunReport,
 };
-pub use source::{FileSource, LogSource, Polled, Source, SourceError, SourceUrl};
+pub use source::{CrashAfter, FileSource, LogSource, Polled, Source, SourceError, SourceUrl};

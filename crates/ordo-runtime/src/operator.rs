@@ -8,7 +8,7 @@ use ordo_core::{parse_event, DeadLetter, ReplayOutcome};
 use ordo_store::{ActionState, OperatorAction, PauseTarget, Store, PAUSE_VERB, RESUME_VERB};
 use serde_json::json;
 
-use crate::consumer::{now_ms, ConsumeError, Consumer};
+use crate::consumer::{now_ms, ActionError, ConsumeError, Consumer};
 
 /// An operator action, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,22 +209,23 @@ impl<S: Store> Consumer<S> {
                     },
                     None => found,
                 };
-                self.replay(&found).map(|outcome| {
+                refused_or_failed(self.replay(&found).map(|outcome| {
                     match outcome {
                         ReplayOutcome::Requeued => "requeued",
                         ReplayOutcome::AlreadyApplied => "already-applied",
                         ReplayOutcome::DeadLetteredAgain => "dead-lettered-again",
                     }
                     .to_string()
-                })
+                }))?
             }
             Action::Skip { id } => match entry(self, *id)? {
-                Ok(found) => self.skip(&found).map(|()| "skipped".to_string()),
+                Ok(found) => refused_or_failed(self.skip(&found).map(|()| "skipped".to_string()))?,
                 Err(refusal) => Err(refusal),
             },
-            Action::SkipMissing { stream, version } => self
-                .skip_missing(stream, *version)
-                .map(|()| "skipped".to_string()),
+            Action::SkipMissing { stream, version } => refused_or_failed(
+                self.skip_missing(stream, *version)
+                    .map(|()| "skipped".to_string()),
+            )?,
             Action::Pause(target) => self.set_paused(target, true),
             Action::Resume(target) => self.set_paused(target, false),
         })
@@ -264,5 +265,17 @@ impl<S: Store> Consumer<S> {
             }
         }
         Ok(requests.len())
+    }
+}
+
+/// An action's answer: what it did, or why the engine refused it (told to the operator);
+/// a failure to apply what it unblocked is the consumer's own error.
+fn refused_or_failed(
+    done: Result<String, ActionError>,
+) -> Result<Result<String, String>, ConsumeError> {
+    match done {
+        Ok(what) => Ok(Ok(what)),
+        Err(ActionError::Refused(refused)) => Ok(Err(refused.to_string())),
+        Err(ActionError::Consume(error)) => Err(error),
     }
 }

@@ -36,8 +36,6 @@ pub struct RelayOptions {
     pub exit_when_idle: bool,
     /// Rows per batch.
     pub batch: usize,
-    /// Exit abruptly after publishing (and before marking) this many batches (tests).
-    pub crash_after_published_batches: Option<u64>,
     /// Where the relay reports (`relay --metrics`): heartbeat, readiness and the
     /// `ordo_relay_*` metrics.
     pub telemetry: Option<Arc<Telemetry>>,
@@ -87,7 +85,6 @@ impl Default for RelayOptions {
         RelayOptions {
             exit_when_idle: false,
             batch: RELAY_BATCH_DEFAULT,
-            crash_after_published_batches: None,
             telemetry: None,
         }
     }
@@ -138,10 +135,6 @@ pub fn run(
         };
         publisher.publish(&rows)?;
         report.batches += 1;
-        if options.crash_after_published_batches == Some(report.batches) {
-            // Published, not marked: the restart publishes this batch again.
-            std::process::exit(137);
-        }
         store
             .outbox_mark_published(last)
             .map_err(|e| e.to_string())?;

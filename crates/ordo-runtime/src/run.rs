@@ -62,9 +62,6 @@ pub struct RunOptions {
     pub commit_interval_ms: u64,
     /// Print progress to stderr now and then.
     pub progress: bool,
-    /// Stop abruptly, without committing, after this many deliveries (crash tests and the
-    /// demo's crash: what was not committed is lost, as in a `kill -9`).
-    pub crash_after_deliveries: Option<u64>,
 }
 
 impl Default for RunOptions {
@@ -74,7 +71,6 @@ impl Default for RunOptions {
             commit_events_max: COMMIT_EVENTS_MAX_DEFAULT,
             commit_interval_ms: COMMIT_INTERVAL_MS_DEFAULT,
             progress: false,
-            crash_after_deliveries: None,
         }
     }
 }
@@ -88,8 +84,6 @@ pub enum RunEnd {
     Finished,
     /// A stop was requested (signal); the last batch was committed.
     Stopped,
-    /// `crash_after_deliveries` struck: the last batch was thrown away.
-    Crashed,
 }
 
 /// What a run did.
@@ -124,7 +118,7 @@ pub enum RunError {
         /// Conflicts in a row.
         count: u32,
         /// The last one.
-        last: String,
+        last: ordo_store::ConflictReason,
     },
 }
 
@@ -396,9 +390,6 @@ impl RunLoop {
                 for (position, bytes, key) in events {
                     consumer.deliver_keyed(received_ms, position, &bytes, key.as_deref());
                     self.delivered += 1;
-                    if options.crash_after_deliveries == Some(self.delivered) {
-                        return Ok(Some(RunEnd::Crashed));
-                    }
                 }
             }
             Polled::Idle => {

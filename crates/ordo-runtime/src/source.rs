@@ -81,6 +81,11 @@ pub enum SourceError {
     Broker(String),
     /// The group's membership failed (see [`crate::membership`]).
     Membership(ordo_store::members::MembersError),
+    /// [`CrashAfter`] struck: the run ends here, committing nothing more.
+    Crashed {
+        /// After how many deliveries.
+        deliveries: u64,
+    },
 }
 
 impl fmt::Display for SourceError {
@@ -105,6 +110,9 @@ impl fmt::Display for SourceError {
             SourceError::Unsupported(what) => write!(f, "{what}"),
             SourceError::Broker(detail) => write!(f, "broker: {detail}"),
             SourceError::Membership(error) => error.fmt(f),
+            SourceError::Crashed { deliveries } => {
+                write!(f, "crashed on purpose after {deliveries} deliveries")
+            }
         }
     }
 }
@@ -200,6 +208,75 @@ pub trait Source: Send {
         Err(SourceError::Unsupported(
             "this source cannot be read again from its checkpoint; another process writes the store (run one consumer per store for file sources)".into(),
         ))
+    }
+}
+
+/// A source that fails as a crash would after a number of deliveries: the run ends with
+/// [`SourceError::Crashed`] and commits nothing more, so what it had not committed is
+/// lost as in a `kill -9`. For the demo's crash and for crash tests: the run loop knows
+/// nothing of it.
+pub struct CrashAfter<S> {
+    inner: S,
+    deliveries: u64,
+    left: u64,
+}
+
+impl<S: Source> CrashAfter<S> {
+    /// `inner`, failing once `deliveries` were handed out.
+    pub fn new(inner: S, deliveries: u64) -> Self {
+        CrashAfter {
+            inner,
+            deliveries,
+            left: deliveries,
+        }
+    }
+}
+
+impl<S: Source> Source for CrashAfter<S> {
+    fn resume(&mut self, checkpoints: &[(u32, u64)]) {
+        self.inner.resume(checkpoints);
+    }
+
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {
+        if self.left == 0 {
+            return Err(SourceError::Crashed {
+                deliveries: self.deliveries,
+            });
+        }
+        let max = max.min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let polled = self.inner.poll(max, wait)?;
+        if let Polled::Events(events) = &polled {
+            self.left -= events.len() as u64;
+        }
+        Ok(polled)
+    }
+
+    fn complete_rebalance(&mut self, checkpoints: &[(u32, u64)]) -> Result<(), SourceError> {
+        self.inner.complete_rebalance(checkpoints)
+    }
+
+    fn committed(&mut self, checkpoints: &[(u32, u64)]) {
+        self.inner.committed(checkpoints);
+    }
+
+    fn is_group(&self) -> bool {
+        self.inner.is_group()
+    }
+
+    fn reachable(&self) -> bool {
+        self.inner.reachable()
+    }
+
+    fn ends(&mut self) -> Vec<crate::telemetry::PartitionEnd> {
+        self.inner.ends()
+    }
+
+    fn pause_partitions(&mut self, paused: &BTreeSet<u32>) -> Result<(), SourceError> {
+        self.inner.pause_partitions(paused)
+    }
+
+    fn rewind(&mut self, checkpoints: &[(u32, u64)]) -> Result<(), SourceError> {
+        self.inner.rewind(checkpoints)
     }
 }
 

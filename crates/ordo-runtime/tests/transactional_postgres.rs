@@ -10,7 +10,9 @@ use std::sync::atomic::AtomicBool;
 
 use ordo_core::{Config, OpPolicy};
 use ordo_runtime::handler::{Call, Refusal, TransactionalHandler};
-use ordo_runtime::{Consumer, Polled, RunEnd, RunOptions, Source, SourceError, SourceUrl};
+use ordo_runtime::{
+    Consumer, CrashAfter, Polled, RunEnd, RunError, RunOptions, Source, SourceError, SourceUrl,
+};
 use ordo_store::postgres::{Client, NoTls};
 use ordo_store::PostgresStore;
 
@@ -65,7 +67,9 @@ impl Source for Trickle {
     }
 }
 
-fn run(url: &SourceUrl, store_url: &str, crash_after: Option<u64>) -> RunEnd {
+/// Runs until idle, or (with `crash_after`) until the crash strikes after that many
+/// deliveries.
+fn run(url: &SourceUrl, store_url: &str, crash_after: Option<u64>) {
     let store = PostgresStore::open(store_url).expect("PostgreSQL at 127.0.0.1:5432");
     let config = Config {
         op_policy: OpPolicy::Custom,
@@ -75,24 +79,27 @@ fn run(url: &SourceUrl, store_url: &str, crash_after: Option<u64>) -> RunEnd {
         .unwrap()
         .with_transactional_handler(Ledger);
     consumer.verbose = false;
-    let mut source = Trickle(ordo_runtime::source::open(url).unwrap());
+    let source = Trickle(ordo_runtime::source::open(url).unwrap());
     // Commits every 64 deliveries (never by the clock), so a crash finds applied works
     // of up to 63 deliveries uncommitted.
     let options = RunOptions {
         exit_when_idle: crash_after.is_none(),
-        crash_after_deliveries: crash_after,
         commit_events_max: 64,
         commit_interval_ms: 3_600_000,
         ..RunOptions::default()
     };
-    let report = ordo_runtime::run(
-        &mut consumer,
-        &mut source,
-        &options,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    report.end
+    let stop = AtomicBool::new(false);
+    let Some(crash_after) = crash_after else {
+        let mut source = source;
+        let report = ordo_runtime::run(&mut consumer, &mut source, &options, &stop).unwrap();
+        assert_eq!(report.end, RunEnd::Idle);
+        return;
+    };
+    let mut source = CrashAfter::new(source, crash_after);
+    match ordo_runtime::run(&mut consumer, &mut source, &options, &stop) {
+        Err(RunError::Source(SourceError::Crashed { .. })) => {}
+        other => panic!("the crash did not strike: {other:?}"),
+    }
 }
 
 /// `(ordo's version, the team's rows)` per stream.
@@ -136,7 +143,7 @@ fn crashes_leave_the_teams_rows_and_ordos_versions_equal() {
     let url = SourceUrl::parse(&format!("file:{}", input.display())).unwrap();
     let store_url = format!("{POSTGRES}?schema={schema}");
     for crash_after in [37, 150, 151, 300, 90] {
-        assert_eq!(run(&url, &store_url, Some(crash_after)), RunEnd::Crashed);
+        run(&url, &store_url, Some(crash_after));
         for (stream, (ordo, team)) in both(&mut admin, &schema) {
             assert_eq!(ordo, team, "after a crash at {crash_after}: `{stream}`");
         }

@@ -44,8 +44,39 @@ pub enum OpenError {
         /// What is missing, in words.
         missing: String,
     },
-    /// Any other database error.
-    Database(String),
+    /// The file exists but SQLite cannot read it as a database (damaged, or not a
+    /// database at all).
+    NotAStore {
+        /// The path.
+        path: String,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The file is a database without ordo's schema version, or with one that does not
+    /// read as a number: not an ordo store, or a damaged one.
+    NoSchemaVersion {
+        /// The path, or the PostgreSQL URL (redacted).
+        store: String,
+        /// What was found instead of a version, if anything.
+        found: Option<String>,
+    },
+    /// SQLite would not switch the store to write-ahead logging (a file system without
+    /// shared memory, or a store opened by something else in another mode).
+    NoWal {
+        /// The journal mode SQLite kept.
+        mode: String,
+    },
+    /// The PostgreSQL server cannot be reached.
+    Connect {
+        /// The URL, with its password redacted.
+        url: String,
+        /// What the client said.
+        source: postgres::Error,
+    },
+    /// Any other SQLite error.
+    Sqlite(rusqlite::Error),
+    /// Any other PostgreSQL error.
+    Postgres(postgres::Error),
 }
 
 impl fmt::Display for OpenError {
@@ -82,19 +113,70 @@ impl fmt::Display for OpenError {
                 f,
                 "store is in use by `{holder}` (pid {pid}); stop it first"
             ),
-            OpenError::Database(detail) => write!(f, "store error: {detail}"),
+            OpenError::NotAStore { path, source } => {
+                write!(f, "`{path}` cannot be read as an ordo store ({source})")
+            }
+            OpenError::NoSchemaVersion { store, found: None } => {
+                write!(f, "`{store}` has no ordo schema version: not an ordo store")
+            }
+            OpenError::NoSchemaVersion {
+                store,
+                found: Some(found),
+            } => write!(f, "`{store}` has a bad schema version `{found}`"),
+            OpenError::NoWal { mode } => write!(
+                f,
+                "could not enable WAL (got {mode}); the store needs a local file system"
+            ),
+            OpenError::Connect { url, source } => {
+                write!(f, "cannot connect to {url}: {}", postgres_detail(source))
+            }
+            OpenError::Sqlite(error) => write!(f, "store error: {error}"),
+            OpenError::Postgres(error) => write!(f, "store error: {}", postgres_detail(error)),
         }
     }
 }
 
-impl std::error::Error for OpenError {}
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::NotAStore { source, .. } | OpenError::Sqlite(source) => Some(source),
+            OpenError::Connect { source, .. } | OpenError::Postgres(source) => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for OpenError {
+    fn from(error: rusqlite::Error) -> Self {
+        OpenError::Sqlite(error)
+    }
+}
+
+impl From<postgres::Error> for OpenError {
+    fn from(error: postgres::Error) -> Self {
+        OpenError::Postgres(error)
+    }
+}
+
+/// A PostgreSQL error in words: a server error's own message and SQLSTATE say more than
+/// the client's "db error". The client's messages never carry the password.
+pub(crate) fn postgres_detail(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
 
 /// Why a read failed.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ReadError {
-    /// The database failed.
-    Database(String),
+    /// SQLite failed.
+    Sqlite(rusqlite::Error),
+    /// PostgreSQL failed.
+    Postgres(postgres::Error),
+    /// The store could not be opened for the read.
+    Open(Box<OpenError>),
     /// A stored value does not decode (a bug or a damaged store).
     Corrupt(String),
     /// The connection to the database server was lost and could not be re-established
@@ -105,18 +187,43 @@ pub enum ReadError {
 impl fmt::Display for ReadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ReadError::Database(detail) => write!(f, "store read failed: {detail}"),
+            ReadError::Sqlite(error) => write!(f, "store read failed: {error}"),
+            ReadError::Postgres(error) => {
+                write!(f, "store read failed: {}", postgres_detail(error))
+            }
+            ReadError::Open(error) => write!(f, "{error}"),
             ReadError::Corrupt(detail) => write!(f, "store holds an undecodable value: {detail}"),
             ReadError::Unavailable(detail) => write!(f, "store unavailable: {detail}"),
         }
     }
 }
 
-impl std::error::Error for ReadError {}
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::Sqlite(error) => Some(error),
+            ReadError::Postgres(error) => Some(error),
+            ReadError::Open(error) => Some(error),
+            ReadError::Corrupt(_) | ReadError::Unavailable(_) => None,
+        }
+    }
+}
 
 impl From<rusqlite::Error> for ReadError {
     fn from(error: rusqlite::Error) -> Self {
-        ReadError::Database(error.to_string())
+        ReadError::Sqlite(error)
+    }
+}
+
+impl From<postgres::Error> for ReadError {
+    fn from(error: postgres::Error) -> Self {
+        ReadError::Postgres(error)
+    }
+}
+
+impl From<OpenError> for ReadError {
+    fn from(error: OpenError) -> Self {
+        ReadError::Open(Box::new(error))
     }
 }
 
@@ -134,7 +241,7 @@ pub enum CommitError {
     /// Another process sharing the store changed something this batch was computed from
     /// (a document's revision, a stream's position or alias). Rolled back; the consumer
     /// rebuilds from the store and reads its uncommitted deliveries again.
-    Conflict(String),
+    Conflict(ConflictReason),
     /// This process no longer owns a partition it consumed: another member claimed it
     /// after a rebalance (zombie fencing). Rolled back; nothing of the batch is written.
     Fenced {
@@ -150,8 +257,11 @@ pub enum CommitError {
     /// The connection to the database server was lost and could not be re-established
     /// within the retry bound; nothing of the batch is written.
     Unavailable(String),
-    /// Any other database error.
-    Database(String),
+    /// SQLite failed (a full disk, a read-only file, a damaged page): the transaction
+    /// rolled back whole.
+    Sqlite(rusqlite::Error),
+    /// PostgreSQL failed (out of space, a constraint): the transaction rolled back whole.
+    Postgres(postgres::Error),
 }
 
 impl fmt::Display for CommitError {
@@ -174,9 +284,119 @@ impl fmt::Display for CommitError {
                 "fenced: partition {partition} of `{source}` was claimed by another member (epoch {current}, this member holds {mine}); this member lost it in a rebalance and wrote nothing"
             ),
             CommitError::Unavailable(detail) => write!(f, "commit failed, store unavailable: {detail}"),
-            CommitError::Database(detail) => write!(f, "commit failed: {detail}"),
+            CommitError::Sqlite(error) => write!(f, "commit failed: {error}"),
+            CommitError::Postgres(error) => {
+                write!(f, "commit failed: {}", postgres_detail(error))
+            }
         }
     }
 }
 
-impl std::error::Error for CommitError {}
+impl std::error::Error for CommitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CommitError::Sqlite(error) => Some(error),
+            CommitError::Postgres(error) => Some(error),
+            CommitError::Conflict(reason) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// What another member sharing the store changed that a batch was computed from. The
+/// batch rolls back; the consumer rebuilds from the store.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConflictReason {
+    /// Documents this batch writes were changed by another member since they were read
+    /// (their revisions moved).
+    DocumentsChanged {
+        /// How many.
+        changed: usize,
+        /// Of how many written.
+        written: usize,
+    },
+    /// Documents this batch creates were created by another member meanwhile.
+    DocumentsCreated {
+        /// How many.
+        created: usize,
+        /// Of how many created.
+        written: usize,
+    },
+    /// The batch writes the document of a stream another member merged away (the alias
+    /// chain grew elsewhere).
+    DocumentMergedAway {
+        /// The document's stream.
+        document: String,
+        /// Where another member merged it.
+        target: String,
+    },
+    /// The batch moves a stream another member merged away.
+    StreamMergedAway {
+        /// The stream.
+        stream: String,
+    },
+    /// Another member already applied the version this batch brings a stream to.
+    AlreadyApplied {
+        /// The stream.
+        stream: String,
+        /// Its stored applied version.
+        stored: u64,
+        /// The version this batch brings it to.
+        batch: u64,
+    },
+    /// A dead letter's id is past this process's reserved block of ids.
+    DeadLetterIdOutsideBlock {
+        /// The id.
+        id: u64,
+    },
+    /// PostgreSQL rolled the transaction back to break a deadlock or a serialization
+    /// failure between members: running it again is safe.
+    DeadlockVictim(postgres::Error),
+}
+
+impl fmt::Display for ConflictReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConflictReason::DocumentsChanged { changed, written } => write!(
+                f,
+                "{changed} of {written} documents were changed by another member since they were read"
+            ),
+            ConflictReason::DocumentsCreated { created, written } => write!(
+                f,
+                "{created} of {written} new documents were created by another member meanwhile"
+            ),
+            ConflictReason::DocumentMergedAway { document, target } => write!(
+                f,
+                "document `{document}` belongs to a stream merged into `{target}` by another member"
+            ),
+            ConflictReason::StreamMergedAway { stream } => {
+                write!(f, "stream `{stream}` was merged away by another member")
+            }
+            ConflictReason::AlreadyApplied {
+                stream,
+                stored,
+                batch,
+            } => write!(
+                f,
+                "stream `{stream}` is already at version {stored} (this batch brings it to {batch})"
+            ),
+            ConflictReason::DeadLetterIdOutsideBlock { id } => write!(
+                f,
+                "dead-letter id {id} is past this process's reserved block"
+            ),
+            ConflictReason::DeadlockVictim(error) => {
+                write!(f, "chosen to break a deadlock: {}", postgres_detail(error))
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConflictReason {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConflictReason::DeadlockVictim(error) => Some(error),
+            _ => None,
+        }
+    }
+}

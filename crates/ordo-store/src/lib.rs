@@ -24,7 +24,7 @@ use std::sync::Arc;
 use ordo_core::{ChangeSet, DeadLetter, Load, Loaded, Snapshot, StreamRecord};
 use ordo_projection::Document;
 
-pub use error::{CommitError, OpenError, ReadError};
+pub use error::{CommitError, ConflictReason, OpenError, ReadError};
 pub use memory::{answer_load, pending_snapshot, PendingRows, SharedMemory, SharedMemoryStore};
 pub use operator::{
     pauses_in_force, ActionState, OperatorAction, Pause, PauseTarget, PAUSE_VERB, RESUME_VERB,

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use postgres::Client;
 
-use crate::pg::{connect, database};
+use crate::error::postgres_detail;
+use crate::pg::connect;
 use crate::url::redact;
 
 /// What one beat saw.
@@ -31,8 +32,15 @@ pub struct GroupView {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum MembersError {
-    /// The database failed or cannot be reached.
-    Database(String),
+    /// The PostgreSQL server cannot be reached.
+    Connect {
+        /// The URL, with its password redacted.
+        url: String,
+        /// What the client said.
+        source: postgres::Error,
+    },
+    /// PostgreSQL failed.
+    Postgres(postgres::Error),
     /// Another live member reads the source as another number of partitions.
     PartitionsDiffer {
         /// That member.
@@ -47,7 +55,14 @@ pub enum MembersError {
 impl fmt::Display for MembersError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MembersError::Database(detail) => write!(f, "group membership: {detail}"),
+            MembersError::Connect { url, source } => write!(
+                f,
+                "group membership: cannot connect to {url}: {}",
+                postgres_detail(source)
+            ),
+            MembersError::Postgres(error) => {
+                write!(f, "group membership: {}", postgres_detail(error))
+            }
             MembersError::PartitionsDiffer {
                 member,
                 theirs,
@@ -60,11 +75,18 @@ impl fmt::Display for MembersError {
     }
 }
 
-impl std::error::Error for MembersError {}
+impl std::error::Error for MembersError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MembersError::Connect { source, .. } | MembersError::Postgres(source) => Some(source),
+            MembersError::PartitionsDiffer { .. } => None,
+        }
+    }
+}
 
 impl From<postgres::Error> for MembersError {
     fn from(error: postgres::Error) -> Self {
-        MembersError::Database(database(error))
+        MembersError::Postgres(error)
     }
 }
 
@@ -112,11 +134,10 @@ impl PgMembers {
     fn client(&mut self) -> Result<&mut Client, MembersError> {
         if self.client.is_none() {
             let client = connect(&self.url, self.schema.as_deref(), false).map_err(|e| {
-                MembersError::Database(format!(
-                    "cannot connect to {}: {}",
-                    redact(&self.url),
-                    database(e)
-                ))
+                MembersError::Connect {
+                    url: redact(&self.url),
+                    source: e,
+                }
             })?;
             self.client = Some(client);
         }

@@ -18,7 +18,7 @@ use ordo_core::{
 };
 use ordo_projection::Document;
 
-use crate::error::{CommitError, ReadError};
+use crate::error::{CommitError, ConflictReason, ReadError};
 use crate::{rows, sharing, CommitBatch, ExportRow, Store, DEAD_LETTER_ID_BLOCK};
 
 /// What the shared database holds.
@@ -269,14 +269,19 @@ impl SharedMemoryStore {
                 }
             }
         }
-        for (stream, _) in &batch.documents {
-            let expected = self.revisions.get(stream).copied().unwrap_or(0);
-            let stored = database.documents.get(stream).map_or(0, |(_, r)| *r);
-            if stored != expected {
-                return Err(CommitError::Conflict(format!(
-                    "document `{stream}` was changed by another member since it was read"
-                )));
-            }
+        let changed = batch
+            .documents
+            .iter()
+            .filter(|(stream, _)| {
+                let expected = self.revisions.get(stream).copied().unwrap_or(0);
+                database.documents.get(stream).map_or(0, |(_, r)| *r) != expected
+            })
+            .count();
+        if changed > 0 {
+            return Err(CommitError::Conflict(ConflictReason::DocumentsChanged {
+                changed,
+                written: batch.documents.len(),
+            }));
         }
         let changes = &batch.changes;
         sharing::check_documents_live(
@@ -302,10 +307,9 @@ impl SharedMemoryStore {
             .iter()
             .find(|d| d.id >= self.dead_letter_ids_end)
         {
-            return Err(CommitError::Conflict(format!(
-                "dead-letter id {} is past this process's reserved block",
-                entry.id
-            )));
+            return Err(CommitError::Conflict(
+                ConflictReason::DeadLetterIdOutsideBlock { id: entry.id },
+            ));
         }
         Ok(())
     }

@@ -39,7 +39,7 @@ use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, GenericClient, NoTls};
 
-use crate::error::{CommitError, OpenError, ReadError};
+use crate::error::{CommitError, ConflictReason, OpenError, ReadError};
 use crate::rows::{self, corrupt};
 use crate::url::redact;
 use crate::{sharing, CommitBatch, ExportRow, Store};
@@ -124,21 +124,6 @@ ALTER TABLE dedupe_blocks DROP CONSTRAINT IF EXISTS dedupe_blocks_pkey;
 ALTER TABLE dedupe_blocks ADD COLUMN IF NOT EXISTS block BIGSERIAL PRIMARY KEY;
 ";
 
-pub(crate) fn database(error: postgres::Error) -> String {
-    // The client's messages never carry the password; the URL is redacted by callers.
-    // A server error's own message says more than the client's "db error".
-    match error.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
-    }
-}
-
-impl From<postgres::Error> for ReadError {
-    fn from(error: postgres::Error) -> Self {
-        ReadError::Database(database(error))
-    }
-}
-
 /// Whether an error means the connection is gone (retry on a new one) rather than a
 /// statement failed.
 fn connection_lost(error: &postgres::Error) -> bool {
@@ -159,7 +144,7 @@ fn connection_lost(error: &postgres::Error) -> bool {
 
 /// Why one attempt at a commit failed.
 enum WriteError {
-    Conflict(String),
+    Conflict(ConflictReason),
     Fenced {
         partition: u32,
         mine: i64,
@@ -181,7 +166,7 @@ impl From<postgres::Error> for WriteError {
         // Two members locking rows in different orders: one is chosen to fail, and it
         // recovers like any conflict.
         if deadlock_victim(&error) {
-            WriteError::Conflict(database(error))
+            WriteError::Conflict(ConflictReason::DeadlockVictim(error))
         } else {
             WriteError::Database(error)
         }
@@ -380,13 +365,11 @@ impl PostgresStore {
                 )));
             }
         }
-        let mut client = connect(&url, schema.as_deref(), read_only).map_err(|e| {
-            OpenError::Database(format!(
-                "cannot connect to {}: {}",
-                redact(&url),
-                database(e)
-            ))
-        })?;
+        let mut client =
+            connect(&url, schema.as_deref(), read_only).map_err(|e| OpenError::Connect {
+                url: redact(&url),
+                source: e,
+            })?;
         let checked = if read_only {
             check_current(&mut client)
         } else {
@@ -406,7 +389,7 @@ impl PostgresStore {
                 found,
                 supported: POSTGRES_SCHEMA_VERSION,
             },
-            MigrateError::Database(e) => OpenError::Database(database(e)),
+            MigrateError::Database(e) => OpenError::Postgres(e),
         })?;
         let member = format!(
             "{}-{}",
@@ -464,7 +447,7 @@ impl PostgresStore {
                     deadlocks += 1;
                     std::thread::sleep(std::time::Duration::from_millis(10 * u64::from(deadlocks)));
                 }
-                Err(error) => return Err(ReadError::Database(database(error))),
+                Err(error) => return Err(ReadError::Postgres(error)),
             }
         }
     }
@@ -676,11 +659,10 @@ impl PostgresStore {
                 ],
             )?;
             if updated as usize != update_names.len() {
-                return Err(WriteError::Conflict(format!(
-                    "{} of {} documents were changed by another member since they were read",
-                    update_names.len() - updated as usize,
-                    update_names.len()
-                )));
+                return Err(WriteError::Conflict(ConflictReason::DocumentsChanged {
+                    changed: update_names.len() - updated as usize,
+                    written: update_names.len(),
+                }));
             }
         }
         if !insert_names.is_empty() {
@@ -692,11 +674,10 @@ impl PostgresStore {
                 &[&insert_names, &insert_docs, &insert_deleted],
             )?;
             if inserted as usize != insert_names.len() {
-                return Err(WriteError::Conflict(format!(
-                    "{} of {} new documents were created by another member meanwhile",
-                    insert_names.len() - inserted as usize,
-                    insert_names.len()
-                )));
+                return Err(WriteError::Conflict(ConflictReason::DocumentsCreated {
+                    created: insert_names.len() - inserted as usize,
+                    written: insert_names.len(),
+                }));
             }
         }
 
@@ -841,10 +822,9 @@ impl PostgresStore {
         for entry in &changes.dead_letters_put {
             if entry.id >= self.dead_letter_ids_end {
                 // Past this process's reserved block: another process may own the id.
-                return Err(WriteError::Conflict(format!(
-                    "dead-letter id {} is past this process's reserved block",
-                    entry.id
-                )));
+                return Err(WriteError::Conflict(
+                    ConflictReason::DeadLetterIdOutsideBlock { id: entry.id },
+                ));
             }
             transaction.execute(
                 "INSERT INTO dead_letters
@@ -1422,9 +1402,7 @@ impl Store for PostgresStore {
                     )
                     .map_err(CommitError::Unavailable)?;
                 }
-                Err(WriteError::Database(error)) => {
-                    return Err(CommitError::Database(database(error)))
-                }
+                Err(WriteError::Database(error)) => return Err(CommitError::Postgres(error)),
             }
         }
     }

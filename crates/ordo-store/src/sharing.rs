@@ -5,6 +5,8 @@
 
 use ordo_core::{Counters, StreamRecord};
 
+use crate::ConflictReason;
+
 /// The group's counters after a commit: what is stored plus what this process counted
 /// since it last read or wrote them (`now - base`), so members add up instead of
 /// overwriting each other.
@@ -31,23 +33,23 @@ pub fn counters_added(stored: Counters, base: Counters, now: Counters) -> Counte
 pub fn check_stream_positions(
     records: &[StreamRecord],
     stored: impl Fn(&str) -> Option<(u64, bool)>,
-) -> Result<(), String> {
+) -> Result<(), ConflictReason> {
     for record in records {
         let Some((applied, aliased)) = stored(&record.stream) else {
             continue;
         };
         if aliased && record.alias.is_none() {
-            return Err(format!(
-                "stream `{}` was merged away by another member",
-                record.stream
-            ));
+            return Err(ConflictReason::StreamMergedAway {
+                stream: record.stream.to_string(),
+            });
         }
         let new_alias = record.alias.is_some() && !aliased;
         if !new_alias && applied >= record.applied {
-            return Err(format!(
-                "stream `{}` is already at version {applied} (this batch brings it to {})",
-                record.stream, record.applied
-            ));
+            return Err(ConflictReason::AlreadyApplied {
+                stream: record.stream.to_string(),
+                stored: applied,
+                batch: record.applied,
+            });
         }
     }
     Ok(())
@@ -61,7 +63,7 @@ pub fn check_documents_live<'a>(
     written: impl IntoIterator<Item = &'a str>,
     records: &[StreamRecord],
     stored_alias: impl Fn(&str) -> Option<String>,
-) -> Result<(), String> {
+) -> Result<(), ConflictReason> {
     let mut dead: Vec<(&str, String)> = written
         .into_iter()
         .filter(|stream| {
@@ -72,10 +74,11 @@ pub fn check_documents_live<'a>(
         .filter_map(|stream| stored_alias(stream).map(|target| (stream, target)))
         .collect();
     dead.sort();
-    match dead.first() {
-        Some((stream, target)) => Err(format!(
-            "document `{stream}` belongs to a stream merged into `{target}` by another member"
-        )),
+    match dead.into_iter().next() {
+        Some((document, target)) => Err(ConflictReason::DocumentMergedAway {
+            document: document.to_string(),
+            target,
+        }),
         None => Ok(()),
     }
 }
@@ -108,7 +111,10 @@ mod tests {
     fn a_stream_merged_away_elsewhere_is_refused() {
         let stored = |_: &str| Some((3, true));
         let refused = check_stream_positions(&[record("a", 4, None)], stored).unwrap_err();
-        assert!(refused.contains("merged away"), "{refused}");
+        assert!(
+            matches!(&refused, ConflictReason::StreamMergedAway { stream } if stream == "a"),
+            "{refused}"
+        );
         assert!(check_documents_live(["a"], &[], |_| Some("t".into())).is_err());
         // ... unless this very batch merged it.
         assert!(

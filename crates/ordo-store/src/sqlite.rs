@@ -160,7 +160,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 fn database(error: rusqlite::Error) -> OpenError {
-    OpenError::Database(error.to_string())
+    OpenError::Sqlite(error)
 }
 
 fn is_busy(error: &rusqlite::Error) -> bool {
@@ -212,9 +212,7 @@ impl SqliteStore {
                 detail: e.to_string(),
             })?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(OpenError::Database(format!(
-                "could not enable WAL (got {mode})"
-            )));
+            return Err(OpenError::NoWal { mode });
         }
         connection
             .execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;")
@@ -237,12 +235,20 @@ impl SqliteStore {
         // create -wal and -shm files, and cannot where it may not write). With one, a
         // writer runs (or crashed): its WAL must be read too.
         let immutable = !Path::new(&format!("{path}-wal")).exists();
-        let (connection, found) = read_only_connection(path, immutable).map_err(|e| {
-            OpenError::Database(format!("`{path}` cannot be read as an ordo store ({e})"))
-        })?;
-        let found: i64 = found
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| OpenError::Database(format!("`{path}` has no schema version")))?;
+        let (connection, found) =
+            read_only_connection(path, immutable).map_err(|source| OpenError::NotAStore {
+                path: path.into(),
+                source,
+            })?;
+        let found: i64 = match found.as_deref().map(str::parse) {
+            Some(Ok(found)) => found,
+            _ => {
+                return Err(OpenError::NoSchemaVersion {
+                    store: path.into(),
+                    found,
+                })
+            }
+        };
         if found > SCHEMA_VERSION {
             return Err(OpenError::NewerSchema {
                 found,
@@ -297,9 +303,10 @@ impl SqliteStore {
             })
             .map_err(database)?;
         if let Some(found) = found {
-            let found: i64 = found
-                .parse()
-                .map_err(|_| OpenError::Database(format!("bad schema_version `{found}`")))?;
+            let found: i64 = found.parse().map_err(|_| OpenError::NoSchemaVersion {
+                store: self.path.clone(),
+                found: Some(found.clone()),
+            })?;
             if found > SCHEMA_VERSION {
                 return Err(OpenError::NewerSchema {
                     found,
@@ -1217,9 +1224,7 @@ impl Store for SqliteStore {
                     }
                     std::thread::sleep(Duration::from_millis(50 * u64::from(attempts)));
                 }
-                Err(WriteFailure::Database(error)) => {
-                    return Err(CommitError::Database(error.to_string()))
-                }
+                Err(WriteFailure::Database(error)) => return Err(CommitError::Sqlite(error)),
             }
         }
     }
