@@ -31,13 +31,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ordo_core::{
-    Counters, DeadLetter, DeadLetterKind, Load, Loaded, PendingRecord, Snapshot, SourcePosition,
-    StreamRecord,
+    ChangeSet, Counters, DeadLetter, DeadLetterKind, Load, Loaded, PendingRecord, Snapshot,
+    SourcePosition, StreamRecord,
 };
 use ordo_projection::Document;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, GenericClient, NoTls};
+use postgres::{Client, GenericClient, NoTls, Transaction};
 
 use crate::error::{CommitError, ConflictReason, OpenError, ReadError};
 use crate::rows::{self, corrupt};
@@ -140,6 +140,433 @@ fn connection_lost(error: &postgres::Error) -> bool {
         // No SQLSTATE: an IO error on the socket.
         None => error.as_db_error().is_none(),
     }
+}
+
+/// Refuses the batch of a member that no longer holds a partition it consumed (zombie
+/// fencing): the claims are read under a share lock, so a takeover waits for this commit.
+fn check_claims(
+    tx: &mut Transaction<'_>,
+    claims_source: &str,
+    member: &str,
+    claims: &[(u32, i64)],
+) -> Result<(), WriteError> {
+    if !claims.is_empty() {
+        let partitions: Vec<i64> = claims.iter().map(|(p, _)| i64::from(*p)).collect();
+        let mut current: HashMap<u32, (String, i64)> = HashMap::new();
+        for row in tx.query(
+            "SELECT partition, member, epoch FROM claims
+             WHERE source = $1 AND partition = ANY($2) ORDER BY partition FOR SHARE",
+            &[&claims_source, &partitions],
+        )? {
+            current.insert(row.get::<_, i64>(0) as u32, (row.get(1), row.get(2)));
+        }
+        for &(partition, mine) in claims {
+            match current.get(&partition) {
+                Some((holder, epoch)) if holder == member && *epoch == mine => {}
+                other => {
+                    return Err(WriteError::Fenced {
+                        partition,
+                        mine,
+                        current: other.map_or(0, |(_, epoch)| *epoch),
+                    })
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Documents: a row is updated only at the revision this process saw, and inserted only
+/// if none exists; anything else is a conflict, never a blind overwrite.
+fn write_documents(
+    tx: &mut Transaction<'_>,
+    batch: &CommitBatch,
+    revisions: &HashMap<Arc<str>, i64>,
+) -> Result<Landed, WriteError> {
+    let mut landed = Landed {
+        revisions: Vec::with_capacity(batch.documents.len()),
+    };
+    let (mut update_names, mut update_docs, mut update_deleted, mut update_expected) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut insert_names, mut insert_docs, mut insert_deleted) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for (stream, document) in &batch.documents {
+        let (doc, deleted) = match document {
+            Some(Document::Live(value)) => (Some(value.to_string()), false),
+            Some(Document::Deleted) => (None, true),
+            None => (None, false),
+        };
+        // A document never read here counts as expected absent: if it exists, that
+        // is a conflict, never a blind overwrite.
+        let expected = revisions.get(stream).copied().unwrap_or(0);
+        landed.revisions.push((stream.clone(), expected + 1));
+        if expected == 0 {
+            insert_names.push(stream.to_string());
+            insert_docs.push(doc);
+            insert_deleted.push(deleted);
+        } else {
+            update_names.push(stream.to_string());
+            update_docs.push(doc);
+            update_deleted.push(deleted);
+            update_expected.push(expected);
+        }
+    }
+    if !update_names.is_empty() {
+        let updated = tx.execute(
+            "UPDATE documents d SET doc = u.doc, deleted = u.deleted, revision = d.revision + 1
+             FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::bigint[])
+                 AS u(stream, doc, deleted, expected)
+             WHERE d.stream = u.stream AND d.revision = u.expected",
+            &[
+                &update_names,
+                &update_docs,
+                &update_deleted,
+                &update_expected,
+            ],
+        )?;
+        if updated as usize != update_names.len() {
+            return Err(WriteError::Conflict(ConflictReason::DocumentsChanged {
+                changed: update_names.len() - updated as usize,
+                written: update_names.len(),
+            }));
+        }
+    }
+    if !insert_names.is_empty() {
+        let inserted = tx.execute(
+            "INSERT INTO documents (stream, doc, deleted, revision)
+             SELECT stream, doc, deleted, 1
+             FROM UNNEST($1::text[], $2::text[], $3::bool[]) AS u(stream, doc, deleted)
+             ON CONFLICT (stream) DO NOTHING",
+            &[&insert_names, &insert_docs, &insert_deleted],
+        )?;
+        if inserted as usize != insert_names.len() {
+            return Err(WriteError::Conflict(ConflictReason::DocumentsCreated {
+                created: insert_names.len() - inserted as usize,
+                written: insert_names.len(),
+            }));
+        }
+    }
+    Ok(landed)
+}
+
+/// A document is written for a live stream: if its stream was merged away by another
+/// member (not by this batch), this member redirected into a dead document, not knowing
+/// the alias chain had grown.
+fn check_documents_live(tx: &mut Transaction<'_>, batch: &CommitBatch) -> Result<(), WriteError> {
+    if !batch.documents.is_empty() {
+        let written: Vec<&str> = batch.documents.iter().map(|(s, _)| &**s).collect();
+        let mut aliases: HashMap<String, String> = HashMap::new();
+        for row in tx.query(
+            "SELECT stream, alias_target FROM streams
+             WHERE stream = ANY($1) AND alias_target IS NOT NULL
+             ORDER BY stream FOR UPDATE",
+            &[&written],
+        )? {
+            aliases.insert(row.get(0), row.get(1));
+        }
+        sharing::check_documents_live(written.iter().copied(), &batch.changes.streams, |s| {
+            aliases.get(s).cloned()
+        })
+        .map_err(WriteError::Conflict)?;
+    }
+    Ok(())
+}
+
+/// Stream positions: locked, checked, then written (positions never go back, aliases are
+/// never dropped); other members hear of it on the notify channel.
+fn write_streams(
+    tx: &mut Transaction<'_>,
+    changes: &ChangeSet,
+    channel: &str,
+) -> Result<(), WriteError> {
+    if !changes.streams.is_empty() {
+        let names: Vec<String> = changes
+            .streams
+            .iter()
+            .map(|r| r.stream.to_string())
+            .collect();
+        let mut stored: HashMap<String, (u64, bool)> = HashMap::new();
+        for row in tx.query(
+            "SELECT stream, applied, alias_target IS NOT NULL FROM streams
+             WHERE stream = ANY($1) ORDER BY stream FOR UPDATE",
+            &[&names],
+        )? {
+            stored.insert(row.get(0), (row.get::<_, i64>(1) as u64, row.get(2)));
+        }
+        sharing::check_stream_positions(&changes.streams, |s| stored.get(s).copied())
+            .map_err(WriteError::Conflict)?;
+        let applied: Vec<i64> = changes.streams.iter().map(|r| r.applied as i64).collect();
+        let targets: Vec<Option<String>> = changes
+            .streams
+            .iter()
+            .map(|r| r.alias.as_ref().map(|(t, _)| t.to_string()))
+            .collect();
+        let cuts: Vec<Option<i64>> = changes
+            .streams
+            .iter()
+            .map(|r| r.alias.as_ref().map(|(_, c)| *c as i64))
+            .collect();
+        tx.execute(
+            "INSERT INTO streams (stream, applied, alias_target, alias_cut)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[])
+             ON CONFLICT (stream) DO UPDATE SET
+             applied = GREATEST(streams.applied, excluded.applied),
+             alias_target = COALESCE(streams.alias_target, excluded.alias_target),
+             alias_cut = COALESCE(streams.alias_cut, excluded.alias_cut)",
+            &[&names, &applied, &targets, &cuts],
+        )?;
+        tx.execute("SELECT pg_notify($1, '')", &[&channel])?;
+    }
+    Ok(())
+}
+
+/// Waiting events: deleted rows, then rows put (a rewrite keeps a row's `since_ms`).
+fn write_pending(tx: &mut Transaction<'_>, changes: &ChangeSet) -> Result<(), WriteError> {
+    if !changes.pending_delete.is_empty() {
+        let names: Vec<String> = changes
+            .pending_delete
+            .iter()
+            .map(|(s, _)| s.to_string())
+            .collect();
+        let versions: Vec<i64> = changes
+            .pending_delete
+            .iter()
+            .map(|(_, v)| *v as i64)
+            .collect();
+        tx.execute(
+            "DELETE FROM pending p USING UNNEST($1::text[], $2::bigint[]) AS d(stream, version)
+             WHERE p.stream = d.stream AND p.version = d.version",
+            &[&names, &versions],
+        )?;
+    }
+    if !changes.pending_put.is_empty() {
+        let names: Vec<String> = changes
+            .pending_put
+            .iter()
+            .map(|r| r.stream.to_string())
+            .collect();
+        let versions: Vec<i64> = changes
+            .pending_put
+            .iter()
+            .map(|r| r.version as i64)
+            .collect();
+        let states: Vec<&str> = changes
+            .pending_put
+            .iter()
+            .map(|r| rows::pending_state_name(r.state))
+            .collect();
+        let events: Vec<Option<String>> = changes
+            .pending_put
+            .iter()
+            .map(|r| r.event.as_ref().map(|e| e.to_json_string()))
+            .collect();
+        let partitions: Vec<Option<i64>> = changes
+            .pending_put
+            .iter()
+            .map(|r| r.partition.map(i64::from))
+            .collect();
+        let awaits_streams: Vec<Option<&str>> = changes
+            .pending_put
+            .iter()
+            .map(|r| r.awaits.as_ref().map(|(s, _)| &**s))
+            .collect();
+        let awaits_versions: Vec<Option<i64>> = changes
+            .pending_put
+            .iter()
+            .map(|r| r.awaits.as_ref().map(|(_, v)| *v as i64))
+            .collect();
+        tx.execute(
+            "INSERT INTO pending
+             (stream, version, state, event, partition, awaits_stream, awaits_version,
+              since_ms)
+             SELECT u.*, $8::bigint FROM UNNEST($1::text[], $2::bigint[], $3::text[],
+                 $4::text[], $5::bigint[], $6::text[], $7::bigint[]) AS u
+             ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state,
+             event = excluded.event, partition = excluded.partition,
+             awaits_stream = excluded.awaits_stream, awaits_version = excluded.awaits_version",
+            &[
+                &names,
+                &versions,
+                &states,
+                &events,
+                &partitions,
+                &awaits_streams,
+                &awaits_versions,
+                // Wall time, kept by a later rewrite of the row: how long it waits.
+                &(crate::sqlite::now_ms() as i64),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Dead letters removed and put; an id past this process's reserved block is refused.
+fn write_dead_letters(
+    tx: &mut Transaction<'_>,
+    changes: &ChangeSet,
+    ids_end: u64,
+) -> Result<(), WriteError> {
+    for id in &changes.dead_letters_delete {
+        tx.execute("DELETE FROM dead_letters WHERE id = $1", &[&(*id as i64)])?;
+    }
+    for entry in &changes.dead_letters_put {
+        if entry.id >= ids_end {
+            // Past this process's reserved block: another process may own the id.
+            return Err(WriteError::Conflict(
+                ConflictReason::DeadLetterIdOutsideBlock { id: entry.id },
+            ));
+        }
+        tx.execute(
+            "INSERT INTO dead_letters
+             (id, kind, stream, version, event_id, body, reason, partition, \"offset\", at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, body = excluded.body,
+             reason = excluded.reason",
+            &[
+                &(entry.id as i64),
+                &entry.kind.name(),
+                &entry.stream.as_deref(),
+                &entry.version.map(|v| v as i64),
+                &entry.event_id.as_deref(),
+                &entry.body,
+                &entry.reason,
+                &entry.position.map(|p| i64::from(p.partition)),
+                &entry.position.map(|p| p.offset as i64),
+                &(entry.at_ms as i64),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The batch's dedupe block (the window below its floor dropped) and the checkpoints.
+fn write_dedupe_and_checkpoints(
+    tx: &mut Transaction<'_>,
+    source: &str,
+    changes: &ChangeSet,
+) -> Result<(), WriteError> {
+    if let (Some(first), Some(last)) = (changes.dedupe_put.first(), changes.dedupe_put.last()) {
+        let mut hashes = Vec::with_capacity(changes.dedupe_put.len() * 8);
+        for (_, hash) in &changes.dedupe_put {
+            hashes.extend_from_slice(&hash.to_le_bytes());
+        }
+        tx.execute(
+            "INSERT INTO dedupe_blocks (first_sequence, last_sequence, hashes) VALUES ($1, $2, $3)",
+            &[&(first.0 as i64), &(last.0 as i64), &hashes],
+        )?;
+    }
+    tx.execute(
+        "DELETE FROM dedupe_blocks WHERE last_sequence < $1",
+        &[&(changes.dedupe_floor as i64)],
+    )?;
+    for (partition, offset) in &changes.checkpoints {
+        tx.execute(
+            "INSERT INTO checkpoints (source, partition, \"offset\", committed_ms)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (source, partition) DO UPDATE SET \"offset\" = excluded.\"offset\",
+             committed_ms = excluded.committed_ms",
+            &[
+                &source,
+                &i64::from(*partition),
+                &(*offset as i64),
+                &(crate::sqlite::now_ms() as i64),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Counters: what is stored plus what this process counted since it last read or wrote
+/// them, so members add up instead of overwriting each other.
+fn write_counters(
+    tx: &mut Transaction<'_>,
+    changes: &ChangeSet,
+    base: Counters,
+) -> Result<(), WriteError> {
+    let stored = tx
+        .query_opt(
+            "SELECT value FROM meta WHERE key = 'counters' FOR UPDATE",
+            &[],
+        )?
+        .map(|row| row.get::<_, String>(0));
+    let stored = rows::counters(stored).unwrap_or_default();
+    let sum = sharing::counters_added(stored, base, changes.counters);
+    for (key, value) in [
+        ("counters", sum.to_json().to_string()),
+        ("dedupe_floor", changes.dedupe_floor.to_string()),
+    ] {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&key, &value],
+        )?;
+    }
+    Ok(())
+}
+
+/// Operator verbs carry their actions out themselves here (members notice and rebuild):
+/// only new records, written with their effects, and the journal entries, trimmed by one
+/// member at a time.
+fn write_actions_and_journal(
+    tx: &mut Transaction<'_>,
+    batch: &CommitBatch,
+) -> Result<(), WriteError> {
+    for action in &batch.actions {
+        tx.execute(
+            "INSERT INTO operator_actions
+             (requested_ms, user_name, verb, args, reason, state, result, done_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &(action.requested_ms as i64),
+                &action.user,
+                &action.verb,
+                &action.args.to_string(),
+                &action.reason,
+                &action.state.name(),
+                &action.result,
+                &action.done_ms.map(|ms| ms as i64),
+            ],
+        )?;
+    }
+    let operator = batch
+        .actions
+        .iter()
+        .filter(|a| a.state != crate::ActionState::Pending)
+        .map(crate::journal::operator_entry);
+    let mut added = 0;
+    for entry in batch.journal.iter().cloned().chain(operator) {
+        tx.execute(
+            "INSERT INTO journal (at_ms, kind, stream, version, detail)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &(entry.at_ms as i64),
+                &entry.kind,
+                &entry.stream,
+                &entry.version.map(|v| v as i64),
+                &entry.detail.to_string(),
+            ],
+        )?;
+        added += 1;
+    }
+    // One member at a time trims (two deleting overlapping rows in different orders
+    // could deadlock); a member that finds the lock taken leaves it to the other.
+    let trim = added > 0
+        && tx
+            .query_one("SELECT pg_try_advisory_xact_lock(7102004)", &[])?
+            .get::<_, bool>(0);
+    if trim {
+        let retention = batch.retention;
+        tx.execute(
+            "DELETE FROM journal WHERE id <= (SELECT MAX(id) FROM journal) - $1",
+            &[&(retention.entries_max.min(i64::MAX as u64) as i64)],
+        )?;
+        let oldest_ms = crate::sqlite::journal_now(batch).saturating_sub(retention.age_ms_max);
+        tx.execute(
+            "DELETE FROM journal WHERE at_ms < $1",
+            &[&(oldest_ms as i64)],
+        )?;
+    }
+    Ok(())
 }
 
 /// Why one attempt at a commit failed.
@@ -590,366 +1017,17 @@ impl PostgresStore {
         let changes = &batch.changes;
         let channel = self.channel();
         let mut transaction = self.client.transaction()?;
-
+        let tx = &mut transaction;
         // Fencing first: a member that lost a partition writes nothing at all.
-        if !self.claims.is_empty() {
-            let partitions: Vec<i64> = self.claims.iter().map(|(p, _)| i64::from(*p)).collect();
-            let mut current: HashMap<u32, (String, i64)> = HashMap::new();
-            for row in transaction.query(
-                "SELECT partition, member, epoch FROM claims
-                 WHERE source = $1 AND partition = ANY($2) ORDER BY partition FOR SHARE",
-                &[&self.claims_source, &partitions],
-            )? {
-                current.insert(row.get::<_, i64>(0) as u32, (row.get(1), row.get(2)));
-            }
-            for &(partition, mine) in &self.claims {
-                match current.get(&partition) {
-                    Some((member, epoch)) if *member == self.member && *epoch == mine => {}
-                    other => {
-                        return Err(WriteError::Fenced {
-                            partition,
-                            mine,
-                            current: other.map_or(0, |(_, epoch)| *epoch),
-                        })
-                    }
-                }
-            }
-        }
-
-        // Documents: update a row only at the revision this process saw.
-        let mut landed = Landed {
-            revisions: Vec::with_capacity(batch.documents.len()),
-        };
-        let (mut update_names, mut update_docs, mut update_deleted, mut update_expected) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut insert_names, mut insert_docs, mut insert_deleted) =
-            (Vec::new(), Vec::new(), Vec::new());
-        for (stream, document) in &batch.documents {
-            let (doc, deleted) = match document {
-                Some(Document::Live(value)) => (Some(value.to_string()), false),
-                Some(Document::Deleted) => (None, true),
-                None => (None, false),
-            };
-            // A document never read here counts as expected absent: if it exists, that
-            // is a conflict, never a blind overwrite.
-            let expected = self.revisions.get(stream).copied().unwrap_or(0);
-            landed.revisions.push((stream.clone(), expected + 1));
-            if expected == 0 {
-                insert_names.push(stream.to_string());
-                insert_docs.push(doc);
-                insert_deleted.push(deleted);
-            } else {
-                update_names.push(stream.to_string());
-                update_docs.push(doc);
-                update_deleted.push(deleted);
-                update_expected.push(expected);
-            }
-        }
-        if !update_names.is_empty() {
-            let updated = transaction.execute(
-                "UPDATE documents d SET doc = u.doc, deleted = u.deleted, revision = d.revision + 1
-                 FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::bigint[])
-                     AS u(stream, doc, deleted, expected)
-                 WHERE d.stream = u.stream AND d.revision = u.expected",
-                &[
-                    &update_names,
-                    &update_docs,
-                    &update_deleted,
-                    &update_expected,
-                ],
-            )?;
-            if updated as usize != update_names.len() {
-                return Err(WriteError::Conflict(ConflictReason::DocumentsChanged {
-                    changed: update_names.len() - updated as usize,
-                    written: update_names.len(),
-                }));
-            }
-        }
-        if !insert_names.is_empty() {
-            let inserted = transaction.execute(
-                "INSERT INTO documents (stream, doc, deleted, revision)
-                 SELECT stream, doc, deleted, 1
-                 FROM UNNEST($1::text[], $2::text[], $3::bool[]) AS u(stream, doc, deleted)
-                 ON CONFLICT (stream) DO NOTHING",
-                &[&insert_names, &insert_docs, &insert_deleted],
-            )?;
-            if inserted as usize != insert_names.len() {
-                return Err(WriteError::Conflict(ConflictReason::DocumentsCreated {
-                    created: insert_names.len() - inserted as usize,
-                    written: insert_names.len(),
-                }));
-            }
-        }
-
-        // A document is written for a live stream: if its stream was merged away by
-        // another member (not by this batch), this member redirected into a dead
-        // document, not knowing the alias chain had grown.
-        if !batch.documents.is_empty() {
-            let written: Vec<&str> = batch.documents.iter().map(|(s, _)| &**s).collect();
-            let mut aliases: HashMap<String, String> = HashMap::new();
-            for row in transaction.query(
-                "SELECT stream, alias_target FROM streams
-                 WHERE stream = ANY($1) AND alias_target IS NOT NULL
-                 ORDER BY stream FOR UPDATE",
-                &[&written],
-            )? {
-                aliases.insert(row.get(0), row.get(1));
-            }
-            sharing::check_documents_live(written.iter().copied(), &changes.streams, |s| {
-                aliases.get(s).cloned()
-            })
-            .map_err(WriteError::Conflict)?;
-        }
-
-        // Stream positions: locked, checked, then written (positions never go back,
-        // aliases are never dropped).
-        if !changes.streams.is_empty() {
-            let names: Vec<String> = changes
-                .streams
-                .iter()
-                .map(|r| r.stream.to_string())
-                .collect();
-            let mut stored: HashMap<String, (u64, bool)> = HashMap::new();
-            for row in transaction.query(
-                "SELECT stream, applied, alias_target IS NOT NULL FROM streams
-                 WHERE stream = ANY($1) ORDER BY stream FOR UPDATE",
-                &[&names],
-            )? {
-                stored.insert(row.get(0), (row.get::<_, i64>(1) as u64, row.get(2)));
-            }
-            sharing::check_stream_positions(&changes.streams, |s| stored.get(s).copied())
-                .map_err(WriteError::Conflict)?;
-            let applied: Vec<i64> = changes.streams.iter().map(|r| r.applied as i64).collect();
-            let targets: Vec<Option<String>> = changes
-                .streams
-                .iter()
-                .map(|r| r.alias.as_ref().map(|(t, _)| t.to_string()))
-                .collect();
-            let cuts: Vec<Option<i64>> = changes
-                .streams
-                .iter()
-                .map(|r| r.alias.as_ref().map(|(_, c)| *c as i64))
-                .collect();
-            transaction.execute(
-                "INSERT INTO streams (stream, applied, alias_target, alias_cut)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[])
-                 ON CONFLICT (stream) DO UPDATE SET
-                 applied = GREATEST(streams.applied, excluded.applied),
-                 alias_target = COALESCE(streams.alias_target, excluded.alias_target),
-                 alias_cut = COALESCE(streams.alias_cut, excluded.alias_cut)",
-                &[&names, &applied, &targets, &cuts],
-            )?;
-            transaction.execute("SELECT pg_notify($1, '')", &[&channel])?;
-        }
-        if !changes.pending_delete.is_empty() {
-            let names: Vec<String> = changes
-                .pending_delete
-                .iter()
-                .map(|(s, _)| s.to_string())
-                .collect();
-            let versions: Vec<i64> = changes
-                .pending_delete
-                .iter()
-                .map(|(_, v)| *v as i64)
-                .collect();
-            transaction.execute(
-                "DELETE FROM pending p USING UNNEST($1::text[], $2::bigint[]) AS d(stream, version)
-                 WHERE p.stream = d.stream AND p.version = d.version",
-                &[&names, &versions],
-            )?;
-        }
-        if !changes.pending_put.is_empty() {
-            let names: Vec<String> = changes
-                .pending_put
-                .iter()
-                .map(|r| r.stream.to_string())
-                .collect();
-            let versions: Vec<i64> = changes
-                .pending_put
-                .iter()
-                .map(|r| r.version as i64)
-                .collect();
-            let states: Vec<&str> = changes
-                .pending_put
-                .iter()
-                .map(|r| rows::pending_state_name(r.state))
-                .collect();
-            let events: Vec<Option<String>> = changes
-                .pending_put
-                .iter()
-                .map(|r| r.event.as_ref().map(|e| e.to_json_string()))
-                .collect();
-            let partitions: Vec<Option<i64>> = changes
-                .pending_put
-                .iter()
-                .map(|r| r.partition.map(i64::from))
-                .collect();
-            let awaits_streams: Vec<Option<&str>> = changes
-                .pending_put
-                .iter()
-                .map(|r| r.awaits.as_ref().map(|(s, _)| &**s))
-                .collect();
-            let awaits_versions: Vec<Option<i64>> = changes
-                .pending_put
-                .iter()
-                .map(|r| r.awaits.as_ref().map(|(_, v)| *v as i64))
-                .collect();
-            transaction.execute(
-                "INSERT INTO pending
-                 (stream, version, state, event, partition, awaits_stream, awaits_version,
-                  since_ms)
-                 SELECT u.*, $8::bigint FROM UNNEST($1::text[], $2::bigint[], $3::text[],
-                     $4::text[], $5::bigint[], $6::text[], $7::bigint[]) AS u
-                 ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state,
-                 event = excluded.event, partition = excluded.partition,
-                 awaits_stream = excluded.awaits_stream, awaits_version = excluded.awaits_version",
-                &[
-                    &names,
-                    &versions,
-                    &states,
-                    &events,
-                    &partitions,
-                    &awaits_streams,
-                    &awaits_versions,
-                    // Wall time, kept by a later rewrite of the row: how long it waits.
-                    &(crate::sqlite::now_ms() as i64),
-                ],
-            )?;
-        }
-        for id in &changes.dead_letters_delete {
-            transaction.execute("DELETE FROM dead_letters WHERE id = $1", &[&(*id as i64)])?;
-        }
-        for entry in &changes.dead_letters_put {
-            if entry.id >= self.dead_letter_ids_end {
-                // Past this process's reserved block: another process may own the id.
-                return Err(WriteError::Conflict(
-                    ConflictReason::DeadLetterIdOutsideBlock { id: entry.id },
-                ));
-            }
-            transaction.execute(
-                "INSERT INTO dead_letters
-                 (id, kind, stream, version, event_id, body, reason, partition, \"offset\", at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, body = excluded.body,
-                 reason = excluded.reason",
-                &[
-                    &(entry.id as i64),
-                    &entry.kind.name(),
-                    &entry.stream.as_deref(),
-                    &entry.version.map(|v| v as i64),
-                    &entry.event_id.as_deref(),
-                    &entry.body,
-                    &entry.reason,
-                    &entry.position.map(|p| i64::from(p.partition)),
-                    &entry.position.map(|p| p.offset as i64),
-                    &(entry.at_ms as i64),
-                ],
-            )?;
-        }
-        if let (Some(first), Some(last)) = (changes.dedupe_put.first(), changes.dedupe_put.last()) {
-            let mut hashes = Vec::with_capacity(changes.dedupe_put.len() * 8);
-            for (_, hash) in &changes.dedupe_put {
-                hashes.extend_from_slice(&hash.to_le_bytes());
-            }
-            transaction.execute(
-                "INSERT INTO dedupe_blocks (first_sequence, last_sequence, hashes) VALUES ($1, $2, $3)",
-                &[&(first.0 as i64), &(last.0 as i64), &hashes],
-            )?;
-        }
-        transaction.execute(
-            "DELETE FROM dedupe_blocks WHERE last_sequence < $1",
-            &[&(changes.dedupe_floor as i64)],
-        )?;
-        for (partition, offset) in &changes.checkpoints {
-            transaction.execute(
-                "INSERT INTO checkpoints (source, partition, \"offset\", committed_ms)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (source, partition) DO UPDATE SET \"offset\" = excluded.\"offset\",
-                 committed_ms = excluded.committed_ms",
-                &[
-                    &source,
-                    &i64::from(*partition),
-                    &(*offset as i64),
-                    &(crate::sqlite::now_ms() as i64),
-                ],
-            )?;
-        }
-        // Counters: add what this process counted since it last read or wrote them.
-        let stored = transaction
-            .query_opt(
-                "SELECT value FROM meta WHERE key = 'counters' FOR UPDATE",
-                &[],
-            )?
-            .map(|row| row.get::<_, String>(0));
-        let stored = rows::counters(stored).unwrap_or_default();
-        let sum = sharing::counters_added(stored, self.counters_base, changes.counters);
-        for (key, value) in [
-            ("counters", sum.to_json().to_string()),
-            ("dedupe_floor", changes.dedupe_floor.to_string()),
-        ] {
-            transaction.execute(
-                "INSERT INTO meta (key, value) VALUES ($1, $2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                &[&key, &value],
-            )?;
-        }
-        // Operator verbs carry their actions out themselves here (members notice and
-        // rebuild): only new records, written with their effects.
-        for action in &batch.actions {
-            transaction.execute(
-                "INSERT INTO operator_actions
-                 (requested_ms, user_name, verb, args, reason, state, result, done_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &(action.requested_ms as i64),
-                    &action.user,
-                    &action.verb,
-                    &action.args.to_string(),
-                    &action.reason,
-                    &action.state.name(),
-                    &action.result,
-                    &action.done_ms.map(|ms| ms as i64),
-                ],
-            )?;
-        }
-        let operator = batch
-            .actions
-            .iter()
-            .filter(|a| a.state != crate::ActionState::Pending)
-            .map(crate::journal::operator_entry);
-        let mut added = 0;
-        for entry in batch.journal.iter().cloned().chain(operator) {
-            transaction.execute(
-                "INSERT INTO journal (at_ms, kind, stream, version, detail)
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &(entry.at_ms as i64),
-                    &entry.kind,
-                    &entry.stream,
-                    &entry.version.map(|v| v as i64),
-                    &entry.detail.to_string(),
-                ],
-            )?;
-            added += 1;
-        }
-        // One member at a time trims (two deleting overlapping rows in different orders
-        // could deadlock); a member that finds the lock taken leaves it to the other.
-        let trim = added > 0
-            && transaction
-                .query_one("SELECT pg_try_advisory_xact_lock(7102004)", &[])?
-                .get::<_, bool>(0);
-        if trim {
-            let retention = batch.retention;
-            transaction.execute(
-                "DELETE FROM journal WHERE id <= (SELECT MAX(id) FROM journal) - $1",
-                &[&(retention.entries_max.min(i64::MAX as u64) as i64)],
-            )?;
-            let oldest_ms = crate::sqlite::journal_now(batch).saturating_sub(retention.age_ms_max);
-            transaction.execute(
-                "DELETE FROM journal WHERE at_ms < $1",
-                &[&(oldest_ms as i64)],
-            )?;
-        }
+        check_claims(tx, &self.claims_source, &self.member, &self.claims)?;
+        let landed = write_documents(tx, batch, &self.revisions)?;
+        check_documents_live(tx, batch)?;
+        write_streams(tx, changes, &channel)?;
+        write_pending(tx, changes)?;
+        write_dead_letters(tx, changes, self.dead_letter_ids_end)?;
+        write_dedupe_and_checkpoints(tx, source, changes)?;
+        write_counters(tx, changes, self.counters_base)?;
+        write_actions_and_journal(tx, batch)?;
         transaction.commit()?;
         Ok(landed)
     }

@@ -319,7 +319,7 @@ fn answer(
 }
 
 /// `{"request": N, "result": "applied" | "rejected" | "retry", "reason": "…"}`.
-fn parse_answer(text: &str) -> Result<(u64, Answer), String> {
+pub(super) fn parse_answer(text: &str) -> Result<(u64, Answer), String> {
     let bad = |what: &str| clip_reason(&format!("exec child printed {what}: {text}"));
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| bad(&format!("a line that is not JSON ({e})")))?;

@@ -187,6 +187,18 @@ fn answer_for(status: StatusCode, body: &str, retry_after_ms: Option<u64>) -> An
     }
 }
 
+/// [`answer_for`] from raw parts, for the fuzz target: `None` for a status that is not
+/// one (outside 100–999).
+#[cfg(fuzzing)]
+pub(super) fn fuzz_answer(status: u16, body: &str, retry_after: &str) -> Option<Answer> {
+    let status = StatusCode::from_u16(status).ok()?;
+    let after = retry_after_ms(
+        retry_after,
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+    );
+    Some(answer_for(status, body, after))
+}
+
 /// `Retry-After` as milliseconds from `now`: delay-seconds or an HTTP date.
 fn retry_after_ms(value: &str, now: SystemTime) -> Option<u64> {
     let value = value.trim();

@@ -27,6 +27,24 @@ pub use pool::{HandlerPool, HandlerPoolError, Returned};
 pub(crate) use transactional::apply_in_transaction;
 pub use transactional::{Refusal, TransactionalHandler};
 
+/// The handler-answer parsers, for the fuzz targets (`fuzz/`, built with `--cfg fuzzing`
+/// by cargo-fuzz); not part of the API otherwise.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use super::Answer;
+
+    /// One `exec:` answer line: the request it answers and the answer, or why the line
+    /// breaks the protocol.
+    pub fn exec_answer(line: &str) -> Result<(u64, Answer), String> {
+        super::exec::parse_answer(line)
+    }
+
+    /// An HTTP answer: its status, body and `Retry-After` header.
+    pub fn http_answer(status: u16, body: &str, retry_after: &str) -> Option<Answer> {
+        super::http::fuzz_answer(status, body, retry_after)
+    }
+}
+
 use std::future::Future;
 
 /// The store setting where `ordo run --handler` records its handler (operator verbs,
