@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ordo_core::{
-    Counters, DeadLetter, DeadLetterKind, Load, Loaded, PendingRecord, Snapshot, SourcePosition,
-    StreamRecord,
+    ChangeSet, Counters, DeadLetter, DeadLetterKind, Load, Loaded, PendingRecord, Snapshot,
+    SourcePosition, StreamRecord,
 };
 use ordo_projection::Document;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -769,144 +769,20 @@ fn write_changes(
     leased: bool,
 ) -> Result<(), WriteFailure> {
     let changes = &batch.changes;
-    let write_checkpoints = |transaction: &Connection| -> Result<(), rusqlite::Error> {
-        let mut statement = transaction.prepare_cached(
-            "INSERT INTO checkpoints (source, partition, offset, committed_ms)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (source, partition) DO UPDATE SET offset = excluded.offset,
-             committed_ms = excluded.committed_ms",
-        )?;
-        let committed_ms = now_ms() as i64;
-        for (partition, offset) in &changes.checkpoints {
-            statement.execute(params![
-                source,
-                *partition as i64,
-                *offset as i64,
-                committed_ms
-            ])?;
-        }
-        Ok(())
-    };
     if fault == Some(FaultStage::AfterCheckpoints) {
-        write_checkpoints(transaction)?;
+        write_checkpoints(transaction, source, changes)?;
         return Err(injected("after checkpoints, before documents"));
     }
-    {
-        let mut statement = transaction.prepare_cached(
-            "INSERT INTO documents (stream, doc, deleted) VALUES (?1, ?2, ?3)
-             ON CONFLICT (stream) DO UPDATE SET doc = excluded.doc, deleted = excluded.deleted",
-        )?;
-        for (stream, document) in &batch.documents {
-            let (doc, deleted) = match document {
-                Some(Document::Live(value)) => (Some(value.to_string()), 0),
-                Some(Document::Deleted) => (None, 1),
-                None => (None, 0),
-            };
-            statement.execute(params![&**stream, doc, deleted])?;
-        }
-    }
+    write_documents(transaction, &batch.documents)?;
     if fault == Some(FaultStage::AfterDocuments) {
         return Err(injected("after documents, before checkpoints"));
     }
-    {
-        let mut statement = transaction.prepare_cached(
-            "INSERT INTO streams (stream, applied, alias_target, alias_cut) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (stream) DO UPDATE SET applied = excluded.applied,
-             alias_target = excluded.alias_target, alias_cut = excluded.alias_cut",
-        )?;
-        for record in &changes.streams {
-            let (target, cut) = match &record.alias {
-                Some((target, cut)) => (Some(&**target), Some(*cut as i64)),
-                None => (None, None),
-            };
-            statement.execute(params![&*record.stream, record.applied as i64, target, cut])?;
-        }
-    }
-    {
-        let mut delete =
-            transaction.prepare_cached("DELETE FROM pending WHERE stream = ?1 AND version = ?2")?;
-        for (stream, version) in &changes.pending_delete {
-            delete.execute(params![&**stream, *version as i64])?;
-        }
-        let mut put = transaction.prepare_cached(
-            "INSERT INTO pending
-             (stream, version, state, event, partition, awaits_stream, awaits_version, since_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state,
-             event = excluded.event, partition = excluded.partition,
-             awaits_stream = excluded.awaits_stream, awaits_version = excluded.awaits_version",
-        )?;
-        // Wall time, kept by a later rewrite of the row (the conflict clause leaves it):
-        // how long the event has waited, for `ordo status` and the metrics.
-        let since_ms = now_ms() as i64;
-        for record in &changes.pending_put {
-            let state = rows::pending_state_name(record.state);
-            let event = record.event.as_ref().map(|e| e.to_json_string());
-            put.execute(params![
-                &*record.stream,
-                record.version as i64,
-                state,
-                event,
-                record.partition.map(i64::from),
-                record.awaits.as_ref().map(|(s, _)| &**s),
-                record.awaits.as_ref().map(|(_, v)| *v as i64),
-                since_ms
-            ])?;
-        }
-    }
-    {
-        let mut delete = transaction.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
-        for id in &changes.dead_letters_delete {
-            delete.execute(params![*id as i64])?;
-        }
-        let mut put = transaction.prepare_cached(
-            "INSERT OR REPLACE INTO dead_letters
-             (id, kind, stream, version, event_id, body, reason, partition, offset, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        for entry in &changes.dead_letters_put {
-            put.execute(params![
-                entry.id as i64,
-                entry.kind.name(),
-                entry.stream.as_deref(),
-                entry.version.map(|v| v as i64),
-                entry.event_id.as_deref(),
-                entry.body,
-                entry.reason,
-                entry.position.map(|p| p.partition as i64),
-                entry.position.map(|p| p.offset as i64),
-                entry.at_ms as i64,
-            ])?;
-        }
-    }
-    if let (Some(first), Some(last)) = (changes.dedupe_put.first(), changes.dedupe_put.last()) {
-        // Sequences in one change set are consecutive; keep the block contiguous.
-        let mut hashes = Vec::with_capacity(changes.dedupe_put.len() * 8);
-        for (_, hash) in &changes.dedupe_put {
-            hashes.extend_from_slice(&hash.to_le_bytes());
-        }
-        transaction
-            .prepare_cached(
-                "INSERT OR REPLACE INTO dedupe_blocks (first_sequence, last_sequence, hashes) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![first.0 as i64, last.0 as i64, hashes])?;
-    }
-    transaction
-        .prepare_cached("DELETE FROM dedupe_blocks WHERE last_sequence < ?1")?
-        .execute(params![changes.dedupe_floor as i64])?;
-    write_checkpoints(transaction)?;
-    {
-        let mut meta = transaction.prepare_cached(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )?;
-        meta.execute(params!["counters", changes.counters.to_json().to_string()])?;
-        meta.execute(params![
-            "next_dead_letter_id",
-            changes.next_dead_letter_id.to_string()
-        ])?;
-        meta.execute(params!["dedupe_floor", changes.dedupe_floor.to_string()])?;
-    }
+    write_streams(transaction, changes)?;
+    write_pending(transaction, changes)?;
+    write_dead_letters(transaction, changes)?;
+    write_dedupe(transaction, changes)?;
+    write_checkpoints(transaction, source, changes)?;
+    write_meta(transaction, changes)?;
     write_actions(transaction, &batch.actions)?;
     write_journal(transaction, batch)?;
     if leased {
@@ -914,6 +790,165 @@ fn write_changes(
             .prepare_cached("UPDATE lease SET heartbeat_ms = ?1 WHERE id = 1")?
             .execute(params![now_ms() as i64])?;
     }
+    Ok(())
+}
+
+/// Every partition's checkpoint for `source`, with the time it was committed.
+fn write_checkpoints(
+    transaction: &Connection,
+    source: &str,
+    changes: &ChangeSet,
+) -> rusqlite::Result<()> {
+    let mut statement = transaction.prepare_cached(
+        "INSERT INTO checkpoints (source, partition, offset, committed_ms)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (source, partition) DO UPDATE SET offset = excluded.offset,
+         committed_ms = excluded.committed_ms",
+    )?;
+    let committed_ms = now_ms() as i64;
+    for (partition, offset) in &changes.checkpoints {
+        statement.execute(params![
+            source,
+            *partition as i64,
+            *offset as i64,
+            committed_ms
+        ])?;
+    }
+    Ok(())
+}
+
+/// The documents the finished works produced (live, deleted, or cleared by a merge).
+fn write_documents(
+    transaction: &Connection,
+    documents: &[(Arc<str>, Option<Document>)],
+) -> rusqlite::Result<()> {
+    let mut statement = transaction.prepare_cached(
+        "INSERT INTO documents (stream, doc, deleted) VALUES (?1, ?2, ?3)
+         ON CONFLICT (stream) DO UPDATE SET doc = excluded.doc, deleted = excluded.deleted",
+    )?;
+    for (stream, document) in documents {
+        let (doc, deleted) = match document {
+            Some(Document::Live(value)) => (Some(value.to_string()), 0),
+            Some(Document::Deleted) => (None, 1),
+            None => (None, 0),
+        };
+        statement.execute(params![&**stream, doc, deleted])?;
+    }
+    Ok(())
+}
+
+/// Each moved stream's applied version and alias.
+fn write_streams(transaction: &Connection, changes: &ChangeSet) -> rusqlite::Result<()> {
+    let mut statement = transaction.prepare_cached(
+        "INSERT INTO streams (stream, applied, alias_target, alias_cut) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (stream) DO UPDATE SET applied = excluded.applied,
+         alias_target = excluded.alias_target, alias_cut = excluded.alias_cut",
+    )?;
+    for record in &changes.streams {
+        let (target, cut) = match &record.alias {
+            Some((target, cut)) => (Some(&**target), Some(*cut as i64)),
+            None => (None, None),
+        };
+        statement.execute(params![&*record.stream, record.applied as i64, target, cut])?;
+    }
+    Ok(())
+}
+
+/// Waiting events: deleted rows, then rows put (a rewrite keeps a row's `since_ms`).
+fn write_pending(transaction: &Connection, changes: &ChangeSet) -> rusqlite::Result<()> {
+    let mut delete =
+        transaction.prepare_cached("DELETE FROM pending WHERE stream = ?1 AND version = ?2")?;
+    for (stream, version) in &changes.pending_delete {
+        delete.execute(params![&**stream, *version as i64])?;
+    }
+    let mut put = transaction.prepare_cached(
+        "INSERT INTO pending
+         (stream, version, state, event, partition, awaits_stream, awaits_version, since_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state,
+         event = excluded.event, partition = excluded.partition,
+         awaits_stream = excluded.awaits_stream, awaits_version = excluded.awaits_version",
+    )?;
+    // Wall time, kept by a later rewrite of the row (the conflict clause leaves it):
+    // how long the event has waited, for `ordo status` and the metrics.
+    let since_ms = now_ms() as i64;
+    for record in &changes.pending_put {
+        let state = rows::pending_state_name(record.state);
+        let event = record.event.as_ref().map(|e| e.to_json_string());
+        put.execute(params![
+            &*record.stream,
+            record.version as i64,
+            state,
+            event,
+            record.partition.map(i64::from),
+            record.awaits.as_ref().map(|(s, _)| &**s),
+            record.awaits.as_ref().map(|(_, v)| *v as i64),
+            since_ms
+        ])?;
+    }
+    Ok(())
+}
+
+/// Dead letters removed and put.
+fn write_dead_letters(transaction: &Connection, changes: &ChangeSet) -> rusqlite::Result<()> {
+    let mut delete = transaction.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
+    for id in &changes.dead_letters_delete {
+        delete.execute(params![*id as i64])?;
+    }
+    let mut put = transaction.prepare_cached(
+        "INSERT OR REPLACE INTO dead_letters
+         (id, kind, stream, version, event_id, body, reason, partition, offset, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for entry in &changes.dead_letters_put {
+        put.execute(params![
+            entry.id as i64,
+            entry.kind.name(),
+            entry.stream.as_deref(),
+            entry.version.map(|v| v as i64),
+            entry.event_id.as_deref(),
+            entry.body,
+            entry.reason,
+            entry.position.map(|p| p.partition as i64),
+            entry.position.map(|p| p.offset as i64),
+            entry.at_ms as i64,
+        ])?;
+    }
+    Ok(())
+}
+
+/// The batch's dedupe block, and the window below its floor dropped.
+fn write_dedupe(transaction: &Connection, changes: &ChangeSet) -> rusqlite::Result<()> {
+    if let (Some(first), Some(last)) = (changes.dedupe_put.first(), changes.dedupe_put.last()) {
+        // Sequences in one change set are consecutive; keep the block contiguous.
+        let mut hashes = Vec::with_capacity(changes.dedupe_put.len() * 8);
+        for (_, hash) in &changes.dedupe_put {
+            hashes.extend_from_slice(&hash.to_le_bytes());
+        }
+        transaction
+        .prepare_cached(
+            "INSERT OR REPLACE INTO dedupe_blocks (first_sequence, last_sequence, hashes) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![first.0 as i64, last.0 as i64, hashes])?;
+    }
+    transaction
+        .prepare_cached("DELETE FROM dedupe_blocks WHERE last_sequence < ?1")?
+        .execute(params![changes.dedupe_floor as i64])?;
+    Ok(())
+}
+
+/// The counters, the next dead-letter id and the dedupe floor.
+fn write_meta(transaction: &Connection, changes: &ChangeSet) -> rusqlite::Result<()> {
+    let mut meta = transaction.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?;
+    meta.execute(params!["counters", changes.counters.to_json().to_string()])?;
+    meta.execute(params![
+        "next_dead_letter_id",
+        changes.next_dead_letter_id.to_string()
+    ])?;
+    meta.execute(params!["dedupe_floor", changes.dedupe_floor.to_string()])?;
     Ok(())
 }
 
