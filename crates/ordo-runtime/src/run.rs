@@ -15,7 +15,7 @@ use ordo_core::Counters;
 use ordo_store::{CommitError, Store};
 
 use crate::consumer::{ConsumeError, Consumer};
-use crate::source::{Polled, Source, SourceError};
+use crate::source::{Delivery, Polled, Source, SourceError};
 
 /// Default deliveries per commit.
 pub const COMMIT_EVENTS_MAX_DEFAULT: usize = 32_768;
@@ -318,37 +318,67 @@ impl RunLoop {
         source: &mut dyn Source,
         stop: bool,
     ) -> Result<Option<RunEnd>, RunError> {
-        if let Some(telemetry) = consumer.telemetry().cloned() {
-            telemetry.heartbeat();
-            telemetry.set_source_reachable(source.reachable());
-            if telemetry.lag_wanted() {
-                let ends = source.ends();
-                telemetry.measured_lag(&ends, &consumer.engine().checkpoints());
-            }
-        }
+        report_health(consumer, source);
         self.sync_paused_partitions(consumer, source);
-        let options = &self.options;
-        let conflicts = &mut self.conflicts;
         if stop {
             // Calls still out get a grace period; what they acknowledge is committed.
             consumer.settle_handlers(Some(Duration::from_millis(STOP_GRACE_MS)));
             // A conflict here leaves the batch to be read again by the next owner.
-            commit(consumer, source, conflicts, false)?;
+            commit(consumer, source, &mut self.conflicts, false)?;
             self.commits += 1;
             return Ok(Some(RunEnd::Stopped));
         }
-        let room = options
+        let (drained, finished) = match self.poll(consumer, source)? {
+            Polled::Revoked(partitions) => {
+                self.rebalance(consumer, source, Rebalance::Revoke(&partitions))?;
+                return Ok(None);
+            }
+            Polled::Assigned(partitions) => {
+                self.rebalance(consumer, source, Rebalance::Assign(&partitions))?;
+                return Ok(None);
+            }
+            Polled::Nothing => (false, false),
+            Polled::Events(events) => {
+                self.deliver(consumer, events);
+                (false, false)
+            }
+            // Read to the end is not caught up: events read but not yet applied (a slow
+            // handler, a gap) still count as lag, measured against positions.
+            Polled::Idle => (true, false),
+            Polled::Finished => (true, true),
+        };
+        let now_ms = consumer.clock().now_ms();
+        self.look_at_other_processes(consumer, source, now_ms)?;
+        consumer.apply_ready()?;
+        self.commit_if_due(consumer, source, now_ms, drained)?;
+        self.log_progress(consumer, now_ms);
+        if drained && consumer.engine().is_quiescent() {
+            return self.end_if_idle(consumer, source, finished);
+        }
+        Ok(None)
+    }
+
+    /// Polls the source for as many deliveries as the batch has room for, waiting no
+    /// longer than the commit interval allows, and not ahead of saturated handlers.
+    fn poll<S: Store>(
+        &mut self,
+        consumer: &mut Consumer<S>,
+        source: &mut dyn Source,
+    ) -> Result<Polled, RunError> {
+        let room = self
+            .options
             .commit_events_max
             .saturating_sub(consumer.uncommitted_events() as usize)
             .max(1);
         let now_ms = consumer.clock().now_ms();
         let wait_ms = match self.oldest_uncommitted_ms {
-            Some(since_ms) => options
+            Some(since_ms) => self
+                .options
                 .commit_interval_ms
                 .saturating_sub(now_ms.saturating_sub(since_ms)),
             None => POLL_WAIT_MS,
         };
-        let polled = if consumer.handlers_saturated() {
+        Ok(if consumer.handlers_saturated() {
             // Slow handlers: read no further ahead of them until they catch up.
             consumer.wait_for_handlers(Duration::from_millis(wait_ms.min(POLL_WAIT_MS)));
             Polled::Nothing
@@ -362,47 +392,37 @@ impl RunLoop {
             polled
         } else {
             source.poll(room, Duration::from_millis(wait_ms))?
-        };
-        let mut drained = false;
-        let mut finished = false;
-        match polled {
-            Polled::Revoked(partitions) => {
-                self.rebalance(consumer, source, Rebalance::Revoke(&partitions))?;
-                return Ok(None);
-            }
-            Polled::Assigned(partitions) => {
-                self.rebalance(consumer, source, Rebalance::Assign(&partitions))?;
-                return Ok(None);
-            }
-            Polled::Nothing => {}
-            Polled::Events(events) => {
-                // The batch arrived at one moment: one reading of each clock for all of it.
-                let received = Instant::now();
-                let received_ms = consumer.clock().now_ms();
-                if let Some(telemetry) = consumer.telemetry() {
-                    telemetry.delivered(events.len() as u64);
-                }
-                if !events.is_empty() {
-                    self.oldest_uncommitted_ms.get_or_insert(received_ms);
-                    self.first_delivery.get_or_insert(received);
-                    self.last_delivery = Some(received);
-                }
-                for (position, bytes, key) in events {
-                    consumer.deliver_keyed(received_ms, position, &bytes, key.as_deref());
-                    self.delivered += 1;
-                }
-            }
-            Polled::Idle => {
-                // Read to the end is not caught up: events read but not yet applied (a
-                // slow handler, a gap) still count as lag, measured against positions.
-                drained = true;
-            }
-            Polled::Finished => {
-                drained = true;
-                finished = true;
-            }
+        })
+    }
+
+    /// Hands a batch of deliveries to the consumer. The batch arrived at one moment: one
+    /// reading of each clock for all of it.
+    fn deliver<S: Store>(&mut self, consumer: &mut Consumer<S>, events: Vec<Delivery>) {
+        let received = Instant::now();
+        let received_ms = consumer.clock().now_ms();
+        if let Some(telemetry) = consumer.telemetry() {
+            telemetry.delivered(events.len() as u64);
         }
-        let now_ms = consumer.clock().now_ms();
+        if !events.is_empty() {
+            self.oldest_uncommitted_ms.get_or_insert(received_ms);
+            self.first_delivery.get_or_insert(received);
+            self.last_delivery = Some(received);
+        }
+        for (position, bytes, key) in events {
+            consumer.deliver_keyed(received_ms, position, &bytes, key.as_deref());
+            self.delivered += 1;
+        }
+    }
+
+    /// What other processes sharing the store did: a member applied what parked events
+    /// here wait for; an operator acted from another process (a replay, a skip) or asked
+    /// this one to act. Each is looked at on its own interval.
+    fn look_at_other_processes<S: Store>(
+        &mut self,
+        consumer: &mut Consumer<S>,
+        source: &mut dyn Source,
+        now_ms: u64,
+    ) -> Result<(), RunError> {
         if consumer.is_group_member() && consumer.engine().is_awaiting() {
             // Another member may have applied what parked events here wait for.
             let notified = consumer.store().poll_progress();
@@ -420,7 +440,7 @@ impl RunLoop {
                 || (consumer.is_group_member() && consumer.dead_letters_resolved_elsewhere()?);
             if acted {
                 consumer.apply_ready()?;
-                if commit(consumer, source, conflicts, true)? {
+                if commit(consumer, source, &mut self.conflicts, true)? {
                     self.commits += 1;
                     consumer.reload()?;
                     source.rewind(&consumer.engine().checkpoints())?;
@@ -433,20 +453,32 @@ impl RunLoop {
             if consumer.take_requested_actions()? > 0 {
                 // The verb waits for its record: commit it with the action's effects now.
                 consumer.apply_ready()?;
-                if commit(consumer, source, conflicts, true)? {
+                if commit(consumer, source, &mut self.conflicts, true)? {
                     self.commits += 1;
                     source.committed(&consumer.engine().checkpoints());
                 }
                 self.oldest_uncommitted_ms = None;
             }
         }
-        consumer.apply_ready()?;
+        Ok(())
+    }
+
+    /// Commits when the batch is full, the oldest uncommitted work has waited the commit
+    /// interval, or the source is drained (for the latency of the last events).
+    fn commit_if_due<S: Store>(
+        &mut self,
+        consumer: &mut Consumer<S>,
+        source: &mut dyn Source,
+        now_ms: u64,
+        drained: bool,
+    ) -> Result<(), RunError> {
         if consumer.has_uncommitted() || consumer.engine().awaits_commit() {
             // Works applied without a delivery (another member's progress, a spilled
             // stream loaded back, a rebuild after an assignment or a conflict that found
             // them ready) must reach the store too, within the commit interval.
             self.oldest_uncommitted_ms.get_or_insert(now_ms);
         }
+        let options = &self.options;
         let due = consumer.uncommitted_events() as usize >= options.commit_events_max
             || self.oldest_uncommitted_ms.is_some_and(|since_ms| {
                 now_ms.saturating_sub(since_ms) >= options.commit_interval_ms
@@ -458,52 +490,80 @@ impl RunLoop {
                 && consumer.handlers_in_flight() == 0);
         if due {
             self.oldest_uncommitted_ms = None;
-            if commit(consumer, source, conflicts, true)? {
+            if commit(consumer, source, &mut self.conflicts, true)? {
                 self.commits += 1;
                 source.committed(&consumer.engine().checkpoints());
             }
         }
-        if options.progress && now_ms.saturating_sub(self.last_progress_ms) >= PROGRESS_INTERVAL_MS
+        Ok(())
+    }
+
+    /// `--progress`: a line now and then with the rate so far.
+    fn log_progress<S: Store>(&mut self, consumer: &Consumer<S>, now_ms: u64) {
+        if !self.options.progress
+            || now_ms.saturating_sub(self.last_progress_ms) < PROGRESS_INTERVAL_MS
         {
-            self.last_progress_ms = now_ms;
-            let elapsed_ms = now_ms.saturating_sub(self.started_ms).max(1);
-            let rate = self.delivered as f64 * 1000.0 / elapsed_ms as f64;
-            tracing::info!(
-                "{} delivered ({rate:.0}/s), {} applied, {} commits",
-                self.delivered,
-                consumer.counters().applied,
-                self.commits
-            );
+            return;
         }
-        if drained && consumer.engine().is_quiescent() {
-            if options.exit_when_idle {
-                if consumer.is_group_member()
-                    && consumer.engine().is_awaiting()
-                    && consumer.refresh_awaited()? > 0
-                {
-                    // Not idle: another member moved what parked events wait for.
-                    return Ok(None);
-                }
-                consumer.engine.handle_source_drained();
-                consumer.apply_ready()?;
-                if !consumer.engine().is_quiescent() {
-                    // Draining released events (fences of merges that can never go): they
-                    // go first, then the run ends.
-                    return Ok(None);
-                }
-                if commit(consumer, source, conflicts, true)? {
-                    self.commits += 1;
-                    return Ok(Some(RunEnd::Idle));
-                }
+        self.last_progress_ms = now_ms;
+        let elapsed_ms = now_ms.saturating_sub(self.started_ms).max(1);
+        let rate = self.delivered as f64 * 1000.0 / elapsed_ms as f64;
+        tracing::info!(
+            "{} delivered ({rate:.0}/s), {} applied, {} commits",
+            self.delivered,
+            consumer.counters().applied,
+            self.commits
+        );
+    }
+
+    /// The source is drained and nothing can progress: with `--exit-when-idle` the run
+    /// ends once gaps are reported and released events went out; a finished source ends
+    /// it anyway.
+    fn end_if_idle<S: Store>(
+        &mut self,
+        consumer: &mut Consumer<S>,
+        source: &mut dyn Source,
+        finished: bool,
+    ) -> Result<Option<RunEnd>, RunError> {
+        if self.options.exit_when_idle {
+            if consumer.is_group_member()
+                && consumer.engine().is_awaiting()
+                && consumer.refresh_awaited()? > 0
+            {
+                // Not idle: another member moved what parked events wait for.
                 return Ok(None);
             }
-            if finished {
-                commit(consumer, source, conflicts, false)?;
-                self.commits += 1;
-                return Ok(Some(RunEnd::Finished));
+            consumer.engine.handle_source_drained();
+            consumer.apply_ready()?;
+            if !consumer.engine().is_quiescent() {
+                // Draining released events (fences of merges that can never go): they go
+                // first, then the run ends.
+                return Ok(None);
             }
+            if commit(consumer, source, &mut self.conflicts, true)? {
+                self.commits += 1;
+                return Ok(Some(RunEnd::Idle));
+            }
+            return Ok(None);
+        }
+        if finished {
+            commit(consumer, source, &mut self.conflicts, false)?;
+            self.commits += 1;
+            return Ok(Some(RunEnd::Finished));
         }
         Ok(None)
+    }
+}
+
+/// Heartbeat, the source's reachability and (when a scrape asked) the lag.
+fn report_health<S: Store>(consumer: &Consumer<S>, source: &mut dyn Source) {
+    if let Some(telemetry) = consumer.telemetry().cloned() {
+        telemetry.heartbeat();
+        telemetry.set_source_reachable(source.reachable());
+        if telemetry.lag_wanted() {
+            let ends = source.ends();
+            telemetry.measured_lag(&ends, &consumer.engine().checkpoints());
+        }
     }
 }
 
