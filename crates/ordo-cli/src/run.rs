@@ -30,27 +30,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let mut config = engine_config(&args.engine, &mut store)?;
     let mut handler = crate::handler::for_run(&args.handler, &mut store)?;
-    let telemetry = match &args.metrics {
-        Some(_) => {
-            anyhow::ensure!(
-                args.health_stuck_ms > 0,
-                "--health-stuck-ms must be at least 1"
-            );
-            Some(Telemetry::new(args.health_stuck_ms))
-        }
-        None => None,
-    };
+    let telemetry = telemetry_for(&args)?;
     if let (Some(settings), Some(telemetry)) = (&mut handler, &telemetry) {
         settings.options.telemetry = Some(telemetry.handlers());
-        if args.health_stuck_ms <= args.handler.handler_timeout_ms {
-            // Then one slow call that is still within its timeout turns /healthz red, and
-            // a liveness probe restarts a consumer that is fine.
-            tracing::warn!(
-                "--health-stuck-ms {} is not above --handler-timeout-ms {}: a call still within its timeout turns /healthz red",
-                args.health_stuck_ms,
-                args.handler.handler_timeout_ms
-            );
-        }
     }
     // Bound before anything runs: a taken port is a usage error, not a log line.
     let endpoint = match (&args.metrics, &telemetry) {
@@ -70,51 +52,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     record_engine_config(&mut store, &config)?;
     #[cfg(feature = "fault-injection")]
     inject_fault(&mut store)?;
-    let (source, checkpoint_key): (Box<dyn ordo_runtime::Source>, String) = match &source_url {
-        SourceUrl::Kafka(url) => {
-            let mut url = ordo_kafka::KafkaUrl::parse(url).map_err(anyhow::Error::msg)?;
-            if let Some(member) = &args.member_id {
-                anyhow::ensure!(
-                    !url.params.iter().any(|(k, _)| k == "group.instance.id"),
-                    "--member-id and group.instance.id in the URL say the same: give one"
-                );
-                url.params
-                    .push(("group.instance.id".into(), member.clone()));
-            }
-            // Positions belong to the topic and the group, not to a broker address.
-            let key = format!(
-                "kafka:{}?group={}",
-                url.topic,
-                url.group.clone().unwrap_or_default()
-            );
-            (
-                Box::new(ordo_kafka::KafkaSource::open(&url, args.idle_ms)?),
-                key,
-            )
-        }
-        SourceUrl::Nats(url) => {
-            let url = ordo_nats::NatsUrl::parse(url).map_err(anyhow::Error::msg)?;
-            // Positions belong to the stream, the consumer and the split into partitions,
-            // not to a server address.
-            let durable_key = format!(
-                "nats:{}?durable={}",
-                url.stream,
-                url.durable.clone().unwrap_or_default()
-            );
-            let key = if url.partitions > 1 {
-                format!("{durable_key}&partitions={}", url.partitions)
-            } else {
-                durable_key.clone()
-            };
-            refuse_another_split(&mut store, &durable_key, &key)?;
-            let source = open_nats(&url, &key, &mut store, &args)?;
-            (source, key)
-        }
-        other => {
-            anyhow::ensure!(args.member_id.is_none(), "{MEMBER_ID_NEEDS_A_GROUP}");
-            (ordo_runtime::source::open(other)?, other.checkpoint_key())
-        }
-    };
+    let (source, checkpoint_key) = open_source(&source_url, &mut store, &args)?;
     let mut consumer = Consumer::open(store, &checkpoint_key, config)?;
     if args.verbose {
         consumer.trace_decisions();
@@ -150,6 +88,90 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    report_end(&args, &report, &mut consumer)
+}
+
+/// `--metrics`: the telemetry the run reports to, checked against the handler's timeout.
+fn telemetry_for(args: &RunArgs) -> anyhow::Result<Option<std::sync::Arc<Telemetry>>> {
+    if args.metrics.is_none() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        args.health_stuck_ms > 0,
+        "--health-stuck-ms must be at least 1"
+    );
+    if args.handler.handler.is_some() && args.health_stuck_ms <= args.handler.handler_timeout_ms {
+        // Then one slow call that is still within its timeout turns /healthz red, and a
+        // liveness probe restarts a consumer that is fine.
+        tracing::warn!(
+            "--health-stuck-ms {} is not above --handler-timeout-ms {}: a call still within its timeout turns /healthz red",
+            args.health_stuck_ms,
+            args.handler.handler_timeout_ms
+        );
+    }
+    Ok(Some(Telemetry::new(args.health_stuck_ms)))
+}
+
+/// The source `--source` names, and the key its positions are stored under (they belong
+/// to the topic and group, or the stream, consumer and split: not to a server address).
+fn open_source(
+    source_url: &SourceUrl,
+    store: &mut ordo_store::AnyStore,
+    args: &RunArgs,
+) -> anyhow::Result<(Box<dyn ordo_runtime::Source>, String)> {
+    Ok(match &source_url {
+        SourceUrl::Kafka(url) => {
+            let mut url = ordo_kafka::KafkaUrl::parse(url).map_err(anyhow::Error::msg)?;
+            if let Some(member) = &args.member_id {
+                anyhow::ensure!(
+                    !url.params.iter().any(|(k, _)| k == "group.instance.id"),
+                    "--member-id and group.instance.id in the URL say the same: give one"
+                );
+                url.params
+                    .push(("group.instance.id".into(), member.clone()));
+            }
+            // Positions belong to the topic and the group, not to a broker address.
+            let key = format!(
+                "kafka:{}?group={}",
+                url.topic,
+                url.group.clone().unwrap_or_default()
+            );
+            (
+                Box::new(ordo_kafka::KafkaSource::open(&url, args.idle_ms)?),
+                key,
+            )
+        }
+        SourceUrl::Nats(url) => {
+            let url = ordo_nats::NatsUrl::parse(url).map_err(anyhow::Error::msg)?;
+            // Positions belong to the stream, the consumer and the split into partitions,
+            // not to a server address.
+            let durable_key = format!(
+                "nats:{}?durable={}",
+                url.stream,
+                url.durable.clone().unwrap_or_default()
+            );
+            let key = if url.partitions > 1 {
+                format!("{durable_key}&partitions={}", url.partitions)
+            } else {
+                durable_key.clone()
+            };
+            refuse_another_split(store, &durable_key, &key)?;
+            let source = open_nats(&url, &key, store, args)?;
+            (source, key)
+        }
+        other => {
+            anyhow::ensure!(args.member_id.is_none(), "{MEMBER_ID_NEEDS_A_GROUP}");
+            (ordo_runtime::source::open(other)?, other.checkpoint_key())
+        }
+    })
+}
+
+/// What the run did, for the operator; exit 1 when `--fail-on-*` asks and it applies.
+fn report_end(
+    args: &RunArgs,
+    report: &ordo_runtime::RunReport,
+    consumer: &mut Consumer<ordo_store::AnyStore>,
+) -> anyhow::Result<ExitCode> {
     let dead_letters = consumer.store().dead_letters()?.len();
     let counters = report.counters;
     if args.json {
