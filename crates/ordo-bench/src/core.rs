@@ -8,7 +8,7 @@ use ordo_core::{Config, Engine, Event, Op, Outcome, SourcePosition};
 use ordo_sim::Rng;
 use serde_json::Value;
 
-use crate::alloc::allocated_bytes;
+use crate::alloc::{allocated_since, start_counting};
 
 /// The core benchmark's size.
 #[derive(Clone, Copy, Debug)]
@@ -165,7 +165,7 @@ pub fn run_baseline(state: &mut HashMap<Box<str>, (u64, i64)>, events: Vec<Event
 fn idle_stream_bytes(streams: usize, dedupe_window_ids: usize) -> f64 {
     // Measured from before the events exist to after they are all consumed, so what is
     // left is what the engine keeps.
-    let before = allocated_bytes();
+    let before = start_counting();
     let events: Vec<Event> = (0..streams)
         .map(|i| bench_event(&format!("stream-{i}"), 1))
         .collect();
@@ -180,8 +180,7 @@ fn idle_stream_bytes(streams: usize, dedupe_window_ids: usize) -> f64 {
         }
     }
     drop(engine.take_changes());
-    let after = allocated_bytes();
-    let bytes = after.saturating_sub(before) as f64 / streams as f64;
+    let bytes = allocated_since(before) as f64 / streams as f64;
     drop(engine);
     bytes
 }

@@ -16,7 +16,7 @@ use ordo_core::Config;
 use ordo_runtime::{Consumer, FileSource, RunOptions};
 use ordo_store::SqliteStore;
 
-use crate::alloc::allocated_bytes;
+use crate::alloc::{allocated_since, start_counting};
 
 /// Categories the products wait for.
 const CATEGORIES: usize = 1_000;
@@ -101,7 +101,7 @@ fn consume(
     file: &std::path::Path,
     config: Config,
 ) -> Result<(Consumer<SqliteStore>, usize), String> {
-    let before = allocated_bytes();
+    let before = start_counting();
     let mut consumer = Consumer::open(store, source, config).map_err(|e| e.to_string())?;
     consumer.verbose = false;
     let mut input = FileSource::open(&file.to_string_lossy()).map_err(|e| e.to_string())?;
@@ -115,7 +115,7 @@ fn consume(
         &AtomicBool::new(false),
     )
     .map_err(|e| e.to_string())?;
-    let heap = allocated_bytes().saturating_sub(before);
+    let heap = allocated_since(before);
     Ok((consumer, heap))
 }
 
@@ -158,12 +158,12 @@ pub fn run(shape: ParkedShape) -> Result<ParkedResult, String> {
     let resume_raw_ms = started.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(rows, shape.events, "every parked event is in the store");
     drop(raw);
-    let before = allocated_bytes();
+    let before = start_counting();
     let started = Instant::now();
     let consumer = Consumer::open(open("spilled.db")?, "file:categories", Config::default())
         .map_err(|e| e.to_string())?;
     let resume_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let heap_bytes_after_resume = allocated_bytes().saturating_sub(before);
+    let heap_bytes_after_resume = allocated_since(before);
     drop(consumer);
 
     // The categories arrive: every product goes.
