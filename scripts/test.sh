@@ -12,6 +12,8 @@ if ! command -v tansu >/dev/null 2>&1; then
   cargo install tansu --version 0.6.0 --features dynostore
 fi
 
+# tests/broken_environment.rs mounts small tmpfs file systems to fill a disk: it needs
+# root, as the test machines and CI have.
 # The handler tests run a Python handler (examples/handler.py) and make TLS certificates;
 # the observability tests check docs/alerts.yml with promtool (Debian's prometheus).
 missing=()
@@ -40,6 +42,9 @@ echo "== cargo clippy -D warnings"
 # With the test-only fault injection (tests/crash.rs), and without it, as shipped.
 cargo clippy --workspace --all-targets --features ordo-cli/fault-injection -- -D warnings
 cargo clippy -p ordo-cli -p ordo-store -- -D warnings
+
+echo "== the fuzz targets still build (fuzz/; run them with cargo +nightly fuzz)"
+RUSTFLAGS="--cfg fuzzing" cargo check -q --manifest-path fuzz/Cargo.toml --bins
 
 echo "== cargo test"
 log=$(mktemp)
