@@ -12,7 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{ok, postgres_admin, run, Scratch, POSTGRES};
+use common::{postgres_admin, run, run_idle, Scratch, POSTGRES};
 
 /// Streams in the full-disk workload.
 const STREAMS: u64 = 200;
@@ -148,27 +148,13 @@ fn a_full_disk_fails_the_sqlite_commit_whole() {
         done < STREAMS as usize,
         "the disk filled before the end ({streams} streams, {done} done)"
     );
-    ok(&[
-        "run",
-        "--source",
-        &source,
-        "--store",
-        &moved,
-        "--exit-when-idle",
-    ]);
+    run_idle(&source, &moved, &[]);
     assert_eq!(
         documents_match_versions(&moved),
         (STREAMS as usize, STREAMS as usize)
     );
     let reference = scratch.store("reference.db");
-    ok(&[
-        "run",
-        "--source",
-        &source,
-        "--store",
-        &reference,
-        "--exit-when-idle",
-    ]);
+    run_idle(&source, &reference, &[]);
     assert_eq!(common::export(&moved), common::export(&reference));
 }
 
@@ -241,14 +227,7 @@ fn a_damaged_store_file_is_a_clear_error() {
     padded_events(&events);
     let source = format!("file:{}", events.display());
     let good = scratch.path("good.db");
-    ok(&[
-        "run",
-        "--source",
-        &source,
-        "--store",
-        &format!("sqlite:{}", good.display()),
-        "--exit-when-idle",
-    ]);
+    run_idle(&source, &format!("sqlite:{}", good.display()), &[]);
     assert!(!PathBuf::from(format!("{}-wal", good.display())).exists());
     let bytes = std::fs::read(&good).unwrap();
     assert!(bytes.len() > 64 * 1024);
