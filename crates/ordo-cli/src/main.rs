@@ -91,13 +91,15 @@ fn main() -> ExitCode {
 }
 
 /// The error and its causes, as `outer: cause: cause`. ordo's errors say their cause in
-/// their own words and also keep it as their `source()`: a cause whose text the message
-/// says already is not repeated.
+/// their own words and also keep it as their `source()`: a cause whose text (or its last
+/// part, as in a driver's "Error code 26: file is not a database") the message says
+/// already is not repeated.
 fn error_text(error: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in error.chain() {
         let said = cause.to_string();
-        if text.contains(&said) {
+        let last = said.rsplit(": ").next().unwrap_or(&said);
+        if !text.is_empty() && (text.contains(&said) || text.contains(last)) {
             continue;
         }
         if !text.is_empty() {
