@@ -320,63 +320,52 @@ fn write_streams(
     Ok(())
 }
 
-/// Waiting events: deleted rows, then rows put (a rewrite keeps a row's `since_ms`).
+/// Waiting events: deleted rows, then rows put.
 fn write_pending(tx: &mut Transaction<'_>, changes: &ChangeSet) -> Result<(), WriteError> {
     if !changes.pending_delete.is_empty() {
-        let names: Vec<String> = changes
-            .pending_delete
-            .iter()
-            .map(|(s, _)| s.to_string())
-            .collect();
-        let versions: Vec<i64> = changes
-            .pending_delete
-            .iter()
-            .map(|(_, v)| *v as i64)
-            .collect();
-        tx.execute(
-            "DELETE FROM pending p USING UNNEST($1::text[], $2::bigint[]) AS d(stream, version)
-             WHERE p.stream = d.stream AND p.version = d.version",
-            &[&names, &versions],
-        )?;
+        delete_pending(tx, &changes.pending_delete)?;
     }
     if !changes.pending_put.is_empty() {
-        let names: Vec<String> = changes
-            .pending_put
-            .iter()
-            .map(|r| r.stream.to_string())
-            .collect();
-        let versions: Vec<i64> = changes
-            .pending_put
-            .iter()
-            .map(|r| r.version as i64)
-            .collect();
-        let states: Vec<&str> = changes
-            .pending_put
-            .iter()
-            .map(|r| rows::pending_state_name(r.state))
-            .collect();
-        let events: Vec<Option<String>> = changes
-            .pending_put
-            .iter()
-            .map(|r| r.event.as_ref().map(|e| e.to_json_string()))
-            .collect();
-        let partitions: Vec<Option<i64>> = changes
-            .pending_put
-            .iter()
-            .map(|r| r.partition.map(i64::from))
-            .collect();
-        let awaits_streams: Vec<Option<&str>> = changes
-            .pending_put
-            .iter()
-            .map(|r| r.awaits.as_ref().map(|(s, _)| &**s))
-            .collect();
-        let awaits_versions: Vec<Option<i64>> = changes
-            .pending_put
-            .iter()
-            .map(|r| r.awaits.as_ref().map(|(_, v)| *v as i64))
-            .collect();
-        tx.execute(
-            "INSERT INTO pending
+        put_pending(tx, &changes.pending_put)?;
+    }
+    Ok(())
+}
+
+/// Deletes the waiting rows of events applied, skipped or replaced.
+fn delete_pending(tx: &mut Transaction<'_>, rows: &[(Box<str>, u64)]) -> Result<(), WriteError> {
+    let names: Vec<&str> = rows.iter().map(|(s, _)| &**s).collect();
+    let versions: Vec<i64> = rows.iter().map(|(_, v)| *v as i64).collect();
+    tx.execute(
+        "DELETE FROM pending p USING UNNEST($1::text[], $2::bigint[]) AS d(stream, version)
+         WHERE p.stream = d.stream AND p.version = d.version",
+        &[&names, &versions],
+    )?;
+    Ok(())
+}
+
+/// Puts waiting rows (a rewrite keeps a row's `since_ms`).
+fn put_pending(tx: &mut Transaction<'_>, records: &[PendingRecord]) -> Result<(), WriteError> {
+    let names: Vec<String> = records.iter().map(|r| r.stream.to_string()).collect();
+    let versions: Vec<i64> = records.iter().map(|r| r.version as i64).collect();
+    let states: Vec<&str> = records
+        .iter()
+        .map(|r| rows::pending_state_name(r.state))
+        .collect();
+    let events: Vec<Option<String>> = records
+        .iter()
+        .map(|r| r.event.as_ref().map(|e| e.to_json_string()))
+        .collect();
+    let partitions: Vec<Option<i64>> = records.iter().map(|r| r.partition.map(i64::from)).collect();
+    let awaits_streams: Vec<Option<&str>> = records
+        .iter()
+        .map(|r| r.awaits.as_ref().map(|(s, _)| &**s))
+        .collect();
+    let awaits_versions: Vec<Option<i64>> = records
+        .iter()
+        .map(|r| r.awaits.as_ref().map(|(_, v)| *v as i64))
+        .collect();
+    tx.execute(
+        "INSERT INTO pending
              (stream, version, state, event, partition, awaits_stream, awaits_version,
               since_ms)
              SELECT u.*, $8::bigint FROM UNNEST($1::text[], $2::bigint[], $3::text[],
@@ -384,19 +373,18 @@ fn write_pending(tx: &mut Transaction<'_>, changes: &ChangeSet) -> Result<(), Wr
              ON CONFLICT (stream, version) DO UPDATE SET state = excluded.state,
              event = excluded.event, partition = excluded.partition,
              awaits_stream = excluded.awaits_stream, awaits_version = excluded.awaits_version",
-            &[
-                &names,
-                &versions,
-                &states,
-                &events,
-                &partitions,
-                &awaits_streams,
-                &awaits_versions,
-                // Wall time, kept by a later rewrite of the row: how long it waits.
-                &(crate::sqlite::now_ms() as i64),
-            ],
-        )?;
-    }
+        &[
+            &names,
+            &versions,
+            &states,
+            &events,
+            &partitions,
+            &awaits_streams,
+            &awaits_versions,
+            // Wall time, kept by a later rewrite of the row: how long it waits.
+            &(crate::sqlite::now_ms() as i64),
+        ],
+    )?;
     Ok(())
 }
 

@@ -159,10 +159,6 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn database(error: rusqlite::Error) -> OpenError {
-    OpenError::Sqlite(error)
-}
-
 fn is_busy(error: &rusqlite::Error) -> bool {
     matches!(
         error.sqlite_error_code(),
@@ -201,7 +197,7 @@ impl SqliteStore {
             })?;
         connection
             .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
-            .map_err(database)?;
+            .map_err(OpenError::Sqlite)?;
         // WAL lets readers (export, dlq list) run beside the consumer; NORMAL syncs at
         // checkpoints, which in WAL mode loses no committed transaction on a process
         // crash (only on power loss, the last ones).
@@ -216,7 +212,7 @@ impl SqliteStore {
         }
         connection
             .execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;")
-            .map_err(database)?;
+            .map_err(OpenError::Sqlite)?;
         let mut store = SqliteStore::over(connection, path);
         store.migrate()?;
         Ok(store)
@@ -261,7 +257,7 @@ impl SqliteStore {
             });
         }
         for (table, column, _) in ADDED_COLUMNS {
-            if !has_column(&connection, table, column).map_err(database)? {
+            if !has_column(&connection, table, column).map_err(OpenError::Sqlite)? {
                 return Err(OpenError::OlderSchema {
                     missing: format!("no column {table}.{column}"),
                 });
@@ -301,7 +297,7 @@ impl SqliteStore {
                 }
                 other => Err(other),
             })
-            .map_err(database)?;
+            .map_err(OpenError::Sqlite)?;
         if let Some(found) = found {
             let found: i64 = found.parse().map_err(|_| OpenError::NoSchemaVersion {
                 store: self.path.clone(),
@@ -319,28 +315,30 @@ impl SqliteStore {
         let transaction = self
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(database)?;
-        transaction.execute_batch(SCHEMA).map_err(database)?;
+            .map_err(OpenError::Sqlite)?;
+        transaction
+            .execute_batch(SCHEMA)
+            .map_err(OpenError::Sqlite)?;
         for (table, column, kind) in ADDED_COLUMNS {
-            if !has_column(&transaction, table, column).map_err(database)? {
+            if !has_column(&transaction, table, column).map_err(OpenError::Sqlite)? {
                 transaction
                     .execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
-                    .map_err(database)?;
+                    .map_err(OpenError::Sqlite)?;
             }
         }
         transaction
             .execute_batch(
                 "CREATE INDEX IF NOT EXISTS pending_awaits ON pending (awaits_stream, awaits_version)",
             )
-            .map_err(database)?;
+            .map_err(OpenError::Sqlite)?;
         transaction
             .execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 params![SCHEMA_VERSION.to_string()],
             )
-            .map_err(database)?;
-        transaction.commit().map_err(database)
+            .map_err(OpenError::Sqlite)?;
+        transaction.commit().map_err(OpenError::Sqlite)
     }
 
     /// What `ordo status` and the metrics show (see [`crate::status`]).
@@ -511,7 +509,7 @@ impl SqliteStore {
         let transaction = self
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(database)?;
+            .map_err(OpenError::Sqlite)?;
         let current: Option<Lease> = transaction
             .query_row(
                 "SELECT holder, pid, heartbeat_ms FROM lease WHERE id = 1",
@@ -525,7 +523,7 @@ impl SqliteStore {
                 },
             )
             .optional()
-            .map_err(database)?;
+            .map_err(OpenError::Sqlite)?;
         if let Some(lease) = current {
             let fresh = now_ms().saturating_sub(lease.heartbeat_ms) < LEASE_EXPIRY_MS;
             let alive = Path::new(&format!("/proc/{}", lease.pid)).exists();
@@ -543,8 +541,8 @@ impl SqliteStore {
                  heartbeat_ms = excluded.heartbeat_ms",
                 params![holder, std::process::id() as i64, now_ms() as i64],
             )
-            .map_err(database)?;
-        transaction.commit().map_err(database)?;
+            .map_err(OpenError::Sqlite)?;
+        transaction.commit().map_err(OpenError::Sqlite)?;
         self.leased = true;
         Ok(())
     }

@@ -14,17 +14,21 @@ impl Engine {
     /// Hands out the head of `s` if nothing holds it; otherwise records what it waits for
     /// (and where it will be woken from).
     pub(super) fn try_dispatch(&mut self, now_ms: u64, s: StreamId) -> Option<Work> {
-        let version = self.dispatchable_head(s)?;
+        let (version, merge) = self.dispatchable_head(s)?;
         if self.head_must_wait(now_ms, s, version) {
             return None;
         }
         let target = self.resolve(s);
-        let (action, source_ids) = match self.merge_sources(s, version, target) {
-            Ok(merge) => merge,
-            Err(reason) => {
-                self.reject_head(now_ms, s, version, reason);
-                return None;
+        let (action, source_ids) = if merge {
+            match self.merge_sources(s, version, target) {
+                Ok(merge) => merge,
+                Err(reason) => {
+                    self.reject_head(now_ms, s, version, reason);
+                    return None;
+                }
             }
+        } else {
+            (Action::Apply, Vec::new())
         };
         if !self.lock_documents(s, target, &source_ids) {
             return None;
@@ -32,9 +36,10 @@ impl Engine {
         Some(self.hand_out(now_ms, s, version, target, action, source_ids))
     }
 
-    /// The version of the head of `s` if it holds an event that is next in line. A dead
-    /// letter at the head blocks the stream; a skip marker is passed over.
-    fn dispatchable_head(&mut self, s: StreamId) -> Option<u64> {
+    /// The version of the head of `s`, and whether it is a merge, if it holds an event that
+    /// is next in line. A dead letter at the head blocks the stream; a skip marker is
+    /// passed over.
+    fn dispatchable_head(&mut self, s: StreamId) -> Option<(u64, bool)> {
         let state = &self.streams[s];
         if state.flags.intersects(IN_FLIGHT | BLOCKED | PAUSED) {
             return None;
@@ -44,7 +49,7 @@ impl Engine {
             return None;
         }
         match slot {
-            Slot::Event(_) => Some(version),
+            Slot::Event(pending) => Some((version, matches!(pending.event.op, Op::Merge { .. }))),
             Slot::DeadLettered(_) => {
                 self.block(s, BEHIND_DEAD_LETTER);
                 None
@@ -115,7 +120,7 @@ impl Engine {
         false
     }
 
-    /// What the head at `version` asks: apply, or fold its sources into `target`. A merge
+    /// What the merge at the head (`version`) asks: fold its sources into `target`. A merge
     /// whose source is merged already, or that would close an alias cycle, is refused with
     /// the reason.
     fn merge_sources(
