@@ -58,6 +58,11 @@ if [ "$status" -eq 0 ]; then
   set +e
   cargo run -q -p ordo-cli -- chaos --seeds 300 --matrix-seeds 2 | tee -a "$log"
   chaos_status=${PIPESTATUS[0]}
+  if [ "$chaos_status" -eq 0 ]; then
+    echo "== ordo chaos --swarm: fault rates drawn per seed"
+    cargo run -q -p ordo-cli -- chaos --seeds 300 --swarm --matrix-seeds 0 | tee -a "$log"
+    chaos_status=${PIPESTATUS[0]}
+  fi
   set -e
   if [ "$chaos_status" -ne 0 ]; then status=$chaos_status; fi
 fi

@@ -513,6 +513,10 @@ pub struct ChaosArgs {
     /// Seeds per cell of the survival matrix (0: skip it).
     #[arg(long, default_value_t = 10)]
     pub matrix_seeds: u64,
+    /// Swarm testing: each seed draws its own fault rates (some faults off, some far more
+    /// frequent than usual) and prints them with any failure.
+    #[arg(long)]
+    pub swarm: bool,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,

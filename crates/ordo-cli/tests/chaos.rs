@@ -66,3 +66,31 @@ fn one_seed_reproduces_the_same_trace() {
     assert_eq!(a["converged"], true);
     assert_eq!(run(&["chaos", "--scenario", "nope"]).status.code(), Some(2));
 }
+
+#[test]
+fn swarm_seeds_print_their_fault_rates_and_reproduce() {
+    let seed_json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_slice(&ok(args).stdout).expect("one JSON object")
+    };
+    let fixed = seed_json(&["chaos", "--seed", "5", "--json"]);
+    let swarm = seed_json(&["chaos", "--seed", "5", "--swarm", "--json"]);
+    let again = seed_json(&["chaos", "--seed", "5", "--swarm", "--json"]);
+    assert_eq!(fixed["swarm"], false);
+    assert_eq!(fixed["fault_rates"]["commit_pct"], 15, "{fixed}");
+    assert_eq!(swarm["swarm"], true);
+    assert_ne!(swarm["fault_rates"], fixed["fault_rates"], "{swarm}");
+    assert_ne!(swarm["trace_hash"], fixed["trace_hash"]);
+    assert_eq!(swarm["trace_hash"], again["trace_hash"]);
+    assert_eq!(swarm["fault_rates"], again["fault_rates"]);
+    let range = seed_json(&[
+        "chaos",
+        "--seeds",
+        "20",
+        "--swarm",
+        "--matrix-seeds",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(range["swarm"], true);
+    assert_eq!(range["divergences"], 0, "{range}");
+}

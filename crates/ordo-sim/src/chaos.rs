@@ -115,6 +115,121 @@ impl Faults {
     }
 }
 
+/// How often each fault strikes: a percent chance at each draw. Fixed by default; in swarm
+/// mode (TigerBeetle's VOPR) drawn from the seed and printed with it, so that some seeds
+/// run with a fault almost always on and others with it off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultRates {
+    /// A producer's send fails and is retried later (a reorder).
+    pub retry_pct: u64,
+    /// A failed send was written after all (a duplicate).
+    pub retry_written_pct: u64,
+    /// An event is published again under a new id (a second writer).
+    pub second_writer_pct: u64,
+    /// An event is published twice.
+    pub duplicate_pct: u64,
+    /// The outbox publisher crashes between publishing a batch and marking it.
+    pub publisher_crash_pct: u64,
+    /// An event is poison: the handler refuses it until an operator fixes it.
+    pub poison_pct: u64,
+    /// The consumer commits after a fetch.
+    pub commit_pct: u64,
+    /// An operator acts on a dead letter after a fetch.
+    pub operator_pct: u64,
+    /// An operator's action is a corrected replay (else a skip).
+    pub operator_replay_pct: u64,
+    /// The consumer crashes after a fetch.
+    pub crash_pct: u64,
+    /// A partition is revoked after a fetch.
+    pub rebalance_pct: u64,
+}
+
+/// In swarm mode, the chance that a fault's rate is drawn as zero (off for the seed).
+pub const SWARM_OFF_PCT: u64 = 25;
+/// In swarm mode, the most a rate is scaled up from its fixed value.
+pub const SWARM_SCALE_MAX: u64 = 4;
+
+impl FaultRates {
+    /// The rates every seed runs with outside swarm mode.
+    pub const FIXED: FaultRates = FaultRates {
+        retry_pct: 8,
+        retry_written_pct: 30,
+        second_writer_pct: 2,
+        duplicate_pct: 6,
+        publisher_crash_pct: 15,
+        poison_pct: 2,
+        commit_pct: 15,
+        operator_pct: 1,
+        operator_replay_pct: 50,
+        crash_pct: 1,
+        rebalance_pct: 1,
+    };
+
+    /// The rates of one seed in swarm mode: each fault off with [`SWARM_OFF_PCT`] chance,
+    /// else anywhere from 1 % to [`SWARM_SCALE_MAX`] times its fixed rate (at most 100 %).
+    pub fn swarm(seed: u64) -> FaultRates {
+        let mut rng = Rng::derive(seed, "swarm");
+        let mut draw = |fixed: u64| {
+            if rng.chance(SWARM_OFF_PCT) {
+                0
+            } else {
+                rng.range(1, (fixed * SWARM_SCALE_MAX).clamp(1, 100))
+            }
+        };
+        let fixed = FaultRates::FIXED;
+        FaultRates {
+            retry_pct: draw(fixed.retry_pct),
+            retry_written_pct: draw(fixed.retry_written_pct),
+            second_writer_pct: draw(fixed.second_writer_pct),
+            duplicate_pct: draw(fixed.duplicate_pct),
+            publisher_crash_pct: draw(fixed.publisher_crash_pct),
+            poison_pct: draw(fixed.poison_pct),
+            commit_pct: draw(fixed.commit_pct),
+            operator_pct: draw(fixed.operator_pct),
+            operator_replay_pct: draw(fixed.operator_replay_pct),
+            crash_pct: draw(fixed.crash_pct),
+            rebalance_pct: draw(fixed.rebalance_pct),
+        }
+    }
+
+    /// As JSON, each rate in percent.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "retry_pct": self.retry_pct,
+            "retry_written_pct": self.retry_written_pct,
+            "second_writer_pct": self.second_writer_pct,
+            "duplicate_pct": self.duplicate_pct,
+            "publisher_crash_pct": self.publisher_crash_pct,
+            "poison_pct": self.poison_pct,
+            "commit_pct": self.commit_pct,
+            "operator_pct": self.operator_pct,
+            "operator_replay_pct": self.operator_replay_pct,
+            "crash_pct": self.crash_pct,
+            "rebalance_pct": self.rebalance_pct,
+        })
+    }
+}
+
+impl std::fmt::Display for FaultRates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "retry {}% (written anyway {}%), second writer {}%, duplicate {}%, publisher crash {}%, poison {}%, commit {}%, operator {}% (replay {}%), crash {}%, rebalance {}%",
+            self.retry_pct,
+            self.retry_written_pct,
+            self.second_writer_pct,
+            self.duplicate_pct,
+            self.publisher_crash_pct,
+            self.poison_pct,
+            self.commit_pct,
+            self.operator_pct,
+            self.operator_replay_pct,
+            self.crash_pct,
+            self.rebalance_pct
+        )
+    }
+}
+
 /// What a chaos run is made of.
 #[derive(Clone, Copy, Debug)]
 pub struct ChaosOptions {
@@ -128,6 +243,20 @@ pub struct ChaosOptions {
     pub concurrency: usize,
     /// Which faults.
     pub faults: Faults,
+    /// Whether each seed draws its own fault rates ([`FaultRates::swarm`]) instead of
+    /// running with [`FaultRates::FIXED`].
+    pub swarm: bool,
+}
+
+impl ChaosOptions {
+    /// The fault rates `seed` runs with.
+    pub fn rates_for(&self, seed: u64) -> FaultRates {
+        if self.swarm {
+            FaultRates::swarm(seed)
+        } else {
+            FaultRates::FIXED
+        }
+    }
 }
 
 impl Default for ChaosOptions {
@@ -138,6 +267,7 @@ impl Default for ChaosOptions {
             partitions: 3,
             concurrency: 4,
             faults: Faults::ALL,
+            swarm: false,
         }
     }
 }
@@ -261,6 +391,10 @@ impl FaultCounts {
 pub struct ChaosReport {
     /// The seed.
     pub seed: u64,
+    /// The fault rates it ran with.
+    pub rates: FaultRates,
+    /// Whether those rates were drawn from the seed (swarm mode).
+    pub swarm: bool,
     /// Difference between ordo and the oracle (empty when converged).
     pub divergence: Divergence,
     /// The first invariant broken, if any.
@@ -324,6 +458,15 @@ pub(crate) fn partition_of(stream: &str, partitions: u32) -> u32 {
     (ordo_core::id_hash(stream) % u64::from(partitions)) as u32
 }
 
+/// Events per batch of the outbox publisher that crashes between publish and mark.
+const OUTBOX_BATCH_EVENTS: usize = 16;
+
+/// Sends a retried send is held back for, at most.
+const RETRY_DELAY_SENDS_MAX: u64 = 6;
+
+/// Sends a second writer's copy is held back for, at most.
+const SECOND_WRITER_DELAY_SENDS_MAX: u64 = 20;
+
 /// The topic after the producers are done, and what they did.
 struct Topic {
     partitions: Vec<Vec<Event>>,
@@ -334,65 +477,150 @@ fn publish(
     seed: u64,
     history: &[Event],
     options: &ChaosOptions,
+    rates: &FaultRates,
     counts: &mut FaultCounts,
 ) -> Topic {
-    let faults = options.faults;
-    let mut retry_rng = Rng::derive(seed, "fault:retries");
-    let mut duplicate_rng = Rng::derive(seed, "fault:duplicates");
-    let mut repartition_rng = Rng::derive(seed, "fault:repartition");
-    let mut lost_rng = Rng::derive(seed, "fault:lost");
-    // The event-store scenario's publisher crashes between publish and mark.
-    let mut source: Vec<Event> = match options.workload {
+    let mut source = outbox_deliveries(seed, history, options, rates, counts);
+    let lost = if options.faults.lost_event {
+        lose_one_event(seed, &mut source, counts)
+    } else {
+        None
+    };
+    let mut producer = Producer::new(seed, options, rates, source.len());
+    for (index, event) in source.into_iter().enumerate() {
+        producer.send(index, event, counts);
+    }
+    Topic {
+        partitions: producer.flush(),
+        lost,
+    }
+}
+
+/// What the producers hand the topic: in the event-store and mixed scenarios, an outbox
+/// publisher that crashes between publishing a batch and marking it re-publishes it.
+fn outbox_deliveries(
+    seed: u64,
+    history: &[Event],
+    options: &ChaosOptions,
+    rates: &FaultRates,
+    counts: &mut FaultCounts,
+) -> Vec<Event> {
+    match options.workload {
         Workload::Scenario(Scenario::EventStore) | Workload::Scenario(Scenario::Mixed)
-            if faults.duplicates =>
+            if options.faults.duplicates =>
         {
-            let republished = deliver_with_publisher_crashes(seed, history, 16, 15);
+            let republished = deliver_with_publisher_crashes(
+                seed,
+                history,
+                OUTBOX_BATCH_EVENTS,
+                rates.publisher_crash_pct,
+            );
             counts.duplicated += (republished.len() - history.len()) as u64;
             republished
         }
         _ => history.to_vec(),
-    };
-    let mut lost = None;
-    if faults.lost_event && !source.is_empty() {
-        // Lose one event that has a successor in its stream, so a gap is visible.
-        let candidates: Vec<usize> = (0..source.len())
-            .filter(|&i| {
-                source
-                    .iter()
-                    .any(|e| e.stream == source[i].stream && e.version > source[i].version)
-            })
-            .collect();
-        if !candidates.is_empty() {
-            let victim = source[candidates[lost_rng.index(candidates.len())]].clone();
-            source.retain(|e| e.id != victim.id);
-            counts.lost += 1;
-            lost = Some(victim);
+    }
+}
+
+/// Loses one event that has a successor in its stream, so that a gap is visible.
+fn lose_one_event(seed: u64, source: &mut Vec<Event>, counts: &mut FaultCounts) -> Option<Event> {
+    if source.is_empty() {
+        return None;
+    }
+    let mut lost_rng = Rng::derive(seed, "fault:lost");
+    let candidates: Vec<usize> = (0..source.len())
+        .filter(|&i| {
+            source
+                .iter()
+                .any(|e| e.stream == source[i].stream && e.version > source[i].version)
+        })
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    let victim = source[candidates[lost_rng.index(candidates.len())]].clone();
+    source.retain(|e| e.id != victim.id);
+    counts.lost += 1;
+    Some(victim)
+}
+
+/// The keyed producers writing into the partitioned topic: retries that reorder and
+/// duplicate, second writers, duplicates, and a partition count that doubles once.
+struct Producer {
+    faults: Faults,
+    rates: FaultRates,
+    retry_rng: Rng,
+    duplicate_rng: Rng,
+    /// The send at which the partition count doubles.
+    repartition_at: Option<usize>,
+    partitions: Vec<Vec<Event>>,
+    /// Sends held back by a retry: (partition, sends still to pass, event).
+    retrying: Vec<(u32, u64, Event)>,
+    seen_partition: HashMap<Box<str>, u32>,
+}
+
+impl Producer {
+    fn new(seed: u64, options: &ChaosOptions, rates: &FaultRates, sends: usize) -> Self {
+        let mut repartition_rng = Rng::derive(seed, "fault:repartition");
+        Producer {
+            faults: options.faults,
+            rates: *rates,
+            retry_rng: Rng::derive(seed, "fault:retries"),
+            duplicate_rng: Rng::derive(seed, "fault:duplicates"),
+            repartition_at: options
+                .faults
+                .repartition
+                .then(|| sends / 4 + repartition_rng.index(sends / 2 + 1)),
+            partitions: vec![Vec::new(); options.partitions.max(1) as usize],
+            retrying: Vec::new(),
+            seen_partition: HashMap::new(),
         }
     }
-    let repartition_at = faults
-        .repartition
-        .then(|| source.len() / 4 + repartition_rng.index(source.len() / 2 + 1));
-    let mut partition_count = options.partitions.max(1);
-    let mut partitions: Vec<Vec<Event>> = vec![Vec::new(); partition_count as usize];
-    // Sends held back by a retry: (partition, sends still to pass, event).
-    let mut retrying: Vec<(u32, u64, Event)> = Vec::new();
-    let mut seen_partition: HashMap<Box<str>, u32> = HashMap::new();
-    for (index, event) in source.into_iter().enumerate() {
-        if repartition_at == Some(index) {
-            partition_count *= 2;
-            partitions.resize(partition_count as usize, Vec::new());
+
+    fn send(&mut self, index: usize, event: Event, counts: &mut FaultCounts) {
+        if self.repartition_at == Some(index) {
+            let doubled = self.partitions.len() * 2;
+            self.partitions.resize(doubled, Vec::new());
         }
-        let partition = partition_of(&event.stream, partition_count);
-        if let Some(previous) = seen_partition.insert(event.stream.clone(), partition) {
+        let partition = partition_of(&event.stream, self.partitions.len() as u32);
+        if let Some(previous) = self.seen_partition.insert(event.stream.clone(), partition) {
             if previous != partition {
                 counts.moved_streams += 1;
             }
         }
-        let write =
-            |p: u32, e: Event, partitions: &mut Vec<Vec<Event>>| partitions[p as usize].push(e);
-        // Release retried sends whose delay has passed.
+        self.release_due_retries();
+        if self.faults.retries && self.retry_rng.chance(self.rates.retry_pct) {
+            counts.retried += 1;
+            // The first attempt may have been written after all: a duplicate.
+            if self.retry_rng.chance(self.rates.retry_written_pct) {
+                counts.duplicated += 1;
+                self.write(partition, event.clone());
+            }
+            let delay = self.retry_rng.range(1, RETRY_DELAY_SENDS_MAX);
+            self.retrying.push((partition, delay, event));
+            return;
+        }
+        self.write(partition, event.clone());
+        if self.faults.duplicates && self.duplicate_rng.chance(self.rates.second_writer_pct) {
+            // A second writer: the same version under a new id (a replay of old data, a
+            // producer that lost track). The first claimant keeps the version; this one
+            // is stale, however far behind it arrives.
+            counts.second_writers += 1;
+            let mut rival = event.clone();
+            rival.id = format!("{}~second", event.id).into();
+            let delay = self.duplicate_rng.range(0, SECOND_WRITER_DELAY_SENDS_MAX);
+            self.retrying.push((partition, delay, rival));
+        }
+        if self.faults.duplicates && self.duplicate_rng.chance(self.rates.duplicate_pct) {
+            counts.duplicated += 1;
+            self.write(partition, event);
+        }
+    }
+
+    /// Writes the retried sends whose delay has passed.
+    fn release_due_retries(&mut self) {
         let mut ready = Vec::new();
-        retrying.retain_mut(|(p, left, e)| {
+        self.retrying.retain_mut(|(p, left, e)| {
             if *left == 0 {
                 ready.push((*p, e.clone()));
                 false
@@ -402,37 +630,21 @@ fn publish(
             }
         });
         for (p, e) in ready {
-            write(p, e, &mut partitions);
-        }
-        if faults.retries && retry_rng.chance(8) {
-            counts.retried += 1;
-            // The first attempt may have been written after all: a duplicate.
-            if retry_rng.chance(30) {
-                counts.duplicated += 1;
-                write(partition, event.clone(), &mut partitions);
-            }
-            retrying.push((partition, retry_rng.range(1, 6), event));
-            continue;
-        }
-        write(partition, event.clone(), &mut partitions);
-        if faults.duplicates && duplicate_rng.chance(2) {
-            // A second writer: the same version under a new id (a replay of old data, a
-            // producer that lost track). The first claimant keeps the version; this one
-            // is stale, however far behind it arrives.
-            counts.second_writers += 1;
-            let mut rival = event.clone();
-            rival.id = format!("{}~second", event.id).into();
-            retrying.push((partition, duplicate_rng.range(0, 20), rival));
-        }
-        if faults.duplicates && duplicate_rng.chance(6) {
-            counts.duplicated += 1;
-            write(partition, event, &mut partitions);
+            self.write(p, e);
         }
     }
-    for (p, _, e) in retrying {
-        partitions[p as usize].push(e);
+
+    fn write(&mut self, partition: u32, event: Event) {
+        self.partitions[partition as usize].push(event);
     }
-    Topic { partitions, lost }
+
+    /// The topic once every held-back send has gone.
+    fn flush(mut self) -> Vec<Vec<Event>> {
+        for (p, _, e) in std::mem::take(&mut self.retrying) {
+            self.write(p, e);
+        }
+        self.partitions
+    }
 }
 
 /// The per-step and per-commit checks. They read state; they never draw randomness.
@@ -445,6 +657,16 @@ struct Checker {
 }
 
 impl Checker {
+    fn new() -> Self {
+        Checker {
+            live_versions: HashMap::new(),
+            durable_versions: HashMap::new(),
+            live_ids: HashSet::new(),
+            durable_ids: HashSet::new(),
+            gapless: true,
+        }
+    }
+
     fn on_step(&mut self, stream: &str, version: u64, id: &str) -> Result<(), String> {
         let last = self.live_versions.get(stream).copied().unwrap_or(0);
         let in_order = if self.gapless {
@@ -531,233 +753,408 @@ fn events_after(events: &[Event], checkpoint: Option<u64>) -> impl Iterator<Item
 
 /// Runs one seed.
 pub fn run_seed(seed: u64, options: &ChaosOptions) -> ChaosReport {
+    let rates = options.rates_for(seed);
     let history = options.workload.history(seed, options.events);
     let mut counts = FaultCounts::default();
-    let topic = publish(seed, &history, options, &mut counts);
-    let mut trace = Trace::new();
-    let mut schedule = Rng::derive(seed, "schedule");
-    let mut crash_rng = Rng::derive(seed, "fault:crashes");
-    let mut rebalance_rng = Rng::derive(seed, "fault:rebalance");
-    let mut poison_rng = Rng::derive(seed, "fault:poison");
-    let mut commit_rng = Rng::derive(seed, "commits");
-    let mut operator_rng = Rng::derive(seed, "fault:operator");
-    let mut operator_actions = 0;
-    // Events an operator skipped: the oracle runs them as no-ops.
-    let mut skipped: HashSet<Box<str>> = HashSet::new();
-    let concurrency = if options.faults.interleaving {
-        options.concurrency.max(2)
-    } else {
-        1
-    };
+    let topic = publish(seed, &history, options, &rates, &mut counts);
+    let mut run = SeedRun::new(seed, options, rates, &history, topic, counts);
+    while run.fetch_round() {}
+    run.drain_and_commit();
+    let poisoned = run.replay_dead_letters();
+    // Drained: fences of merges that can never go are lifted; what waited for them goes.
+    run.harness.engine.handle_source_drained();
+    run.drain_and_commit();
+    run.harness.engine.handle_source_drained();
+    run.harness.commit();
+    run.report(&history, &poisoned)
+}
 
-    // A third of the seeds spill every parked stream to the store at each commit; odd
-    // seeds write merges before they go out, as with a handler (merge fences then hold
-    // across commits and crashes).
-    let mut harness = Harness::new(Config {
-        parked_streams_in_memory_max: if seed.is_multiple_of(3) { 0 } else { 1 << 16 },
-        merges_written_before_dispatch: seed % 2 == 1,
-        ..Config::default()
-    });
-    if options.faults.poison {
-        for event in &history {
-            if poison_rng.chance(2) {
-                harness.poison.insert(event.id.clone());
-                counts.poisoned += 1;
+/// One seed's consumer side: the harness, the checks, and the generators of the faults
+/// that strike while it reads.
+struct SeedRun {
+    seed: u64,
+    options: ChaosOptions,
+    rates: FaultRates,
+    harness: Harness,
+    checker: Checker,
+    trace: Trace,
+    topic: Topic,
+    /// Picks partitions, fetch sizes and which handler completes next.
+    schedule: Rng,
+    crash_rng: Rng,
+    rebalance_rng: Rng,
+    commit_rng: Rng,
+    operator_rng: Rng,
+    /// Most works out at once.
+    concurrency: usize,
+    /// The next offset each partition's reader fetches.
+    cursors: Vec<usize>,
+    /// The highest offset each partition's reader has fetched, plus one.
+    high_water: Vec<usize>,
+    /// Every delivery, in order, for the baselines.
+    seen: Vec<Event>,
+    violation: Option<String>,
+    counts: FaultCounts,
+    crashes: u32,
+    rebalances: u32,
+    operator_actions: u32,
+    steps: u64,
+    /// Events an operator skipped: the oracle runs them as no-ops.
+    skipped: HashSet<Box<str>>,
+}
+
+impl SeedRun {
+    fn new(
+        seed: u64,
+        options: &ChaosOptions,
+        rates: FaultRates,
+        history: &[Event],
+        topic: Topic,
+        mut counts: FaultCounts,
+    ) -> Self {
+        // A third of the seeds spill every parked stream to the store at each commit; odd
+        // seeds write merges before they go out, as with a handler (merge fences then
+        // hold across commits and crashes).
+        let mut harness = Harness::new(Config {
+            parked_streams_in_memory_max: if seed.is_multiple_of(3) { 0 } else { 1 << 16 },
+            merges_written_before_dispatch: seed % 2 == 1,
+            ..Config::default()
+        });
+        if options.faults.poison {
+            let mut poison_rng = Rng::derive(seed, "fault:poison");
+            for event in history {
+                if poison_rng.chance(rates.poison_pct) {
+                    harness.poison.insert(event.id.clone());
+                    counts.poisoned += 1;
+                }
             }
         }
+        let partition_count = topic.partitions.len();
+        SeedRun {
+            seed,
+            options: *options,
+            rates,
+            harness,
+            checker: Checker::new(),
+            trace: Trace::new(),
+            topic,
+            schedule: Rng::derive(seed, "schedule"),
+            crash_rng: Rng::derive(seed, "fault:crashes"),
+            rebalance_rng: Rng::derive(seed, "fault:rebalance"),
+            commit_rng: Rng::derive(seed, "commits"),
+            operator_rng: Rng::derive(seed, "fault:operator"),
+            concurrency: if options.faults.interleaving {
+                options.concurrency.max(2)
+            } else {
+                1
+            },
+            cursors: vec![0; partition_count],
+            high_water: vec![0; partition_count],
+            seen: Vec::new(),
+            violation: None,
+            counts,
+            crashes: 0,
+            rebalances: 0,
+            operator_actions: 0,
+            steps: 0,
+            skipped: HashSet::new(),
+        }
     }
-    let mut checker = Checker {
-        live_versions: HashMap::new(),
-        durable_versions: HashMap::new(),
-        live_ids: HashSet::new(),
-        durable_ids: HashSet::new(),
-        gapless: true,
-    };
-    let partition_count = topic.partitions.len();
-    let mut cursors = vec![0usize; partition_count];
-    let mut high_water = vec![0usize; partition_count];
-    let mut seen: Vec<Event> = Vec::new();
-    let mut violation: Option<String> = None;
-    let mut crashes = 0;
-    let mut rebalances = 0;
-    let mut steps = 0u64;
 
-    let restart_cursors = |cursors: &mut Vec<usize>, harness: &Harness, only: Option<usize>| {
-        for (p, cursor) in cursors.iter_mut().enumerate() {
+    /// One round of the consumer: a fetch from one partition, a few handler completions,
+    /// and whichever commit, operator action, crash or rebalance the seed draws. False
+    /// once every partition is read to its end.
+    fn fetch_round(&mut self) -> bool {
+        self.steps += 1;
+        if self.steps > STEPS_PER_RUN_MAX {
+            self.violation
+                .get_or_insert_with(|| "the run did not end within its step bound".into());
+            return false;
+        }
+        let unread: Vec<usize> = (0..self.cursors.len())
+            .filter(|&p| self.cursors[p] < self.topic.partitions[p].len())
+            .collect();
+        if unread.is_empty() {
+            return false;
+        }
+        // Uneven fetches: backlogs between partitions, hence between streams.
+        let partition = unread[self.schedule.index(unread.len())];
+        let fetch = self.schedule.range(1, 4) as usize;
+        self.fetch(partition, fetch);
+        for _ in 0..self.schedule.below(4) {
+            self.step_checked();
+        }
+        self.harness.advance_clock(1);
+        if self.commit_rng.chance(self.rates.commit_pct) {
+            self.harness.commit();
+            self.trace.record("commit".into());
+            self.check_commit();
+        }
+        self.maybe_operator_acts();
+        self.maybe_crash();
+        self.maybe_rebalance();
+        true
+    }
+
+    /// Delivers up to `count` events of `partition` from its cursor.
+    fn fetch(&mut self, partition: usize, count: usize) {
+        let p = partition;
+        for _ in 0..count {
+            let offset = self.cursors[p];
+            let Some(event) = self.topic.partitions[p].get(offset).cloned() else {
+                break;
+            };
+            if offset < self.high_water[p] {
+                self.counts.redelivered += 1;
+            }
+            self.high_water[p] = self.high_water[p].max(offset + 1);
+            self.cursors[p] += 1;
+            self.trace.record(format!(
+                "deliver p{p}@{offset} {} v{}",
+                event.stream, event.version
+            ));
+            self.seen.push(event.clone());
+            let position = SourcePosition {
+                partition: p as u32,
+                offset: offset as u64,
+            };
+            self.harness.deliver(Some(position), event);
+        }
+    }
+
+    fn maybe_operator_acts(&mut self) {
+        if self.options.faults.poison
+            && self.operator_actions < OPERATOR_ACTIONS_PER_RUN_MAX
+            && self.operator_rng.chance(self.rates.operator_pct)
+        {
+            self.operator_actions += 1;
+            self.counts.operator_actions += 1;
+            self.operator_acts();
+            // The verb commits its action (`Consumer::perform`, then commit).
+            self.harness.commit();
+            self.check_commit();
+        }
+    }
+
+    fn maybe_crash(&mut self) {
+        if self.options.faults.crashes
+            && self.crashes < CRASHES_PER_RUN_MAX
+            && self.crash_rng.chance(self.rates.crash_pct)
+        {
+            self.crashes += 1;
+            self.counts.crashes += 1;
+            self.harness.crash();
+            self.checker.on_crash();
+            self.restart_cursors(None);
+            let cursors = &self.cursors;
+            self.trace.record(format!("crash; restart at {cursors:?}"));
+        }
+    }
+
+    fn maybe_rebalance(&mut self) {
+        if !(self.options.faults.rebalance
+            && self.rebalances < REBALANCES_PER_RUN_MAX
+            && self.rebalance_rng.chance(self.rates.rebalance_pct))
+        {
+            return;
+        }
+        self.rebalances += 1;
+        self.counts.rebalances += 1;
+        // Revocation: in-flight work finishes and commits, then the partition goes back
+        // to its committed position (its new owner reads from there); whatever was read
+        // but not yet applied is delivered again.
+        for step in self.harness.complete_out() {
+            self.record_step(&step);
+        }
+        self.harness.commit();
+        self.check_commit();
+        let revoked = self.rebalance_rng.index(self.cursors.len());
+        self.restart_cursors(Some(revoked));
+        let cursor = self.cursors[revoked];
+        self.trace
+            .record(format!("rebalance: p{revoked} restarts at {cursor}"));
+    }
+
+    /// Puts the cursors of every partition (or of `only`) back at their committed
+    /// checkpoints.
+    fn restart_cursors(&mut self, only: Option<usize>) {
+        for (p, cursor) in self.cursors.iter_mut().enumerate() {
             if only.is_none_or(|o| o == p) {
-                *cursor = harness
+                *cursor = self
+                    .harness
                     .store
                     .checkpoint(p as u32)
                     .map_or(0, |c| c as usize + 1);
             }
         }
-    };
+    }
 
-    loop {
-        steps += 1;
-        if steps > STEPS_PER_RUN_MAX {
-            violation.get_or_insert_with(|| "the run did not end within its step bound".into());
-            break;
-        }
-        let unread: Vec<usize> = (0..partition_count)
-            .filter(|&p| cursors[p] < topic.partitions[p].len())
-            .collect();
-        if unread.is_empty() {
-            break;
-        }
-        // Uneven fetches: backlogs between partitions, hence between streams.
-        let p = unread[schedule.index(unread.len())];
-        let fetch = schedule.range(1, 4) as usize;
-        for _ in 0..fetch {
-            if cursors[p] >= topic.partitions[p].len() {
-                break;
-            }
-            let offset = cursors[p];
-            let event = topic.partitions[p][offset].clone();
-            if offset < high_water[p] {
-                counts.redelivered += 1;
-            }
-            high_water[p] = high_water[p].max(offset + 1);
-            cursors[p] += 1;
-            trace.record(format!(
-                "deliver p{p}@{offset} {} v{}",
-                event.stream, event.version
-            ));
-            seen.push(event.clone());
-            harness.deliver(
-                Some(SourcePosition {
-                    partition: p as u32,
-                    offset: offset as u64,
-                }),
-                event,
-            );
-        }
-        for _ in 0..schedule.below(4) {
-            step_checked(
-                &mut harness,
-                &mut checker,
-                &mut trace,
-                &mut schedule,
-                concurrency,
-                &mut violation,
-            );
-        }
-        harness.advance_clock(1);
-        if commit_rng.chance(15) {
-            harness.commit();
-            trace.record("commit".into());
-            if let Err(e) = checker.on_commit(&harness, &topic.partitions) {
-                violation.get_or_insert(e);
-            }
-        }
-        if options.faults.poison
-            && operator_actions < OPERATOR_ACTIONS_PER_RUN_MAX
-            && operator_rng.chance(1)
+    /// Checks what the last commit made durable.
+    fn check_commit(&mut self) {
+        if let Err(e) = self
+            .checker
+            .on_commit(&self.harness, &self.topic.partitions)
         {
-            operator_actions += 1;
-            counts.operator_actions += 1;
-            operator_acts(
-                &mut harness,
-                &mut checker,
-                &mut trace,
-                &mut operator_rng,
-                &mut skipped,
-            );
-            // The verb commits its action (`Consumer::perform`, then commit).
-            harness.commit();
-            if let Err(e) = checker.on_commit(&harness, &topic.partitions) {
-                violation.get_or_insert(e);
-            }
-        }
-        if options.faults.crashes && crashes < CRASHES_PER_RUN_MAX && crash_rng.chance(1) {
-            crashes += 1;
-            counts.crashes += 1;
-            harness.crash();
-            checker.on_crash();
-            restart_cursors(&mut cursors, &harness, None);
-            trace.record(format!("crash; restart at {cursors:?}"));
-        }
-        if options.faults.rebalance
-            && rebalances < REBALANCES_PER_RUN_MAX
-            && rebalance_rng.chance(1)
-        {
-            rebalances += 1;
-            counts.rebalances += 1;
-            // Revocation: in-flight work finishes and commits, then the partition goes
-            // back to its committed position (its new owner reads from there); whatever was
-            // read but not yet applied is delivered again.
-            for step in harness.complete_out() {
-                record_step(&step, &mut checker, &mut trace, &mut violation);
-            }
-            harness.commit();
-            if let Err(e) = checker.on_commit(&harness, &topic.partitions) {
-                violation.get_or_insert(e);
-            }
-            let revoked = rebalance_rng.index(partition_count);
-            restart_cursors(&mut cursors, &harness, Some(revoked));
-            trace.record(format!(
-                "rebalance: p{revoked} restarts at {}",
-                cursors[revoked]
-            ));
+            self.violation.get_or_insert(e);
         }
     }
-    let mut run = Run {
-        harness: &mut harness,
-        checker: &mut checker,
-        trace: &mut trace,
-        schedule: &mut schedule,
-        violation: &mut violation,
-        concurrency,
-        topic: &topic.partitions,
-    };
-    run.drain_and_commit();
-    // The operator fixes the handler and replays the dead-letter queue, rate-limited.
-    let poisoned = std::mem::take(&mut run.harness.poison);
-    if !poisoned.is_empty() {
+
+    /// Applies everything ready (checked step by step), then commits (checked).
+    fn drain_and_commit(&mut self) {
+        loop {
+            while self.step_checked() {}
+            // A merge written before it goes out goes once this commit wrote it.
+            let merges_held = self.harness.engine.awaits_commit();
+            self.harness.commit();
+            self.check_commit();
+            if !merges_held {
+                break;
+            }
+        }
+    }
+
+    /// The operator fixes the handler and replays the dead-letter queue, rate-limited.
+    /// Returns the events that were poison.
+    fn replay_dead_letters(&mut self) -> HashSet<Box<str>> {
+        let poisoned = std::mem::take(&mut self.harness.poison);
+        if poisoned.is_empty() {
+            return poisoned;
+        }
         let mut rounds = 0;
         loop {
-            let entries: Vec<_> = run.harness.store.dead_letters.values().cloned().collect();
+            let entries: Vec<_> = self.harness.store.dead_letters.values().cloned().collect();
             if entries.is_empty() || rounds > 16 {
                 break;
             }
             rounds += 1;
             for entry in entries {
-                run.harness.advance_clock(REPLAY_INTERVAL_MS);
-                let result = run
-                    .harness
-                    .engine
-                    .replay_dead_letter(run.harness.now_ms, &entry);
-                counts.replayed += 1;
-                run.trace
+                self.harness.advance_clock(REPLAY_INTERVAL_MS);
+                let now_ms = self.harness.now_ms;
+                let result = self.harness.engine.replay_dead_letter(now_ms, &entry);
+                self.counts.replayed += 1;
+                self.trace
                     .record(format!("replay dead letter {} -> {result:?}", entry.id));
-                run.drain_and_commit();
+                self.drain_and_commit();
+            }
+        }
+        poisoned
+    }
+
+    /// An operator, while events still arrive, takes the oldest sequenced dead letter and
+    /// either replays a corrected event in its place (the same event under a new id, as
+    /// `dlq replay --body` does) or skips it (the oracle then runs it as a no-op).
+    fn operator_acts(&mut self) {
+        let Some(entry) = self
+            .harness
+            .store
+            .dead_letters
+            .values()
+            .find(|e| e.kind == ordo_core::DeadLetterKind::Sequenced)
+            .cloned()
+        else {
+            return;
+        };
+        let now_ms = self.harness.now_ms;
+        if self.operator_rng.chance(self.rates.operator_replay_pct) {
+            let Ok(mut event) =
+                ordo_core::parse_event(entry.body.as_bytes(), ordo_core::OpPolicy::Document)
+            else {
+                return;
+            };
+            event.id = format!("{}~fixed", event.id).into();
+            let mut fixed = entry.clone();
+            fixed.body = event.to_json_string();
+            fixed.event_id = Some(event.id.clone());
+            let result = self.harness.engine.replay_dead_letter(now_ms, &fixed);
+            self.trace.record(format!(
+                "operator: corrected replay of dead letter {} -> {result:?}",
+                entry.id
+            ));
+        } else {
+            let result = self.harness.engine.skip_dead_letter(now_ms, &entry);
+            self.trace.record(format!(
+                "operator: skip of dead letter {} -> {result:?}",
+                entry.id
+            ));
+            if let (Ok(()), Some(stream), Some(version), Some(id)) =
+                (result, &entry.stream, entry.version, &entry.event_id)
+            {
+                self.skipped.insert(id.clone());
+                self.checker.skipped(stream, version);
             }
         }
     }
-    // Drained: fences of merges that can never go are lifted; what waited for them goes.
-    run.harness.engine.handle_source_drained();
-    run.drain_and_commit();
-    harness.engine.handle_source_drained();
-    harness.commit();
-    let counters = harness.engine.counters();
-    let actual = harness.export();
-    // The in-order consumer of what was published waits forever at a lost event.
-    let expected_history: Vec<Event> = history
-        .iter()
-        .filter(|e| topic.lost.as_ref().is_none_or(|lost| e.id != lost.id))
-        .cloned()
-        .collect();
-    // What an operator skipped passes its version and changes nothing.
-    let expected = oracle::run_skipping(&expected_history, &skipped);
-    let divergence = compare(&expected, &actual, true);
-    if let Some(lost) = &topic.lost {
-        let reported = harness
+
+    /// Completes one work, records it and checks it. False when nothing was left to do.
+    fn step_checked(&mut self) -> bool {
+        let Some(step) = self
+            .harness
+            .step(Some(&mut self.schedule), self.concurrency)
+        else {
+            return false;
+        };
+        self.record_step(&step);
+        true
+    }
+
+    /// Records a completed work and checks it.
+    fn record_step(&mut self, step: &crate::harness::Step) {
+        let verb = if step.applied { "apply" } else { "reject" };
+        self.trace
+            .record(format!("{verb} {} v{}", step.stream, step.version));
+        if step.applied {
+            if let Err(e) = self.checker.on_step(&step.stream, step.version, &step.id) {
+                self.violation.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Compares the end state with the oracle's and runs the baselines on the same
+    /// deliveries.
+    fn report(mut self, history: &[Event], poisoned: &HashSet<Box<str>>) -> ChaosReport {
+        let counters = self.harness.engine.counters();
+        let actual = self.harness.export();
+        // The in-order consumer of what was published waits forever at a lost event.
+        let lost = self.topic.lost.take();
+        let expected_history: Vec<Event> = history
+            .iter()
+            .filter(|e| lost.as_ref().is_none_or(|lost| e.id != lost.id))
+            .cloned()
+            .collect();
+        // What an operator skipped passes its version and changes nothing.
+        let expected = oracle::run_skipping(&expected_history, &self.skipped);
+        let divergence = compare(&expected, &actual, true);
+        if let Some(lost) = &lost {
+            self.check_lost_reported(lost, &counters);
+        }
+        let baselines = Baselines::run(self.seed, &self.seen, poisoned, self.concurrency);
+        ChaosReport {
+            seed: self.seed,
+            rates: self.rates,
+            swarm: self.options.swarm,
+            entities: expected.len(),
+            naive_wrong: count_wrong(&expected, &baselines.naive, false),
+            partition_ordered_wrong: count_wrong(&expected, &baselines.partition_ordered, false),
+            lww_wrong: count_wrong(&expected, &baselines.lww, false),
+            divergence,
+            violation: self.violation,
+            counters,
+            faults: self.counts,
+            trace_hash: self.trace.hash,
+            trace_tail: self.trace.tail.into_iter().collect(),
+        }
+    }
+
+    /// The lost event's stream must end reported as a stalled gap, never skipped.
+    fn check_lost_reported(&mut self, lost: &Event, counters: &Counters) {
+        let reported = self
+            .harness
             .engine
             .waiting()
             .iter()
             .any(|w| *w.stream == *lost.stream && w.reason.contains("gap"));
         if counters.stalled == 0 || !reported {
-            violation.get_or_insert_with(|| {
+            self.violation.get_or_insert_with(|| {
                 format!(
                     "the lost `{}` v{} was not reported as a stalled gap",
                     lost.stream, lost.version
@@ -765,155 +1162,41 @@ pub fn run_seed(seed: u64, options: &ChaosOptions) -> ChaosReport {
             });
         }
     }
-    // Baselines on the very same deliveries. Their handlers fail on the same poison
-    // events; without a sequenced dead-letter queue they log and move on (the event is
-    // lost to them).
-    let seen: Vec<Event> = seen
-        .into_iter()
-        .filter(|e| !poisoned.contains(&e.id))
-        .collect();
-    let partition_ordered = naive::run(&seen);
-    let mut naive_rng = Rng::derive(seed, "baseline:naive");
-    let mut arrival = seen.clone();
-    // Handlers completing out of order: each delivery lands within `concurrency` places.
-    if concurrency > 1 {
-        for i in 0..arrival.len() {
-            let j = (i + naive_rng.index(concurrency)).min(arrival.len() - 1);
-            arrival.swap(i, j);
-        }
-    }
-    let naive = naive::run(&arrival);
-    let lww = run_lww(&seen);
-    ChaosReport {
-        seed,
-        entities: expected.len(),
-        naive_wrong: count_wrong(&expected, &naive, false),
-        partition_ordered_wrong: count_wrong(&expected, &partition_ordered, false),
-        lww_wrong: count_wrong(&expected, &lww, false),
-        divergence,
-        violation,
-        counters,
-        faults: counts,
-        trace_hash: trace.hash,
-        trace_tail: trace.tail.into_iter().collect(),
-    }
 }
 
-/// The parts of a run the end-of-run steps need together.
-struct Run<'a> {
-    harness: &'a mut Harness,
-    checker: &'a mut Checker,
-    trace: &'a mut Trace,
-    schedule: &'a mut Rng,
-    violation: &'a mut Option<String>,
-    concurrency: usize,
-    topic: &'a [Vec<Event>],
+/// The other designs' end states on the very same deliveries. Their handlers fail on the
+/// same poison events; without a sequenced dead-letter queue they log and move on (the
+/// event is lost to them).
+struct Baselines {
+    naive: Export,
+    partition_ordered: Export,
+    lww: Export,
 }
 
-impl Run<'_> {
-    /// Applies everything ready (checked step by step), then commits (checked).
-    fn drain_and_commit(&mut self) {
-        loop {
-            while step_checked(
-                self.harness,
-                self.checker,
-                self.trace,
-                self.schedule,
-                self.concurrency,
-                self.violation,
-            ) {}
-            // A merge written before it goes out goes once this commit wrote it.
-            let merges_held = self.harness.engine.awaits_commit();
-            self.harness.commit();
-            if let Err(e) = self.checker.on_commit(self.harness, self.topic) {
-                self.violation.get_or_insert(e);
-            }
-            if !merges_held {
-                break;
+impl Baselines {
+    fn run(seed: u64, seen: &[Event], poisoned: &HashSet<Box<str>>, concurrency: usize) -> Self {
+        let seen: Vec<Event> = seen
+            .iter()
+            .filter(|e| !poisoned.contains(&e.id))
+            .cloned()
+            .collect();
+        let partition_ordered = naive::run(&seen);
+        let mut naive_rng = Rng::derive(seed, "baseline:naive");
+        let mut arrival = seen.clone();
+        // Handlers completing out of order: each delivery lands within `concurrency`
+        // places.
+        if concurrency > 1 {
+            for i in 0..arrival.len() {
+                let j = (i + naive_rng.index(concurrency)).min(arrival.len() - 1);
+                arrival.swap(i, j);
             }
         }
-    }
-}
-
-/// An operator, while events still arrive, takes the oldest sequenced dead letter and
-/// either replays a corrected event in its place (the same event under a new id, as
-/// `dlq replay --body` does) or skips it (the oracle then runs it as a no-op).
-fn operator_acts(
-    harness: &mut Harness,
-    checker: &mut Checker,
-    trace: &mut Trace,
-    rng: &mut Rng,
-    skipped: &mut HashSet<Box<str>>,
-) {
-    let Some(entry) = harness
-        .store
-        .dead_letters
-        .values()
-        .find(|e| e.kind == ordo_core::DeadLetterKind::Sequenced)
-        .cloned()
-    else {
-        return;
-    };
-    if rng.chance(50) {
-        let Ok(mut event) =
-            ordo_core::parse_event(entry.body.as_bytes(), ordo_core::OpPolicy::Document)
-        else {
-            return;
-        };
-        event.id = format!("{}~fixed", event.id).into();
-        let mut fixed = entry.clone();
-        fixed.body = event.to_json_string();
-        fixed.event_id = Some(event.id.clone());
-        let result = harness.engine.replay_dead_letter(harness.now_ms, &fixed);
-        trace.record(format!(
-            "operator: corrected replay of dead letter {} -> {result:?}",
-            entry.id
-        ));
-    } else {
-        let result = harness.engine.skip_dead_letter(harness.now_ms, &entry);
-        trace.record(format!(
-            "operator: skip of dead letter {} -> {result:?}",
-            entry.id
-        ));
-        if let (Ok(()), Some(stream), Some(version), Some(id)) =
-            (result, &entry.stream, entry.version, &entry.event_id)
-        {
-            skipped.insert(id.clone());
-            checker.skipped(stream, version);
+        Baselines {
+            naive: naive::run(&arrival),
+            partition_ordered,
+            lww: run_lww(&seen),
         }
     }
-}
-
-/// Records a completed work and checks it.
-fn record_step(
-    step: &crate::harness::Step,
-    checker: &mut Checker,
-    trace: &mut Trace,
-    violation: &mut Option<String>,
-) {
-    let verb = if step.applied { "apply" } else { "reject" };
-    trace.record(format!("{verb} {} v{}", step.stream, step.version));
-    if step.applied {
-        if let Err(e) = checker.on_step(&step.stream, step.version, &step.id) {
-            violation.get_or_insert(e);
-        }
-    }
-}
-
-/// Completes one work, records it and checks it. False when nothing was left to do.
-fn step_checked(
-    harness: &mut Harness,
-    checker: &mut Checker,
-    trace: &mut Trace,
-    schedule: &mut Rng,
-    concurrency: usize,
-    violation: &mut Option<String>,
-) -> bool {
-    let Some(step) = harness.step(Some(schedule), concurrency) else {
-        return false;
-    };
-    record_step(&step, checker, trace, violation);
-    true
 }
 
 /// The last-writer-wins design: the same engine, every stream monotonic.
@@ -981,9 +1264,10 @@ impl Summary {
 
 /// A failing seed, for humans: the seed, what broke, and the end of the trace.
 pub fn failure_text(report: &ChaosReport) -> String {
+    let swarm = if report.swarm { " --swarm" } else { "" };
     let mut text = format!(
-        "seed {} FAILED (reproduce with --seed {})\n",
-        report.seed, report.seed
+        "seed {} FAILED (reproduce with --seed {}{swarm})\nfault rates: {}\n",
+        report.seed, report.seed, report.rates
     );
     if let Some(violation) = &report.violation {
         let _ = writeln!(text, "invariant broken: {violation}");
@@ -1036,15 +1320,40 @@ mod tests {
     }
 
     #[test]
+    fn swarm_seeds_draw_their_own_rates_and_converge() {
+        let options = ChaosOptions {
+            swarm: true,
+            ..ChaosOptions::default()
+        };
+        let rates: Vec<FaultRates> = (0..60).map(|seed| options.rates_for(seed)).collect();
+        assert_eq!(rates[7], FaultRates::swarm(7), "a seed's rates are its own");
+        assert!(
+            rates.iter().any(|r| r.crash_pct == 0),
+            "some seed runs without crashes"
+        );
+        assert!(
+            rates
+                .iter()
+                .any(|r| r.retry_pct > FaultRates::FIXED.retry_pct),
+            "some seed retries more than the fixed rate"
+        );
+        for (seed, rates) in rates.iter().enumerate() {
+            let report = run_seed(seed as u64, &options);
+            assert_eq!(report.rates, *rates);
+            assert!(report.ok(), "{}", failure_text(&report));
+        }
+        let text = failure_text(&run_seed(3, &options));
+        assert!(text.contains("--seed 3 --swarm"), "{text}");
+        assert!(
+            text.contains(&format!("fault rates: {}", rates[3])),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_checker_catches_a_broken_consumer() {
         // The checkers must be able to fail: feed them an out-of-order apply.
-        let mut checker = Checker {
-            live_versions: HashMap::new(),
-            durable_versions: HashMap::new(),
-            live_ids: HashSet::new(),
-            durable_ids: HashSet::new(),
-            gapless: true,
-        };
+        let mut checker = Checker::new();
         assert!(checker.on_step("s", 1, "a").is_ok());
         assert!(checker.on_step("s", 3, "c").is_err());
         assert!(checker.on_step("t", 1, "a").is_err(), "the same id twice");
