@@ -61,6 +61,18 @@ pub struct ParkedResult {
     pub release_ms: f64,
 }
 
+impl ParkedResult {
+    /// Heap while parked, spilling against keeping everything in memory.
+    pub fn spilled_vs_in_memory(&self) -> f64 {
+        self.heap_bytes_spilled as f64 / self.heap_bytes_in_memory.max(1) as f64
+    }
+
+    /// Resume time against reading every waiting row back.
+    pub fn resume_vs_raw_read(&self) -> f64 {
+        self.resume_ms / self.resume_raw_ms.max(1e-9)
+    }
+}
+
 struct Scratch(std::path::PathBuf);
 
 impl Drop for Scratch {
