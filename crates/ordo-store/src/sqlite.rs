@@ -1123,92 +1123,23 @@ impl Store for SqliteStore {
     }
 
     fn snapshot(&mut self, source: &str) -> Result<Snapshot, ReadError> {
-        let mut snapshot = Snapshot::default();
-        {
-            let mut statement = self
-                .connection
-                .prepare("SELECT stream, applied, alias_target, alias_cut FROM streams")?;
-            let rows = statement.query_map([], |row| {
-                let stream: String = row.get(0)?;
-                let applied: i64 = row.get(1)?;
-                let target: Option<String> = row.get(2)?;
-                let cut: Option<i64> = row.get(3)?;
-                Ok(StreamRecord {
-                    stream: Arc::from(stream),
-                    applied: applied as u64,
-                    alias: target.zip(cut).map(|(t, c)| (Arc::from(t), c as u64)),
-                })
-            })?;
-            for row in rows {
-                snapshot.streams.push(row?);
-            }
-        }
+        let connection = &self.connection;
+        let mut snapshot = Snapshot {
+            streams: snapshot_rows::streams(connection)?,
+            blocking_dead_letters: snapshot_rows::blocking_dead_letters(connection)?,
+            checkpoints: snapshot_rows::checkpoints(connection, source)?,
+            ..Snapshot::default()
+        };
         // Parked streams stay in the store (spilled); only their names and what they wait
         // for are read. The rest of the waiting events come back into memory.
         snapshot.pending = self.pending_rows(&rows::unparked_pending_sql(), &[])?;
-        {
-            let mut statement = self.connection.prepare(rows::SPILLED_STREAMS_SQL)?;
-            let mut found = statement.query([])?;
-            while let Some(row) = found.next()? {
-                let stream: String = row.get(0)?;
-                let partition: Option<i64> = row.get(1)?;
-                snapshot.spilled.push((
-                    stream.into_boxed_str(),
-                    partition.and_then(|p| u32::try_from(p).ok()),
-                ));
-            }
-            let mut statement = self.connection.prepare(rows::SPILLED_WAITERS_SQL)?;
-            let mut found = statement.query([])?;
-            while let Some(row) = found.next()? {
-                let stream: String = row.get(0)?;
-                let version: i64 = row.get(1)?;
-                snapshot
-                    .spilled_waiters
-                    .push((stream.into_boxed_str(), version as u64));
-            }
-        }
-        {
-            let mut statement = self.connection.prepare(
-                "SELECT stream, version, id FROM dead_letters
-                 WHERE kind = 'sequenced' AND stream IS NOT NULL AND version IS NOT NULL",
-            )?;
-            let rows = statement.query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?.into_boxed_str(),
-                    row.get::<_, i64>(1)? as u64,
-                    row.get::<_, i64>(2)? as u64,
-                ))
-            })?;
-            for row in rows {
-                snapshot.blocking_dead_letters.push(row?);
-            }
-        }
+        snapshot.spilled = snapshot_rows::spilled_streams(&self.connection)?;
+        snapshot.spilled_waiters = snapshot_rows::spilled_waiters(&self.connection)?;
         let floor: u64 = self
             .meta("dedupe_floor")?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        {
-            let mut statement = self.connection.prepare(
-                "SELECT first_sequence, hashes FROM dedupe_blocks ORDER BY first_sequence",
-            )?;
-            let mut rows = statement.query([])?;
-            while let Some(row) = rows.next()? {
-                let first: i64 = row.get(0)?;
-                let hashes: Vec<u8> = row.get(1)?;
-                rows::dedupe_block(first as u64, &hashes, floor, &mut snapshot.dedupe)?;
-            }
-        }
-        {
-            let mut statement = self
-                .connection
-                .prepare("SELECT partition, offset FROM checkpoints WHERE source = ?1")?;
-            let rows = statement.query_map(params![source], |row| {
-                Ok((row.get::<_, i64>(0)? as u32, row.get::<_, i64>(1)? as u64))
-            })?;
-            for row in rows {
-                snapshot.checkpoints.push(row?);
-            }
-        }
+        snapshot_rows::dedupe(&self.connection, floor, &mut snapshot.dedupe)?;
         snapshot.counters = self.counters()?;
         snapshot.next_dead_letter_id = self
             .meta("next_dead_letter_id")?
@@ -1398,6 +1329,114 @@ fn not_a_file(path: &str) -> Result<(), OpenError> {
         path: path.into(),
         kind: what,
     })
+}
+
+/// The parts of a restart's [`Snapshot`], each read with one query.
+mod snapshot_rows {
+    use std::sync::Arc;
+
+    use ordo_core::StreamRecord;
+    use rusqlite::{params, Connection};
+
+    use super::rows;
+    use crate::error::ReadError;
+
+    /// A spilled stream and the partition it was read from.
+    type SpilledStream = (Box<str>, Option<u32>);
+
+    pub(super) fn streams(connection: &Connection) -> Result<Vec<StreamRecord>, ReadError> {
+        let mut statement =
+            connection.prepare("SELECT stream, applied, alias_target, alias_cut FROM streams")?;
+        let rows = statement.query_map([], |row| {
+            let stream: String = row.get(0)?;
+            let applied: i64 = row.get(1)?;
+            let target: Option<String> = row.get(2)?;
+            let cut: Option<i64> = row.get(3)?;
+            Ok(StreamRecord {
+                stream: Arc::from(stream),
+                applied: applied as u64,
+                alias: target.zip(cut).map(|(t, c)| (Arc::from(t), c as u64)),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Spilled streams and the partition each was read from.
+    pub(super) fn spilled_streams(
+        connection: &Connection,
+    ) -> Result<Vec<SpilledStream>, ReadError> {
+        let mut statement = connection.prepare(rows::SPILLED_STREAMS_SQL)?;
+        let rows = statement.query_map([], |row| {
+            let stream: String = row.get(0)?;
+            let partition: Option<i64> = row.get(1)?;
+            Ok((
+                stream.into_boxed_str(),
+                partition.and_then(|p| u32::try_from(p).ok()),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// What each spilled stream waits for: (stream, version).
+    pub(super) fn spilled_waiters(
+        connection: &Connection,
+    ) -> Result<Vec<(Box<str>, u64)>, ReadError> {
+        let mut statement = connection.prepare(rows::SPILLED_WAITERS_SQL)?;
+        let rows = statement.query_map([], |row| {
+            let stream: String = row.get(0)?;
+            let version: i64 = row.get(1)?;
+            Ok((stream.into_boxed_str(), version as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sequenced dead letters, which hold their streams: (stream, version, id).
+    pub(super) fn blocking_dead_letters(
+        connection: &Connection,
+    ) -> Result<Vec<(Box<str>, u64, u64)>, ReadError> {
+        let mut statement = connection.prepare(
+            "SELECT stream, version, id FROM dead_letters
+             WHERE kind = 'sequenced' AND stream IS NOT NULL AND version IS NOT NULL",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?.into_boxed_str(),
+                row.get::<_, i64>(1)? as u64,
+                row.get::<_, i64>(2)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The dedupe window's ids at or above `floor`, appended to `dedupe`.
+    pub(super) fn dedupe(
+        connection: &Connection,
+        floor: u64,
+        dedupe: &mut Vec<(u64, u64)>,
+    ) -> Result<(), ReadError> {
+        let mut statement = connection
+            .prepare("SELECT first_sequence, hashes FROM dedupe_blocks ORDER BY first_sequence")?;
+        let mut found = statement.query([])?;
+        while let Some(row) = found.next()? {
+            let first: i64 = row.get(0)?;
+            let hashes: Vec<u8> = row.get(1)?;
+            rows::dedupe_block(first as u64, &hashes, floor, dedupe)?;
+        }
+        Ok(())
+    }
+
+    /// `source`'s committed checkpoints: (partition, offset).
+    pub(super) fn checkpoints(
+        connection: &Connection,
+        source: &str,
+    ) -> Result<Vec<(u32, u64)>, ReadError> {
+        let mut statement =
+            connection.prepare("SELECT partition, offset FROM checkpoints WHERE source = ?1")?;
+        let rows = statement.query_map(params![source], |row| {
+            Ok((row.get::<_, i64>(0)? as u32, row.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 #[cfg(test)]
