@@ -43,6 +43,11 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --features ordo-cli/fault-injection -- -D warnings
 cargo clippy -p ordo-cli -p ordo-store -- -D warnings
 
+echo "== each store backend builds alone (ordo-store features sqlite, postgres)"
+cargo clippy -q -p ordo-store --no-default-features --features sqlite -- -D warnings
+cargo clippy -q -p ordo-store --no-default-features --features postgres -- -D warnings
+cargo clippy -q -p ordo-runtime --no-default-features -- -D warnings
+
 echo "== the fuzz targets still build (fuzz/; run them with cargo +nightly fuzz)"
 RUSTFLAGS="--cfg fuzzing" cargo check -q --manifest-path fuzz/Cargo.toml --bins
 

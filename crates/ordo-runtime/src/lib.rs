@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod handler;
 pub mod handlers;
+#[cfg(feature = "postgres")]
 pub mod membership;
 pub mod operator;
 pub mod relay;

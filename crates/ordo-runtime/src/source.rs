@@ -79,7 +79,8 @@ pub enum SourceError {
     Unsupported(String),
     /// The broker failed or cannot be reached.
     Broker(String),
-    /// The group's membership failed (see [`crate::membership`]).
+    /// The group's membership failed (see `crate::membership`).
+    #[cfg(feature = "postgres")]
     Membership(ordo_store::members::MembersError),
     /// [`CrashAfter`] struck: the run ends here, committing nothing more.
     Crashed {
@@ -109,6 +110,7 @@ impl fmt::Display for SourceError {
             SourceError::Log(error) => error.fmt(f),
             SourceError::Unsupported(what) => write!(f, "{what}"),
             SourceError::Broker(detail) => write!(f, "broker: {detail}"),
+            #[cfg(feature = "postgres")]
             SourceError::Membership(error) => error.fmt(f),
             SourceError::Crashed { deliveries } => {
                 write!(f, "crashed on purpose after {deliveries} deliveries")

@@ -46,6 +46,7 @@ pub enum OpenError {
     },
     /// The file exists but SQLite cannot read it as a database (damaged, or not a
     /// database at all).
+    #[cfg(feature = "sqlite")]
     NotAStore {
         /// The path.
         path: String,
@@ -67,6 +68,7 @@ pub enum OpenError {
         mode: String,
     },
     /// The PostgreSQL server cannot be reached.
+    #[cfg(feature = "postgres")]
     Connect {
         /// The URL, with its password redacted.
         url: String,
@@ -74,9 +76,13 @@ pub enum OpenError {
         source: postgres::Error,
     },
     /// Any other SQLite error.
+    #[cfg(feature = "sqlite")]
     Sqlite(rusqlite::Error),
     /// Any other PostgreSQL error.
+    #[cfg(feature = "postgres")]
     Postgres(postgres::Error),
+    /// The URL names a backend this build of ordo leaves out (its cargo feature is off).
+    NotBuilt(&'static str),
 }
 
 impl fmt::Display for OpenError {
@@ -113,6 +119,7 @@ impl fmt::Display for OpenError {
                 f,
                 "store is in use by `{holder}` (pid {pid}); stop it first"
             ),
+            #[cfg(feature = "sqlite")]
             OpenError::NotAStore { path, source } => {
                 write!(f, "`{path}` cannot be read as an ordo store ({source})")
             }
@@ -127,11 +134,18 @@ impl fmt::Display for OpenError {
                 f,
                 "could not enable WAL (got {mode}); the store needs a local file system"
             ),
+            #[cfg(feature = "postgres")]
             OpenError::Connect { url, source } => {
                 write!(f, "cannot connect to {url}: {}", postgres_detail(source))
             }
+            #[cfg(feature = "sqlite")]
             OpenError::Sqlite(error) => write!(f, "store error: {error}"),
+            #[cfg(feature = "postgres")]
             OpenError::Postgres(error) => write!(f, "store error: {}", postgres_detail(error)),
+            OpenError::NotBuilt(backend) => write!(
+                f,
+                "this ordo was built without the `{backend}` store (cargo feature `{backend}`)"
+            ),
         }
     }
 }
@@ -139,19 +153,23 @@ impl fmt::Display for OpenError {
 impl std::error::Error for OpenError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            #[cfg(feature = "sqlite")]
             OpenError::NotAStore { source, .. } | OpenError::Sqlite(source) => Some(source),
+            #[cfg(feature = "postgres")]
             OpenError::Connect { source, .. } | OpenError::Postgres(source) => Some(source),
             _ => None,
         }
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl From<rusqlite::Error> for OpenError {
     fn from(error: rusqlite::Error) -> Self {
         OpenError::Sqlite(error)
     }
 }
 
+#[cfg(feature = "postgres")]
 impl From<postgres::Error> for OpenError {
     fn from(error: postgres::Error) -> Self {
         OpenError::Postgres(error)
@@ -160,6 +178,7 @@ impl From<postgres::Error> for OpenError {
 
 /// A PostgreSQL error in words: a server error's own message and SQLSTATE say more than
 /// the client's "db error". The client's messages never carry the password.
+#[cfg(feature = "postgres")]
 pub(crate) fn postgres_detail(error: &postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
@@ -172,8 +191,10 @@ pub(crate) fn postgres_detail(error: &postgres::Error) -> String {
 #[non_exhaustive]
 pub enum ReadError {
     /// SQLite failed.
+    #[cfg(feature = "sqlite")]
     Sqlite(rusqlite::Error),
     /// PostgreSQL failed.
+    #[cfg(feature = "postgres")]
     Postgres(postgres::Error),
     /// The store could not be opened for the read.
     Open(Box<OpenError>),
@@ -187,7 +208,9 @@ pub enum ReadError {
 impl fmt::Display for ReadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            #[cfg(feature = "sqlite")]
             ReadError::Sqlite(error) => write!(f, "store read failed: {error}"),
+            #[cfg(feature = "postgres")]
             ReadError::Postgres(error) => {
                 write!(f, "store read failed: {}", postgres_detail(error))
             }
@@ -201,7 +224,9 @@ impl fmt::Display for ReadError {
 impl std::error::Error for ReadError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            #[cfg(feature = "sqlite")]
             ReadError::Sqlite(error) => Some(error),
+            #[cfg(feature = "postgres")]
             ReadError::Postgres(error) => Some(error),
             ReadError::Open(error) => Some(error),
             ReadError::Corrupt(_) | ReadError::Unavailable(_) => None,
@@ -209,12 +234,14 @@ impl std::error::Error for ReadError {
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl From<rusqlite::Error> for ReadError {
     fn from(error: rusqlite::Error) -> Self {
         ReadError::Sqlite(error)
     }
 }
 
+#[cfg(feature = "postgres")]
 impl From<postgres::Error> for ReadError {
     fn from(error: postgres::Error) -> Self {
         ReadError::Postgres(error)
@@ -259,8 +286,10 @@ pub enum CommitError {
     Unavailable(String),
     /// SQLite failed (a full disk, a read-only file, a damaged page): the transaction
     /// rolled back whole.
+    #[cfg(feature = "sqlite")]
     Sqlite(rusqlite::Error),
     /// PostgreSQL failed (out of space, a constraint): the transaction rolled back whole.
+    #[cfg(feature = "postgres")]
     Postgres(postgres::Error),
 }
 
@@ -284,7 +313,9 @@ impl fmt::Display for CommitError {
                 "fenced: partition {partition} of `{source}` was claimed by another member (epoch {current}, this member holds {mine}); this member lost it in a rebalance and wrote nothing"
             ),
             CommitError::Unavailable(detail) => write!(f, "commit failed, store unavailable: {detail}"),
+            #[cfg(feature = "sqlite")]
             CommitError::Sqlite(error) => write!(f, "commit failed: {error}"),
+            #[cfg(feature = "postgres")]
             CommitError::Postgres(error) => {
                 write!(f, "commit failed: {}", postgres_detail(error))
             }
@@ -295,7 +326,9 @@ impl fmt::Display for CommitError {
 impl std::error::Error for CommitError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            #[cfg(feature = "sqlite")]
             CommitError::Sqlite(error) => Some(error),
+            #[cfg(feature = "postgres")]
             CommitError::Postgres(error) => Some(error),
             CommitError::Conflict(reason) => Some(reason),
             _ => None,
@@ -352,6 +385,7 @@ pub enum ConflictReason {
     },
     /// PostgreSQL rolled the transaction back to break a deadlock or a serialization
     /// failure between members: running it again is safe.
+    #[cfg(feature = "postgres")]
     DeadlockVictim(postgres::Error),
 }
 
@@ -385,6 +419,7 @@ impl fmt::Display for ConflictReason {
                 f,
                 "dead-letter id {id} is past this process's reserved block"
             ),
+            #[cfg(feature = "postgres")]
             ConflictReason::DeadlockVictim(error) => {
                 write!(f, "chosen to break a deadlock: {}", postgres_detail(error))
             }
@@ -395,6 +430,7 @@ impl fmt::Display for ConflictReason {
 impl std::error::Error for ConflictReason {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            #[cfg(feature = "postgres")]
             ConflictReason::DeadlockVictim(error) => Some(error),
             _ => None,
         }

@@ -220,3 +220,12 @@ pub fn summary(entry: &JournalEntry) -> String {
         _ => d.to_string(),
     }
 }
+
+/// The time the journal's age retention counts from: the committer's clock.
+pub(crate) fn journal_now(batch: &crate::CommitBatch) -> u64 {
+    if batch.now_ms > 0 {
+        batch.now_ms
+    } else {
+        crate::now_ms()
+    }
+}

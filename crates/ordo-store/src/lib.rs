@@ -6,15 +6,22 @@
 //! crash at any point loses nothing and applies nothing twice: either the effects and the
 //! position moved together, or neither did.
 
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+compile_error!("ordo-store needs a backend: enable the `sqlite` or `postgres` feature (both are on by default)");
+
 mod error;
 pub mod journal;
+#[cfg(feature = "postgres")]
 pub mod members;
 mod memory;
 mod operator;
+#[cfg(feature = "sqlite")]
 pub mod outbox;
+#[cfg(feature = "postgres")]
 mod pg;
 mod rows;
 pub mod sharing;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 pub mod status;
 mod url;
@@ -29,18 +36,28 @@ pub use memory::{answer_load, pending_snapshot, PendingRows, SharedMemory, Share
 pub use operator::{
     pauses_in_force, ActionState, OperatorAction, Pause, PauseTarget, PAUSE_VERB, RESUME_VERB,
 };
-pub use pg::{
-    PostgresStore, DEAD_LETTER_ID_BLOCK, POSTGRES_SCHEMA_VERSION, RECONNECT_ATTEMPTS_MAX,
-};
+#[cfg(feature = "postgres")]
+pub use pg::{PostgresStore, POSTGRES_SCHEMA_VERSION, RECONNECT_ATTEMPTS_MAX};
+pub use sharing::DEAD_LETTER_ID_BLOCK;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{FaultStage, SqliteStore, SCHEMA_VERSION};
 pub use status::StoreStatus;
 pub use url::{redact, StoreUrl};
 
 /// The SQLite client a transactional handler writes through (the version ordo uses).
+#[cfg(feature = "sqlite")]
 pub use rusqlite;
 
 /// The PostgreSQL client a transactional handler writes through (the version ordo uses).
+#[cfg(feature = "postgres")]
 pub use postgres;
+
+/// The system clock (ms since the Unix epoch), for what a store stamps itself.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// One transaction's worth of work.
 #[derive(Debug, Default)]
@@ -199,44 +216,57 @@ pub trait Store {
 #[derive(Debug)]
 pub enum AnyStore {
     /// `sqlite:PATH`.
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteStore),
     /// `postgres://…` (boxed: it is much larger than the SQLite store).
+    #[cfg(feature = "postgres")]
     Postgres(Box<PostgresStore>),
+}
+
+/// Runs `$body` with `$s` bound to whichever backend `$store` holds (each arm only when
+/// its backend is built).
+macro_rules! each_backend {
+    ($store:expr, $s:ident => $body:expr) => {
+        match $store {
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite($s) => $body,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres($s) => $body,
+        }
+    };
 }
 
 impl AnyStore {
     /// What `ordo status` shows (see [`status`]), with the streams waiting longest.
     pub fn status(&mut self) -> Result<StoreStatus, ReadError> {
-        match self {
-            AnyStore::Sqlite(store) => store.status(status::LONGEST_WAITING_MAX),
-            AnyStore::Postgres(store) => store.status(status::LONGEST_WAITING_MAX),
-        }
+        each_backend!(self, s => s.status(status::LONGEST_WAITING_MAX))
     }
 
     /// [`Self::status`] naming up to `streams` waiting streams (at most
     /// [`status::WAITING_STREAMS_MAX`]).
     pub fn status_waiting(&mut self, streams: usize) -> Result<StoreStatus, ReadError> {
         let streams = streams.min(status::WAITING_STREAMS_MAX);
-        match self {
-            AnyStore::Sqlite(store) => store.status(streams),
-            AnyStore::Postgres(store) => store.status(streams),
-        }
+        each_backend!(self, s => s.status(streams))
     }
 
     /// What a metrics scrape reads: [`Self::status`] without the longest-waiting streams
     /// (a scan of every waiting event, which no metric needs).
     pub fn status_summary(&mut self) -> Result<StoreStatus, ReadError> {
-        match self {
-            AnyStore::Sqlite(store) => store.status(0),
-            AnyStore::Postgres(store) => store.status(0),
-        }
+        each_backend!(self, s => s.status(0))
     }
 
     /// Opens the store a URL names; `create` for verbs that may create a SQLite file.
     pub fn open(url: &str, create: bool) -> Result<Self, OpenError> {
         match StoreUrl::parse(url)? {
+            #[cfg(feature = "sqlite")]
             StoreUrl::Sqlite(path) => Ok(AnyStore::Sqlite(SqliteStore::open(&path, create)?)),
+            #[cfg(feature = "postgres")]
             StoreUrl::Postgres(url) => Ok(AnyStore::Postgres(Box::new(PostgresStore::open(&url)?))),
+            #[allow(unreachable_patterns)]
+            other => {
+                let _ = create;
+                Err(OpenError::NotBuilt(other.backend()))
+            }
         }
     }
 
@@ -244,18 +274,27 @@ impl AnyStore {
     /// (`status`, `export`, `dlq list`, `parked list`, `notices`, the metrics endpoint).
     pub fn open_read_only(url: &str) -> Result<Self, OpenError> {
         match StoreUrl::parse(url)? {
+            #[cfg(feature = "sqlite")]
             StoreUrl::Sqlite(path) => Ok(AnyStore::Sqlite(SqliteStore::open_read_only(&path)?)),
+            #[cfg(feature = "postgres")]
             StoreUrl::Postgres(url) => Ok(AnyStore::Postgres(Box::new(
                 PostgresStore::open_read_only(&url)?,
             ))),
+            #[allow(unreachable_patterns)]
+            other => Err(OpenError::NotBuilt(other.backend())),
         }
     }
 
     /// Takes a SQLite store for writing (PostgreSQL stores are shared by design).
     pub fn acquire_lease(&mut self, holder: &str) -> Result<(), OpenError> {
         match self {
+            #[cfg(feature = "sqlite")]
             AnyStore::Sqlite(store) => store.acquire_lease(holder),
-            AnyStore::Postgres(_) => Ok(()),
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(_) => {
+                let _ = holder;
+                Ok(())
+            }
         }
     }
 
@@ -264,147 +303,92 @@ impl AnyStore {
         &mut self,
         filter: &journal::JournalFilter,
     ) -> Result<Vec<journal::JournalEntry>, ReadError> {
-        match self {
-            AnyStore::Sqlite(store) => store.journal(filter),
-            AnyStore::Postgres(store) => store.journal(filter),
-        }
+        each_backend!(self, s => s.journal(filter))
     }
 
     /// The SQLite store, if it is one.
+    #[cfg(feature = "sqlite")]
     pub fn as_sqlite(&mut self) -> Option<&mut SqliteStore> {
         match self {
             AnyStore::Sqlite(store) => Some(store),
+            #[cfg(feature = "postgres")]
             AnyStore::Postgres(_) => None,
         }
     }
 
     /// Writes a setting.
     pub fn set_setting(&mut self, key: &str, value: &str) -> Result<(), ReadError> {
-        match self {
-            AnyStore::Sqlite(store) => store.set_setting(key, value),
-            AnyStore::Postgres(store) => store.set_setting(key, value),
-        }
+        each_backend!(self, s => s.set_setting(key, value))
     }
 
     /// Reads a setting.
     pub fn setting(&mut self, key: &str) -> Result<Option<String>, ReadError> {
-        match self {
-            AnyStore::Sqlite(store) => store.setting(key),
-            AnyStore::Postgres(store) => store.setting(key),
-        }
+        each_backend!(self, s => s.setting(key))
     }
 }
 
 impl Store for AnyStore {
     fn snapshot(&mut self, source: &str) -> Result<Snapshot, ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.snapshot(source),
-            AnyStore::Postgres(s) => s.snapshot(source),
-        }
+        each_backend!(self, s => s.snapshot(source))
     }
 
     fn documents(&mut self, streams: &[Arc<str>]) -> Result<Vec<Option<Document>>, ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.documents(streams),
-            AnyStore::Postgres(s) => s.documents(streams),
-        }
+        each_backend!(self, s => s.documents(streams))
     }
 
     fn commit(&mut self, source: &str, batch: CommitBatch) -> Result<(), CommitError> {
-        match self {
-            AnyStore::Sqlite(s) => s.commit(source, batch),
-            AnyStore::Postgres(s) => s.commit(source, batch),
-        }
+        each_backend!(self, s => s.commit(source, batch))
     }
 
     fn dead_letters(&mut self) -> Result<Vec<DeadLetter>, ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.dead_letters(),
-            AnyStore::Postgres(s) => s.dead_letters(),
-        }
+        each_backend!(self, s => s.dead_letters())
     }
 
     fn export(&mut self) -> Result<Vec<ExportRow>, ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.export(),
-            AnyStore::Postgres(s) => s.export(),
-        }
+        each_backend!(self, s => s.export())
     }
 
     fn counters(&mut self) -> Result<ordo_core::Counters, ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.counters(),
-            AnyStore::Postgres(s) => s.counters(),
-        }
+        each_backend!(self, s => s.counters())
     }
 
     fn load_pending(&mut self, load: &Load) -> Result<Loaded, ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.load_pending(load),
-            AnyStore::Postgres(s) => s.load_pending(load),
-        }
+        each_backend!(self, s => s.load_pending(load))
     }
 
     fn stream_records(&mut self, streams: &[Arc<str>]) -> Result<Vec<StreamRecord>, ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.stream_records(streams),
-            AnyStore::Postgres(s) => s.stream_records(streams),
-        }
+        each_backend!(self, s => s.stream_records(streams))
     }
 
     fn claim(&mut self, source: &str, partitions: &[u32]) -> Result<(), ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.claim(source, partitions),
-            AnyStore::Postgres(s) => s.claim(source, partitions),
-        }
+        each_backend!(self, s => s.claim(source, partitions))
     }
 
     fn release(&mut self, partitions: &[u32]) -> Result<(), ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.release(partitions),
-            AnyStore::Postgres(s) => s.release(partitions),
-        }
+        each_backend!(self, s => s.release(partitions))
     }
 
     fn forget_documents(&mut self) {
-        match self {
-            AnyStore::Sqlite(s) => s.forget_documents(),
-            AnyStore::Postgres(s) => s.forget_documents(),
-        }
+        each_backend!(self, s => s.forget_documents())
     }
 
     fn dead_letters_present(&mut self, ids: &[u64]) -> Result<Vec<u64>, ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.dead_letters_present(ids),
-            AnyStore::Postgres(s) => s.dead_letters_present(ids),
-        }
+        each_backend!(self, s => s.dead_letters_present(ids))
     }
 
     fn requested_actions(&mut self) -> Result<Vec<OperatorAction>, ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.requested_actions(),
-            AnyStore::Postgres(s) => s.requested_actions(),
-        }
+        each_backend!(self, s => s.requested_actions())
     }
 
     fn last_action_id(&mut self) -> Result<u64, ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.last_action_id(),
-            AnyStore::Postgres(s) => s.last_action_id(),
-        }
+        each_backend!(self, s => s.last_action_id())
     }
 
     fn pauses(&mut self) -> Result<Vec<Pause>, ReadError> {
-        match self {
-            AnyStore::Sqlite(s) => s.pauses(),
-            AnyStore::Postgres(s) => s.pauses(),
-        }
+        each_backend!(self, s => s.pauses())
     }
 
     fn poll_progress(&mut self) -> bool {
-        match self {
-            AnyStore::Sqlite(s) => s.poll_progress(),
-            AnyStore::Postgres(s) => s.poll_progress(),
-        }
+        each_backend!(self, s => s.poll_progress())
     }
 }

@@ -47,9 +47,7 @@ use crate::{sharing, CommitBatch, ExportRow, Store};
 /// The schema this build writes (kept in step with the SQLite store's).
 pub const POSTGRES_SCHEMA_VERSION: i64 = 2;
 
-/// Dead-letter ids each process reserves at a time (at its first snapshot, then whenever
-/// the block is used up; rebuilds go on in the block).
-pub const DEAD_LETTER_ID_BLOCK: i64 = 10_000;
+pub use crate::sharing::DEAD_LETTER_ID_BLOCK;
 
 /// Most attempts to re-establish a lost connection within one operation.
 pub const RECONNECT_ATTEMPTS_MAX: u32 = 5;
@@ -382,7 +380,7 @@ fn put_pending(tx: &mut Transaction<'_>, records: &[PendingRecord]) -> Result<()
             &awaits_streams,
             &awaits_versions,
             // Wall time, kept by a later rewrite of the row: how long it waits.
-            &(crate::sqlite::now_ms() as i64),
+            &(crate::now_ms() as i64),
         ],
     )?;
     Ok(())
@@ -457,7 +455,7 @@ fn write_dedupe_and_checkpoints(
                 &source,
                 &i64::from(*partition),
                 &(*offset as i64),
-                &(crate::sqlite::now_ms() as i64),
+                &(crate::now_ms() as i64),
             ],
         )?;
     }
@@ -548,7 +546,7 @@ fn write_actions_and_journal(
             "DELETE FROM journal WHERE id <= (SELECT MAX(id) FROM journal) - $1",
             &[&(retention.entries_max.min(i64::MAX as u64) as i64)],
         )?;
-        let oldest_ms = crate::sqlite::journal_now(batch).saturating_sub(retention.age_ms_max);
+        let oldest_ms = crate::journal::journal_now(batch).saturating_sub(retention.age_ms_max);
         tx.execute(
             "DELETE FROM journal WHERE at_ms < $1",
             &[&(oldest_ms as i64)],

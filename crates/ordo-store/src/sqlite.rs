@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ordo_core::{
     ChangeSet, Counters, DeadLetter, DeadLetterKind, Load, Loaded, PendingRecord, Snapshot,
@@ -151,12 +151,6 @@ impl std::fmt::Debug for SqliteStore {
             .field("path", &self.path)
             .finish()
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn is_busy(error: &rusqlite::Error) -> bool {
@@ -525,7 +519,7 @@ impl SqliteStore {
             .optional()
             .map_err(OpenError::Sqlite)?;
         if let Some(lease) = current {
-            let fresh = now_ms().saturating_sub(lease.heartbeat_ms) < LEASE_EXPIRY_MS;
+            let fresh = crate::now_ms().saturating_sub(lease.heartbeat_ms) < LEASE_EXPIRY_MS;
             let alive = Path::new(&format!("/proc/{}", lease.pid)).exists();
             if fresh && alive && lease.pid != std::process::id() {
                 return Err(OpenError::LeaseHeld {
@@ -539,7 +533,7 @@ impl SqliteStore {
                 "INSERT INTO lease (id, holder, pid, heartbeat_ms) VALUES (1, ?1, ?2, ?3)
                  ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, pid = excluded.pid,
                  heartbeat_ms = excluded.heartbeat_ms",
-                params![holder, std::process::id() as i64, now_ms() as i64],
+                params![holder, std::process::id() as i64, crate::now_ms() as i64],
             )
             .map_err(OpenError::Sqlite)?;
         transaction.commit().map_err(OpenError::Sqlite)?;
@@ -558,7 +552,7 @@ impl SqliteStore {
         let changed = self.connection.execute(
             "UPDATE operator_actions SET state = 'refused', result = ?2, done_ms = ?3
              WHERE id = ?1 AND state = 'pending'",
-            params![id as i64, why, now_ms() as i64],
+            params![id as i64, why, crate::now_ms() as i64],
         )?;
         Ok(changed == 1)
     }
@@ -786,7 +780,7 @@ fn write_changes(
     if leased {
         transaction
             .prepare_cached("UPDATE lease SET heartbeat_ms = ?1 WHERE id = 1")?
-            .execute(params![now_ms() as i64])?;
+            .execute(params![crate::now_ms() as i64])?;
     }
     Ok(())
 }
@@ -803,7 +797,7 @@ fn write_checkpoints(
          ON CONFLICT (source, partition) DO UPDATE SET offset = excluded.offset,
          committed_ms = excluded.committed_ms",
     )?;
-    let committed_ms = now_ms() as i64;
+    let committed_ms = crate::now_ms() as i64;
     for (partition, offset) in &changes.checkpoints {
         statement.execute(params![
             source,
@@ -869,7 +863,7 @@ fn write_pending(transaction: &Connection, changes: &ChangeSet) -> rusqlite::Res
     )?;
     // Wall time, kept by a later rewrite of the row (the conflict clause leaves it):
     // how long the event has waited, for `ordo status` and the metrics.
-    let since_ms = now_ms() as i64;
+    let since_ms = crate::now_ms() as i64;
     for record in &changes.pending_put {
         let state = rows::pending_state_name(record.state);
         let event = record.event.as_ref().map(|e| e.to_json_string());
@@ -1003,19 +997,10 @@ fn write_journal(transaction: &Connection, batch: &CommitBatch) -> rusqlite::Res
         transaction
             .prepare_cached("DELETE FROM journal WHERE at_ms < ?1")?
             .execute(params![
-                journal_now(batch).saturating_sub(retention.age_ms_max) as i64
+                crate::journal::journal_now(batch).saturating_sub(retention.age_ms_max) as i64
             ])?;
     }
     Ok(())
-}
-
-/// The time the journal's age retention counts from: the committer's clock.
-pub(crate) fn journal_now(batch: &CommitBatch) -> u64 {
-    if batch.now_ms > 0 {
-        batch.now_ms
-    } else {
-        now_ms()
-    }
 }
 
 fn insert_action(connection: &Connection, action: &OperatorAction) -> rusqlite::Result<u64> {

@@ -28,6 +28,14 @@ impl StoreUrl {
         }
         Err(OpenError::BadUrl(redact(url)))
     }
+
+    /// The backend's name, as its cargo feature spells it.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StoreUrl::Sqlite(_) => "sqlite",
+            StoreUrl::Postgres(_) => "postgres",
+        }
+    }
 }
 
 /// The URL with any password replaced, for messages.
