@@ -2,7 +2,7 @@
 //! thousand categories that have not arrived.
 //!
 //! Measured through the real runtime and SQLite store, once with spilling (the default:
-//! at most [`ordo_core::limits::PARKED_STREAMS_IN_MEMORY_DEFAULT`] parked streams keep
+//! at most [`ordo_core::limits::PARKED_STREAMS_IN_MEMORY_MAX_DEFAULT`] parked streams keep
 //! their events in memory) and once with every parked event kept in memory (the
 //! baseline: what the heap would hold without spilling). Then a restart: the time to
 //! resume (snapshot and restore) against the time to read every waiting row back

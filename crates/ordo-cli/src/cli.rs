@@ -207,12 +207,12 @@ pub struct EngineArgs {
     pub monotonic: Vec<String>,
     /// How many event ids the dedupe window remembers [default: 1048576, or what the
     /// store recorded].
-    #[arg(long, value_name = "IDS")]
-    pub dedupe_window: Option<usize>,
+    #[arg(long, value_name = "IDS", alias = "dedupe-window")]
+    pub dedupe_window_ids: Option<usize>,
     /// Most events one stream may hold waiting before further ones are dead-lettered
     /// [default: 4096, or what the store recorded].
-    #[arg(long, value_name = "EVENTS")]
-    pub stream_pending_max: Option<usize>,
+    #[arg(long, value_name = "EVENTS", alias = "stream-pending-max")]
+    pub stream_pending_events_max: Option<usize>,
 }
 
 /// `ordo run`.
@@ -567,12 +567,12 @@ mod tests {
                 ordo_core::limits::GAP_TIMEOUT_MS_DEFAULT.to_string(),
             ),
             (
-                "--dedupe-window",
+                "--dedupe-window-ids",
                 ordo_core::limits::DEDUPE_WINDOW_IDS_DEFAULT.to_string(),
             ),
             (
-                "--stream-pending-max",
-                ordo_core::limits::STREAM_PENDING_EVENTS_DEFAULT.to_string(),
+                "--stream-pending-events-max",
+                ordo_core::limits::STREAM_PENDING_EVENTS_MAX_DEFAULT.to_string(),
             ),
             (
                 "--batch",
@@ -591,5 +591,30 @@ mod tests {
                 "{flag}: {text}"
             );
         }
+    }
+
+    /// A limit's flag is its setting's name; the names before that still parse.
+    #[test]
+    fn the_older_limit_flags_still_parse() {
+        use clap::Parser;
+        let parse = |flags: &[&str]| {
+            let mut line = vec!["ordo", "run", "--source", "file:x", "--store", "sqlite:y"];
+            line.extend_from_slice(flags);
+            match super::Cli::try_parse_from(line).expect("parses").command {
+                super::Command::Run(run) => run.engine,
+                other => panic!("not run: {other:?}"),
+            }
+        };
+        let new = parse(&[
+            "--dedupe-window-ids",
+            "7",
+            "--stream-pending-events-max",
+            "9",
+        ]);
+        let old = parse(&["--dedupe-window", "7", "--stream-pending-max", "9"]);
+        assert_eq!(new.dedupe_window_ids, Some(7));
+        assert_eq!(new.stream_pending_events_max, Some(9));
+        assert_eq!(old.dedupe_window_ids, new.dedupe_window_ids);
+        assert_eq!(old.stream_pending_events_max, new.stream_pending_events_max);
     }
 }

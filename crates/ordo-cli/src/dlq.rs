@@ -378,8 +378,8 @@ pub fn parked(args: ParkedListArgs) -> anyhow::Result<ExitCode> {
         &crate::cli::EngineArgs {
             gap_timeout_ms: None,
             monotonic: Vec::new(),
-            dedupe_window: None,
-            stream_pending_max: None,
+            dedupe_window_ids: None,
+            stream_pending_events_max: None,
         },
         &mut store,
     )?;

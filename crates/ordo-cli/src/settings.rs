@@ -45,21 +45,27 @@ pub fn engine_config(args: &EngineArgs, store: &mut AnyStore) -> anyhow::Result<
         .gap_timeout_ms
         .or(recorded_u64("gap_timeout_ms"))
         .unwrap_or(config.gap_timeout_ms);
+    // Stores recorded before the settings took their limits' names keep the old keys.
+    let recorded_either = |key: &str, old_key: &str| {
+        recorded_u64(key)
+            .or(recorded_u64(old_key))
+            .map(|v| v as usize)
+    };
     if let Some(ids) = args
-        .dedupe_window
-        .or(recorded_u64("dedupe_window").map(|v| v as usize))
+        .dedupe_window_ids
+        .or(recorded_either("dedupe_window_ids", "dedupe_window"))
     {
         if ids == 0 {
-            bail!("--dedupe-window must be at least 1");
+            bail!("--dedupe-window-ids must be at least 1");
         }
         config.dedupe_window_ids = ids;
     }
-    if let Some(max) = args
-        .stream_pending_max
-        .or(recorded_u64("stream_pending_max").map(|v| v as usize))
-    {
+    if let Some(max) = args.stream_pending_events_max.or(recorded_either(
+        "stream_pending_events_max",
+        "stream_pending_max",
+    )) {
         if max == 0 {
-            bail!("--stream-pending-max must be at least 1");
+            bail!("--stream-pending-events-max must be at least 1");
         }
         config.stream_pending_events_max = max;
     }
@@ -88,8 +94,8 @@ pub fn record_engine_config(store: &mut AnyStore, config: &Config) -> anyhow::Re
     let monotonic: Vec<&str> = config.mode_rules.iter().map(|(p, _)| p.as_str()).collect();
     let settings = json!({
         "gap_timeout_ms": config.gap_timeout_ms,
-        "dedupe_window": config.dedupe_window_ids,
-        "stream_pending_max": config.stream_pending_events_max,
+        "dedupe_window_ids": config.dedupe_window_ids,
+        "stream_pending_events_max": config.stream_pending_events_max,
         "monotonic": monotonic,
     });
     store.set_setting(ENGINE_SETTINGS_KEY, &settings.to_string())?;

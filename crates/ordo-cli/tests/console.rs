@@ -613,7 +613,7 @@ fn a_stream_s_dead_letters_are_dry_run_and_replayed_together_at_a_rate() {
         &source,
         "--store",
         &store,
-        "--stream-pending-max",
+        "--stream-pending-events-max",
         "2",
     ]);
     let queued = (0..1500).any(|_| {

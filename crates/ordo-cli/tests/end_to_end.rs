@@ -233,7 +233,11 @@ fn dlq_replay_is_version_guarded_and_rate_limited() {
     write_lines(&input, &lines);
     let store = scratch.store("state.db");
     let source = format!("file:{}", input.display());
-    let counted = run_idle(&source, &store, &["--stream-pending-max", "1", "--json"]);
+    let counted = run_idle(
+        &source,
+        &store,
+        &["--stream-pending-events-max", "1", "--json"],
+    );
     let counters: serde_json::Value = serde_json::from_slice(&counted.stdout).unwrap();
     assert_eq!(counters["stale"], 1, "{counters}");
     let stale = json_lines(&ok(&[

@@ -2,6 +2,11 @@
 //!
 //! TigerBeetle's rule: everything has a limit. A limit hit by input is an operating error
 //! (a dead letter with a reason); a limit hit by the core's own bookkeeping is a bug.
+//!
+//! A setting has one name everywhere: the `Config` field (`stream_pending_events_max`),
+//! its default here with `_DEFAULT` added (`STREAM_PENDING_EVENTS_MAX_DEFAULT`), the
+//! `ordo run` flag (`--stream-pending-events-max`) and the key the store records it under
+//! (`"stream_pending_events_max"`).
 
 /// Largest accepted event, in bytes of its JSON text.
 pub const EVENT_BYTES_MAX: usize = 1024 * 1024;
@@ -29,13 +34,13 @@ pub const DEDUPE_WINDOW_IDS_DEFAULT: usize = 1 << 20;
 
 /// Default bound on the events one stream may hold waiting (gap buffer plus queue).
 /// An event beyond it is dead-lettered with a reason instead of growing memory.
-pub const STREAM_PENDING_EVENTS_DEFAULT: usize = 4096;
+pub const STREAM_PENDING_EVENTS_MAX_DEFAULT: usize = 4096;
 
 /// Default bound on the parked streams (head waiting for an `after` or a merge cut) whose
 /// events are kept in memory. Beyond it the longest-parked streams are spilled: their
 /// events stay only in the store until what they wait for applies, so a million parked
 /// events cost the heap no more than this many.
-pub const PARKED_STREAMS_IN_MEMORY_DEFAULT: usize = 50_000;
+pub const PARKED_STREAMS_IN_MEMORY_MAX_DEFAULT: usize = 50_000;
 
 /// Default time a gap may stay open before its stream is reported stalled.
 pub const GAP_TIMEOUT_MS_DEFAULT: u64 = 30_000;

@@ -33,7 +33,7 @@ use crate::envelope::{
 };
 use crate::limits::{
     DEDUPE_WINDOW_IDS_DEFAULT, GAP_TIMEOUT_MS_DEFAULT, LONG_PARKED_MS_DEFAULT,
-    PARKED_STREAMS_IN_MEMORY_DEFAULT, STREAM_PENDING_EVENTS_DEFAULT,
+    PARKED_STREAMS_IN_MEMORY_MAX_DEFAULT, STREAM_PENDING_EVENTS_MAX_DEFAULT,
 };
 use crate::state::{DeadLetter, DeadLetterKind, Load, Snapshot, VersionMode};
 
@@ -76,10 +76,10 @@ impl Default for Config {
             default_mode: VersionMode::Gapless,
             mode_rules: Vec::new(),
             dedupe_window_ids: DEDUPE_WINDOW_IDS_DEFAULT,
-            stream_pending_events_max: STREAM_PENDING_EVENTS_DEFAULT,
+            stream_pending_events_max: STREAM_PENDING_EVENTS_MAX_DEFAULT,
             gap_timeout_ms: GAP_TIMEOUT_MS_DEFAULT,
             op_policy: OpPolicy::Document,
-            parked_streams_in_memory_max: PARKED_STREAMS_IN_MEMORY_DEFAULT,
+            parked_streams_in_memory_max: PARKED_STREAMS_IN_MEMORY_MAX_DEFAULT,
             merges_written_before_dispatch: false,
             decisions_traced: false,
             long_parked_ms: LONG_PARKED_MS_DEFAULT,
