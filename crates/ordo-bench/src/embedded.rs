@@ -281,7 +281,7 @@ fn run_raw(log_path: &str, store: &str) -> Result<f64, String> {
     let mut count = 0usize;
     loop {
         let rows = log
-            .read(after, ordo_runtime::run::COMMIT_EVENTS_MAX_DEFAULT)
+            .read(after, ordo_runtime::limits::COMMIT_EVENTS_MAX_DEFAULT)
             .map_err(|e| e.to_string())?;
         let Some((last, _)) = rows.last() else {
             break;
@@ -423,7 +423,7 @@ fn run_raw_postgres(log_path: &str, schema: &str) -> Result<f64, String> {
     let mut count = 0usize;
     loop {
         let rows = log
-            .read(after, ordo_runtime::run::COMMIT_EVENTS_MAX_DEFAULT)
+            .read(after, ordo_runtime::limits::COMMIT_EVENTS_MAX_DEFAULT)
             .map_err(|e| e.to_string())?;
         let Some((last, _)) = rows.last() else {
             break;

@@ -282,7 +282,7 @@ fn through_ordo(server: &Server, shape: &HandlerShape, planned: &[Planned]) -> R
         .map_err(|e| e.to_string())?
         .with_handlers(pool);
     consumer.verbose = false;
-    let mut source = ordo_runtime::source::open(&url).map_err(|e| e.to_string())?;
+    let mut source = ordo_runtime::open_source(&url).map_err(|e| e.to_string())?;
     let run = RunOptions {
         exit_when_idle: true,
         ..RunOptions::default()

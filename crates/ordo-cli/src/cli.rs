@@ -576,11 +576,11 @@ mod tests {
             ),
             (
                 "--batch",
-                ordo_runtime::run::COMMIT_EVENTS_MAX_DEFAULT.to_string(),
+                ordo_runtime::limits::COMMIT_EVENTS_MAX_DEFAULT.to_string(),
             ),
             (
                 "--commit-interval-ms",
-                ordo_runtime::run::COMMIT_INTERVAL_MS_DEFAULT.to_string(),
+                ordo_runtime::limits::COMMIT_INTERVAL_MS_DEFAULT.to_string(),
             ),
         ] {
             let at = help.find(flag).unwrap_or_else(|| panic!("{flag} in help"));

@@ -161,7 +161,7 @@ fn open_source(
         }
         other => {
             anyhow::ensure!(args.member_id.is_none(), "{MEMBER_ID_NEEDS_A_GROUP}");
-            (ordo_runtime::source::open(other)?, other.checkpoint_key())
+            (ordo_runtime::open_source(other)?, other.checkpoint_key())
         }
     })
 }

@@ -4,8 +4,8 @@
 
 use std::process::ExitCode;
 
+use ordo_runtime::log_lag as lag;
 use ordo_runtime::now_ms;
-use ordo_runtime::source::log_lag as lag;
 use ordo_store::StoreStatus;
 use serde_json::Value;
 

@@ -132,7 +132,7 @@ pub fn overview(
                 escape(&p.source),
                 format!("<span class=\"num\">{}</span>", p.partition),
                 format!("<span class=\"num\">{}</span>", p.offset),
-                ordo_runtime::source::log_lag(p).map_or_else(
+                ordo_runtime::log_lag(p).map_or_else(
                     || "unknown here".into(),
                     |lag| format!("<span class=\"num\">{lag}</span>"),
                 ),

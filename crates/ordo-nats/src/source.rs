@@ -48,8 +48,8 @@ use async_nats::jetstream::AckKind;
 use futures_util::StreamExt;
 use ordo_core::SourcePosition;
 use ordo_runtime::membership::{Change, Member};
-use ordo_runtime::source::{Delivery, Polled, Source, SourceError};
 use ordo_runtime::telemetry::PartitionEnd;
+use ordo_runtime::{Delivery, Polled, Source, SourceError};
 
 use crate::url::NatsUrl;
 

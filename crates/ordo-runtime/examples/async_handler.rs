@@ -64,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         exit_when_idle: true,
         ..RunOptions::default()
     };
-    let source = ordo_runtime::source::open(&url)?;
+    let source = ordo_runtime::open_source(&url)?;
     let (report, mut consumer) = run_until_signal(consumer, source, run)?;
     for line in sent.lock().unwrap().iter() {
         println!("sent: {line}");

@@ -79,7 +79,7 @@ fn run(url: &SourceUrl, store_url: &str, crash_after: Option<u64>) {
         .unwrap()
         .with_transactional_handler(Ledger);
     consumer.verbose = false;
-    let source = Trickle(ordo_runtime::source::open(url).unwrap());
+    let source = Trickle(ordo_runtime::open_source(url).unwrap());
     // Commits every 64 deliveries (never by the clock), so a crash finds applied works
     // of up to 63 deliveries uncommitted.
     let options = RunOptions {

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        None => ordo_runtime::run::COMMIT_EVENTS_MAX_DEFAULT,
+        None => ordo_runtime::limits::COMMIT_EVENTS_MAX_DEFAULT,
     };
     match run(log, db, exit_when_idle, batch) {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,7 +52,7 @@ fn run(
     let url = SourceUrl::parse(&format!("log:{log}"))?;
     let consumer =
         Consumer::open(store, &url.checkpoint_key(), config)?.with_transactional_handler(Inventory);
-    let source = ordo_runtime::source::open(&url)?;
+    let source = ordo_runtime::open_source(&url)?;
     let options = RunOptions {
         exit_when_idle,
         commit_events_max: batch,
