@@ -4,8 +4,12 @@
 //! full disk fails the commit whole: a restart on a roomy disk reaches the same state as
 //! a run that never hit the wall.
 //!
-//! The full-disk tests mount a tmpfs, so they need root (the test machines and CI run
-//! as root; scripts/test.sh says so when they cannot mount).
+//! A path this user may not open (a store, a log, a source, a directory for a new store)
+//! is a clear error too.
+//!
+//! The full-disk tests mount a tmpfs and the permission test drops to `nobody` with
+//! setpriv, so they need root (the test machines and CI run as root; scripts/test.sh says
+//! so when they cannot mount).
 
 mod common;
 
@@ -269,4 +273,102 @@ fn a_damaged_store_file_is_a_clear_error() {
             );
         }
     }
+}
+
+/// Runs `ordo` as the unprivileged user `nobody` (setpriv, util-linux): root may open
+/// every file, so only another user meets a missing permission.
+fn run_as_nobody(args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_ordo"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("setpriv runs (util-linux)")
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A store, an event log or a source file this user may not open, and a directory it
+/// may not write a new store into: each is refused at once, exit 2, with the system's
+/// "Permission denied" and the path (not SQLite's "unable to open database file", not
+/// "not an ordo store"), and nothing is created.
+#[test]
+fn a_path_without_permission_is_a_clear_error() {
+    let scratch = Scratch::new();
+    let root = scratch.path("");
+    chmod(&root, 0o755);
+    let events = scratch.path("events.jsonl");
+    padded_events(&events);
+    chmod(&events, 0o644);
+    let source = format!("file:{}", events.display());
+    let locked_store = scratch.path("locked.db");
+    run_idle(&source, &format!("sqlite:{}", locked_store.display()), &[]);
+    chmod(&locked_store, 0o600);
+    let locked_events = scratch.path("locked.jsonl");
+    std::fs::copy(&events, &locked_events).unwrap();
+    chmod(&locked_events, 0o600);
+    let read_only_dir = scratch.path("read-only");
+    std::fs::create_dir(&read_only_dir).unwrap();
+    chmod(&read_only_dir, 0o755);
+    let writable_dir = scratch.path("writable");
+    std::fs::create_dir(&writable_dir).unwrap();
+    chmod(&writable_dir, 0o777);
+    let locked = format!("sqlite:{}", locked_store.display());
+    let new_in_read_only = format!("sqlite:{}", read_only_dir.join("new.db").display());
+    let fresh = format!("sqlite:{}", writable_dir.join("fresh.db").display());
+    let locked_source = format!("file:{}", locked_events.display());
+    let (locked_path, events_path) = (locked_events.to_str().unwrap(), events.to_str().unwrap());
+    let idle = "--exit-when-idle";
+    let cases: [(&[&str], &str); 5] = [
+        (&["status", "--store", &locked], "cannot be read"),
+        (&["export", "--store", &locked], "cannot be read"),
+        (
+            &["run", "--source", &source, "--store", &locked, idle],
+            "cannot be opened for writing",
+        ),
+        (
+            &[
+                "run",
+                "--source",
+                &source,
+                "--store",
+                &new_in_read_only,
+                idle,
+            ],
+            "cannot be opened for writing",
+        ),
+        (
+            &["run", "--source", &locked_source, "--store", &fresh, idle],
+            "cannot read",
+        ),
+    ];
+    for (args, says) in cases {
+        let output = run_as_nobody(args);
+        let said = stderr(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "ordo {args:?}\nstderr: {said}"
+        );
+        assert!(
+            said.contains(says) && said.contains("Permission denied"),
+            "ordo {args:?} does not say `{says}` and `Permission denied`: {said}"
+        );
+        assert!(!said.contains("panicked"), "{args:?}: {said}");
+    }
+    let appended = run_as_nobody(&["append", "--log", locked_path, events_path]);
+    let said = stderr(&appended);
+    assert_eq!(appended.status.code(), Some(2), "{said}");
+    assert!(said.contains("Permission denied"), "{said}");
+    assert_eq!(
+        std::fs::read_dir(&read_only_dir).unwrap().count(),
+        0,
+        "nothing is created where the user may not write"
+    );
+    // As root, the same locked store opens: the refusal was the permission, not the file.
+    assert_eq!(run(&["status", "--store", &locked]).status.code(), Some(0));
 }

@@ -44,6 +44,13 @@ pub enum LogError {
         /// What the system said.
         detail: String,
     },
+    /// The file exists but this process may not read it.
+    NotReadable {
+        /// The path.
+        path: String,
+        /// What the system said.
+        detail: String,
+    },
     /// The path names something that is not a regular file (a directory, a FIFO).
     NotAFile {
         /// The path.
@@ -53,6 +60,19 @@ pub enum LogError {
     },
     /// SQLite failed.
     Sqlite(rusqlite::Error),
+}
+
+/// Why this process may not open the existing file at `path` as asked, in the system's
+/// words (SQLite only says "unable to open database file"); `None` when it may, or when
+/// the failure is not about permission.
+fn open_refused(path: &str, write: bool) -> Option<std::io::Error> {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path);
+    opened
+        .err()
+        .filter(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
 /// What `path` is when it exists and is not a regular file (a directory, a FIFO, a
@@ -79,6 +99,9 @@ impl fmt::Display for LogError {
                     f,
                     "event log `{path}` cannot be opened for writing: {detail}"
                 )
+            }
+            LogError::NotReadable { path, detail } => {
+                write!(f, "event log `{path}` cannot be read: {detail}")
             }
             LogError::NotAFile { path, kind } => {
                 write!(f, "event log `{path}` is {kind}, not a file")
@@ -218,6 +241,12 @@ impl EventLog {
                 kind,
             });
         }
+        if let Some(refused) = open_refused(path, false) {
+            return Err(LogError::NotReadable {
+                path: path.into(),
+                detail: refused.to_string(),
+            });
+        }
         // As for a store (ordo_store's SqliteStore::open_read_only): with no -wal file no
         // writer has the log open, and it is read as it stands, creating nothing.
         let connection = if Path::new(&format!("{path}-wal")).exists() {
@@ -263,6 +292,11 @@ impl EventLog {
                     });
                 }
             }
+        } else if let Some(refused) = open_refused(path, true) {
+            return Err(LogError::NotWritable {
+                path: path.into(),
+                detail: refused.to_string(),
+            });
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
         let connection =

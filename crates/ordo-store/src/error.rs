@@ -17,6 +17,13 @@ pub enum OpenError {
         /// What the system said.
         detail: String,
     },
+    /// The file exists but this process may not read it.
+    NotReadable {
+        /// The path.
+        path: String,
+        /// What the system said.
+        detail: String,
+    },
     /// The path names something that is not a regular file (a directory, a FIFO).
     NotAFile {
         /// The path.
@@ -107,6 +114,9 @@ impl fmt::Display for OpenError {
             ),
             OpenError::NotWritable { path, detail } => {
                 write!(f, "store `{path}` cannot be opened for writing: {detail}")
+            }
+            OpenError::NotReadable { path, detail } => {
+                write!(f, "store `{path}` cannot be read: {detail}")
             }
             OpenError::NotAFile { path, kind } => {
                 write!(f, "store `{path}` is {kind}, not a file (sqlite:PATH names a file)")

@@ -168,16 +168,18 @@ impl SqliteStore {
             return Err(OpenError::Missing(path.into()));
         }
         not_a_file(path)?;
-        if create && !file.exists() {
-            let parent = file.parent().filter(|p| !p.as_os_str().is_empty());
-            if let Some(parent) = parent {
-                if !parent.is_dir() {
-                    return Err(OpenError::NotWritable {
-                        path: path.into(),
-                        detail: format!("directory `{}` does not exist", parent.display()),
-                    });
-                }
+        if file.exists() {
+            if let Some(refused) = open_refused(path, true) {
+                return Err(OpenError::NotWritable {
+                    path: path.into(),
+                    detail: refused.to_string(),
+                });
             }
+        } else if create {
+            create_empty(file).map_err(|detail| OpenError::NotWritable {
+                path: path.into(),
+                detail,
+            })?;
         }
         let flags = if create {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
@@ -220,6 +222,12 @@ impl SqliteStore {
             return Err(OpenError::Missing(path.into()));
         }
         not_a_file(path)?;
+        if let Some(refused) = open_refused(path, false) {
+            return Err(OpenError::NotReadable {
+                path: path.into(),
+                detail: refused.to_string(),
+            });
+        }
         // With no -wal file, no writer has the store open and every commit is in the
         // file itself: read it as it stands, which creates nothing (a WAL reader would
         // create -wal and -shm files, and cannot where it may not write). With one, a
@@ -1291,6 +1299,39 @@ impl Store for SqliteStore {
             records.extend(found);
         }
         Ok(records)
+    }
+}
+
+/// Why this process may not open the existing file at `path` as asked, in the system's
+/// words (SQLite only says "unable to open database file"); `None` when it may, or when
+/// the failure is not about permission (SQLite reports that one itself).
+fn open_refused(path: &str, write: bool) -> Option<std::io::Error> {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path);
+    opened
+        .err()
+        .filter(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
+/// Creates the empty file a new store starts as (SQLite takes an empty file for a new
+/// database), so that a directory this process may not write is named as such.
+fn create_empty(file: &Path) -> Result<(), String> {
+    if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(format!("directory `{}` does not exist", parent.display()));
+        }
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+    {
+        Ok(_) => Ok(()),
+        // Another process created it meanwhile: SQLite opens it as it is.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
