@@ -764,56 +764,11 @@ fn simulate(
         lock(&simulation.broker).step = step;
         if step % PRODUCE_INTERVAL_STEPS == 1 {
             if let Some(chunk) = chunks.next() {
-                let mut broker = lock(&simulation.broker);
-                for event in chunk {
-                    broker.topic[partition_of(&event.stream, PARTITIONS) as usize].push(Message {
-                        value: event.to_json_string().into_bytes(),
-                        key: event.stream.as_bytes().to_vec(),
-                    });
-                }
-                drop(broker);
-                simulation.last_disturbance_step = step;
-                simulation.record(step, format!("{} events produced", chunk.len()));
+                simulation.produce(step, chunk);
             }
         }
-        if Some(step) == schedule.kill_step && !simulation.members.is_empty() {
-            let index = pick.index(simulation.members.len());
-            let id = simulation.members[index].id;
-            simulation.record(step, format!("member {id} SIGKILLed"));
-            simulation.remove_member(index, KILL_NOTICED_STEPS, step);
-        }
-        if Some(step) == schedule.kick_step && !simulation.members.is_empty() {
-            let index = pick.index(simulation.members.len());
-            let id = simulation.members[index].id;
-            simulation.record(step, format!("member {id} expelled while running (zombie)"));
-            lock(&simulation.broker).kick(id, step + KICK_NOTICED_STEPS);
-            simulation.last_disturbance_step = step;
-        }
-        if Some(step) == schedule.join_step && simulation.members.len() < MEMBERS_MAX {
-            simulation.start_member(step)?;
-        }
-        let due: Vec<u64> = simulation
-            .expulsions
-            .iter()
-            .filter(|(at, _)| *at <= step)
-            .map(|(_, id)| *id)
-            .collect();
-        simulation.expulsions.retain(|(at, _)| *at > step);
-        for id in due {
-            lock(&simulation.broker).expel(id);
-            simulation.last_disturbance_step = step;
-            simulation.record(
-                step,
-                format!("the coordinator expels member {id} (rebalance)"),
-            );
-        }
-        let restarts = simulation.restarts.iter().filter(|at| **at <= step).count();
-        simulation.restarts.retain(|at| *at > step);
-        for _ in 0..restarts {
-            if simulation.members.len() < MEMBERS_MAX {
-                simulation.start_member(step)?;
-            }
-        }
+        simulation.strike(step, &schedule, &mut pick)?;
+        simulation.expel_and_restart_due(step)?;
         if options.faults.poison
             && step > PRODUCE_INTERVAL_STEPS
             && step.is_multiple_of(OPERATOR_INTERVAL_STEPS)
@@ -830,36 +785,114 @@ fn simulate(
             simulation.step_member(index, step)?;
         }
         let settled = step > production_steps && step.is_multiple_of(CONVERGENCE_CHECK_STEPS);
-        if settled {
-            let divergence = compare(expected, &export(&simulation.database), true);
-            match (divergence.is_empty(), converged_at) {
-                (true, None) => {
-                    converged_at = Some(step);
-                    simulation.record(step, "the running group matches the oracle".into());
-                }
-                (true, Some(at)) if step >= at + STABLE_STEPS => return Ok(()),
-                (true, Some(_)) => {}
-                (false, Some(at)) => {
-                    return Err(format!(
-                        "the group matched the oracle at step {at}, then moved away from it:\n{divergence}"
-                    ))
-                }
-                (false, None) => {}
-            }
-            if divergence.is_empty() {
-                continue;
-            }
-            if step - simulation.last_disturbance_step.max(production_steps) > SETTLE_STEPS_MAX {
-                let streams: Vec<String> = divergence
-                    .streams
-                    .iter()
-                    .map(|(s, _, _)| s.clone())
-                    .collect();
-                return Err(format!(
-                    "the running group did not converge within {SETTLE_STEPS_MAX} steps of the last disturbance:\n{divergence}{}",
-                    simulation.explain(&streams)
-                ));
+        if settled && simulation.converged(step, production_steps, expected, &mut converged_at)? {
+            return Ok(());
+        }
+    }
+}
+
+impl Simulation {
+    /// Producers write one chunk of the deliveries into the topic, keyed by stream.
+    fn produce(&mut self, step: u64, chunk: &[Event]) {
+        let mut broker = lock(&self.broker);
+        for event in chunk {
+            broker.topic[partition_of(&event.stream, PARTITIONS) as usize].push(Message {
+                value: event.to_json_string().into_bytes(),
+                key: event.stream.as_bytes().to_vec(),
+            });
+        }
+        drop(broker);
+        self.last_disturbance_step = step;
+        self.record(step, format!("{} events produced", chunk.len()));
+    }
+
+    /// The scheduled faults of this step: a member killed, a member expelled while it
+    /// runs (a zombie), a member joining.
+    fn strike(&mut self, step: u64, schedule: &Schedule, pick: &mut Rng) -> Result<(), String> {
+        if Some(step) == schedule.kill_step && !self.members.is_empty() {
+            let index = pick.index(self.members.len());
+            let id = self.members[index].id;
+            self.record(step, format!("member {id} SIGKILLed"));
+            self.remove_member(index, KILL_NOTICED_STEPS, step);
+        }
+        if Some(step) == schedule.kick_step && !self.members.is_empty() {
+            let index = pick.index(self.members.len());
+            let id = self.members[index].id;
+            self.record(step, format!("member {id} expelled while running (zombie)"));
+            lock(&self.broker).kick(id, step + KICK_NOTICED_STEPS);
+            self.last_disturbance_step = step;
+        }
+        if Some(step) == schedule.join_step && self.members.len() < MEMBERS_MAX {
+            self.start_member(step)?;
+        }
+        Ok(())
+    }
+
+    /// The coordinator expels the members whose session ran out; killed members whose
+    /// restart is due start again.
+    fn expel_and_restart_due(&mut self, step: u64) -> Result<(), String> {
+        let due: Vec<u64> = self
+            .expulsions
+            .iter()
+            .filter(|(at, _)| *at <= step)
+            .map(|(_, id)| *id)
+            .collect();
+        self.expulsions.retain(|(at, _)| *at > step);
+        for id in due {
+            lock(&self.broker).expel(id);
+            self.last_disturbance_step = step;
+            self.record(
+                step,
+                format!("the coordinator expels member {id} (rebalance)"),
+            );
+        }
+        let restarts = self.restarts.iter().filter(|at| **at <= step).count();
+        self.restarts.retain(|at| *at > step);
+        for _ in 0..restarts {
+            if self.members.len() < MEMBERS_MAX {
+                self.start_member(step)?;
             }
         }
+        Ok(())
+    }
+
+    /// Compares the shared store with the oracle. True once it has matched for
+    /// [`STABLE_STEPS`]; an error when it moves away after matching, or does not match
+    /// within [`SETTLE_STEPS_MAX`] of the last disturbance.
+    fn converged(
+        &mut self,
+        step: u64,
+        production_steps: u64,
+        expected: &Export,
+        converged_at: &mut Option<u64>,
+    ) -> Result<bool, String> {
+        let divergence = compare(expected, &export(&self.database), true);
+        match (divergence.is_empty(), *converged_at) {
+            (true, None) => {
+                *converged_at = Some(step);
+                self.record(step, "the running group matches the oracle".into());
+            }
+            (true, Some(at)) if step >= at + STABLE_STEPS => return Ok(true),
+            (true, Some(_)) => {}
+            (false, Some(at)) => return Err(format!(
+                "the group matched the oracle at step {at}, then moved away from it:\n{divergence}"
+            )),
+            (false, None) => {}
+        }
+        if divergence.is_empty() {
+            return Ok(false);
+        }
+        if step - self.last_disturbance_step.max(production_steps) > SETTLE_STEPS_MAX {
+            let streams: Vec<String> = divergence
+                .streams
+                .iter()
+                .map(|(s, _, _)| s.clone())
+                .collect();
+            return Err(format!(
+                "the running group did not converge within {SETTLE_STEPS_MAX} steps of the last disturbance:\n{divergence}{}",
+                self.explain(&streams)
+            ));
+        }
+        Ok(false)
     }
 }
