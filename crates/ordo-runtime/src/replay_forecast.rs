@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use ordo_core::{parse_event, DeadLetter, Load, Op, OpPolicy};
+use ordo_core::{parse_event, DeadLetter, Event, Load, Op, OpPolicy};
 use ordo_projection::{DocumentProjection, Projection};
 use ordo_store::{ReadError, Store};
 
@@ -91,85 +91,21 @@ pub fn forecast(
     queue: &[DeadLetter],
     handler: bool,
 ) -> Result<Forecast, ReadError> {
-    let (Some(stream), Some(version)) = (entry.stream.as_deref(), entry.version) else {
-        return Ok(Forecast::Refused(
-            "the entry names no stream (unroutable): fix it upstream".into(),
-        ));
+    let (stream, version, event) = match replayed_event(entry, body, handler) {
+        Ok(found) => found,
+        Err(forecast) => return Ok(forecast),
     };
-    let policy = if handler {
-        OpPolicy::Custom
-    } else {
-        OpPolicy::Document
-    };
-    let event = match parse_event(body.unwrap_or(&entry.body).trim().as_bytes(), policy) {
-        Ok(event) => event,
-        Err(error) => return Ok(Forecast::FailsAgain(error.to_string())),
-    };
-    if body.is_some() && (&*event.stream != stream || event.version != version) {
-        // As the replay refuses it: a corrected event keeps the entry's place.
-        return Ok(Forecast::Refused(format!(
-            "the corrected event is `{}` version {}; the entry holds `{stream}` version {version}",
-            event.stream, event.version
-        )));
-    }
     let key: Arc<str> = Arc::from(stream);
     let record = store.stream_records(std::slice::from_ref(&key))?.pop();
     let applied = record.as_ref().map_or(0, |r| r.applied);
     if version <= applied {
         return Ok(Forecast::AlreadyApplied);
     }
-    let paused = store
-        .pauses()?
-        .into_iter()
-        .any(|p| matches!(&p.target, ordo_store::PauseTarget::Stream(s) if s.as_str() == stream));
-    if paused {
-        return Ok(Forecast::StillBlocked(format!(
-            "`{stream}` is paused by an operator (`ordo resume` lets it go)"
-        )));
+    if let Some(blocked) = blocked_at_stream(store, stream, version, applied, queue)? {
+        return Ok(blocked);
     }
-    if version > applied + 1 {
-        return Ok(
-            match queue
-                .iter()
-                .find(|d| d.stream.as_deref() == Some(stream) && d.version == Some(applied + 1))
-            {
-                Some(earlier) => Forecast::BehindDeadLetter {
-                    id: earlier.id,
-                    version: applied + 1,
-                },
-                None => Forecast::StillBlocked(format!(
-                    "version {} of `{stream}` is missing",
-                    applied + 1
-                )),
-            },
-        );
-    }
-    // As the engine judges the stream's next event: a merge's cuts first, then `after`.
-    if let Some(why) = event.merge_without_cut() {
-        return Ok(Forecast::FailsAgain(why));
-    }
-    for dependency in &event.after {
-        let reached = store
-            .stream_records(&[Arc::from(&*dependency.stream)])?
-            .pop()
-            .map_or(0, |r| r.applied);
-        if reached < dependency.version {
-            return Ok(Forecast::StillBlocked(format!(
-                "waits for `{}` to reach version {} (it is at {reached})",
-                dependency.stream, dependency.version
-            )));
-        }
-    }
-    if let Op::Merge { from } = &event.op {
-        // As the engine refuses a merge: a source merged away already, or a cycle.
-        for source in from {
-            let merged = store.stream_records(&[Arc::from(&**source)])?.pop();
-            if let Some((target, _)) = merged.and_then(|r| r.alias) {
-                return Ok(Forecast::FailsAgain(format!(
-                    "source `{source}` is already merged into `{target}`"
-                )));
-            }
-        }
+    if let Some(refused) = refused_by_engine(store, &event)? {
+        return Ok(refused);
     }
     if handler {
         return Ok(Forecast::SentToHandler);
@@ -197,6 +133,99 @@ pub fn forecast(
         .filter(|r| r.version > version)
         .count();
     Ok(Forecast::Applies { behind })
+}
+
+/// The event a replay would deliver (the entry's, or the corrected `body`), with the
+/// stream and version the entry holds; the forecast instead when there is none to send.
+fn replayed_event<'a>(
+    entry: &'a DeadLetter,
+    body: Option<&str>,
+    handler: bool,
+) -> Result<(&'a str, u64, Event), Forecast> {
+    let (Some(stream), Some(version)) = (entry.stream.as_deref(), entry.version) else {
+        return Err(Forecast::Refused(
+            "the entry names no stream (unroutable): fix it upstream".into(),
+        ));
+    };
+    let policy = if handler {
+        OpPolicy::Custom
+    } else {
+        OpPolicy::Document
+    };
+    let event = parse_event(body.unwrap_or(&entry.body).trim().as_bytes(), policy)
+        .map_err(|error| Forecast::FailsAgain(error.to_string()))?;
+    if body.is_some() && (&*event.stream != stream || event.version != version) {
+        // As the replay refuses it: a corrected event keeps the entry's place.
+        return Err(Forecast::Refused(format!(
+            "the corrected event is `{}` version {}; the entry holds `{stream}` version {version}",
+            event.stream, event.version
+        )));
+    }
+    Ok((stream, version, event))
+}
+
+/// Whether the stream itself holds the event back: paused by an operator, or not yet at
+/// the version before it (behind another dead letter, or a version still missing).
+fn blocked_at_stream(
+    store: &mut impl Store,
+    stream: &str,
+    version: u64,
+    applied: u64,
+    queue: &[DeadLetter],
+) -> Result<Option<Forecast>, ReadError> {
+    let paused = store
+        .pauses()?
+        .into_iter()
+        .any(|p| matches!(&p.target, ordo_store::PauseTarget::Stream(s) if s.as_str() == stream));
+    if paused {
+        return Ok(Some(Forecast::StillBlocked(format!(
+            "`{stream}` is paused by an operator (`ordo resume` lets it go)"
+        ))));
+    }
+    if version == applied + 1 {
+        return Ok(None);
+    }
+    let earlier = queue
+        .iter()
+        .find(|d| d.stream.as_deref() == Some(stream) && d.version == Some(applied + 1));
+    Ok(Some(match earlier {
+        Some(earlier) => Forecast::BehindDeadLetter {
+            id: earlier.id,
+            version: applied + 1,
+        },
+        None => Forecast::StillBlocked(format!("version {} of `{stream}` is missing", applied + 1)),
+    }))
+}
+
+/// As the engine judges the stream's next event: a merge's cuts first, then `after`,
+/// then a merge's sources (one merged away already, or a cycle).
+fn refused_by_engine(store: &mut impl Store, event: &Event) -> Result<Option<Forecast>, ReadError> {
+    if let Some(why) = event.merge_without_cut() {
+        return Ok(Some(Forecast::FailsAgain(why)));
+    }
+    for dependency in &event.after {
+        let reached = store
+            .stream_records(&[Arc::from(&*dependency.stream)])?
+            .pop()
+            .map_or(0, |r| r.applied);
+        if reached < dependency.version {
+            return Ok(Some(Forecast::StillBlocked(format!(
+                "waits for `{}` to reach version {} (it is at {reached})",
+                dependency.stream, dependency.version
+            ))));
+        }
+    }
+    if let Op::Merge { from } = &event.op {
+        for source in from {
+            let merged = store.stream_records(&[Arc::from(&**source)])?.pop();
+            if let Some((target, _)) = merged.and_then(|r| r.alias) {
+                return Ok(Some(Forecast::FailsAgain(format!(
+                    "source `{source}` is already merged into `{target}`"
+                ))));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// What replaying `entries` one after the other, in the order given, would do: each as

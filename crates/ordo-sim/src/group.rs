@@ -874,9 +874,11 @@ impl Simulation {
             }
             (true, Some(at)) if step >= at + STABLE_STEPS => return Ok(true),
             (true, Some(_)) => {}
-            (false, Some(at)) => return Err(format!(
+            (false, Some(at)) => {
+                return Err(format!(
                 "the group matched the oracle at step {at}, then moved away from it:\n{divergence}"
-            )),
+            ))
+            }
             (false, None) => {}
         }
         if divergence.is_empty() {
