@@ -412,6 +412,17 @@ impl Telemetry {
     /// The Prometheus registry, built once per scrape (cheap: handles are shared).
     fn registry(&self) -> Registry {
         let mut r = Registry::default();
+        self.register_store_backed(&mut r);
+        self.register_loop(&mut r);
+        self.register_handlers(&mut r);
+        for register in self.extra.0.lock().expect("extra metrics").iter() {
+            register(&mut r);
+        }
+        r
+    }
+
+    /// What a scrape reads from the store: the run counters and what waits.
+    fn register_store_backed(&self, r: &mut Registry) {
         r.register(
             "ordo_events",
             "Delivered events by the decision taken (the run counters; same as --json)",
@@ -453,14 +464,19 @@ impl Telemetry {
             self.last_commit_timestamp.clone(),
         );
         r.register(
-            "ordo_loop_heartbeat_age_seconds",
-            "Time since the run loop last stepped",
-            self.heartbeat_age.clone(),
-        );
-        r.register(
             "ordo_store_readable",
             "1 when this scrape read the store; 0 when it could not (the store-backed values are the last read)",
             self.store_readable.clone(),
+        );
+    }
+
+    /// What the run loop measures as it goes: deliveries, lag, commits, rebalances,
+    /// reordering.
+    fn register_loop(&self, r: &mut Registry) {
+        r.register(
+            "ordo_loop_heartbeat_age_seconds",
+            "Time since the run loop last stepped",
+            self.heartbeat_age.clone(),
         );
         r.register(
             "ordo_source_lag_events",
@@ -492,6 +508,10 @@ impl Telemetry {
             "How many versions ahead of its stream's next one an event arrived (events that arrived ahead of a gap)",
             ArcMetric(self.reorder.clone()),
         );
+    }
+
+    /// The handler pool's calls.
+    fn register_handlers(&self, r: &mut Registry) {
         r.register(
             "ordo_handler_latency_seconds",
             "Time one handler call took (answer or timeout)",
@@ -507,10 +527,6 @@ impl Telemetry {
             "Handler calls out now",
             self.handlers.calling.clone(),
         );
-        for register in self.extra.0.lock().expect("extra metrics").iter() {
-            register(&mut r);
-        }
-        r
     }
 
     /// The metrics as Prometheus text, with what the store said (`None`: it could not be
