@@ -106,13 +106,23 @@ pub fn overview(
     csrf: &str,
     now_ms: u64,
 ) -> String {
-    let mut body = String::new();
-    let last = status.last_commit_ms();
-    body.push_str(&format!(
+    let mut body = health_line(status, now_ms);
+    body.push_str(&pauses(&status.pauses, csrf, now_ms));
+    body.push_str(&running(runs));
+    body.push_str(&positions_table(status, now_ms));
+    body.push_str(&counters_table(status, history));
+    body.push_str(&waiting_table("Waiting longest", status, now_ms));
+    body.push_str(&pause_partition_form(csrf));
+    page("Overview", &body)
+}
+
+/// The one line an operator reads first: last commit, waiting, stalled, dead letters.
+fn health_line(status: &StoreStatus, now_ms: u64) -> String {
+    format!(
         "<p>Last commit <strong>{} ago</strong> · {} events waiting (oldest {}) · \
          <span class=\"{}\">{} streams stalled</span> · \
          <a href=\"/dead-letters\">{} dead letters</a> (oldest {})</p>",
-        age(now_ms, last),
+        age(now_ms, status.last_commit_ms()),
         status.waiting(),
         age(now_ms, status.oldest_waiting_ms),
         if status.counters.stalled > 0 {
@@ -123,7 +133,11 @@ pub fn overview(
         status.counters.stalled,
         status.dead_letters,
         age(now_ms, status.oldest_dead_letter_ms),
-    ));
+    )
+}
+
+/// Each source partition's recorded position and, for the event log, its lag.
+fn positions_table(status: &StoreStatus, now_ms: u64) -> String {
     let positions: Vec<Vec<String>> = status
         .positions
         .iter()
@@ -140,9 +154,7 @@ pub fn overview(
             ]
         })
         .collect();
-    body.push_str(&pauses(&status.pauses, csrf, now_ms));
-    body.push_str(&running(runs));
-    body.push_str(&table(
+    table(
         "Positions",
         &[
             "source",
@@ -152,7 +164,11 @@ pub fn overview(
             "recorded",
         ],
         &positions,
-    ));
+    )
+}
+
+/// The run counters with their recent rate and an hour's sparkline.
+fn counters_table(status: &StoreStatus, history: &crate::history::History) -> String {
     let counters: Vec<Vec<String>> = status
         .counters
         .fields()
@@ -172,14 +188,11 @@ pub fn overview(
             ]
         })
         .collect();
-    body.push_str(&table(
+    table(
         "Decisions (the run counters)",
         &["decision", "events", "per minute (last 5 min)", "last hour"],
         &counters,
-    ));
-    body.push_str(&waiting_table("Waiting longest", status, now_ms));
-    body.push_str(&pause_partition_form(csrf));
-    page("Overview", &body)
+    )
 }
 
 /// What the running consumers' endpoints said: heartbeat, readiness, lag.
@@ -410,25 +423,7 @@ pub fn dead_letters(
     fields: &[String],
     now_ms: u64,
 ) -> String {
-    let field = |label: &str, name: &str, value: &str| {
-        format!(
-            "<label>{label}<input name=\"{name}\" value=\"{}\"></label>",
-            escape(value)
-        )
-    };
-    let mut body = format!(
-        "<form class=\"filters\" method=\"get\" action=\"/dead-letters\">{}{}{}{}{}\
-         <button type=\"submit\">Filter</button></form>",
-        field("Kind", "kind", &filter.kind),
-        field("Stream", "stream", &filter.stream),
-        field("Reason contains", "reason", &filter.reason),
-        field("Event type", "type", &filter.event_type),
-        field(
-            "Older than (minutes)",
-            "older_than_min",
-            &filter.older_than_min
-        ),
-    );
+    let mut body = filter_form(filter);
     let admitted: Vec<&DeadLetter> = entries
         .iter()
         .filter(|e| filter.admits(e, now_ms))
@@ -439,38 +434,8 @@ pub fn dead_letters(
         .iter()
         .skip(page_index * DEAD_LETTER_PAGE_ROWS)
         .take(DEAD_LETTER_PAGE_ROWS);
-    let rows: Vec<Vec<String>> = shown
-        .map(|e| {
-            vec![
-                format!(
-                    "<label class=\"pick\"><input type=\"checkbox\" name=\"id\" value=\"{0}\" \
-                     form=\"selection\"><span>select #{0}</span></label>",
-                    e.id
-                ),
-                format!("<a href=\"/dead-letters/{0}\">#{0}</a>", e.id),
-                escape(e.kind.name()),
-                e.stream.as_deref().map(stream_link).unwrap_or_default(),
-                e.version.map(|v| v.to_string()).unwrap_or_default(),
-                escape(e.event_id.as_deref().unwrap_or_default()),
-                age(now_ms, Some(e.at_ms)),
-                escape(&redact_reason(&e.reason, fields)),
-            ]
-        })
-        .collect();
-    // Every entry the filter admits, on any page: "all of a stream" is a filter by
-    // stream, then this.
-    let all_ids: String = admitted
-        .iter()
-        .take(crate::actions::SELECTION_MAX)
-        .map(|e| format!("<input type=\"hidden\" name=\"id\" value=\"{}\">", e.id))
-        .collect();
-    body.push_str(&format!(
-        "<form id=\"selection\" class=\"filters\" method=\"post\" action=\"/dead-letters/dry-run\">\
-         <button type=\"submit\">Dry run of the selected</button></form>\
-         <form class=\"filters\" method=\"post\" action=\"/dead-letters/dry-run\">{all_ids}\
-         <button type=\"submit\">Dry run of all {} entries shown by the filter</button></form>",
-        admitted.len().min(crate::actions::SELECTION_MAX)
-    ));
+    let rows: Vec<Vec<String>> = shown.map(|e| dead_letter_row(e, fields, now_ms)).collect();
+    body.push_str(&dry_run_forms(&admitted));
     body.push_str(&table(
         &format!(
             "{} entries (page {} of {pages})",
@@ -491,6 +456,64 @@ pub fn dead_letters(
     ));
     body.push_str(&pager(filter, page_index, pages));
     page("Dead letters", &body)
+}
+
+/// The filters of the dead-letter page, filled in as they stand.
+fn filter_form(filter: &DeadLetterFilter) -> String {
+    let field = |label: &str, name: &str, value: &str| {
+        format!(
+            "<label>{label}<input name=\"{name}\" value=\"{}\"></label>",
+            escape(value)
+        )
+    };
+    format!(
+        "<form class=\"filters\" method=\"get\" action=\"/dead-letters\">{}{}{}{}{}\
+         <button type=\"submit\">Filter</button></form>",
+        field("Kind", "kind", &filter.kind),
+        field("Stream", "stream", &filter.stream),
+        field("Reason contains", "reason", &filter.reason),
+        field("Event type", "type", &filter.event_type),
+        field(
+            "Older than (minutes)",
+            "older_than_min",
+            &filter.older_than_min
+        ),
+    )
+}
+
+/// One entry of the dead-letter table, with its selection box.
+fn dead_letter_row(e: &DeadLetter, fields: &[String], now_ms: u64) -> Vec<String> {
+    vec![
+        format!(
+            "<label class=\"pick\"><input type=\"checkbox\" name=\"id\" value=\"{0}\" \
+             form=\"selection\"><span>select #{0}</span></label>",
+            e.id
+        ),
+        format!("<a href=\"/dead-letters/{0}\">#{0}</a>", e.id),
+        escape(e.kind.name()),
+        e.stream.as_deref().map(stream_link).unwrap_or_default(),
+        e.version.map(|v| v.to_string()).unwrap_or_default(),
+        escape(e.event_id.as_deref().unwrap_or_default()),
+        age(now_ms, Some(e.at_ms)),
+        escape(&redact_reason(&e.reason, fields)),
+    ]
+}
+
+/// The dry-run buttons: of the selected entries, and of every entry the filter admits on
+/// any page ("all of a stream" is a filter by stream, then this).
+fn dry_run_forms(admitted: &[&DeadLetter]) -> String {
+    let all_ids: String = admitted
+        .iter()
+        .take(crate::actions::SELECTION_MAX)
+        .map(|e| format!("<input type=\"hidden\" name=\"id\" value=\"{}\">", e.id))
+        .collect();
+    format!(
+        "<form id=\"selection\" class=\"filters\" method=\"post\" action=\"/dead-letters/dry-run\">\
+         <button type=\"submit\">Dry run of the selected</button></form>\
+         <form class=\"filters\" method=\"post\" action=\"/dead-letters/dry-run\">{all_ids}\
+         <button type=\"submit\">Dry run of all {} entries shown by the filter</button></form>",
+        admitted.len().min(crate::actions::SELECTION_MAX)
+    )
 }
 
 /// The event body, parsed when it parses, with `fields` redacted.
@@ -650,9 +673,40 @@ pub fn action_result(what: &str, succeeded: bool, said: &str, back: &str) -> Str
 pub fn stream(view: &StreamView, fields: &[String], csrf: &str, now_ms: u64) -> String {
     let applied = view.record.as_ref().map_or(0, |r| r.applied);
     let mut body = format!("<p>Applied version <strong>{applied}</strong></p>");
+    body.push_str(&pause_section(view, csrf, now_ms));
+    body.push_str(&document_section(view, fields));
+    let next_dead = view
+        .dead_letters
+        .iter()
+        .find(|d| d.version == Some(applied + 1));
+    body.push_str(&waiting_section(view, applied, next_dead));
+    body.push_str(&skip_missing_form(view, csrf, applied, next_dead));
+    let dead: Vec<Vec<String>> = view
+        .dead_letters
+        .iter()
+        .map(|d| {
+            vec![
+                format!("<a href=\"/dead-letters/{0}\">#{0}</a>", d.id),
+                d.version.map(|v| v.to_string()).unwrap_or_default(),
+                age(now_ms, Some(d.at_ms)),
+                escape(&redact_reason(&d.reason, fields)),
+            ]
+        })
+        .collect();
+    body.push_str(&table(
+        "Dead letters",
+        &["entry", "version", "first seen", "reason"],
+        &dead,
+    ));
+    body.push_str(&journal_table("Journal", &view.journal, fields));
+    page(&format!("Stream {}", view.stream), &body)
+}
+
+/// Who paused the stream and the resume button, or the pause button.
+fn pause_section(view: &StreamView, csrf: &str, now_ms: u64) -> String {
     let href = stream_href(&view.stream);
     match &view.paused {
-        Some(pause) => body.push_str(&format!(
+        Some(pause) => format!(
             "<p class=\"bad\" role=\"status\">Paused by {} {} ago: {}. Its events wait, \
              durable, until it is resumed.</p>{}",
             escape(&pause.user),
@@ -664,14 +718,18 @@ pub fn stream(view: &StreamView, fields: &[String], csrf: &str, now_ms: u64) -> 
                 "Resume this stream",
                 "Reason for the resume"
             )
-        )),
-        None => body.push_str(&reason_form(
+        ),
+        None => reason_form(
             &format!("{href}/pause"),
             csrf,
             "Pause this stream",
             "Reason for the pause (its events wait until it is resumed)",
-        )),
+        ),
     }
+}
+
+/// The document (redacted) and, for a stream merged away, where it went.
+fn document_section(view: &StreamView, fields: &[String]) -> String {
     let document = match &view.document {
         None => "no document yet".to_string(),
         Some(Document::Deleted) => "deleted (a tombstone)".to_string(),
@@ -680,23 +738,24 @@ pub fn stream(view: &StreamView, fields: &[String], csrf: &str, now_ms: u64) -> 
             escape(&serde_json::to_string_pretty(&redact(value, fields)).unwrap_or_default())
         ),
     };
-    body.push_str(&format!("<h2>Document</h2>{document}"));
+    let mut section = format!("<h2>Document</h2>{document}");
     if !view.alias_chain.is_empty() {
         let chain: Vec<String> = view
             .alias_chain
             .iter()
             .map(|(target, cut)| format!("{} (cut at version {cut})", stream_link(target)))
             .collect();
-        body.push_str(&format!(
+        section.push_str(&format!(
             "<h2>Merged into</h2><p>{} → {}</p>",
             escape(&view.stream),
             chain.join(" → ")
         ));
     }
-    let next_dead = view
-        .dead_letters
-        .iter()
-        .find(|d| d.version == Some(applied + 1));
+    section
+}
+
+/// Each waiting event with the reason it waits.
+fn waiting_section(view: &StreamView, applied: u64, next_dead: Option<&DeadLetter>) -> String {
     let waiting: Vec<Vec<String>> = view
         .waiting
         .iter()
@@ -723,46 +782,37 @@ pub fn stream(view: &StreamView, fields: &[String], csrf: &str, now_ms: u64) -> 
             vec![p.version.to_string(), why]
         })
         .collect();
-    body.push_str(&table("What waits, and why", &["version", "why"], &waiting));
-    // Only a version no record holds can be passed over (the engine refuses otherwise).
+    table("What waits, and why", &["version", "why"], &waiting)
+}
+
+/// The form that passes over a missing version, when one is missing. Only a version no
+/// record holds can be passed over (the engine refuses otherwise).
+fn skip_missing_form(
+    view: &StreamView,
+    csrf: &str,
+    applied: u64,
+    next_dead: Option<&DeadLetter>,
+) -> String {
     let gap = next_dead.is_none()
         && !view.waiting.iter().any(|p| p.version == applied + 1)
         && view
             .waiting
             .iter()
             .any(|p| p.state != PendingState::Skipped && p.version > applied + 1);
-    if gap {
-        body.push_str(&format!(
-            "<form class=\"act\" method=\"post\" action=\"{}/skip-missing\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <input type=\"hidden\" name=\"version\" value=\"{}\">\
-             <label>Reason it is known lost (kept with the action)<input name=\"reason\" required size=\"60\"></label>\
-             <button type=\"submit\">Pass over missing version {}</button></form>",
-            escape(&stream_href(&view.stream)),
-            escape(csrf),
-            applied + 1,
-            applied + 1,
-        ));
+    if !gap {
+        return String::new();
     }
-    let dead: Vec<Vec<String>> = view
-        .dead_letters
-        .iter()
-        .map(|d| {
-            vec![
-                format!("<a href=\"/dead-letters/{0}\">#{0}</a>", d.id),
-                d.version.map(|v| v.to_string()).unwrap_or_default(),
-                age(now_ms, Some(d.at_ms)),
-                escape(&redact_reason(&d.reason, fields)),
-            ]
-        })
-        .collect();
-    body.push_str(&table(
-        "Dead letters",
-        &["entry", "version", "first seen", "reason"],
-        &dead,
-    ));
-    body.push_str(&journal_table("Journal", &view.journal, fields));
-    page(&format!("Stream {}", view.stream), &body)
+    format!(
+        "<form class=\"act\" method=\"post\" action=\"{}/skip-missing\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <input type=\"hidden\" name=\"version\" value=\"{}\">\
+         <label>Reason it is known lost (kept with the action)<input name=\"reason\" required size=\"60\"></label>\
+         <button type=\"submit\">Pass over missing version {}</button></form>",
+        escape(&stream_href(&view.stream)),
+        escape(csrf),
+        applied + 1,
+        applied + 1,
+    )
 }
 
 fn journal_table(caption: &str, entries: &[JournalEntry], fields: &[String]) -> String {
