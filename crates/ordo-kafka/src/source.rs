@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ordo_core::SourcePosition;
-use ordo_runtime::{Polled, Source, SourceError};
+use ordo_runtime::{Delivery, Polled, Source, SourceError};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -132,6 +132,61 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
+    /// Hands a rebalance to the run loop, which answers it with its checkpoints
+    /// ([`Source::complete_rebalance`]).
+    fn answer_rebalance(&mut self, rebalance: Rebalance) -> Polled {
+        let polled = match &rebalance {
+            Rebalance::Revoke(p) => Polled::Revoked(p.iter().map(|&p| p as u32).collect()),
+            Rebalance::Assign(p) => Polled::Assigned(p.iter().map(|&p| p as u32).collect()),
+        };
+        self.answering = Some(rebalance);
+        polled
+    }
+
+    /// Reads one message (or end-of-partition mark) into `events`. False when the read
+    /// should stop: nothing came within `timeout`, or an error came with nothing read
+    /// and the deadline past.
+    fn read_one(
+        &mut self,
+        timeout: Duration,
+        deadline: Instant,
+        events: &mut Vec<Delivery>,
+    ) -> bool {
+        match self.consumer.poll(timeout) {
+            None => return false,
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                let Some(eof) = self.assigned.get_mut(&partition) else {
+                    // Fetched for an assignment that has since been taken back.
+                    return true;
+                };
+                *eof = false;
+                self.last_message = Instant::now();
+                events.push((
+                    SourcePosition {
+                        partition: partition as u32,
+                        offset: message.offset() as u64,
+                    },
+                    message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    message.key().map(<[u8]>::to_vec),
+                ));
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                if let Some(eof) = self.assigned.get_mut(&partition) {
+                    *eof = true;
+                }
+            }
+            Some(Err(error)) => {
+                // librdkafka retries transport errors itself; report and go on.
+                tracing::warn!("kafka: {error}");
+                if events.is_empty() && Instant::now() >= deadline {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// Joins the group. Fails with a clear error when the broker does not answer within
     /// [`BROKER_WAIT_MS`] or the topic does not exist.
     pub fn open(url: &KafkaUrl, idle_ms: u64) -> Result<Self, SourceError> {
@@ -326,26 +381,17 @@ impl Source for KafkaSource {
         loop {
             if self.answering.is_none() {
                 if let Some(rebalance) = self.next_rebalance() {
-                    if !events.is_empty() {
-                        // Hand over what was read first; the rebalance comes next call.
-                        self.consumer
-                            .context()
-                            .pending
-                            .lock()
-                            .expect("rebalance queue")
-                            .push_front(rebalance);
-                        break;
+                    if events.is_empty() {
+                        return Ok(self.answer_rebalance(rebalance));
                     }
-                    let polled = match &rebalance {
-                        Rebalance::Revoke(p) => {
-                            Polled::Revoked(p.iter().map(|&p| p as u32).collect())
-                        }
-                        Rebalance::Assign(p) => {
-                            Polled::Assigned(p.iter().map(|&p| p as u32).collect())
-                        }
-                    };
-                    self.answering = Some(rebalance);
-                    return Ok(polled);
+                    // Hand over what was read first; the rebalance comes next call.
+                    self.consumer
+                        .context()
+                        .pending
+                        .lock()
+                        .expect("rebalance queue")
+                        .push_front(rebalance);
+                    break;
                 }
             }
             if events.len() >= max {
@@ -356,37 +402,8 @@ impl Source for KafkaSource {
             } else {
                 Duration::ZERO
             };
-            match self.consumer.poll(timeout) {
-                None => break,
-                Some(Ok(message)) => {
-                    let partition = message.partition();
-                    let Some(eof) = self.assigned.get_mut(&partition) else {
-                        // Fetched for an assignment that has since been taken back.
-                        continue;
-                    };
-                    *eof = false;
-                    self.last_message = Instant::now();
-                    events.push((
-                        SourcePosition {
-                            partition: partition as u32,
-                            offset: message.offset() as u64,
-                        },
-                        message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                        message.key().map(<[u8]>::to_vec),
-                    ));
-                }
-                Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    if let Some(eof) = self.assigned.get_mut(&partition) {
-                        *eof = true;
-                    }
-                }
-                Some(Err(error)) => {
-                    // librdkafka retries transport errors itself; report and go on.
-                    tracing::warn!("kafka: {error}");
-                    if events.is_empty() && Instant::now() >= deadline {
-                        break;
-                    }
-                }
+            if !self.read_one(timeout, deadline, &mut events) {
+                break;
             }
             if events.is_empty() && Instant::now() >= deadline {
                 break;
