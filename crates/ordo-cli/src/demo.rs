@@ -88,25 +88,45 @@ fn run_scenario(
 ) -> anyhow::Result<(usize, Outcome)> {
     let history = scenario.history(args.seed, args.events);
     let deliveries = scenario.deliveries(args.seed, &history);
-    let log_path = scratch.dir.join(format!("{}-log.db", scenario.name()));
-    let store_path = scratch.dir.join(format!("{}-state.db", scenario.name()));
-    let log_path = log_path
-        .to_str()
-        .context("scratch path is UTF-8")?
-        .to_string();
-    let store_path = store_path
-        .to_str()
-        .context("scratch path is UTF-8")?
-        .to_string();
-
+    let scratch_path = |suffix: &str| -> anyhow::Result<String> {
+        let path = scratch.dir.join(format!("{}-{suffix}", scenario.name()));
+        Ok(path.to_str().context("scratch path is UTF-8")?.to_string())
+    };
+    let log_path = scratch_path("log.db")?;
+    let store_path = scratch_path("state.db")?;
     // Saved to the embedded log in delivery order: the disorder is in the log itself.
     let mut log = EventLog::open(&log_path, true)?;
     let lines: Vec<String> = deliveries.iter().map(|e| e.to_json_string()).collect();
     log.append_lines(lines.iter().map(String::as_str))?;
     drop(log);
+    let (counters, dead_letters, actual) =
+        crash_and_restart(&log_path, &store_path, deliveries.len() as u64, args.json)?;
+    let expected = oracle::run(&history);
+    let naive = naive::run(&deliveries);
+    Ok((
+        history.len(),
+        Outcome {
+            deliveries: deliveries.len(),
+            entities: expected.len(),
+            divergence: compare(&expected, &actual, true),
+            naive_wrong: count_wrong(&expected, &naive, false),
+            counters,
+            dead_letters,
+        },
+    ))
+}
 
+/// Consumes the log into the store with the real runtime: a first run killed half-way
+/// (what it had not committed is lost, as with kill -9), then a restart until idle.
+/// Returns the run's counters, the dead letters and the export.
+fn crash_and_restart(
+    log_path: &str,
+    store_path: &str,
+    deliveries: u64,
+    json: bool,
+) -> anyhow::Result<(ordo_core::Counters, usize, ordo_sim::Export)> {
     let source_key = format!("log:{log_path}");
-    let progress = !args.json && deliveries.len() >= 50_000;
+    let progress = !json && deliveries >= 50_000;
     // One run of the real runtime on a freshly opened store: a restart each time.
     let options = RunOptions {
         exit_when_idle: true,
@@ -115,14 +135,13 @@ fn run_scenario(
         ..RunOptions::default()
     };
     let open = || -> anyhow::Result<(Consumer<SqliteStore>, LogSource)> {
-        let store = SqliteStore::open(&store_path, true)?;
+        let store = SqliteStore::open(store_path, true)?;
         let mut consumer = Consumer::open(store, &source_key, Config::default())?;
         consumer.verbose = false;
-        Ok((consumer, LogSource::open(&log_path)?))
+        Ok((consumer, LogSource::open(log_path)?))
     };
-    // First run: crash half-way; what it had not committed is lost, as with kill -9.
     let (mut consumer, source) = open()?;
-    let mut source = CrashAfter::new(source, deliveries.len() as u64 / 2);
+    let mut source = CrashAfter::new(source, deliveries / 2);
     let crashed = ordo_runtime::run(
         &mut consumer,
         &mut source,
@@ -144,19 +163,7 @@ fn run_scenario(
     )?;
     let store = consumer.store();
     let actual = ordo_sim::export::from_store(store.export()?);
-    let expected = oracle::run(&history);
-    let naive = naive::run(&deliveries);
-    Ok((
-        history.len(),
-        Outcome {
-            deliveries: deliveries.len(),
-            entities: expected.len(),
-            divergence: compare(&expected, &actual, true),
-            naive_wrong: count_wrong(&expected, &naive, false),
-            counters: report.counters,
-            dead_letters: store.dead_letters()?.len(),
-        },
-    ))
+    Ok((report.counters, store.dead_letters()?.len(), actual))
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -171,40 +178,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let converged = outcome.divergence.is_empty();
         all_converged &= converged;
         if !args.json {
-            let c = outcome.counters;
-            outln!(
-                "   {events} events saved to the embedded log as {} deliveries ({} extra copies), {} entities;",
-                outcome.deliveries,
-                outcome.deliveries - events,
-                outcome.entities
-            );
-            outln!("   consumed into SQLite with a crash half-way (the uncommitted batch lost) and a restart");
-            outln!(
-                "   absorbed: dedupe {} duplicates | version guard {} stale | gap buffer {} buffered | dependency wait {} parked, {} released",
-                c.duplicate, c.stale, c.buffered, c.parked, c.released
-            );
-            outln!(
-                "             alias redirect {} redirected, {} late after merge | dead letters {} | stalled {}",
-                c.redirected, c.late_after_merge, outcome.dead_letters, c.stalled
-            );
-            if converged {
-                outln!(
-                    "   ordo:  all {} entities equal the in-order oracle",
-                    outcome.entities
-                );
-            } else {
-                outln!(
-                    "   ordo:  DIVERGED on {} entities; rerun with --seed {}\n{}",
-                    outcome.divergence.streams.len(),
-                    args.seed,
-                    outcome.divergence
-                );
-            }
-            outln!(
-                "   naive: {} of {} entities wrong (arrival order, no guard)\n",
-                outcome.naive_wrong,
-                outcome.entities
-            );
+            print_scenario(events, &outcome, args.seed);
         }
         reports.push(json!({
             "scenario": scenario.name(),
@@ -243,6 +217,47 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         outln!("NOT converged: see the scenarios above");
     }
     Ok(exit_code(all_converged))
+}
+
+/// One scenario's outcome for humans: what was absorbed, and against the oracle.
+fn print_scenario(events: usize, outcome: &Outcome, seed: u64) {
+    let converged = outcome.divergence.is_empty();
+    let c = outcome.counters;
+    outln!(
+            "   {events} events saved to the embedded log as {} deliveries ({} extra copies), {} entities;",
+            outcome.deliveries,
+            outcome.deliveries - events,
+            outcome.entities
+        );
+    outln!(
+        "   consumed into SQLite with a crash half-way (the uncommitted batch lost) and a restart"
+    );
+    outln!(
+            "   absorbed: dedupe {} duplicates | version guard {} stale | gap buffer {} buffered | dependency wait {} parked, {} released",
+            c.duplicate, c.stale, c.buffered, c.parked, c.released
+        );
+    outln!(
+            "             alias redirect {} redirected, {} late after merge | dead letters {} | stalled {}",
+            c.redirected, c.late_after_merge, outcome.dead_letters, c.stalled
+        );
+    if converged {
+        outln!(
+            "   ordo:  all {} entities equal the in-order oracle",
+            outcome.entities
+        );
+    } else {
+        outln!(
+            "   ordo:  DIVERGED on {} entities; rerun with --seed {}\n{}",
+            outcome.divergence.streams.len(),
+            seed,
+            outcome.divergence
+        );
+    }
+    outln!(
+        "   naive: {} of {} entities wrong (arrival order, no guard)\n",
+        outcome.naive_wrong,
+        outcome.entities
+    );
 }
 
 fn exit_code(converged: bool) -> ExitCode {
