@@ -374,28 +374,7 @@ fn awaited(waits_for: &WaitsFor) -> String {
 
 pub fn parked(args: ParkedListArgs) -> anyhow::Result<ExitCode> {
     let mut store = open_read_only(&args.store)?;
-    let (config, _) = operator_config(
-        &crate::cli::EngineArgs {
-            gap_timeout_ms: None,
-            monotonic: Vec::new(),
-            dedupe_window_ids: None,
-            stream_pending_events_max: None,
-        },
-        &mut store,
-    )?;
-    let mut engine = Engine::restore(config, store.snapshot(OPERATOR_SOURCE)?, now_ms());
-    for pause in store.pauses()? {
-        if let ordo_store::PauseTarget::Stream(stream) = pause.target {
-            engine.pause(&stream);
-        }
-    }
-    // Parked streams stay in the store after a restore (spilled): bring them back to list.
-    engine.request_all_spilled();
-    while let Some(load) = engine.poll_load() {
-        let loaded = store.load_pending(&load)?;
-        engine.handle_loaded(now_ms(), &load, loaded);
-    }
-    let mut waiting = engine.waiting();
+    let mut waiting = waiting_now(&mut store)?;
     if let Some(stream) = &args.stream {
         waiting.retain(|w| &*w.stream == stream.as_str());
     }
@@ -417,29 +396,7 @@ pub fn parked(args: ParkedListArgs) -> anyhow::Result<ExitCode> {
         outln!("nothing is waiting");
         return Ok(ExitCode::SUCCESS);
     }
-    // The summary: by what is awaited, the most events first.
-    let mut groups: std::collections::BTreeMap<String, (std::collections::BTreeSet<&str>, usize)> =
-        std::collections::BTreeMap::new();
-    for event in &waiting {
-        let group = groups.entry(awaited(&event.waits_for)).or_default();
-        group.0.insert(&event.stream);
-        group.1 += 1;
-    }
-    let mut groups: Vec<_> = groups.into_iter().collect();
-    groups.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then(a.0.cmp(&b.0)));
-    let streams: std::collections::BTreeSet<&str> = waiting.iter().map(|w| &*w.stream).collect();
-    outln!(
-        "{} events wait in {} streams; by what they wait for:",
-        waiting.len(),
-        streams.len()
-    );
-    for (what, (streams, events)) in &groups {
-        outln!(
-            "  {events:>8} events in {:>6} streams: {what}",
-            streams.len()
-        );
-    }
-    outln!();
+    print_waiting_summary(&waiting);
     for event in listed {
         outln!(
             "{} v{} ({}): {}",
@@ -453,6 +410,59 @@ pub fn parked(args: ParkedListArgs) -> anyhow::Result<ExitCode> {
         outln!("… {} more (--limit)", waiting.len() - listed.len());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every waiting event as the engine restored from the store sees it, pauses included
+/// and spilled streams brought back.
+fn waiting_now(store: &mut ordo_store::AnyStore) -> anyhow::Result<Vec<ordo_core::WaitingEvent>> {
+    let (config, _) = operator_config(
+        &crate::cli::EngineArgs {
+            gap_timeout_ms: None,
+            monotonic: Vec::new(),
+            dedupe_window_ids: None,
+            stream_pending_events_max: None,
+        },
+        store,
+    )?;
+    let mut engine = Engine::restore(config, store.snapshot(OPERATOR_SOURCE)?, now_ms());
+    for pause in store.pauses()? {
+        if let ordo_store::PauseTarget::Stream(stream) = pause.target {
+            engine.pause(&stream);
+        }
+    }
+    // Parked streams stay in the store after a restore (spilled): bring them back to list.
+    engine.request_all_spilled();
+    while let Some(load) = engine.poll_load() {
+        let loaded = store.load_pending(&load)?;
+        engine.handle_loaded(now_ms(), &load, loaded);
+    }
+    Ok(engine.waiting())
+}
+
+/// The summary: by what is awaited, the most events first.
+fn print_waiting_summary(waiting: &[ordo_core::WaitingEvent]) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut groups: BTreeMap<String, (BTreeSet<&str>, usize)> = BTreeMap::new();
+    for event in waiting {
+        let group = groups.entry(awaited(&event.waits_for)).or_default();
+        group.0.insert(&event.stream);
+        group.1 += 1;
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then(a.0.cmp(&b.0)));
+    let streams: BTreeSet<&str> = waiting.iter().map(|w| &*w.stream).collect();
+    outln!(
+        "{} events wait in {} streams; by what they wait for:",
+        waiting.len(),
+        streams.len()
+    );
+    for (what, (streams, events)) in &groups {
+        outln!(
+            "  {events:>8} events in {:>6} streams: {what}",
+            streams.len()
+        );
+    }
+    outln!();
 }
 
 /// `ordo parked skip`: passes one missing version known lost, with the operator's reason.

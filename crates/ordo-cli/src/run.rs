@@ -67,6 +67,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(telemetry) = telemetry {
         consumer.set_telemetry(telemetry);
     }
+    let options = run_options(&args)?;
+    // From here on the store holds what the run did, whatever becomes of it.
+    created.keep();
+    let (report, mut consumer) = match run_serving(consumer, source, options, endpoint) {
+        Ok(done) => done,
+        Err(error) => {
+            tracing::error!("run failed, nothing of the failed batch was written: {error}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    report_end(&args, &report, &mut consumer)
+}
+
+/// How the run loop batches and when it stops, from the flags.
+fn run_options(args: &RunArgs) -> anyhow::Result<RunOptions> {
     let mut options = RunOptions {
         exit_when_idle: args.exit_when_idle,
         progress: args.progress,
@@ -79,16 +94,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(interval) = args.commit_interval_ms {
         options.commit_interval_ms = interval;
     }
-    // From here on the store holds what the run did, whatever becomes of it.
-    created.keep();
-    let (report, mut consumer) = match run_serving(consumer, source, options, endpoint) {
-        Ok(done) => done,
-        Err(error) => {
-            tracing::error!("run failed, nothing of the failed batch was written: {error}");
-            return Ok(ExitCode::from(1));
-        }
-    };
-    report_end(&args, &report, &mut consumer)
+    Ok(options)
 }
 
 /// `--metrics`: the telemetry the run reports to, checked against the handler's timeout.
