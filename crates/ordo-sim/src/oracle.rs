@@ -24,88 +24,102 @@ pub fn run(history: &[Event]) -> Export {
 /// stream's version moves past them, and nothing else happens (no `after` is waited for,
 /// no document changes).
 pub fn run_skipping(history: &[Event], skipped: &HashSet<Box<str>>) -> Export {
-    let projection = DocumentProjection;
-    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
-    let mut documents: HashMap<String, Option<Document>> = HashMap::new();
-    let mut aliases: HashMap<String, String> = HashMap::new();
-    let mut blocked: HashSet<String> = HashSet::new();
-    let resolve = |aliases: &HashMap<String, String>, stream: &str| {
-        let mut current = stream.to_string();
-        while let Some(next) = aliases.get(&current) {
-            current = next.clone();
-        }
-        current
-    };
+    let mut oracle = InOrder::default();
     for event in history {
         let stream = event.stream.to_string();
-        let applied = versions.get(&stream).copied().unwrap_or(0);
-        if blocked.contains(&stream) || event.version != applied + 1 {
-            blocked.insert(stream);
+        let applied = oracle.versions.get(&stream).copied().unwrap_or(0);
+        if oracle.blocked.contains(&stream) || event.version != applied + 1 {
+            oracle.blocked.insert(stream);
             continue;
         }
         if skipped.contains(&event.id) {
-            versions.insert(stream, event.version);
+            oracle.versions.insert(stream, event.version);
             continue;
         }
         let deps_met = event
             .after
             .iter()
-            .all(|d| versions.get(&*d.stream).copied().unwrap_or(0) >= d.version);
+            .all(|d| oracle.versions.get(&*d.stream).copied().unwrap_or(0) >= d.version);
         if !deps_met {
-            blocked.insert(stream);
+            oracle.blocked.insert(stream);
             continue;
         }
-        let target = resolve(&aliases, &stream);
+        let target = oracle.resolve(&stream);
         let ok = match &event.op {
-            Op::Merge { from } => {
-                let valid = from.iter().all(|source| {
-                    event.cut_for(source).is_some()
-                        && !aliases.contains_key(&**source)
-                        && **source != *target
-                });
-                if valid {
-                    let mut folded = documents.get(&target).cloned().flatten();
-                    let mut ok = true;
-                    for source in from {
-                        let source_doc = documents.get(&**source).cloned().flatten();
-                        if projection.fold(&mut folded, source_doc).is_err() {
-                            ok = false;
-                            break;
-                        }
-                    }
-                    if ok {
-                        documents.insert(target.clone(), folded);
-                        for source in from {
-                            documents.insert(source.to_string(), None);
-                            aliases.insert(source.to_string(), stream.clone());
-                        }
-                    }
-                    ok
-                } else {
-                    false
-                }
-            }
+            Op::Merge { from } => oracle.merge(event, &stream, &target, from),
             _ => {
-                let document = documents.entry(target).or_insert(None);
-                projection.apply(document, event).is_ok()
+                let document = oracle.documents.entry(target).or_insert(None);
+                DocumentProjection.apply(document, event).is_ok()
             }
         };
         if ok {
-            versions.insert(stream, event.version);
+            oracle.versions.insert(stream, event.version);
         } else {
-            blocked.insert(stream);
+            oracle.blocked.insert(stream);
         }
     }
-    let mut export = Export::new();
-    for (stream, version) in versions {
-        let target = resolve(&aliases, &stream);
-        let merged_into = (target != stream).then_some(target);
-        export.insert(
-            stream.clone(),
-            row(version, merged_into, documents.get(&stream)),
-        );
+    oracle.export()
+}
+
+/// The in-order consumer's state: each stream's version, the documents, the aliases of
+/// streams merged away, and the streams stopped for good (a gap, a refused event).
+#[derive(Default)]
+struct InOrder {
+    versions: BTreeMap<String, u64>,
+    documents: HashMap<String, Option<Document>>,
+    aliases: HashMap<String, String>,
+    blocked: HashSet<String>,
+}
+
+impl InOrder {
+    /// Where `stream`'s events go: the end of its alias chain.
+    fn resolve(&self, stream: &str) -> String {
+        let mut current = stream.to_string();
+        while let Some(next) = self.aliases.get(&current) {
+            current = next.clone();
+        }
+        current
     }
-    export
+
+    /// Folds `from` into `target` (the document of `stream`, the merge's own stream).
+    /// False when the merge is refused: a source without a cut, merged away already, or
+    /// the target itself, or a fold the projection refuses.
+    fn merge(&mut self, event: &Event, stream: &str, target: &str, from: &[Box<str>]) -> bool {
+        let valid = from.iter().all(|source| {
+            event.cut_for(source).is_some()
+                && !self.aliases.contains_key(&**source)
+                && **source != *target
+        });
+        if !valid {
+            return false;
+        }
+        let mut folded = self.documents.get(target).cloned().flatten();
+        for source in from {
+            let source_doc = self.documents.get(&**source).cloned().flatten();
+            if DocumentProjection.fold(&mut folded, source_doc).is_err() {
+                return false;
+            }
+        }
+        self.documents.insert(target.to_string(), folded);
+        for source in from {
+            self.documents.insert(source.to_string(), None);
+            self.aliases.insert(source.to_string(), stream.to_string());
+        }
+        true
+    }
+
+    fn export(&self) -> Export {
+        let mut export = Export::new();
+        for (stream, version) in &self.versions {
+            let target = self.resolve(stream);
+            let merged_into = (target != *stream).then_some(target);
+            export.insert(
+                stream.clone(),
+                row(*version, merged_into, self.documents.get(stream)),
+            );
+        }
+        export
+    }
 }
 
 /// Builds an export row from a document.
