@@ -87,84 +87,106 @@ pub fn random_history(seed: u64, shape: Shape) -> Vec<Event> {
                 });
             }
         }
-        let merge_sources: Vec<usize> = if !model[i].merged_away && rng.chance(shape.merge_percent)
-        {
-            let candidates: Vec<usize> = (0..shape.streams)
-                .filter(|&j| j != i && !model[j].merged_away && model[j].version > 0)
-                .collect();
-            let mut chosen = Vec::new();
-            let wanted = 1 + rng.index(2);
-            for _ in 0..wanted.min(candidates.len()) {
-                let j = candidates[rng.index(candidates.len())];
-                if !chosen.contains(&j) {
-                    chosen.push(j);
-                }
-            }
-            chosen
+        let merge_sources = if !model[i].merged_away && rng.chance(shape.merge_percent) {
+            pick_merge_sources(&mut rng, &model, i)
         } else {
             Vec::new()
         };
         let (op, data, event_type) = if !merge_sources.is_empty() {
-            after.retain(|d| !merge_sources.iter().any(|&j| *d.stream == *names[j]));
-            for &j in &merge_sources {
-                after.push(Dependency {
-                    stream: names[j].clone().into(),
-                    version: model[j].version,
-                });
-                model[j].merged_away = true;
-                model[j].incr_only = true;
-            }
-            model[i].incr_only = true;
-            let from: Vec<Value> = merge_sources
-                .iter()
-                .map(|&j| Value::from(names[j].clone()))
-                .collect();
-            let op = Op::Merge {
-                from: merge_sources
-                    .iter()
-                    .map(|&j| names[j].clone().into())
-                    .collect(),
-            };
-            (op, json!({ "from": from }), "Merged")
-        } else if model[i].incr_only || rng.chance(40) {
-            let mut data = Map::new();
-            data.insert(
-                format!("n{}", rng.index(3)),
-                Value::from(rng.range(1, 9) as i64 - 3),
-            );
-            if rng.chance(30) {
-                data.insert(
-                    format!("n{}", rng.index(3)),
-                    Value::from(rng.range(1, 5) as i64),
-                );
-            }
-            (Op::Incr, Value::Object(data), "Counted")
-        } else if rng.chance(shape.delete_percent * 100 / 60) {
-            (Op::Delete, Value::Null, "Deleted")
-        } else if rng.chance(50) {
-            let data = json!({
-                "s0": format!("v{}", rng.below(100)),
-                "n0": rng.below(50) as i64,
-                "tags": [format!("t{}", rng.below(5))],
-                "o": { "k": rng.below(10) as i64 },
-            });
-            (Op::Set, data, "Set")
+            merge_op(&merge_sources, &names, &mut model, i, &mut after)
         } else {
-            let value = if rng.chance(20) {
-                Value::Null
-            } else {
-                Value::from(format!("p{}", rng.below(100)))
-            };
-            (
-                Op::Patch,
-                json!({ "s1": value, "o": { "q": rng.below(10) as i64 } }),
-                "Patched",
-            )
+            plain_op(&mut rng, model[i].incr_only, shape.delete_percent)
         };
         model[i].version = version;
         history.push(event(id, &names[i], version, event_type, op, data, after));
     }
     history
+}
+
+/// One or two other live streams, with versions, for stream `i` to merge.
+fn pick_merge_sources(rng: &mut Rng, model: &[StreamModel], i: usize) -> Vec<usize> {
+    let candidates: Vec<usize> = (0..model.len())
+        .filter(|&j| j != i && !model[j].merged_away && model[j].version > 0)
+        .collect();
+    let mut chosen = Vec::new();
+    let wanted = 1 + rng.index(2);
+    for _ in 0..wanted.min(candidates.len()) {
+        let j = candidates[rng.index(candidates.len())];
+        if !chosen.contains(&j) {
+            chosen.push(j);
+        }
+    }
+    chosen
+}
+
+/// Stream `i` merges `sources`, cut at their current versions (which `after` carries);
+/// from then on the sources and the target only receive `incr`, which commutes with
+/// folding (see the module's note on fair checks).
+fn merge_op(
+    sources: &[usize],
+    names: &[String],
+    model: &mut [StreamModel],
+    i: usize,
+    after: &mut Vec<Dependency>,
+) -> (Op, Value, &'static str) {
+    after.retain(|d| !sources.iter().any(|&j| *d.stream == *names[j]));
+    for &j in sources {
+        after.push(Dependency {
+            stream: names[j].clone().into(),
+            version: model[j].version,
+        });
+        model[j].merged_away = true;
+        model[j].incr_only = true;
+    }
+    model[i].incr_only = true;
+    let from: Vec<Value> = sources
+        .iter()
+        .map(|&j| Value::from(names[j].clone()))
+        .collect();
+    let op = Op::Merge {
+        from: sources.iter().map(|&j| names[j].clone().into()).collect(),
+    };
+    (op, json!({ "from": from }), "Merged")
+}
+
+/// An `incr` (always, once the stream took part in a merge), a `delete`, a `set` or a
+/// `patch`.
+fn plain_op(rng: &mut Rng, incr_only: bool, delete_percent: u64) -> (Op, Value, &'static str) {
+    if incr_only || rng.chance(40) {
+        let mut data = Map::new();
+        data.insert(
+            format!("n{}", rng.index(3)),
+            Value::from(rng.range(1, 9) as i64 - 3),
+        );
+        if rng.chance(30) {
+            data.insert(
+                format!("n{}", rng.index(3)),
+                Value::from(rng.range(1, 5) as i64),
+            );
+        }
+        (Op::Incr, Value::Object(data), "Counted")
+    } else if rng.chance(delete_percent * 100 / 60) {
+        (Op::Delete, Value::Null, "Deleted")
+    } else if rng.chance(50) {
+        let data = json!({
+            "s0": format!("v{}", rng.below(100)),
+            "n0": rng.below(50) as i64,
+            "tags": [format!("t{}", rng.below(5))],
+            "o": { "k": rng.below(10) as i64 },
+        });
+        (Op::Set, data, "Set")
+    } else {
+        let value = if rng.chance(20) {
+            Value::Null
+        } else {
+            Value::from(format!("p{}", rng.below(100)))
+        };
+        (
+            Op::Patch,
+            json!({ "s1": value, "o": { "q": rng.below(10) as i64 } }),
+            "Patched",
+        )
+    }
 }
 
 /// How a history reaches the consumer.
