@@ -376,76 +376,102 @@ pub fn parse_object(object: Map<String, Value>, policy: OpPolicy) -> Result<Even
         None | Some(Value::Null) => Err(EnvelopeError::MissingField { field: "version" }),
         Some(value) => version_of(&value),
     };
+    let (id, stream, version) = match (id, stream, version) {
+        (Ok(id), Ok(stream), Ok(version)) => (id, stream, version),
+        (id, stream, version) => return Err(unroutable(id, stream, version)),
+    };
     // Routing is only copied out when something is wrong.
     let fail = |error: EnvelopeError| ParseError {
         error,
         routing: Routing {
-            id: id.as_ref().ok().cloned(),
-            stream: stream.as_ref().ok().cloned(),
-            version: version.as_ref().ok().copied(),
+            id: Some(id.clone()),
+            stream: Some(stream.clone()),
+            version: Some(version),
         },
     };
-    let (stream_ok, version_ok) = match (&id, &stream, &version) {
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(fail(e.clone())),
-        (Ok(_), Ok(stream), Ok(version)) => (stream, *version),
-    };
-    let event_type = match fields.event_type {
-        None | Some(Value::Null) => {
-            return Err(fail(EnvelopeError::MissingField { field: "type" }))
-        }
-        Some(Value::String(s)) => s.into_boxed_str(),
-        Some(_) => {
-            return Err(fail(EnvelopeError::WrongType {
-                field: "type",
-                expected: "a string",
-            }))
-        }
-    };
-    let op_name = match fields.op {
-        None | Some(Value::Null) => return Err(fail(EnvelopeError::MissingField { field: "op" })),
-        Some(Value::String(s)) => s,
-        Some(_) => {
-            return Err(fail(EnvelopeError::WrongType {
-                field: "op",
-                expected: "a string",
-            }))
-        }
-    };
+    let event_type = string_field(fields.event_type, "type").map_err(&fail)?;
+    let op_name = string_field(fields.op, "op").map_err(&fail)?;
     let data = fields.data.unwrap_or(Value::Null);
     let after = match fields.after {
         None | Some(Value::Null) => Vec::new(),
-        Some(value) => parse_after(value, stream_ok, version_ok).map_err(&fail)?,
+        Some(value) => parse_after(value, &stream, version).map_err(&fail)?,
     };
-    let op = match op_name.as_str() {
-        "set" => Op::Set,
-        "patch" => Op::Patch,
-        "incr" => Op::Incr,
-        "delete" => Op::Delete,
-        "merge" => Op::Merge {
-            from: parse_merge_sources(&data, stream_ok).map_err(&fail)?,
-        },
-        _ => match policy {
-            OpPolicy::Document => return Err(fail(EnvelopeError::UnknownOp { op: op_name })),
-            OpPolicy::Custom => Op::Custom(op_name.into_boxed_str()),
-        },
-    };
+    let op = op_of(op_name, &data, &stream, policy).map_err(&fail)?;
     let extra = if fields.extra.is_empty() {
         None
     } else {
         Some(Box::new(fields.extra))
     };
-    let (Ok(id), Ok(stream)) = (id, stream) else {
-        unreachable!("checked above");
-    };
     Ok(Event {
         id,
         stream,
-        version: version_ok,
-        event_type,
+        version,
+        event_type: event_type.into_boxed_str(),
         op,
         data,
         after,
         extra,
+    })
+}
+
+/// The error of an envelope whose routing fields are not all readable (the first defect:
+/// `id`, then `stream`, then `version`), with whatever of them could be read.
+fn unroutable(
+    id: Result<Box<str>, EnvelopeError>,
+    stream: Result<Box<str>, EnvelopeError>,
+    version: Result<u64, EnvelopeError>,
+) -> ParseError {
+    let first = [
+        id.as_ref().err(),
+        stream.as_ref().err(),
+        version.as_ref().err(),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .cloned();
+    ParseError {
+        error: first.expect("called only when a routing field failed"),
+        routing: Routing {
+            id: id.ok(),
+            stream: stream.ok(),
+            version: version.ok(),
+        },
+    }
+}
+
+/// A required field that must be a string (`type`, `op`).
+fn string_field(value: Option<Value>, field: &'static str) -> Result<String, EnvelopeError> {
+    match value {
+        None | Some(Value::Null) => Err(EnvelopeError::MissingField { field }),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(EnvelopeError::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+/// The operation `op` names; a name outside the document semantics is refused, or kept
+/// for a handler, as `policy` says.
+fn op_of(
+    op_name: String,
+    data: &Value,
+    stream: &str,
+    policy: OpPolicy,
+) -> Result<Op, EnvelopeError> {
+    Ok(match op_name.as_str() {
+        "set" => Op::Set,
+        "patch" => Op::Patch,
+        "incr" => Op::Incr,
+        "delete" => Op::Delete,
+        "merge" => Op::Merge {
+            from: parse_merge_sources(data, stream)?,
+        },
+        _ => match policy {
+            OpPolicy::Document => return Err(EnvelopeError::UnknownOp { op: op_name }),
+            OpPolicy::Custom => Op::Custom(op_name.into_boxed_str()),
+        },
     })
 }
 
