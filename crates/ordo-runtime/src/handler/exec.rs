@@ -119,77 +119,118 @@ struct Waiting {
 
 /// Owns the child: starts it when a request comes, writes requests, matches answers.
 async fn supervise(command: String, mut requests: mpsc::UnboundedReceiver<Request>) {
-    let mut waiting: BTreeMap<u64, Waiting> = BTreeMap::new();
-    let mut highest_sent = 0u64;
+    let mut supervisor = Supervisor {
+        command,
+        waiting: BTreeMap::new(),
+        highest_sent: 0,
+        restart_pause_ms: 0,
+    };
     let mut running: Option<Running> = None;
-    let mut restart_pause_ms = 0u64;
     let mut line = Vec::new();
     loop {
-        if running.is_none() {
-            if waiting.is_empty() {
-                let Some(request) = requests.recv().await else {
-                    return;
-                };
-                highest_sent = highest_sent.max(request.number);
-                waiting.insert(
-                    request.number,
-                    Waiting {
-                        request,
-                        resends: 0,
-                    },
-                );
-            }
-            if restart_pause_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(restart_pause_ms)).await;
-            }
-            match start(&command) {
-                Ok(child) => {
-                    // A request whose call gave up waiting is not sent to the new child.
-                    waiting.retain(|_, w| !w.request.reply.is_closed());
-                    for w in waiting.values() {
-                        let _ = child.stdin.send(w.request.line.clone());
-                    }
-                    running = Some(child);
-                }
-                Err(error) => {
-                    let reason = format!("exec handler: cannot start `{command}`: {error}");
-                    for (_, w) in std::mem::take(&mut waiting) {
-                        let _ = w.request.reply.send(Answer::retry(reason.clone()));
-                    }
-                    restart_pause_ms = next_pause(restart_pause_ms);
-                }
+        let Some(child) = running.as_mut() else {
+            match supervisor.start_child(&mut requests).await {
+                Started::Child(child) => running = Some(child),
+                Started::Failed => {}
+                Started::PoolGone => return,
             }
             continue;
-        }
-        let child = running.as_mut().expect("a child runs");
+        };
         line.clear();
         let failure = tokio::select! {
             request = requests.recv() => {
                 let Some(request) = request else { return };
-                highest_sent = highest_sent.max(request.number);
+                supervisor.highest_sent = supervisor.highest_sent.max(request.number);
                 // A closed writer means the child is gone: its stdout says so next.
                 let _ = child.stdin.send(request.line.clone());
-                waiting.insert(request.number, Waiting { request, resends: 0 });
-                prune_abandoned(&mut waiting);
+                supervisor.waiting.insert(request.number, Waiting { request, resends: 0 });
+                prune_abandoned(&mut supervisor.waiting);
                 None
             }
             read = read_line(&mut child.stdout, &mut line) => match read {
-                Ok(true) => answer(&line, &mut waiting, highest_sent).err(),
+                Ok(true) => answer(&line, &mut supervisor.waiting, supervisor.highest_sent).err(),
                 Ok(false) => Some(exit_reason(&mut child.child).await),
                 Err(error) => Some(format!("exec child's stdout: {error}")),
             },
         };
         let Some(reason) = failure else { continue };
-        tracing::warn!(command = %command, %reason, "exec handler: restarting the child");
         let child = running.take().expect("a child was running");
-        restart_pause_ms = if child.started.elapsed() >= Duration::from_millis(HEALTHY_LIFETIME_MS)
-        {
+        supervisor.child_ended(child, &reason).await;
+    }
+}
+
+/// What the supervisor keeps across children.
+struct Supervisor {
+    command: String,
+    /// Requests sent and not answered, by number.
+    waiting: BTreeMap<u64, Waiting>,
+    /// The highest request number sent: an answer beyond it is the child's bug.
+    highest_sent: u64,
+    /// How long to wait before the next start (grows while children die young).
+    restart_pause_ms: u64,
+}
+
+/// How an attempt to start a child went.
+enum Started {
+    Child(Running),
+    /// The command could not start; the waiting requests were answered "retry".
+    Failed,
+    /// The pool dropped its sender: nothing more will come.
+    PoolGone,
+}
+
+impl Supervisor {
+    /// Starts a child for the waiting requests (first waiting for one when none waits)
+    /// and sends it what waits.
+    async fn start_child(&mut self, requests: &mut mpsc::UnboundedReceiver<Request>) -> Started {
+        if self.waiting.is_empty() {
+            let Some(request) = requests.recv().await else {
+                return Started::PoolGone;
+            };
+            self.highest_sent = self.highest_sent.max(request.number);
+            self.waiting.insert(
+                request.number,
+                Waiting {
+                    request,
+                    resends: 0,
+                },
+            );
+        }
+        if self.restart_pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.restart_pause_ms)).await;
+        }
+        match start(&self.command) {
+            Ok(child) => {
+                // A request whose call gave up waiting is not sent to the new child.
+                self.waiting.retain(|_, w| !w.request.reply.is_closed());
+                for w in self.waiting.values() {
+                    let _ = child.stdin.send(w.request.line.clone());
+                }
+                Started::Child(child)
+            }
+            Err(error) => {
+                let reason = format!("exec handler: cannot start `{}`: {error}", self.command);
+                for (_, w) in std::mem::take(&mut self.waiting) {
+                    let _ = w.request.reply.send(Answer::retry(reason.clone()));
+                }
+                self.restart_pause_ms = next_pause(self.restart_pause_ms);
+                Started::Failed
+            }
+        }
+    }
+
+    /// A child failed (exited, closed its output, answered wrongly): it is ended, and
+    /// the next one starts at once if this one had lived long enough, later if not.
+    async fn child_ended(&mut self, child: Running, reason: &str) {
+        tracing::warn!(command = %self.command, %reason, "exec handler: restarting the child");
+        let healthy = child.started.elapsed() >= Duration::from_millis(HEALTHY_LIFETIME_MS);
+        self.restart_pause_ms = if healthy {
             0
         } else {
-            next_pause(restart_pause_ms)
+            next_pause(self.restart_pause_ms)
         };
         end(child).await;
-        resend_or_give_up(&mut waiting, &reason);
+        resend_or_give_up(&mut self.waiting, reason);
     }
 }
 
