@@ -9,6 +9,7 @@
 //! (what a restore that loads everything costs), and the heap after it. Last, the
 //! categories arrive and every product must be released and applied.
 
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -131,6 +132,58 @@ fn consume(
     Ok((consumer, heap))
 }
 
+/// A restart's cost: snapshot and restore, against reading every waiting row back.
+struct Resumed {
+    resume_ms: f64,
+    resume_raw_ms: f64,
+    heap_bytes_after_resume: usize,
+}
+
+fn resume(
+    open: &impl Fn(&str) -> Result<SqliteStore, String>,
+    events: usize,
+) -> Result<Resumed, String> {
+    let started = Instant::now();
+    let mut raw = open("spilled.db")?;
+    let rows = raw.read_all_pending().map_err(|e| e.to_string())?;
+    let resume_raw_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(rows, events, "every parked event is in the store");
+    drop(raw);
+    let before = start_counting();
+    let started = Instant::now();
+    let consumer = Consumer::open(open("spilled.db")?, "file:categories", Config::default())
+        .map_err(|e| e.to_string())?;
+    let resume_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let heap_bytes_after_resume = allocated_since(before);
+    drop(consumer);
+    Ok(Resumed {
+        resume_ms,
+        resume_raw_ms,
+        heap_bytes_after_resume,
+    })
+}
+
+/// The categories arrive and every product goes: the time until all are applied (ms).
+fn release(store: SqliteStore, categories: &Path, events: usize) -> Result<f64, String> {
+    let started = Instant::now();
+    let (mut consumer, _) = consume(store, "file:categories", categories, Config::default())?;
+    let release_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let applied = consumer.counters().applied;
+    assert_eq!(
+        applied as usize,
+        events + CATEGORIES,
+        "every product released and applied"
+    );
+    assert_eq!(
+        consumer
+            .store()
+            .pending_count()
+            .map_err(|e| e.to_string())?,
+        0
+    );
+    Ok(release_ms)
+}
+
 /// Runs the measurement.
 pub fn run(shape: ParkedShape) -> Result<ParkedResult, String> {
     let scratch =
@@ -163,43 +216,13 @@ pub fn run(shape: ParkedShape) -> Result<ParkedResult, String> {
     let spilled_streams = consumer.engine().spilled_streams();
     drop(consumer);
 
-    // A restart: snapshot and restore, against reading every waiting row back.
-    let started = Instant::now();
-    let mut raw = open("spilled.db")?;
-    let rows = raw.read_all_pending().map_err(|e| e.to_string())?;
-    let resume_raw_ms = started.elapsed().as_secs_f64() * 1000.0;
-    assert_eq!(rows, shape.events, "every parked event is in the store");
-    drop(raw);
-    let before = start_counting();
-    let started = Instant::now();
-    let consumer = Consumer::open(open("spilled.db")?, "file:categories", Config::default())
-        .map_err(|e| e.to_string())?;
-    let resume_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let heap_bytes_after_resume = allocated_since(before);
-    drop(consumer);
-
-    // The categories arrive: every product goes.
-    let started = Instant::now();
-    let (mut consumer, _) = consume(
-        open("spilled.db")?,
-        "file:categories",
-        &categories,
-        Config::default(),
-    )?;
-    let release_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let applied = consumer.counters().applied;
-    assert_eq!(
-        applied as usize,
-        shape.events + CATEGORIES,
-        "every product released and applied"
-    );
-    assert_eq!(
-        consumer
-            .store()
-            .pending_count()
-            .map_err(|e| e.to_string())?,
-        0
-    );
+    let resumed = resume(&open, shape.events)?;
+    let release_ms = release(open("spilled.db")?, &categories, shape.events)?;
+    let Resumed {
+        resume_ms,
+        resume_raw_ms,
+        heap_bytes_after_resume,
+    } = resumed;
     Ok(ParkedResult {
         events: shape.events,
         heap_bytes_spilled,
