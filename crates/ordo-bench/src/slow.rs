@@ -228,8 +228,6 @@ async fn key_ordered(shape: &SlowShape, delays: &[u64], keys: usize) -> f64 {
 /// The slow-handler table as an SVG line chart: events/s against keys (log scale), with
 /// the partition-ordered and unordered rates as horizontal references.
 pub fn plot_svg(report: &SlowReport) -> String {
-    let (width, height) = (640.0, 400.0);
-    let (left, right, top, bottom) = (80.0, 20.0, 40.0, 60.0);
     let keyed: Vec<(f64, f64)> = report
         .rows
         .iter()
@@ -237,17 +235,66 @@ pub fn plot_svg(report: &SlowReport) -> String {
         .collect();
     let partition = report.rate("partition", None);
     let unordered = report.rate("unordered", None);
-    let y_max = keyed
-        .iter()
-        .map(|(_, y)| *y)
-        .chain([partition, unordered])
-        .fold(1.0, f64::max)
-        * 1.1;
-    let x_max = keyed.iter().map(|(x, _)| *x).fold(10.0, f64::max);
-    let x_of = |keys: f64| left + (width - left - right) * (keys.max(1.0).log10() / x_max.log10());
-    let y_of = |rate: f64| height - bottom - (height - top - bottom) * (rate / y_max);
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
+    let chart = Chart {
+        y_max: keyed
+            .iter()
+            .map(|(_, y)| *y)
+            .chain([partition, unordered])
+            .fold(1.0, f64::max)
+            * 1.1,
+        x_max: keyed.iter().map(|(x, _)| *x).fold(10.0, f64::max),
+    };
+    let mut svg = chart.frame(report);
+    svg.push_str(&chart.ticks(&keyed));
+    for (rate, label, colour) in [
+        (unordered, "unordered", "#2a9d8f"),
+        (partition, "partition-ordered", "#e76f51"),
+    ] {
+        svg.push_str(&chart.reference(rate, label, colour));
+    }
+    svg.push_str(&chart.series(&keyed));
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The chart's geometry: a fixed canvas and margins, scaled to the largest values.
+struct Chart {
+    x_max: f64,
+    y_max: f64,
+}
+
+impl Chart {
+    const WIDTH: f64 = 640.0;
+    const HEIGHT: f64 = 400.0;
+    const LEFT: f64 = 80.0;
+    const RIGHT: f64 = 20.0;
+    const TOP: f64 = 40.0;
+    const BOTTOM: f64 = 60.0;
+
+    fn x_of(&self, keys: f64) -> f64 {
+        Self::LEFT
+            + (Self::WIDTH - Self::LEFT - Self::RIGHT)
+                * (keys.max(1.0).log10() / self.x_max.log10())
+    }
+
+    fn y_of(&self, rate: f64) -> f64 {
+        Self::HEIGHT
+            - Self::BOTTOM
+            - (Self::HEIGHT - Self::TOP - Self::BOTTOM) * (rate / self.y_max)
+    }
+
+    /// The canvas, the title and the axes with their labels.
+    fn frame(&self, report: &SlowReport) -> String {
+        let (width, height, left, right, top, bottom) = (
+            Self::WIDTH,
+            Self::HEIGHT,
+            Self::LEFT,
+            Self::RIGHT,
+            Self::TOP,
+            Self::BOTTOM,
+        );
+        format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <text x="{}" y="22" text-anchor="middle" font-size="14">Slow handlers: {} events, 0–{} ms each, concurrency {}</text>
 <line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>
@@ -255,67 +302,76 @@ pub fn plot_svg(report: &SlowReport) -> String {
 <text x="{}" y="{}" text-anchor="middle">keys (log scale)</text>
 <text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">events/s</text>
 "#,
-        width / 2.0,
-        report.shape.events,
-        report.shape.handler_ms_max,
-        report.shape.concurrency,
-        height - bottom,
-        width - right,
-        height - bottom,
-        height - bottom,
-        (left + width - right) / 2.0,
-        height - 15.0,
-        height / 2.0,
-        height / 2.0,
-    );
-    for i in 0..=4 {
-        let rate = y_max * f64::from(i) / 4.0;
-        svg.push_str(&format!(
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text>\n",
-            left - 6.0,
-            y_of(rate) + 4.0,
-            rate
-        ));
-    }
-    for &(keys, _) in &keyed {
-        svg.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{keys}</text>\n",
-            x_of(keys),
-            height - bottom + 18.0
-        ));
-    }
-    for (rate, label, colour) in [
-        (unordered, "unordered", "#2a9d8f"),
-        (partition, "partition-ordered", "#e76f51"),
-    ] {
-        svg.push_str(&format!(
-            // Labels in the middle: the points sit at the ends.
-            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"{colour}\" stroke-dasharray=\"6 4\"/>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{colour}\">{label} ({rate:.0}/s)</text>\n",
+            width / 2.0,
+            report.shape.events,
+            report.shape.handler_ms_max,
+            report.shape.concurrency,
+            height - bottom,
             width - right,
+            height - bottom,
+            height - bottom,
             (left + width - right) / 2.0,
-            y_of(rate) - 5.0,
-            y = y_of(rate),
-        ));
+            height - 15.0,
+            height / 2.0,
+            height / 2.0,
+        )
     }
-    let points: Vec<String> = keyed
-        .iter()
-        .map(|&(k, r)| format!("{:.1},{:.1}", x_of(k), y_of(r)))
-        .collect();
-    svg.push_str(&format!(
-        "<polyline points=\"{}\" fill=\"none\" stroke=\"#264653\" stroke-width=\"2\"/>\n",
-        points.join(" ")
-    ));
-    for &(k, r) in &keyed {
-        svg.push_str(&format!(
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#264653\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{r:.0}</text>\n",
-            x_of(k),
-            y_of(r),
-            x_of(k),
-            y_of(r) - 10.0
-        ));
+
+    /// Five rates up the y axis, and each measured key count along the x axis.
+    fn ticks(&self, keyed: &[(f64, f64)]) -> String {
+        let mut svg = String::new();
+        for i in 0..=4 {
+            let rate = self.y_max * f64::from(i) / 4.0;
+            svg.push_str(&format!(
+                "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text>\n",
+                Self::LEFT - 6.0,
+                self.y_of(rate) + 4.0,
+                rate
+            ));
+        }
+        for &(keys, _) in keyed {
+            svg.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{keys}</text>\n",
+                self.x_of(keys),
+                Self::HEIGHT - Self::BOTTOM + 18.0
+            ));
+        }
+        svg
     }
-    svg.push_str("</svg>\n");
-    svg
+
+    /// A horizontal reference rate, labelled in the middle (the points sit at the ends).
+    fn reference(&self, rate: f64, label: &str, colour: &str) -> String {
+        let (left, right) = (Self::LEFT, Self::RIGHT);
+        format!(
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"{colour}\" stroke-dasharray=\"6 4\"/>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{colour}\">{label} ({rate:.0}/s)</text>\n",
+            Self::WIDTH - right,
+            (left + Self::WIDTH - right) / 2.0,
+            self.y_of(rate) - 5.0,
+            y = self.y_of(rate),
+        )
+    }
+
+    /// The key-ordered rates as a line with labelled points.
+    fn series(&self, keyed: &[(f64, f64)]) -> String {
+        let points: Vec<String> = keyed
+            .iter()
+            .map(|&(k, r)| format!("{:.1},{:.1}", self.x_of(k), self.y_of(r)))
+            .collect();
+        let mut svg = format!(
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"#264653\" stroke-width=\"2\"/>\n",
+            points.join(" ")
+        );
+        for &(k, r) in keyed {
+            svg.push_str(&format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#264653\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{r:.0}</text>\n",
+                self.x_of(k),
+                self.y_of(r),
+                self.x_of(k),
+                self.y_of(r) - 10.0
+            ));
+        }
+        svg
+    }
 }
 
 #[cfg(test)]
