@@ -55,6 +55,13 @@ pub const RECONNECT_ATTEMPTS_MAX: u32 = 5;
 /// The advisory lock that serializes schema creation and migration across processes.
 const MIGRATION_LOCK_ID: i64 = 7_102_003;
 
+/// The advisory lock one member takes to trim the journal (two members deleting
+/// overlapping rows in different orders could deadlock).
+const JOURNAL_TRIM_LOCK_ID: i64 = 7_102_004;
+
+// Two locks, two ids.
+const _: () = assert!(MIGRATION_LOCK_ID != JOURNAL_TRIM_LOCK_ID);
+
 /// Most times an operation outside a commit runs again after the server chose it as a
 /// deadlock's victim.
 pub const DEADLOCK_RETRIES_MAX: u32 = 10;
@@ -538,7 +545,10 @@ fn write_actions_and_journal(
     // could deadlock); a member that finds the lock taken leaves it to the other.
     let trim = added > 0
         && tx
-            .query_one("SELECT pg_try_advisory_xact_lock(7102004)", &[])?
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[&JOURNAL_TRIM_LOCK_ID],
+            )?
             .get::<_, bool>(0);
     if trim {
         let retention = batch.retention;
