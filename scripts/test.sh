@@ -12,8 +12,9 @@ if ! command -v tansu >/dev/null 2>&1; then
   cargo install tansu --version 0.6.0 --features dynostore
 fi
 
-# tests/broken_environment.rs mounts small tmpfs file systems to fill a disk: it needs
-# root, as the test machines and CI have.
+# tests/broken_environment.rs mounts small tmpfs file systems to fill a disk and drops to
+# `nobody` with setpriv to meet a missing permission: it needs root, as the test machines
+# and CI have.
 # The handler tests run a Python handler (examples/handler.py) and make TLS certificates;
 # the observability tests check docs/alerts.yml with promtool (Debian's prometheus).
 missing=()

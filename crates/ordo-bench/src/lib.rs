@@ -6,6 +6,7 @@ pub mod core;
 pub mod embedded;
 pub mod handler;
 pub mod kafka;
+pub mod mixed;
 pub mod nats;
 pub mod parked;
 pub mod slow;

@@ -489,6 +489,32 @@ pub struct BenchArgs {
     /// Also write the slow-handler table as an SVG chart (events/s against keys) here.
     #[arg(long, value_name = "PATH")]
     pub plot: Option<std::path::PathBuf>,
+    /// Only these sections (comma-separated); all when absent.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SECTIONS")]
+    pub only: Vec<BenchSection>,
+}
+
+/// A section of `ordo bench`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchSection {
+    /// The engine's decisions against a hash-map apply loop.
+    Core,
+    /// Slow handlers: key-ordered against partition-ordered and unordered.
+    Slow,
+    /// `ordo run --handler` (HTTP) against a raw client.
+    Handlers,
+    /// A million parked events: heap, restart, release.
+    Parked,
+    /// The embedded log into SQLite against raw upserts.
+    Embedded,
+    /// The embedded log into PostgreSQL against a raw UNNEST loop.
+    Postgres,
+    /// tansu (Kafka) into SQLite against a raw consume loop.
+    Kafka,
+    /// NATS JetStream into SQLite against a raw pull-and-ack loop.
+    Nats,
+    /// A mixed topic through `ordo run`, whole process, against a raw upsert loop.
+    Mixed,
 }
 
 /// `ordo chaos`.

@@ -96,6 +96,10 @@ pub fn record_engine_config(store: &mut AnyStore, config: &Config) -> anyhow::Re
         "gap_timeout_ms": config.gap_timeout_ms,
         "dedupe_window_ids": config.dedupe_window_ids,
         "stream_pending_events_max": config.stream_pending_events_max,
+        // The names before the limits took theirs, for an older ordo reading this store
+        // (an operator's verb, a member of a group being upgraded).
+        "dedupe_window": config.dedupe_window_ids,
+        "stream_pending_max": config.stream_pending_events_max,
         "monotonic": monotonic,
     });
     store.set_setting(ENGINE_SETTINGS_KEY, &settings.to_string())?;

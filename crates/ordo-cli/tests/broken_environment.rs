@@ -321,7 +321,7 @@ fn a_path_without_permission_is_a_clear_error() {
     let new_in_read_only = format!("sqlite:{}", read_only_dir.join("new.db").display());
     let fresh = format!("sqlite:{}", writable_dir.join("fresh.db").display());
     let locked_source = format!("file:{}", locked_events.display());
-    let (locked_path, events_path) = (locked_events.to_str().unwrap(), events.to_str().unwrap());
+    let events_path = events.to_str().unwrap();
     let idle = "--exit-when-idle";
     let cases: [(&[&str], &str); 5] = [
         (&["status", "--store", &locked], "cannot be read"),
@@ -360,14 +360,32 @@ fn a_path_without_permission_is_a_clear_error() {
         );
         assert!(!said.contains("panicked"), "{args:?}: {said}");
     }
-    let appended = run_as_nobody(&["append", "--log", locked_path, events_path]);
-    let said = stderr(&appended);
-    assert_eq!(appended.status.code(), Some(2), "{said}");
-    assert!(said.contains("Permission denied"), "{said}");
+    // A real event log, readable by root alone: neither appended to nor consumed.
+    let log = scratch.path("locked-log.db");
+    let log_path = log.to_str().unwrap();
     assert_eq!(
-        std::fs::read_dir(&read_only_dir).unwrap().count(),
-        0,
-        "nothing is created where the user may not write"
+        run(&["append", "--log", log_path, events_path])
+            .status
+            .code(),
+        Some(0)
+    );
+    chmod(&log, 0o600);
+    let log_source = format!("log:{log_path}");
+    for args in [
+        &["append", "--log", log_path, events_path][..],
+        &["run", "--source", &log_source, "--store", &fresh, idle][..],
+    ] {
+        let output = run_as_nobody(args);
+        let said = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "ordo {args:?}: {said}");
+        assert!(
+            said.contains(log_path) && said.contains("Permission denied"),
+            "ordo {args:?}: {said}"
+        );
+    }
+    assert!(
+        !writable_dir.join("fresh.db").exists(),
+        "a run refused at its source leaves no store behind"
     );
     // As root, the same locked store opens: the refusal was the permission, not the file.
     assert_eq!(run(&["status", "--store", &locked]).status.code(), Some(0));

@@ -471,3 +471,53 @@ fn a_stall_names_parked_skip_which_passes_the_lost_version() {
     // Nothing is missing any more: a second skip is refused.
     assert_eq!(skip("5", "again").status.code(), Some(1));
 }
+
+/// A store whose engine settings an older ordo recorded (`dedupe_window`,
+/// `stream_pending_max`) runs with them, and is recorded again under both names.
+#[test]
+fn engine_settings_recorded_under_the_older_names_still_apply() {
+    let scratch = Scratch::new();
+    let store = scratch.store("state.db");
+    let empty = scratch.path("empty.jsonl");
+    write_lines(&empty, &[]);
+    run_idle(&format!("file:{}", empty.display()), &store, &[]);
+    let path = scratch.path("state.db");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'setting:engine'",
+        [r#"{"gap_timeout_ms":30000,"dedupe_window":7,"stream_pending_max":1,"monotonic":[]}"#],
+    )
+    .unwrap();
+    drop(db);
+    // Versions 3 and 4 wait for 1 and 2: with one waiting event allowed, 4 overflows.
+    let input = scratch.path("events.jsonl");
+    let line = |version: u64| {
+        format!(
+            r#"{{"id":"s{version}","stream":"s","version":{version},"type":"T","op":"set","data":{{"v":{version}}}}}"#
+        )
+    };
+    let lines = [line(3), line(4)];
+    write_lines(
+        &input,
+        &lines.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    run_idle(&format!("file:{}", input.display()), &store, &[]);
+    let entries = json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["kind"], "overflow", "{entries:?}");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let recorded: String = db
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'setting:engine'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let recorded: serde_json::Value = serde_json::from_str(&recorded).unwrap();
+    for key in ["stream_pending_events_max", "stream_pending_max"] {
+        assert_eq!(recorded[key], 1, "{recorded}");
+    }
+    for key in ["dedupe_window_ids", "dedupe_window"] {
+        assert_eq!(recorded[key], 7, "{recorded}");
+    }
+}

@@ -131,6 +131,17 @@ pub struct KafkaSource {
     paused_here: BTreeSet<i32>,
 }
 
+/// What one read did.
+enum Read {
+    /// A message, an end-of-partition mark or an error was taken.
+    Went,
+    /// A message of a partition no longer assigned was passed over.
+    Stray,
+    /// The read should stop: nothing came within the wait, or an error came with
+    /// nothing read and the deadline past.
+    Stop,
+}
+
 impl KafkaSource {
     /// Hands a rebalance to the run loop, which answers it with its checkpoints
     /// ([`Source::complete_rebalance`]).
@@ -143,22 +154,20 @@ impl KafkaSource {
         polled
     }
 
-    /// Reads one message (or end-of-partition mark) into `events`. False when the read
-    /// should stop: nothing came within `timeout`, or an error came with nothing read
-    /// and the deadline past.
+    /// Reads one message (or end-of-partition mark) into `events`.
     fn read_one(
         &mut self,
         timeout: Duration,
         deadline: Instant,
         events: &mut Vec<Delivery>,
-    ) -> bool {
+    ) -> Read {
         match self.consumer.poll(timeout) {
-            None => return false,
+            None => return Read::Stop,
             Some(Ok(message)) => {
                 let partition = message.partition();
                 let Some(eof) = self.assigned.get_mut(&partition) else {
                     // Fetched for an assignment that has since been taken back.
-                    return true;
+                    return Read::Stray;
                 };
                 *eof = false;
                 self.last_message = Instant::now();
@@ -180,11 +189,11 @@ impl KafkaSource {
                 // librdkafka retries transport errors itself; report and go on.
                 tracing::warn!("kafka: {error}");
                 if events.is_empty() && Instant::now() >= deadline {
-                    return false;
+                    return Read::Stop;
                 }
             }
         }
-        true
+        Read::Went
     }
 
     /// Joins the group. Fails with a clear error when the broker does not answer within
@@ -402,8 +411,11 @@ impl Source for KafkaSource {
             } else {
                 Duration::ZERO
             };
-            if !self.read_one(timeout, deadline, &mut events) {
-                break;
+            match self.read_one(timeout, deadline, &mut events) {
+                Read::Stop => break,
+                // A message of a partition taken back: read on at once.
+                Read::Stray => continue,
+                Read::Went => {}
             }
             if events.is_empty() && Instant::now() >= deadline {
                 break;

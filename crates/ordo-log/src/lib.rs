@@ -62,17 +62,45 @@ pub enum LogError {
     Sqlite(rusqlite::Error),
 }
 
-/// Why this process may not open the existing file at `path` as asked, in the system's
-/// words (SQLite only says "unable to open database file"); `None` when it may, or when
-/// the failure is not about permission.
-fn open_refused(path: &str, write: bool) -> Option<std::io::Error> {
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .write(write)
-        .open(path);
-    opened
-        .err()
-        .filter(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+/// Why the file's permission bits refuse this process `path` (to read, or to read and
+/// write), in words; `None` when they allow it, or cannot be read. Judged from the mode
+/// and owner without opening the file: a descriptor opened and closed here would drop
+/// every POSIX lock SQLite holds on the file in this process. (ordo-store's twin judges
+/// a store the same way; neither crate depends on the other.)
+fn permission_denied(path: &Path, write: bool) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path).ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let numbers = |name: &str| -> Option<Vec<u32>> {
+        let rest = status.lines().find_map(|line| line.strip_prefix(name))?;
+        Some(
+            rest.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+        )
+    };
+    let uid = *numbers("Uid:")?.get(1)?;
+    if uid == 0 {
+        return None;
+    }
+    let mut gids = numbers("Groups:").unwrap_or_default();
+    gids.push(*numbers("Gid:")?.get(1)?);
+    let mode = metadata.mode();
+    let shift = if metadata.uid() == uid {
+        6
+    } else if gids.contains(&metadata.gid()) {
+        3
+    } else {
+        0
+    };
+    let refused = mode & (0o4 << shift) == 0 || (write && mode & (0o2 << shift) == 0);
+    refused.then(|| {
+        format!(
+            "Permission denied (mode {:o}, owner uid {}; this process runs as uid {uid})",
+            mode & 0o777,
+            metadata.uid()
+        )
+    })
 }
 
 /// What `path` is when it exists and is not a regular file (a directory, a FIFO, a
@@ -232,7 +260,11 @@ impl EventLog {
     /// status` measuring lag beside a running appender).
     pub fn open_read_only(path: &str) -> Result<Self, LogError> {
         let file = Path::new(path);
-        if !file.exists() {
+        let exists = file.try_exists().map_err(|e| LogError::NotReadable {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+        if !exists {
             return Err(LogError::Missing(path.into()));
         }
         if let Some(kind) = special_file(path) {
@@ -241,10 +273,10 @@ impl EventLog {
                 kind,
             });
         }
-        if let Some(refused) = open_refused(path, false) {
+        if let Some(refused) = permission_denied(file, false) {
             return Err(LogError::NotReadable {
                 path: path.into(),
-                detail: refused.to_string(),
+                detail: refused,
             });
         }
         // As for a store (ordo_store's SqliteStore::open_read_only): with no -wal file no
@@ -280,7 +312,11 @@ impl EventLog {
                 kind,
             });
         }
-        if !file.exists() {
+        let exists = file.try_exists().map_err(|e| LogError::NotWritable {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+        if !exists {
             if !create {
                 return Err(LogError::Missing(path.into()));
             }
@@ -292,10 +328,10 @@ impl EventLog {
                     });
                 }
             }
-        } else if let Some(refused) = open_refused(path, true) {
+        } else if let Some(refused) = permission_denied(file, true) {
             return Err(LogError::NotWritable {
                 path: path.into(),
-                detail: refused.to_string(),
+                detail: refused,
             });
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;

@@ -1337,11 +1337,42 @@ mod tests {
                 .any(|r| r.retry_pct > FaultRates::FIXED.retry_pct),
             "some seed retries more than the fixed rate"
         );
+        let mut all = FaultCounts::default();
         for (seed, rates) in rates.iter().enumerate() {
             let report = run_seed(seed as u64, &options);
+            all.add(&report.faults);
             assert_eq!(report.rates, *rates);
             assert!(report.ok(), "{}", failure_text(&report));
+            // Each rate is wired to its fault: off means none of that fault happened.
+            let faults = report.faults;
+            for (rate, count, what) in [
+                (rates.retry_pct, faults.retried, "retries"),
+                (
+                    rates.second_writer_pct,
+                    faults.second_writers,
+                    "second writers",
+                ),
+                (rates.poison_pct, faults.poisoned, "poison events"),
+                (
+                    rates.operator_pct,
+                    faults.operator_actions,
+                    "operator actions",
+                ),
+                (rates.crash_pct, faults.crashes, "crashes"),
+                (rates.rebalance_pct, faults.rebalances, "rebalances"),
+            ] {
+                assert!(
+                    rate > 0 || count == 0,
+                    "seed {seed}: {what} at rate 0: {count}"
+                );
+            }
         }
+        // And on: over sixty seeds, every fault struck somewhere.
+        assert!(
+            all.crashes > 0 && all.retried > 0 && all.rebalances > 0,
+            "{all:?}"
+        );
+        assert!(all.poisoned > 0 && all.second_writers > 0, "{all:?}");
         let text = failure_text(&run_seed(3, &options));
         assert!(text.contains("--seed 3 --swarm"), "{text}");
         assert!(

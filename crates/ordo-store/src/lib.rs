@@ -38,7 +38,6 @@ pub use operator::{
 };
 #[cfg(feature = "postgres")]
 pub use pg::{PostgresStore, POSTGRES_SCHEMA_VERSION, RECONNECT_ATTEMPTS_MAX};
-pub use sharing::DEAD_LETTER_ID_BLOCK;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{FaultStage, SqliteStore, SCHEMA_VERSION};
 pub use status::StoreStatus;
@@ -51,6 +50,10 @@ pub use rusqlite;
 /// The PostgreSQL client a transactional handler writes through (the version ordo uses).
 #[cfg(feature = "postgres")]
 pub use postgres;
+
+/// Dead-letter ids each process sharing a store reserves at a time (at its first
+/// snapshot, then whenever the block is used up; rebuilds go on in the block).
+pub const DEAD_LETTER_ID_BLOCK: i64 = 10_000;
 
 /// The system clock (ms since the Unix epoch), for what a store stamps itself.
 pub(crate) fn now_ms() -> u64 {

@@ -47,7 +47,7 @@ use crate::{sharing, CommitBatch, ExportRow, Store};
 /// The schema this build writes (kept in step with the SQLite store's).
 pub const POSTGRES_SCHEMA_VERSION: i64 = 2;
 
-pub use crate::sharing::DEAD_LETTER_ID_BLOCK;
+use crate::DEAD_LETTER_ID_BLOCK;
 
 /// Most attempts to re-establish a lost connection within one operation.
 pub const RECONNECT_ATTEMPTS_MAX: u32 = 5;

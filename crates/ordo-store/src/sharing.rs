@@ -7,10 +7,6 @@ use ordo_core::{Counters, StreamRecord};
 
 use crate::ConflictReason;
 
-/// Dead-letter ids each process sharing a store reserves at a time (at its first
-/// snapshot, then whenever the block is used up; rebuilds go on in the block).
-pub const DEAD_LETTER_ID_BLOCK: i64 = 10_000;
-
 /// The group's counters after a commit: what is stored plus what this process counted
 /// since it last read or wrote them (`now - base`), so members add up instead of
 /// overwriting each other.

@@ -164,15 +164,19 @@ impl SqliteStore {
     /// Opens the store at `path`, creating it (and its schema) when `create` is set.
     pub fn open(path: &str, create: bool) -> Result<Self, OpenError> {
         let file = Path::new(path);
-        if !create && !file.exists() {
+        let exists = file.try_exists().map_err(|e| OpenError::NotWritable {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+        if !create && !exists {
             return Err(OpenError::Missing(path.into()));
         }
         not_a_file(path)?;
-        if file.exists() {
-            if let Some(refused) = open_refused(path, true) {
+        if exists {
+            if let Some(refused) = permission_denied(file, true) {
                 return Err(OpenError::NotWritable {
                     path: path.into(),
-                    detail: refused.to_string(),
+                    detail: refused,
                 });
             }
         } else if create {
@@ -218,14 +222,20 @@ impl SqliteStore {
     /// schema, no upgrade, no WAL switch), so it works on a store this user may not
     /// write, and beside a running consumer.
     pub fn open_read_only(path: &str) -> Result<Self, OpenError> {
-        if !Path::new(path).exists() {
+        let exists = Path::new(path)
+            .try_exists()
+            .map_err(|e| OpenError::NotReadable {
+                path: path.into(),
+                detail: e.to_string(),
+            })?;
+        if !exists {
             return Err(OpenError::Missing(path.into()));
         }
         not_a_file(path)?;
-        if let Some(refused) = open_refused(path, false) {
+        if let Some(refused) = permission_denied(Path::new(path), false) {
             return Err(OpenError::NotReadable {
                 path: path.into(),
-                detail: refused.to_string(),
+                detail: refused,
             });
         }
         // With no -wal file, no writer has the store open and every commit is in the
@@ -1302,17 +1312,52 @@ impl Store for SqliteStore {
     }
 }
 
-/// Why this process may not open the existing file at `path` as asked, in the system's
-/// words (SQLite only says "unable to open database file"); `None` when it may, or when
-/// the failure is not about permission (SQLite reports that one itself).
-fn open_refused(path: &str, write: bool) -> Option<std::io::Error> {
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .write(write)
-        .open(path);
-    opened
-        .err()
-        .filter(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+/// Why the file's permission bits refuse this process `path` (to read, or to read and
+/// write), in words; `None` when they allow it, or cannot be read. Judged from the mode
+/// and owner without opening the file: a descriptor opened and closed here would drop
+/// every POSIX lock SQLite holds on the file in this process (SQLite's "how to corrupt",
+/// 2.2.1). ACLs and read-only mounts are left to SQLite's own error.
+fn permission_denied(path: &Path, write: bool) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path).ok()?;
+    let (uid, gids) = process_ids()?;
+    if uid == 0 {
+        return None;
+    }
+    let mode = metadata.mode();
+    let (read_bit, write_bit) = if metadata.uid() == uid {
+        (0o400, 0o200)
+    } else if gids.contains(&metadata.gid()) {
+        (0o040, 0o020)
+    } else {
+        (0o004, 0o002)
+    };
+    let refused = mode & read_bit == 0 || (write && mode & write_bit == 0);
+    refused.then(|| {
+        format!(
+            "Permission denied (mode {:o}, owner uid {}; this process runs as uid {uid})",
+            mode & 0o777,
+            metadata.uid()
+        )
+    })
+}
+
+/// This process's effective user id and its groups (effective and supplementary), from
+/// `/proc/self/status`.
+fn process_ids() -> Option<(u32, Vec<u32>)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let numbers = |name: &str| -> Option<Vec<u32>> {
+        let rest = status.lines().find_map(|line| line.strip_prefix(name))?;
+        Some(
+            rest.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+        )
+    };
+    let uid = *numbers("Uid:")?.get(1)?;
+    let mut gids = numbers("Groups:").unwrap_or_default();
+    gids.push(*numbers("Gid:")?.get(1)?);
+    Some((uid, gids))
 }
 
 /// Creates the empty file a new store starts as (SQLite takes an empty file for a new
@@ -1323,9 +1368,12 @@ fn create_empty(file: &Path) -> Result<(), String> {
             return Err(format!("directory `{}` does not exist", parent.display()));
         }
     }
+    use std::os::unix::fs::OpenOptionsExt;
+    // A new file of its own: no lock of this process is on it. SQLite's own mode.
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o644)
         .open(file)
     {
         Ok(_) => Ok(()),

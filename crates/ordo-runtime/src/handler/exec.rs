@@ -130,7 +130,7 @@ async fn supervise(command: String, mut requests: mpsc::UnboundedReceiver<Reques
     loop {
         let Some(child) = running.as_mut() else {
             match supervisor.start_child(&mut requests).await {
-                Started::Child(child) => running = Some(child),
+                Started::Child(child) => running = Some(*child),
                 Started::Failed => {}
                 Started::PoolGone => return,
             }
@@ -172,7 +172,8 @@ struct Supervisor {
 
 /// How an attempt to start a child went.
 enum Started {
-    Child(Running),
+    /// Boxed: a running child is large, the other answers carry nothing.
+    Child(Box<Running>),
     /// The command could not start; the waiting requests were answered "retry".
     Failed,
     /// The pool dropped its sender: nothing more will come.
@@ -206,7 +207,7 @@ impl Supervisor {
                 for w in self.waiting.values() {
                     let _ = child.stdin.send(w.request.line.clone());
                 }
-                Started::Child(child)
+                Started::Child(Box::new(child))
             }
             Err(error) => {
                 let reason = format!("exec handler: cannot start `{}`: {error}", self.command);
