@@ -61,13 +61,28 @@ impl PartitionTrack {
     }
 
     fn settle(&mut self, offset: u64) {
-        let index = self.window.partition_point(|&(o, _)| o < offset);
+        let index = self.index_of(offset);
         if let Some(entry) = self.window.get_mut(index) {
             if entry.0 == offset {
                 entry.1 = true;
             }
         }
         self.pop_settled();
+    }
+
+    /// Where `offset` is, or would go, in the window. A source delivers one event per
+    /// offset, so the window is usually dense and the entry sits `offset - lowest` from
+    /// the front, found in O(1) (a binary search over the `VecDeque` took 2 % of a mixed
+    /// run); a window with holes falls back to the search.
+    fn index_of(&self, offset: u64) -> usize {
+        if let Some(&(lowest, _)) = self.window.front() {
+            if let Some(guess) = offset.checked_sub(lowest).map(|d| d as usize) {
+                if self.window.get(guess).is_some_and(|&(o, _)| o == offset) {
+                    return guess;
+                }
+            }
+        }
+        self.window.partition_point(|&(o, _)| o < offset)
     }
 
     fn pop_settled(&mut self) {
@@ -187,6 +202,27 @@ mod tests {
         assert_eq!(tracker.checkpoint(0), Some(3));
         assert_eq!(tracker.take_changes(), vec![(0, 3)]);
         assert_eq!(tracker.take_changes(), vec![]);
+    }
+
+    #[test]
+    fn offsets_with_holes_and_redeliveries_settle_where_they_are() {
+        // Offsets 10, 11, 14, 15, 17 (the gaps are offsets the source skipped), then a
+        // redelivery of 11: the window is not dense, so a guess by distance misses.
+        let mut tracker = CheckpointTracker::restore([(0, 9)]);
+        for offset in [10, 11, 14, 15, 17] {
+            tracker.deliver(at(offset), false);
+        }
+        tracker.deliver(at(11), false);
+        tracker.settle(at(14));
+        tracker.settle(at(17));
+        tracker.settle(at(13)); // never delivered: changes nothing
+        assert_eq!(tracker.checkpoint(0), Some(9));
+        tracker.settle(at(10));
+        assert_eq!(tracker.checkpoint(0), Some(10));
+        tracker.settle(at(11));
+        assert_eq!(tracker.checkpoint(0), Some(14), "15 still holds it");
+        tracker.settle(at(15));
+        assert_eq!(tracker.checkpoint(0), Some(17));
     }
 
     #[test]
