@@ -317,12 +317,19 @@ pub fn parse_event(bytes: &[u8], policy: OpPolicy) -> Result<Event, ParseError> 
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(unrouted(EnvelopeError::EmptyMessage));
     }
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+    let invalid = |e: serde_json::Error| {
         unrouted(EnvelopeError::InvalidJson {
             detail: e.to_string(),
         })
-    })?;
-    match value {
+    };
+    // An object (every envelope) is decoded straight into its fields: no map of the
+    // whole object is built, and a known field's name allocates nothing. Anything else
+    // is decoded as a value, to tell invalid JSON from JSON that is not an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        let fields: Fields = serde_json::from_slice(bytes).map_err(invalid)?;
+        return parse_fields(fields, policy);
+    }
+    match serde_json::from_slice(bytes).map_err(invalid)? {
         Value::Object(object) => parse_object(object, policy),
         _ => Err(unrouted(EnvelopeError::NotAnObject)),
     }
@@ -345,29 +352,114 @@ struct Fields {
 impl Fields {
     fn split(object: Map<String, Value>) -> Self {
         let mut fields = Fields::default();
-        for (key, value) in object {
-            let slot = match key.as_str() {
-                "id" => &mut fields.id,
-                "stream" => &mut fields.stream,
-                "version" => &mut fields.version,
-                "type" => &mut fields.event_type,
-                "op" => &mut fields.op,
-                "data" => &mut fields.data,
-                "after" => &mut fields.after,
-                _ => {
-                    fields.extra.insert(key, value);
-                    continue;
-                }
+        for (name, value) in object {
+            let key = match Key::of(&name) {
+                Some(key) => key,
+                None => Key::Other(name),
             };
-            *slot = Some(value);
+            fields.put(key, value);
         }
         fields
+    }
+
+    /// Puts one field's value in its place; a repeated field keeps its last value.
+    fn put(&mut self, key: Key, value: Value) {
+        let slot = match key {
+            Key::Id => &mut self.id,
+            Key::Stream => &mut self.stream,
+            Key::Version => &mut self.version,
+            Key::Type => &mut self.event_type,
+            Key::Op => &mut self.op,
+            Key::Data => &mut self.data,
+            Key::After => &mut self.after,
+            Key::Other(name) => {
+                self.extra.insert(name, value);
+                return;
+            }
+        };
+        *slot = Some(value);
     }
 }
 
 /// Validates an already-decoded JSON object as an envelope.
 pub fn parse_object(object: Map<String, Value>, policy: OpPolicy) -> Result<Event, ParseError> {
-    let fields = Fields::split(object);
+    parse_fields(Fields::split(object), policy)
+}
+
+/// The fields' field names, as an envelope's keys decode: a known one allocates nothing.
+enum Key {
+    Id,
+    Stream,
+    Version,
+    Type,
+    Op,
+    Data,
+    After,
+    Other(String),
+}
+
+impl Key {
+    fn of(name: &str) -> Option<Key> {
+        Some(match name {
+            "id" => Key::Id,
+            "stream" => Key::Stream,
+            "version" => Key::Version,
+            "type" => Key::Type,
+            "op" => Key::Op,
+            "data" => Key::Data,
+            "after" => Key::After,
+            _ => return None,
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Key, E> {
+                Ok(Key::of(name).unwrap_or_else(|| Key::Other(name.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, name: String) -> Result<Key, E> {
+                Ok(Key::of(&name).unwrap_or(Key::Other(name)))
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// Decodes an object into its fields in one pass, as [`Fields::split`] splits a decoded
+/// one: a repeated key keeps its last value (and, among the other fields, its first
+/// place), as a JSON object decoded into a map does.
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Fields, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
+            type Value = Fields;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Fields, A::Error> {
+                let mut fields = Fields::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    fields.put(key, map.next_value()?);
+                }
+                Ok(fields)
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+/// Validates an envelope's fields.
+fn parse_fields(fields: Fields, policy: OpPolicy) -> Result<Event, ParseError> {
     // The routing fields are read first and independently, so that a defect elsewhere
     // still leaves the event routable to its stream.
     let id = name_of(fields.id, "id", EVENT_ID_BYTES_MAX);
@@ -635,6 +727,63 @@ mod tests {
     }
 
     /// Found by the envelope fuzz target: without serde_json's exact float parsing a
+    /// [`parse_event`] decodes an object straight into its fields; it must say exactly
+    /// what decoding the whole object as a map, then splitting it, says: the same event,
+    /// or the same error with the same routing and the same words.
+    #[test]
+    fn decoding_into_fields_agrees_with_decoding_the_object() {
+        let via_map = |bytes: &[u8], policy| match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(object)) => parse_object(object, policy),
+            Ok(_) => Err(ParseError {
+                error: EnvelopeError::NotAnObject,
+                routing: Routing::default(),
+            }),
+            Err(e) => Err(ParseError {
+                error: EnvelopeError::InvalidJson {
+                    detail: e.to_string(),
+                },
+                routing: Routing::default(),
+            }),
+        };
+        let lines = [
+            r#"{"id":"a","stream":"s","version":1,"type":"T","op":"set","data":{"x":1,"y":[1,2]}}"#,
+            r#"  {"id":"a","stream":"s","version":2,"type":"T","op":"patch","data":{"x":null},"meta":{"k":1},"z":2}"#,
+            r#"{"id":"a","id":"b","stream":"s","version":3,"type":"T","op":"incr","data":{"n":1},"z":1,"y":2,"z":3}"#,
+            r#"{"id":"e","stream":"s","version":4,"type":"T","op":"delete","data":null}"#,
+            r#"{"id":"m","stream":"t","version":1,"type":"M","op":"merge","data":{"from":["s"]},"after":[{"stream":"s","version":4}]}"#,
+            r#"{"id":"c","stream":"t","version":2,"type":"C","op":"custom-op","data":{}}"#,
+            r#"{"id":1,"stream":"s","version":"x","type":2}"#,
+            r#"{"stream":"s","version":1}"#,
+            r#"{"id":"a","stream":"s","version":18446744073709551615,"type":"T","op":"set"}"#,
+            r#"{"id":"a","stream":"s","version":1.5,"type":"T","op":"set","data":1e400}"#,
+            r#"{1:2}"#,
+            r#"{"a":1} trailing"#,
+            r#"[1,2]"#,
+            r#""just a string""#,
+            r#"42"#,
+            r#"{}"#,
+        ];
+        for line in lines {
+            // Every prefix too: truncated lines are the usual malformed input.
+            for end in 1..=line.len() {
+                let Some(bytes) = line.as_bytes().get(..end) else {
+                    continue;
+                };
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    continue; // refused before any decoding, on either path
+                }
+                for policy in [OpPolicy::Document, OpPolicy::Custom] {
+                    assert_eq!(
+                        format!("{:?}", parse_event(bytes, policy)),
+                        format!("{:?}", via_map(bytes, policy)),
+                        "{}",
+                        String::from_utf8_lossy(bytes)
+                    );
+                }
+            }
+        }
+    }
+
     /// number could come back one ULP off when ordo wrote the event again (a waiting row,
     /// a dead letter, a handler's request body).
     #[test]

@@ -22,7 +22,7 @@ pub use engine::{
     ReplayOutcome, WaitingEvent, WaitsFor, Work, DECISIONS_MAX, NOTICES_MAX,
 };
 pub use envelope::{
-    parse_event, Dependency, EnvelopeError, Event, Op, OpPolicy, ParseError, Routing,
+    parse_event, parse_object, Dependency, EnvelopeError, Event, Op, OpPolicy, ParseError, Routing,
 };
 pub use state::{
     ChangeSet, DeadLetter, DeadLetterKind, Load, Loaded, PendingRecord, PendingState, Snapshot,
