@@ -289,21 +289,7 @@ fn run_raw(log_path: &str, store: &str) -> Result<f64, String> {
         after = *last;
         let transaction = db.transaction().map_err(|e| e.to_string())?;
         {
-            let mut upsert = transaction
-                .prepare_cached(
-                    "INSERT INTO docs (stream, doc) VALUES (?1, ?2)
-                     ON CONFLICT (stream) DO UPDATE SET doc = excluded.doc",
-                )
-                .map_err(|e| e.to_string())?;
-            for (_, body) in &rows {
-                let value: serde_json::Value =
-                    serde_json::from_str(body).map_err(|e| e.to_string())?;
-                let stream = value["stream"].as_str().unwrap_or_default();
-                upsert
-                    .execute(params![stream, value["data"].to_string()])
-                    .map_err(|e| e.to_string())?;
-                count += 1;
-            }
+            count += upsert_raw(&transaction, rows.iter().map(|(_, body)| body.as_str()))?;
             transaction
                 .execute(
                     "INSERT OR REPLACE INTO position (id, offset) VALUES (1, ?1)",
@@ -314,6 +300,33 @@ fn run_raw(log_path: &str, store: &str) -> Result<f64, String> {
         transaction.commit().map_err(|e| e.to_string())?;
     }
     Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One step of the raw loop a team would write without ordo: each event's data upserted
+/// as its stream's row, with no ordering, no dedupe and no merging; a line that does not
+/// parse is passed over. Returns the rows written.
+pub(crate) fn upsert_raw<'a>(
+    transaction: &rusqlite::Transaction<'_>,
+    bodies: impl IntoIterator<Item = &'a str>,
+) -> Result<usize, String> {
+    let mut upsert = transaction
+        .prepare_cached(
+            "INSERT INTO docs (stream, doc) VALUES (?1, ?2)
+             ON CONFLICT (stream) DO UPDATE SET doc = excluded.doc",
+        )
+        .map_err(|e| e.to_string())?;
+    let mut written = 0;
+    for body in bodies {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
+            continue;
+        };
+        let stream = value["stream"].as_str().unwrap_or_default();
+        upsert
+            .execute(params![stream, value["data"].to_string()])
+            .map_err(|e| e.to_string())?;
+        written += 1;
+    }
+    Ok(written)
 }
 
 /// The metrics A/B alone: `pairs` alternating runs without and with the metrics (on

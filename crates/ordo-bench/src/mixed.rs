@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use ordo_sim::scenarios::Scenario;
 use ordo_sim::Rng;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 
 /// Lines per transaction of the raw loop: `ordo run`'s own default batch.
 const RAW_BATCH_LINES: usize = ordo_runtime::limits::COMMIT_EVENTS_MAX_DEFAULT;
@@ -185,22 +185,23 @@ pub fn run(ordo: &Path, shape: &MixedShape) -> Result<MixedReport, String> {
 }
 
 /// The mixed scenario's deliveries as JSONL, one malformed line in [`MALFORMED_EVERY`].
-fn write_mixed(path: &Path, events: usize) -> Result<usize, String> {
+fn write_mixed(path: &Path, events: usize) -> Result<(), String> {
     let history = Scenario::Mixed.history(1, events);
     let deliveries = Scenario::Mixed.deliveries(1, &history);
     let mut out = BufWriter::new(std::fs::File::create(path).map_err(|e| e.to_string())?);
-    let mut lines = 0usize;
     for (i, event) in deliveries.iter().enumerate() {
         let line = event.to_json_string();
         if i % MALFORMED_EVERY == MALFORMED_EVERY - 1 {
-            writeln!(out, "{}", &line[..line.len() / 2]).map_err(|e| e.to_string())?;
-            lines += 1;
+            // Cut in half, as a crashed producer leaves it (bytes: a cut may split a
+            // character, which is malformed too).
+            let half = &line.as_bytes()[..line.len() / 2];
+            out.write_all(half)
+                .and_then(|()| out.write_all(b"\n"))
+                .map_err(|e| e.to_string())?;
         }
         writeln!(out, "{line}").map_err(|e| e.to_string())?;
-        lines += 1;
     }
-    out.flush().map_err(|e| e.to_string())?;
-    Ok(lines)
+    out.flush().map_err(|e| e.to_string())
 }
 
 /// `events` events over `streams` streams (sets, then patches and incrs), slightly
@@ -262,27 +263,15 @@ fn write_sweep(
     out.flush().map_err(|e| e.to_string())
 }
 
-/// CPU seconds (user + system) of the children this process has waited for.
+/// CPU seconds (user + system) of `who`: `RUSAGE_SELF` (this process so far) or
+/// `RUSAGE_CHILDREN` (the children it has waited for).
 #[allow(unsafe_code)]
-fn children_cpu_s() -> f64 {
+fn cpu_s(who: libc::c_int) -> f64 {
     // SAFETY: `rusage` is plain integers, for which all zeroes is a valid value, and
     // `getrusage` only writes the struct it is handed.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        usage
-    };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
-}
-
-/// CPU seconds (user + system) of this process so far.
-#[allow(unsafe_code)]
-fn own_cpu_s() -> f64 {
-    // SAFETY: as in `children_cpu_s`.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        libc::getrusage(who, &mut usage);
         usage
     };
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
@@ -293,7 +282,7 @@ fn own_cpu_s() -> f64 {
 /// exited. Fails unless it exits 0.
 fn run_ordo(ordo: &Path, file: &Path, store: &Path) -> Result<Measured, String> {
     let lines = count_lines(file)?;
-    let cpu_before = children_cpu_s();
+    let cpu_before = cpu_s(libc::RUSAGE_CHILDREN);
     let started = Instant::now();
     let output = Command::new(ordo)
         .arg("run")
@@ -318,7 +307,7 @@ fn run_ordo(ordo: &Path, file: &Path, store: &Path) -> Result<Measured, String> 
     Ok(Measured {
         lines,
         wall_s,
-        cpu_s: children_cpu_s() - cpu_before,
+        cpu_s: cpu_s(libc::RUSAGE_CHILDREN) - cpu_before,
     })
 }
 
@@ -326,7 +315,7 @@ fn run_ordo(ordo: &Path, file: &Path, store: &Path) -> Result<Measured, String> 
 /// batched transactions (WAL, synchronous=NORMAL, as ordo's store); a line that does not
 /// parse is passed over.
 fn run_raw(file: &Path, store: &Path) -> Result<Measured, String> {
-    let cpu_before = own_cpu_s();
+    let cpu_before = cpu_s(libc::RUSAGE_SELF);
     let started = Instant::now();
     let input = std::io::BufReader::new(std::fs::File::open(file).map_err(|e| e.to_string())?);
     let mut db = Connection::open(store).map_err(|e| e.to_string())?;
@@ -350,30 +339,14 @@ fn run_raw(file: &Path, store: &Path) -> Result<Measured, String> {
     Ok(Measured {
         lines,
         wall_s: started.elapsed().as_secs_f64(),
-        cpu_s: own_cpu_s() - cpu_before,
+        cpu_s: cpu_s(libc::RUSAGE_SELF) - cpu_before,
     })
 }
 
 /// One transaction of the raw loop. Returns the lines it read.
 fn upsert_batch(db: &mut Connection, batch: &[String]) -> Result<usize, String> {
     let transaction = db.transaction().map_err(|e| e.to_string())?;
-    {
-        let mut upsert = transaction
-            .prepare_cached(
-                "INSERT INTO docs (stream, doc) VALUES (?1, ?2)
-                 ON CONFLICT (stream) DO UPDATE SET doc = excluded.doc",
-            )
-            .map_err(|e| e.to_string())?;
-        for line in batch {
-            let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let stream = value["stream"].as_str().unwrap_or_default();
-            upsert
-                .execute(params![stream, value["data"].to_string()])
-                .map_err(|e| e.to_string())?;
-        }
-    }
+    crate::embedded::upsert_raw(&transaction, batch.iter().map(String::as_str))?;
     transaction.commit().map_err(|e| e.to_string())?;
     Ok(batch.len())
 }

@@ -16,7 +16,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{postgres_admin, run, run_idle, Scratch, POSTGRES};
+use common::{postgres_admin, run, run_idle, try_run_idle, Scratch, POSTGRES};
 
 /// Streams in the full-disk workload.
 const STREAMS: u64 = 200;
@@ -117,16 +117,7 @@ fn a_full_disk_fails_the_sqlite_commit_whole() {
     let disk = Tmpfs::mount(&scratch.path("small"), "1m");
     let full_store = disk.path.join("state.db");
     let full_url = format!("sqlite:{}", full_store.display());
-    let output = run(&[
-        "run",
-        "--source",
-        &source,
-        "--store",
-        &full_url,
-        "--exit-when-idle",
-        "--batch",
-        "50",
-    ]);
+    let output = try_run_idle(&source, &full_url, &["--batch", "50"]);
     let said = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "stderr: {said}");
     assert!(said.contains("disk is full"), "stderr: {said}");
@@ -196,16 +187,7 @@ fn a_full_disk_fails_the_postgres_commit_whole() {
         .batch_execute(&format!("CREATE DATABASE {name} TABLESPACE {name}"))
         .unwrap();
     let store = POSTGRES.replace("/test", &format!("/{name}"));
-    let output = run(&[
-        "run",
-        "--source",
-        &source,
-        "--store",
-        &store,
-        "--exit-when-idle",
-        "--batch",
-        "50",
-    ]);
+    let output = try_run_idle(&source, &store, &["--batch", "50"]);
     let said = stderr(&output);
     let consistent = std::panic::catch_unwind(|| documents_match_versions(&store));
     cleanup(&mut admin);

@@ -65,9 +65,10 @@ pub enum LogError {
 /// Why the file's permission bits refuse this process `path` (to read, or to read and
 /// write), in words; `None` when they allow it, or cannot be read. Judged from the mode
 /// and owner without opening the file: a descriptor opened and closed here would drop
-/// every POSIX lock SQLite holds on the file in this process. (ordo-store's twin judges
-/// a store the same way; neither crate depends on the other.)
-fn permission_denied(path: &Path, write: bool) -> Option<String> {
+/// every POSIX lock SQLite holds on the file in this process (SQLite's "how to corrupt",
+/// 2.2.1). ACLs and read-only mounts are left to SQLite's own error. The SQLite store
+/// judges its file with it too.
+pub fn permission_denied(path: &Path, write: bool) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let metadata = std::fs::metadata(path).ok()?;
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -82,6 +82,19 @@ pub struct CommitBatch {
     pub now_ms: u64,
 }
 
+impl CommitBatch {
+    /// What the batch adds to the journal: its entries, then one per operator action it
+    /// carries out (a request merely recorded is not journaled until taken up).
+    pub(crate) fn journal_entries(&self) -> impl Iterator<Item = journal::JournalEntry> + '_ {
+        let operator = self
+            .actions
+            .iter()
+            .filter(|a| a.state != ActionState::Pending)
+            .map(journal::operator_entry);
+        self.journal.iter().cloned().chain(operator)
+    }
+}
+
 /// One row of `ordo export`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportRow {

@@ -521,13 +521,8 @@ fn write_actions_and_journal(
             ],
         )?;
     }
-    let operator = batch
-        .actions
-        .iter()
-        .filter(|a| a.state != crate::ActionState::Pending)
-        .map(crate::journal::operator_entry);
     let mut added = 0;
-    for entry in batch.journal.iter().cloned().chain(operator) {
+    for entry in batch.journal_entries() {
         tx.execute(
             "INSERT INTO journal (at_ms, kind, stream, version, detail)
              VALUES ($1, $2, $3, $4, $5)",

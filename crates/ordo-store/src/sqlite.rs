@@ -173,7 +173,7 @@ impl SqliteStore {
         }
         not_a_file(path)?;
         if exists {
-            if let Some(refused) = permission_denied(file, true) {
+            if let Some(refused) = ordo_log::permission_denied(file, true) {
                 return Err(OpenError::NotWritable {
                     path: path.into(),
                     detail: refused,
@@ -232,7 +232,7 @@ impl SqliteStore {
             return Err(OpenError::Missing(path.into()));
         }
         not_a_file(path)?;
-        if let Some(refused) = permission_denied(Path::new(path), false) {
+        if let Some(refused) = ordo_log::permission_denied(Path::new(path), false) {
             return Err(OpenError::NotReadable {
                 path: path.into(),
                 detail: refused,
@@ -988,16 +988,11 @@ fn write_actions(transaction: &Connection, actions: &[OperatorAction]) -> rusqli
 /// Adds the batch's journal entries (and one per operator action carried out), then
 /// applies the retention if anything was added.
 fn write_journal(transaction: &Connection, batch: &CommitBatch) -> rusqlite::Result<()> {
-    let operator = batch
-        .actions
-        .iter()
-        .filter(|a| a.state != crate::ActionState::Pending)
-        .map(crate::journal::operator_entry);
     let mut added = 0;
     let mut insert = transaction.prepare_cached(
         "INSERT INTO journal (at_ms, kind, stream, version, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
-    for entry in batch.journal.iter().cloned().chain(operator) {
+    for entry in batch.journal_entries() {
         insert.execute(params![
             entry.at_ms as i64,
             entry.kind,
@@ -1312,54 +1307,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// Why the file's permission bits refuse this process `path` (to read, or to read and
-/// write), in words; `None` when they allow it, or cannot be read. Judged from the mode
-/// and owner without opening the file: a descriptor opened and closed here would drop
-/// every POSIX lock SQLite holds on the file in this process (SQLite's "how to corrupt",
-/// 2.2.1). ACLs and read-only mounts are left to SQLite's own error.
-fn permission_denied(path: &Path, write: bool) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let metadata = std::fs::metadata(path).ok()?;
-    let (uid, gids) = process_ids()?;
-    if uid == 0 {
-        return None;
-    }
-    let mode = metadata.mode();
-    let (read_bit, write_bit) = if metadata.uid() == uid {
-        (0o400, 0o200)
-    } else if gids.contains(&metadata.gid()) {
-        (0o040, 0o020)
-    } else {
-        (0o004, 0o002)
-    };
-    let refused = mode & read_bit == 0 || (write && mode & write_bit == 0);
-    refused.then(|| {
-        format!(
-            "Permission denied (mode {:o}, owner uid {}; this process runs as uid {uid})",
-            mode & 0o777,
-            metadata.uid()
-        )
-    })
-}
-
-/// This process's effective user id and its groups (effective and supplementary), from
-/// `/proc/self/status`.
-fn process_ids() -> Option<(u32, Vec<u32>)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let numbers = |name: &str| -> Option<Vec<u32>> {
-        let rest = status.lines().find_map(|line| line.strip_prefix(name))?;
-        Some(
-            rest.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect(),
-        )
-    };
-    let uid = *numbers("Uid:")?.get(1)?;
-    let mut gids = numbers("Groups:").unwrap_or_default();
-    gids.push(*numbers("Gid:")?.get(1)?);
-    Some((uid, gids))
-}
-
 /// Creates the empty file a new store starts as (SQLite takes an empty file for a new
 /// database), so that a directory this process may not write is named as such.
 fn create_empty(file: &Path) -> Result<(), String> {
@@ -1384,25 +1331,15 @@ fn create_empty(file: &Path) -> Result<(), String> {
 }
 
 /// Refuses a path that exists and is not a regular file: SQLite would say "disk I/O
-/// error" of a FIFO, or block on it. (`ordo_log::special_file` is the same test for the
-/// event log; the store does not depend on the log.)
+/// error" of a FIFO, or block on it.
 fn not_a_file(path: &str) -> Result<(), OpenError> {
-    use std::os::unix::fs::FileTypeExt;
-    let Ok(metadata) = std::fs::metadata(path) else {
-        return Ok(()); // absent: created, or refused as missing, by the caller
-    };
-    let kind = metadata.file_type();
-    let what = match () {
-        _ if kind.is_file() => return Ok(()),
-        _ if kind.is_dir() => "a directory",
-        _ if kind.is_fifo() => "a FIFO (named pipe)",
-        _ if kind.is_socket() => "a socket",
-        _ => "a device",
-    };
-    Err(OpenError::NotAFile {
-        path: path.into(),
-        kind: what,
-    })
+    match ordo_log::special_file(path) {
+        Some(kind) => Err(OpenError::NotAFile {
+            path: path.into(),
+            kind,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The parts of a restart's [`Snapshot`], each read with one query.

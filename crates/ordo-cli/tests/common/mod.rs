@@ -41,6 +41,15 @@ pub fn ok(args: &[&str]) -> Output {
 
 /// `ordo run --source SOURCE --store STORE --exit-when-idle EXTRA…`, asserting exit 0.
 pub fn run_idle(source: &str, store: &str, extra: &[&str]) -> Output {
+    ok(&idle_run_args(source, store, extra))
+}
+
+/// `ordo run --source S --store T --exit-when-idle EXTRA…`, whatever it ends with.
+pub fn try_run_idle(source: &str, store: &str, extra: &[&str]) -> Output {
+    run(&idle_run_args(source, store, extra))
+}
+
+fn idle_run_args<'a>(source: &'a str, store: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "run",
         "--source",
@@ -50,7 +59,7 @@ pub fn run_idle(source: &str, store: &str, extra: &[&str]) -> Output {
         "--exit-when-idle",
     ];
     args.extend_from_slice(extra);
-    ok(&args)
+    args
 }
 
 /// A scratch directory for one test.
