@@ -218,8 +218,9 @@ pub struct EngineArgs {
 /// `ordo run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Where events come from: file:PATH, log:PATH, kafka://HOST:PORT/TOPIC?group=G or
-    /// nats://HOST:PORT/STREAM?durable=NAME[&partitions=N&prefix=P].
+    /// Where events come from: file:PATH, log:PATH, kafka://HOST:PORT/TOPIC?group=G,
+    /// nats://HOST:PORT/STREAM?durable=NAME[&partitions=N&prefix=P] or
+    /// sqs://QUEUE?region=R[&endpoint=URL].
     #[arg(long)]
     pub source: String,
     /// Where state goes: sqlite:PATH or postgres://...
@@ -556,7 +557,8 @@ pub struct RelayArgs {
     pub store: String,
     /// Where to: kafka://HOST:PORT/TOPIC (extra ?key=value go to the producer), or
     /// nats://HOST:PORT/STREAM[?prefix=P] (subject P.<stream>, P the stream name in
-    /// lower case by default; Nats-Msg-Id the event id).
+    /// lower case by default; Nats-Msg-Id the event id), or sqs://QUEUE?region=R
+    /// (MessageGroupId the stream and MessageDeduplicationId the event id on a FIFO queue).
     #[arg(long)]
     pub to: String,
     /// Stop once the outbox is empty.

@@ -95,8 +95,14 @@ pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The broker `--to` names: `kafka://…` or `nats://…`.
+/// The broker `--to` names: `kafka://…`, `nats://…` or `sqs://…`.
 fn publisher(to: &str) -> anyhow::Result<Box<dyn Publisher>> {
+    if to.starts_with("sqs://") {
+        let url = ordo_sqs::SqsUrl::parse(to).map_err(anyhow::Error::msg)?;
+        return Ok(Box::new(
+            ordo_sqs::SqsPublisher::connect(&url).map_err(anyhow::Error::msg)?,
+        ));
+    }
     if to.starts_with("nats://") {
         let url = ordo_nats::NatsUrl::parse(to).map_err(anyhow::Error::msg)?;
         return Ok(Box::new(

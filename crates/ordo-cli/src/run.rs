@@ -16,7 +16,7 @@ use crate::settings::{engine_config, open_store, record_engine_config};
 const FAULT_VARIABLE: &str = "ORDO_FAULT_COMMIT";
 
 /// Why `--member-id` is refused where no group is read.
-const MEMBER_ID_NEEDS_A_GROUP: &str = "--member-id names a group member: a Kafka source, or a NATS source with partitions=N and a PostgreSQL store";
+const MEMBER_ID_NEEDS_A_GROUP: &str = "--member-id names a group member: a Kafka source, a NATS source with partitions=N and a PostgreSQL store, or an SQS source with a PostgreSQL store";
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let source_url = SourceUrl::parse(&args.source)?;
@@ -165,6 +165,14 @@ fn open_source(
             let source = open_nats(&url, &key, store, args)?;
             (source, key)
         }
+        SourceUrl::Sqs(url) => {
+            let url = ordo_sqs::SqsUrl::parse(url).map_err(anyhow::Error::msg)?;
+            // Positions are ordo's own numbering per slot: they belong to the queue and
+            // the split into slots, not to an endpoint.
+            let key = format!("sqs:{}?slots={}", url.queue, url.slots);
+            refuse_another_slot_count(store, &url.queue, &key)?;
+            (open_sqs(&url, &key, store, args)?, key)
+        }
         other => {
             anyhow::ensure!(args.member_id.is_none(), "{MEMBER_ID_NEEDS_A_GROUP}");
             (ordo_runtime::open_source(other)?, other.checkpoint_key())
@@ -291,6 +299,57 @@ fn open_nats(
         args.idle_ms,
         member,
     )?))
+}
+
+/// An SQS source: one member of a group when the store is PostgreSQL (any number of
+/// processes may share the queue and the store; each reads while it holds a slot), else
+/// the queue's one reader.
+fn open_sqs(
+    url: &ordo_sqs::SqsUrl,
+    key: &str,
+    store: &mut ordo_store::AnyStore,
+    args: &RunArgs,
+) -> anyhow::Result<Box<dyn ordo_runtime::Source>> {
+    let ordo_store::AnyStore::Postgres(postgres) = store else {
+        anyhow::ensure!(args.member_id.is_none(), "{MEMBER_ID_NEEDS_A_GROUP}");
+        return Ok(Box::new(ordo_sqs::SqsSource::open(url, args.idle_ms)?));
+    };
+    if let Some(member) = &args.member_id {
+        postgres.set_member(member);
+    }
+    let members = postgres.members(
+        key,
+        url.slots,
+        std::time::Duration::from_millis(ordo_runtime::membership::SESSION_TIMEOUT_MS),
+    );
+    let member = ordo_runtime::membership::Member::start(members, url.slots);
+    Ok(Box::new(ordo_sqs::SqsSource::open_member(
+        url,
+        args.idle_ms,
+        member,
+    )?))
+}
+
+/// Slots are positions' partitions: a store that numbered a queue's deliveries in
+/// another count of slots would hand waiting events of slots no member takes to nobody.
+fn refuse_another_slot_count(
+    store: &mut ordo_store::AnyStore,
+    queue: &str,
+    key: &str,
+) -> anyhow::Result<()> {
+    let positions = store.status_summary()?.positions;
+    let prefix = format!("sqs:{queue}?slots=");
+    if let Some(other) = positions
+        .iter()
+        .map(|p| p.source.as_str())
+        .find(|source| *source != key && source.starts_with(&prefix))
+    {
+        anyhow::bail!(
+            "this store holds positions for `{other}`, another count of slots than `{key}`: keep slots= as it was \
+             (docs/brokers.md, \"Several ordo members on one SQS queue\")"
+        );
+    }
+    Ok(())
 }
 
 /// What is still stuck at the end of a run, by stream, so that nobody has to guess

@@ -471,12 +471,24 @@ impl<S: Store> Consumer<S> {
         bytes: &[u8],
         key: Option<&[u8]>,
     ) {
-        let Some(key) = key else {
-            return self.deliver(now_ms, position, bytes);
-        };
+        self.deliver_from(now_ms, position, bytes, key, || None);
+    }
+
+    /// [`Self::deliver_keyed`], naming the message the broker's way when it is
+    /// dead-lettered (`origin`, asked for only then; see [`Source::origin`]).
+    ///
+    /// [`Source::origin`]: crate::Source::origin
+    pub fn deliver_from(
+        &mut self,
+        now_ms: u64,
+        position: SourcePosition,
+        bytes: &[u8],
+        key: Option<&[u8]>,
+        origin: impl FnOnce() -> Option<String>,
+    ) {
         let disposition = self
             .engine
-            .handle_keyed_bytes(now_ms, Some(position), bytes, key);
+            .handle_delivery(now_ms, Some(position), bytes, key, origin);
         self.delivered(disposition);
     }
 

@@ -324,7 +324,9 @@ impl RunLoop {
             // Calls still out get a grace period; what they acknowledge is committed.
             consumer.settle_handlers(Some(Duration::from_millis(STOP_GRACE_MS)));
             // A conflict here leaves the batch to be read again by the next owner.
-            commit(consumer, source, &mut self.conflicts, false)?;
+            if commit(consumer, source, &mut self.conflicts, false)? {
+                source.committed(&consumer.engine().checkpoints());
+            }
             self.commits += 1;
             return Ok(Some(RunEnd::Stopped));
         }
@@ -339,7 +341,7 @@ impl RunLoop {
             }
             Polled::Nothing => (false, false),
             Polled::Events(events) => {
-                self.deliver(consumer, events);
+                self.deliver(consumer, &*source, events);
                 (false, false)
             }
             // Read to the end is not caught up: events read but not yet applied (a slow
@@ -397,7 +399,12 @@ impl RunLoop {
 
     /// Hands a batch of deliveries to the consumer. The batch arrived at one moment: one
     /// reading of each clock for all of it.
-    fn deliver<S: Store>(&mut self, consumer: &mut Consumer<S>, events: Vec<Delivery>) {
+    fn deliver<S: Store>(
+        &mut self,
+        consumer: &mut Consumer<S>,
+        source: &dyn Source,
+        events: Vec<Delivery>,
+    ) {
         let received = Instant::now();
         let received_ms = consumer.clock().now_ms();
         if let Some(telemetry) = consumer.telemetry() {
@@ -409,7 +416,9 @@ impl RunLoop {
             self.last_delivery = Some(received);
         }
         for (position, bytes, key) in events {
-            consumer.deliver_keyed(received_ms, position, &bytes, key.as_deref());
+            consumer.deliver_from(received_ms, position, &bytes, key.as_deref(), || {
+                source.origin(position)
+            });
             self.delivered += 1;
         }
     }
@@ -542,12 +551,17 @@ impl RunLoop {
             }
             if commit(consumer, source, &mut self.conflicts, true)? {
                 self.commits += 1;
+                // A source that deletes or acknowledges what is durable (SQS, NATS) must
+                // hear of the last commit too.
+                source.committed(&consumer.engine().checkpoints());
                 return Ok(Some(RunEnd::Idle));
             }
             return Ok(None);
         }
         if finished {
-            commit(consumer, source, &mut self.conflicts, false)?;
+            if commit(consumer, source, &mut self.conflicts, false)? {
+                source.committed(&consumer.engine().checkpoints());
+            }
             self.commits += 1;
             return Ok(Some(RunEnd::Finished));
         }

@@ -22,6 +22,8 @@ pub enum SourceUrl {
     Kafka(String),
     /// `nats://HOST:PORT/STREAM?durable=NAME`.
     Nats(String),
+    /// `sqs://QUEUE?region=R[&endpoint=URL]`.
+    Sqs(String),
 }
 
 impl SourceUrl {
@@ -39,6 +41,9 @@ impl SourceUrl {
         if url.starts_with("nats://") {
             return Ok(SourceUrl::Nats(url.into()));
         }
+        if url.starts_with("sqs://") {
+            return Ok(SourceUrl::Sqs(url.into()));
+        }
         Err(SourceError::BadUrl(url.into()))
     }
 
@@ -47,7 +52,7 @@ impl SourceUrl {
         match self {
             SourceUrl::File(path) => format!("file:{path}"),
             SourceUrl::Log(path) => format!("log:{path}"),
-            SourceUrl::Kafka(url) | SourceUrl::Nats(url) => url.clone(),
+            SourceUrl::Kafka(url) | SourceUrl::Nats(url) | SourceUrl::Sqs(url) => url.clone(),
         }
     }
 }
@@ -95,7 +100,7 @@ impl fmt::Display for SourceError {
             SourceError::BadUrl(url) => {
                 write!(
                     f,
-                    "unsupported source URL `{url}` (expected file:PATH, log:PATH, kafka://HOST:PORT/TOPIC?group=G or nats://HOST:PORT/STREAM?durable=NAME)"
+                    "unsupported source URL `{url}` (expected file:PATH, log:PATH, kafka://HOST:PORT/TOPIC?group=G, nats://HOST:PORT/STREAM?durable=NAME or sqs://QUEUE?region=R)"
                 )?;
                 if !url.contains(':') {
                     // The usual first try: a bare file name.
@@ -171,6 +176,13 @@ pub trait Source: Send {
     /// The store committed these checkpoints (a Kafka source also commits them to the
     /// broker, for lag monitoring only).
     fn committed(&mut self, _checkpoints: &[(u32, u64)]) {}
+
+    /// How the broker names the message delivered at `position`, for a dead letter's
+    /// reason (an SQS message id: SQS has no offsets to find a message by). Asked only
+    /// for a delivery of the current poll that is being dead-lettered.
+    fn origin(&self, _position: SourcePosition) -> Option<String> {
+        None
+    }
 
     /// Whether this source is one member of a consumer group: partitions come and go with
     /// [`Polled::Assigned`] and [`Polled::Revoked`], and other members share the store.
@@ -259,6 +271,10 @@ impl<S: Source> Source for CrashAfter<S> {
 
     fn committed(&mut self, checkpoints: &[(u32, u64)]) {
         self.inner.committed(checkpoints);
+    }
+
+    fn origin(&self, position: SourcePosition) -> Option<String> {
+        self.inner.origin(position)
     }
 
     fn is_group(&self) -> bool {
@@ -478,9 +494,12 @@ pub fn open(url: &SourceUrl) -> Result<Box<dyn Source>, SourceError> {
     match url {
         SourceUrl::File(path) => Ok(Box::new(FileSource::open(path)?)),
         SourceUrl::Log(path) => Ok(Box::new(LogSource::open(path)?)),
-        SourceUrl::Kafka(_) | SourceUrl::Nats(_) => Err(SourceError::Unsupported(
-            "broker sources are opened by their own crates (ordo-kafka, ordo-nats)".into(),
-        )),
+        SourceUrl::Kafka(_) | SourceUrl::Nats(_) | SourceUrl::Sqs(_) => {
+            Err(SourceError::Unsupported(
+                "broker sources are opened by their own crates (ordo-kafka, ordo-nats, ordo-sqs)"
+                    .into(),
+            ))
+        }
     }
 }
 

@@ -485,10 +485,7 @@ impl Engine {
         position: Option<SourcePosition>,
         bytes: &[u8],
     ) -> Disposition {
-        match parse_event(bytes, self.config.op_policy) {
-            Ok(event) => self.handle_event(now_ms, position, event),
-            Err(refused) => self.handle_invalid(now_ms, position, bytes, refused),
-        }
+        self.handle_delivery(now_ms, position, bytes, None, || None)
     }
 
     /// Parses a broker message whose key must be its stream (Kafka's key, SQS's group
@@ -501,26 +498,44 @@ impl Engine {
         bytes: &[u8],
         key: &[u8],
     ) -> Disposition {
-        match parse_event(bytes, self.config.op_policy) {
-            Ok(event) if event.stream.as_bytes() == key => {
-                self.handle_event(now_ms, position, event)
+        self.handle_delivery(now_ms, position, bytes, Some(key), || None)
+    }
+
+    /// Parses a broker message and handles it: with a `key`, as
+    /// [`Self::handle_keyed_bytes`], else as [`Self::handle_bytes`]. `origin` names the
+    /// message the way its broker does (an SQS message id): asked for only when the
+    /// message is dead-lettered, and then added to the reason, so that an operator can
+    /// find it on the broker's side too.
+    pub fn handle_delivery(
+        &mut self,
+        now_ms: u64,
+        position: Option<SourcePosition>,
+        bytes: &[u8],
+        key: Option<&[u8]>,
+        origin: impl FnOnce() -> Option<String>,
+    ) -> Disposition {
+        let refused = match parse_event(bytes, self.config.op_policy) {
+            Ok(event) if key.is_none_or(|key| event.stream.as_bytes() == key) => {
+                return self.handle_event(now_ms, position, event);
             }
-            Ok(event) => {
-                let refused = ParseError {
-                    error: EnvelopeError::KeyMismatch {
-                        key: String::from_utf8_lossy(key).into_owned(),
-                        stream: event.stream.to_string(),
-                    },
-                    routing: Routing {
-                        id: Some(event.id),
-                        stream: Some(event.stream),
-                        version: Some(event.version),
-                    },
-                };
-                self.handle_invalid(now_ms, position, bytes, refused)
-            }
-            Err(refused) => self.handle_invalid(now_ms, position, bytes, refused),
+            Ok(event) => ParseError {
+                error: EnvelopeError::KeyMismatch {
+                    key: String::from_utf8_lossy(key.unwrap_or_default()).into_owned(),
+                    stream: event.stream.to_string(),
+                },
+                routing: Routing {
+                    id: Some(event.id),
+                    stream: Some(event.stream),
+                    version: Some(event.version),
+                },
+            },
+            Err(refused) => refused,
+        };
+        let mut reason = refused.error.to_string();
+        if let Some(origin) = origin() {
+            reason = format!("{reason} ({origin})");
         }
+        self.handle_invalid(now_ms, position, bytes, refused.routing, reason)
     }
 
     /// Dead-letters input that failed [`parse_event`].
@@ -529,11 +544,10 @@ impl Engine {
         now_ms: u64,
         position: Option<SourcePosition>,
         bytes: &[u8],
-        refused: ParseError,
+        routing: Routing,
+        reason: String,
     ) -> Disposition {
         let body = String::from_utf8_lossy(bytes).into_owned();
-        let reason = refused.error.to_string();
-        let routing = refused.routing;
         let mut kind = DeadLetterKind::Unroutable;
         let mut sequenced_at = None;
         if let (Some(stream), Some(version)) = (&routing.stream, routing.version) {

@@ -1,0 +1,686 @@
+//! `sqs://QUEUE?region=R`: an SQS queue, FIFO or standard, read by long-polling receives
+//! that run beside the run loop, each message deleted only once the store holds what it
+//! did.
+//!
+//! - **Positions.** SQS has no offsets: a message, once deleted, is gone, and one not
+//!   deleted comes back. ordo numbers what it hands to the run loop itself, per slot
+//!   (below), going on from the stored checkpoint, so that the store's checkpoint says
+//!   which of the held messages are durable. On a restart nothing is skipped by position:
+//!   what SQS gives again is absorbed by the engine's dedupe and version guard.
+//! - **Deletes.** After each commit, every held message at or below the new checkpoint
+//!   is deleted (`DeleteMessageBatch`): applied, or stored as waiting. A message held
+//!   behind an unsettled one (a handler call still out) waits with it.
+//! - **Visibility.** Receives ask for `visibility_timeout_s`; every third of it, each
+//!   message still held is extended by as much again (`ChangeMessageVisibilityBatch`), by
+//!   a task beside the run loop, for as long as the loop keeps calling the source (a loop
+//!   stuck for [`LOOP_SILENCE_MS_MAX`] lets its messages go back). A redelivery that
+//!   happens anyway is a duplicate to the engine.
+//! - **FIFO.** A group's messages come in order and the group is blocked while any is in
+//!   flight, so ordo never has two of one group out of order; the group id must be the
+//!   event's stream (as Kafka's key), else the message is dead-lettered. Standard queues
+//!   give no order: the version guard puts it back.
+//! - **Bad messages** are dead-lettered in ordo's store (the reason names the SQS message
+//!   id) and deleted like any other, never left to SQS's own redrive.
+//! - **Several members.** Given a [`Member`] (a PostgreSQL store shared by the group),
+//!   the source takes slots, not partitions: SQS spreads the groups across receivers by
+//!   itself. A member reads only while it holds a slot; it numbers its deliveries in the
+//!   first slot it holds, and its waiting events stay with that slot, so that when it
+//!   dies, the member that takes the slot over applies them.
+//! - **Stops and rewinds.** Held messages not yet durable are made visible again at once
+//!   (visibility 0), on a graceful stop and when a commit is refused.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ordo_core::SourcePosition;
+use ordo_runtime::membership::{Change, Member, LOOP_SILENCE_MS_MAX};
+use ordo_runtime::telemetry::PartitionEnd;
+use ordo_runtime::{Delivery, Polled, Source, SourceError};
+use tokio::task::JoinHandle;
+
+use crate::client::{Message, SqsClient, SqsError, BATCH_ENTRIES_MAX, CALL_WAIT_MS};
+use crate::credentials::CredentialChain;
+use crate::url::SqsUrl;
+
+/// Messages received and not yet deleted, at most: receiving pauses beyond. Well inside
+/// a FIFO queue's 20,000 in flight (SQS refuses receives past it).
+pub const OUTSTANDING_MAX: usize = 8_192;
+const _: () = assert!(OUTSTANDING_MAX < 20_000);
+
+/// How long a receiver that may not receive (paused, no slot, too much outstanding)
+/// sleeps before it looks again.
+const RECEIVER_NAP_MS: u64 = 50;
+
+/// How long a receiver waits after a receive failed through every retry.
+const RECEIVE_FAILED_NAP_MS: u64 = 1_000;
+
+/// How often the queue's length is asked for the lag, at most.
+const ENDS_REFRESH_MS: u64 = 5_000;
+
+/// How long a poll with nothing to read (no slot, paused) sleeps.
+const PAUSED_POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// A message received and not yet deleted, and when its visibility was last set.
+#[derive(Debug)]
+struct Held {
+    message: Message,
+    visible_from: Instant,
+}
+
+/// What the receivers and the run loop share.
+#[derive(Default)]
+struct Inbox {
+    /// Received, not yet handed to the run loop.
+    received: VecDeque<Held>,
+    /// Handed to the run loop, not yet deleted, by position.
+    held: BTreeMap<(u32, u64), Held>,
+    /// In a delete or a release call now.
+    leaving: usize,
+    /// When the last messages arrived.
+    arrived_at: Option<Instant>,
+    /// When the last receive began that found nothing while nothing was outstanding.
+    empty_from: Option<Instant>,
+    /// A receive failed in a way no retry mends (no such queue, no permission).
+    failure: Option<String>,
+}
+
+impl Inbox {
+    fn outstanding(&self) -> usize {
+        self.received.len() + self.held.len() + self.leaving
+    }
+}
+
+struct Shared {
+    inbox: Mutex<Inbox>,
+    arrived: Condvar,
+    /// Receivers receive only while this is set.
+    reading: AtomicBool,
+    stop: AtomicBool,
+    /// The last receive got an answer.
+    reachable: AtomicBool,
+    /// When the run loop last called the source (ms since `started`).
+    loop_seen_ms: AtomicU64,
+    started: Instant,
+}
+
+impl Shared {
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().expect("no task panics holding the inbox")
+    }
+
+    fn loop_alive(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        now.saturating_sub(self.loop_seen_ms.load(Ordering::Relaxed)) < LOOP_SILENCE_MS_MAX
+    }
+}
+
+/// An SQS queue read by ordo.
+pub struct SqsSource {
+    runtime: tokio::runtime::Runtime,
+    client: SqsClient,
+    queue: Arc<str>,
+    url: SqsUrl,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Deletes and releases in flight (awaited on drop).
+    leaving: Vec<JoinHandle<()>>,
+    member: Option<Member>,
+    changing: Option<Change>,
+    /// Slots held, each with the position its next delivery gets.
+    owned: BTreeMap<u32, u64>,
+    paused: BTreeSet<u32>,
+    idle: Duration,
+    ends: Option<(Instant, u64)>,
+}
+
+fn broker(what: &str, error: impl std::fmt::Display) -> SourceError {
+    SourceError::Broker(format!("{what}: {error}"))
+}
+
+impl SqsSource {
+    /// Finds the queue and starts receiving; the one reader of the queue.
+    pub fn open(url: &SqsUrl, idle_ms: u64) -> Result<Self, SourceError> {
+        let mut source = Self::connect(url, idle_ms)?;
+        source.owned.insert(0, 0);
+        Ok(source)
+    }
+
+    /// Finds the queue as one member of a group: it reads while `member`'s view of the
+    /// group gives it a slot.
+    pub fn open_member(url: &SqsUrl, idle_ms: u64, member: Member) -> Result<Self, SourceError> {
+        let mut source = Self::connect(url, idle_ms)?;
+        source.member = Some(member);
+        Ok(source)
+    }
+
+    fn connect(url: &SqsUrl, idle_ms: u64) -> Result<Self, SourceError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| broker("cannot start the SQS client's runtime", e))?;
+        let client = SqsClient::new(&url.endpoint, &url.region, CredentialChain::from_process())
+            .map_err(|e| broker("SQS client", e))?;
+        let queue: Arc<str> = runtime
+            .block_on(client.queue_url(&url.queue))
+            .map_err(|e| broker(&format!("queue `{}`", url.queue), e))?
+            .into();
+        let shared = Arc::new(Shared {
+            inbox: Mutex::new(Inbox::default()),
+            arrived: Condvar::new(),
+            reading: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            reachable: AtomicBool::new(true),
+            loop_seen_ms: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        let mut tasks = Vec::new();
+        for _ in 0..url.receivers {
+            let receiver = Receiver {
+                client: client.clone(),
+                queue: queue.clone(),
+                url: url.clone(),
+                shared: shared.clone(),
+            };
+            tasks.push(runtime.spawn(receiver.run()));
+        }
+        let keeper = Keeper {
+            client: client.clone(),
+            queue: queue.clone(),
+            visibility_s: url.visibility_timeout_s,
+            shared: shared.clone(),
+        };
+        tasks.push(runtime.spawn(keeper.run()));
+        Ok(SqsSource {
+            runtime,
+            client,
+            queue,
+            url: url.clone(),
+            shared,
+            tasks,
+            leaving: Vec::new(),
+            member: None,
+            changing: None,
+            owned: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            idle: Duration::from_millis(idle_ms),
+            ends: None,
+        })
+    }
+
+    /// The slot this process numbers its deliveries in: the first it holds.
+    fn delivery_slot(&self) -> Option<u32> {
+        self.owned.keys().next().copied()
+    }
+
+    fn seen(&self) {
+        let now = self.shared.started.elapsed().as_millis() as u64;
+        self.shared.loop_seen_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Waits up to `wait` for received messages and hands up to `max` of them out,
+    /// numbered in `slot`.
+    fn take(
+        &mut self,
+        slot: u32,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, SourceError> {
+        let shared = self.shared.clone();
+        let mut inbox = shared.inbox();
+        if inbox.received.is_empty() && inbox.failure.is_none() {
+            inbox = shared
+                .arrived
+                .wait_timeout_while(inbox, wait, |i| {
+                    i.received.is_empty() && i.failure.is_none()
+                })
+                .expect("no task panics holding the inbox")
+                .0;
+        }
+        if let Some(failure) = &inbox.failure {
+            return Err(SourceError::Broker(failure.clone()));
+        }
+        let next = self
+            .owned
+            .get_mut(&slot)
+            .expect("the delivery slot is held");
+        let count = max.min(inbox.received.len());
+        let mut deliveries = Vec::with_capacity(count);
+        for held in inbox.received.drain(..count).collect::<Vec<_>>() {
+            let position = SourcePosition {
+                partition: slot,
+                offset: *next,
+            };
+            *next += 1;
+            let key = held.message.group_id.clone().map(String::into_bytes);
+            deliveries.push((position, held.message.body.clone().into_bytes(), key));
+            inbox.held.insert((slot, position.offset), held);
+        }
+        Ok(deliveries)
+    }
+
+    /// Whether the queue is drained as far as this process can tell: nothing received
+    /// or held, quiet for the idle time, and a receive that began after the last arrival,
+    /// with nothing outstanding, found nothing. A FIFO group blocked by a message held
+    /// here is not drained: a receive made while one was held does not count (the
+    /// receivers keep receiving, so one that counts follows within two long polls).
+    fn drained(&self) -> bool {
+        let inbox = self.shared.inbox();
+        inbox.outstanding() == 0
+            && inbox.arrived_at.is_none_or(|at| at.elapsed() >= self.idle)
+            && inbox
+                .empty_from
+                .is_some_and(|from| inbox.arrived_at.is_none_or(|at| from >= at))
+    }
+
+    /// Deletes every held message the checkpoints cover.
+    fn delete_settled(&mut self, checkpoints: &[(u32, u64)]) {
+        let mut inbox = self.shared.inbox();
+        let mut settled = Vec::new();
+        for &(slot, checkpoint) in checkpoints {
+            let keys: Vec<(u32, u64)> = inbox
+                .held
+                .range((slot, 0)..=(slot, checkpoint))
+                .map(|(key, _)| *key)
+                .collect();
+            settled.extend(keys.iter().filter_map(|key| inbox.held.remove(key)));
+        }
+        drop(inbox);
+        self.leave(settled, Leaving::Delete);
+    }
+
+    /// Makes what is held above the checkpoints, and everything received and not yet
+    /// handed out, visible again, and deletes what they cover; every slot numbers on
+    /// from its checkpoint.
+    fn reposition(&mut self, checkpoints: &[(u32, u64)]) {
+        let checkpoint_of = |slot: u32| {
+            checkpoints
+                .iter()
+                .find(|(s, _)| *s == slot)
+                .map(|(_, offset)| *offset)
+        };
+        let mut inbox = self.shared.inbox();
+        let mut back: Vec<Held> = inbox.received.drain(..).collect();
+        let mut durable = Vec::new();
+        for (key, held) in std::mem::take(&mut inbox.held) {
+            if checkpoint_of(key.0).is_some_and(|c| key.1 <= c) {
+                durable.push(held);
+            } else {
+                back.push(held);
+            }
+        }
+        drop(inbox);
+        self.leave(durable, Leaving::Delete);
+        self.leave(back, Leaving::Release);
+        for (slot, next) in &mut self.owned {
+            *next = checkpoint_of(*slot).map_or(0, |c| c + 1);
+        }
+    }
+
+    /// Deletes or releases messages, in batches, beside the run loop.
+    fn leave(&mut self, messages: Vec<Held>, how: Leaving) {
+        if messages.is_empty() {
+            return;
+        }
+        self.shared.inbox().leaving += messages.len();
+        self.leaving.retain(|task| !task.is_finished());
+        let client = self.client.clone();
+        let queue = self.queue.clone();
+        let shared = self.shared.clone();
+        self.leaving.push(self.runtime.spawn(async move {
+            for batch in messages.chunks(BATCH_ENTRIES_MAX) {
+                let receipts: Vec<&str> = batch
+                    .iter()
+                    .map(|h| h.message.receipt_handle.as_str())
+                    .collect();
+                let result = match how {
+                    Leaving::Delete => client.delete(&queue, &receipts).await,
+                    Leaving::Release => client.change_visibility(&queue, &receipts, 0).await,
+                };
+                report_refused(how, batch, result);
+                shared.inbox().leaving -= batch.len();
+            }
+        }));
+    }
+
+    /// A change of slots the group's view asks for, announced to the run loop.
+    fn membership_change(&mut self) -> Result<Option<Polled>, SourceError> {
+        let Some(member) = &self.member else {
+            return Ok(None);
+        };
+        let owned: BTreeSet<u32> = self.owned.keys().copied().collect();
+        let change = member.change(&owned).map_err(SourceError::Membership)?;
+        let polled = match &change {
+            Some(Change::Revoke(slots)) => Polled::Revoked(slots.clone()),
+            Some(Change::Assign(slots)) => Polled::Assigned(slots.clone()),
+            None => return Ok(None),
+        };
+        self.changing = change;
+        Ok(Some(polled))
+    }
+
+    /// The delivery slot's end for the lag: what this process numbered, plus the
+    /// messages waiting in the queue (`ApproximateNumberOfMessages`, read at most every
+    /// [`ENDS_REFRESH_MS`]).
+    fn queue_length(&mut self) -> Option<u64> {
+        if let Some((at, length)) = self.ends {
+            if at.elapsed() < Duration::from_millis(ENDS_REFRESH_MS) {
+                return Some(length);
+            }
+        }
+        let asked = self
+            .client
+            .attributes(&self.queue, &["ApproximateNumberOfMessages"]);
+        let wait = Duration::from_millis(CALL_WAIT_MS);
+        let attributes = self
+            .runtime
+            .block_on(async { tokio::time::timeout(wait, asked).await })
+            .ok()?
+            .ok()?;
+        let length = attributes
+            .get("ApproximateNumberOfMessages")
+            .and_then(|v| v.as_str())
+            .and_then(|v| v.parse().ok())?;
+        self.ends = Some((Instant::now(), length));
+        Some(length)
+    }
+}
+
+/// What happens to messages leaving the source's hands.
+#[derive(Clone, Copy, Debug)]
+enum Leaving {
+    /// Durable in the store: gone from the queue.
+    Delete,
+    /// Not durable: visible again at once, for this or another process.
+    Release,
+}
+
+fn report_refused(
+    how: Leaving,
+    batch: &[Held],
+    result: Result<Vec<crate::client::Refused>, SqsError>,
+) {
+    // Never fatal: a message not deleted comes back after its visibility timeout and is
+    // a duplicate then; one not released comes back after its timeout anyway.
+    match result {
+        Ok(refused) => {
+            for entry in refused {
+                let id = batch
+                    .get(entry.index)
+                    .map_or("?", |h| h.message.message_id.as_str());
+                tracing::warn!(
+                    message = id,
+                    code = entry.code,
+                    "sqs: {how:?} refused: {}",
+                    entry.message
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, count = batch.len(), "sqs: {how:?} failed"),
+    }
+}
+
+/// One long-polling receive loop.
+struct Receiver {
+    client: SqsClient,
+    queue: Arc<str>,
+    url: SqsUrl,
+    shared: Arc<Shared>,
+}
+
+impl Receiver {
+    async fn run(self) {
+        let nap = Duration::from_millis(RECEIVER_NAP_MS);
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let clear = {
+                let inbox = self.shared.inbox();
+                if !self.shared.reading.load(Ordering::Relaxed)
+                    || inbox.outstanding() >= OUTSTANDING_MAX
+                    || inbox.failure.is_some()
+                {
+                    None
+                } else {
+                    Some(inbox.outstanding() == 0)
+                }
+            };
+            let Some(clear) = clear else {
+                tokio::time::sleep(nap).await;
+                continue;
+            };
+            let began = Instant::now();
+            let url = &self.url;
+            let received = self
+                .client
+                .receive(
+                    &self.queue,
+                    BATCH_ENTRIES_MAX,
+                    url.wait_s,
+                    url.visibility_timeout_s,
+                )
+                .await;
+            self.received(received, clear, began).await;
+        }
+    }
+
+    async fn received(
+        &self,
+        received: Result<Vec<Message>, SqsError>,
+        clear: bool,
+        began: Instant,
+    ) {
+        match received {
+            Ok(messages) => {
+                self.shared.reachable.store(true, Ordering::Relaxed);
+                let mut inbox = self.shared.inbox();
+                if messages.is_empty() {
+                    if clear {
+                        inbox.empty_from = inbox.empty_from.max(Some(began));
+                    }
+                    return;
+                }
+                let now = Instant::now();
+                inbox.arrived_at = Some(now);
+                inbox
+                    .received
+                    .extend(messages.into_iter().map(|message| Held {
+                        message,
+                        visible_from: now,
+                    }));
+                self.shared.arrived.notify_all();
+            }
+            Err(error) if error.retryable() => {
+                self.shared.reachable.store(false, Ordering::Relaxed);
+                tracing::warn!(%error, "sqs: receive failed; trying again");
+                tokio::time::sleep(Duration::from_millis(RECEIVE_FAILED_NAP_MS)).await;
+            }
+            Err(error) => {
+                self.shared.inbox().failure = Some(format!("queue `{}`: {error}", self.url.queue));
+                self.shared.arrived.notify_all();
+            }
+        }
+    }
+}
+
+/// Extends the visibility of every message still held, every third of the timeout.
+struct Keeper {
+    client: SqsClient,
+    queue: Arc<str>,
+    visibility_s: u32,
+    shared: Arc<Shared>,
+}
+
+impl Keeper {
+    async fn run(self) {
+        let visibility = Duration::from_secs(u64::from(self.visibility_s));
+        let due = visibility / 3;
+        let tick = (visibility / 12).max(Duration::from_millis(250));
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(tick).await;
+            if !self.shared.loop_alive() {
+                // A loop stuck this long lets its messages go back to the queue.
+                continue;
+            }
+            let receipts = self.due(due);
+            for batch in receipts.chunks(BATCH_ENTRIES_MAX) {
+                let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
+                match self
+                    .client
+                    .change_visibility(&self.queue, &batch, self.visibility_s)
+                    .await
+                {
+                    Ok(refused) if refused.is_empty() => {}
+                    Ok(refused) => {
+                        tracing::warn!(count = refused.len(), "sqs: visibility extension refused")
+                    }
+                    Err(error) => tracing::warn!(%error, "sqs: visibility extension failed"),
+                }
+            }
+        }
+    }
+
+    /// Receipts of messages whose visibility was set longer than `due` ago (marked as
+    /// extended now).
+    fn due(&self, due: Duration) -> Vec<String> {
+        let mut inbox = self.shared.inbox();
+        let now = Instant::now();
+        let Inbox { received, held, .. } = &mut *inbox;
+        received
+            .iter_mut()
+            .chain(held.values_mut())
+            .filter(|h| now.duration_since(h.visible_from) >= due)
+            .map(|h| {
+                h.visible_from = now;
+                h.message.receipt_handle.clone()
+            })
+            .collect()
+    }
+}
+
+impl Source for SqsSource {
+    fn resume(&mut self, checkpoints: &[(u32, u64)]) {
+        self.reposition(checkpoints);
+    }
+
+    fn rewind(&mut self, checkpoints: &[(u32, u64)]) -> Result<(), SourceError> {
+        self.reposition(checkpoints);
+        Ok(())
+    }
+
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled, SourceError> {
+        self.seen();
+        if let Some(change) = self.membership_change()? {
+            self.shared.reading.store(false, Ordering::Relaxed);
+            return Ok(change);
+        }
+        let Some(slot) = self.delivery_slot().filter(|s| !self.paused.contains(s)) else {
+            self.shared.reading.store(false, Ordering::Relaxed);
+            std::thread::sleep(wait.min(PAUSED_POLL_WAIT));
+            return Ok(Polled::Nothing);
+        };
+        self.shared.reading.store(true, Ordering::Relaxed);
+        let deliveries = self.take(slot, max, wait)?;
+        if !deliveries.is_empty() {
+            return Ok(Polled::Events(deliveries));
+        }
+        Ok(if self.drained() {
+            Polled::Idle
+        } else {
+            Polled::Nothing
+        })
+    }
+
+    fn complete_rebalance(&mut self, checkpoints: &[(u32, u64)]) -> Result<(), SourceError> {
+        match self.changing.take() {
+            Some(Change::Revoke(slots)) => {
+                for slot in slots {
+                    self.owned.remove(&slot);
+                }
+            }
+            Some(Change::Assign(slots)) => {
+                for slot in slots {
+                    self.owned.entry(slot).or_default();
+                }
+            }
+            None => {}
+        }
+        // The run loop rebuilt its state from the store: what it held and did not
+        // commit goes back to the queue.
+        self.reposition(checkpoints);
+        Ok(())
+    }
+
+    fn committed(&mut self, checkpoints: &[(u32, u64)]) {
+        self.seen();
+        self.delete_settled(checkpoints);
+    }
+
+    fn origin(&self, position: SourcePosition) -> Option<String> {
+        let inbox = self.shared.inbox();
+        let held = inbox.held.get(&(position.partition, position.offset))?;
+        Some(format!("SQS message {}", held.message.message_id))
+    }
+
+    fn is_group(&self) -> bool {
+        self.member.is_some()
+    }
+
+    fn reachable(&self) -> bool {
+        self.shared.reachable.load(Ordering::Relaxed)
+    }
+
+    fn ends(&mut self) -> Vec<PartitionEnd> {
+        let Some((slot, next)) = self.owned.iter().next().map(|(s, n)| (*s, *n)) else {
+            return Vec::new();
+        };
+        let Some(length) = self.queue_length() else {
+            return Vec::new();
+        };
+        let caught_up_at = (next + length).saturating_sub(1);
+        vec![PartitionEnd {
+            partition: slot,
+            caught_up_at,
+            events: caught_up_at + 1,
+        }]
+    }
+
+    fn pause_partitions(&mut self, paused: &BTreeSet<u32>) -> Result<(), SourceError> {
+        self.paused = paused.clone();
+        Ok(())
+    }
+}
+
+impl Drop for SqsSource {
+    /// Stops receiving, lets deletes finish, and makes everything not durable visible
+    /// again, so that a restart (or another member) gets it at once.
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.reading.store(false, Ordering::Relaxed);
+        let wait =
+            Duration::from_secs(u64::from(self.url.wait_s)) + Duration::from_millis(CALL_WAIT_MS);
+        let tasks = std::mem::take(&mut self.tasks);
+        let leaving = std::mem::take(&mut self.leaving);
+        self.runtime.block_on(async {
+            let all = async {
+                for task in leaving {
+                    let _ = task.await;
+                }
+                for task in tasks {
+                    let _ = task.await;
+                }
+            };
+            let _ = tokio::time::timeout(wait, all).await;
+        });
+        let mut inbox = self.shared.inbox();
+        let mut back: Vec<Held> = inbox.received.drain(..).collect();
+        back.extend(std::mem::take(&mut inbox.held).into_values());
+        drop(inbox);
+        self.leave(back, Leaving::Release);
+        if let Some(task) = self.leaving.pop() {
+            let _ = self.runtime.block_on(async {
+                tokio::time::timeout(Duration::from_millis(CALL_WAIT_MS), task).await
+            });
+        }
+    }
+}
