@@ -191,6 +191,11 @@ pub struct Consumer<S: Store> {
     notices_suppressed: u64,
     /// The partitions this process owns in a consumer group (`None`: the whole source).
     owned: Option<Vec<u32>>,
+    /// Any member may apply any stream (see [`Self::set_streams_shared`]).
+    streams_shared: bool,
+    /// A document was read after another member applied past what this engine knew of
+    /// its stream: the next commit is refused as this conflict, and the state rebuilt.
+    stale: Option<ordo_store::ConflictReason>,
     /// Print notices to stderr.
     pub verbose: bool,
     clock: Clock,
@@ -249,6 +254,8 @@ impl<S: Store> Consumer<S> {
             notices_printed: 0,
             notices_suppressed: 0,
             owned: None,
+            streams_shared: false,
+            stale: None,
             verbose: true,
             clock,
             handlers: None,
@@ -507,6 +514,8 @@ impl<S: Store> Consumer<S> {
             snapshot.retain_partitions(owned);
         }
         self.engine = Engine::restore(config, snapshot, self.clock.now_ms());
+        self.engine.keep_delivered_streams(self.streams_shared);
+        self.stale = None;
         self.restore_pauses()?;
         self.cache = DocumentCache::default();
         self.store.forget_documents();
@@ -538,6 +547,38 @@ impl<S: Store> Consumer<S> {
         self.owned.is_some()
     }
 
+    /// Says that any member of the group may apply any stream (see
+    /// [`crate::Source::shares_streams`]): a stream waiting on a gap of its own is then
+    /// looked up in the store too, in case another member applied the missing version.
+    pub fn set_streams_shared(&mut self, shared: bool) {
+        self.streams_shared = shared;
+        self.engine.keep_delivered_streams(shared);
+    }
+
+    /// With shared streams, reads the positions of the streams just delivered and hands
+    /// them to the engine before anything is applied (see
+    /// [`ordo_core::Engine::take_delivered_streams`]). Returns how many moved.
+    pub fn refresh_delivered(&mut self) -> Result<usize, ConsumeError> {
+        let delivered = self.engine.take_delivered_streams();
+        let mut moved = 0;
+        for chunk in delivered.chunks(AWAITED_READ_CHUNK_MAX) {
+            let names: Vec<Arc<str>> = chunk.iter().map(|s| Arc::from(&**s)).collect();
+            for record in self.store.stream_records(&names)? {
+                if self.engine.handle_progress(self.clock.now_ms(), &record) {
+                    moved += 1;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Whether parked events, or (with shared streams) gaps, wait for what another
+    /// member may have applied.
+    pub fn awaits_other_members(&self) -> bool {
+        self.is_group_member()
+            && (self.engine.is_awaiting() || (self.streams_shared && self.engine.has_gaps()))
+    }
+
     /// Whether a dead letter a stream waits behind here was replayed or skipped by another
     /// process (an operator verb against the shared store): then the state must be
     /// rebuilt from the store to go on.
@@ -564,7 +605,12 @@ impl<S: Store> Consumer<S> {
     /// Reads the positions of the streams parked events wait for and hands them to the
     /// engine (another member may have applied them). Returns how many moved.
     pub fn refresh_awaited(&mut self) -> Result<usize, ConsumeError> {
-        let awaited = self.engine.awaited_streams();
+        let mut awaited = self.engine.awaited_streams();
+        if self.streams_shared {
+            awaited.extend(self.engine.gapped_streams());
+            awaited.sort();
+            awaited.dedup();
+        }
         let mut moved = 0;
         for chunk in awaited.chunks(AWAITED_READ_CHUNK_MAX) {
             for record in self.store.stream_records(chunk)? {
@@ -650,6 +696,9 @@ impl<S: Store> Consumer<S> {
             }
             if !missing.is_empty() {
                 let loaded = self.store.documents(&missing)?;
+                if self.streams_shared {
+                    self.check_fresh(&round, &missing)?;
+                }
                 for (stream, document) in missing.into_iter().zip(loaded) {
                     self.cache.documents.insert(stream, document);
                 }
@@ -667,6 +716,33 @@ impl<S: Store> Consumer<S> {
         self.print_notices();
         self.uncommitted_works += applied;
         Ok(applied)
+    }
+
+    /// With shared streams: whether another member applied past what this engine knows
+    /// of a stream whose document was just read (read after the positions were, so a
+    /// document newer than the engine shows here). Then the round's results would be
+    /// applied onto a document that already holds them: the next commit is refused as a
+    /// conflict and the state rebuilt from the store. The revision check covers documents
+    /// read earlier.
+    fn check_fresh(&mut self, round: &[Work], read: &[Arc<str>]) -> Result<(), ConsumeError> {
+        let streams: Vec<Arc<str>> = round
+            .iter()
+            .filter(|w| read.iter().any(|r| **r == *w.document()))
+            .map(|w| Arc::from(&*w.event.stream))
+            .collect();
+        for record in self.store.stream_records(&streams)? {
+            let ahead = round
+                .iter()
+                .find(|w| *w.event.stream == *record.stream && record.applied >= w.event.version);
+            if let Some(work) = ahead {
+                self.stale.get_or_insert(ordo_store::ConflictReason::AlreadyApplied {
+                    stream: record.stream.to_string(),
+                    stored: record.applied,
+                    batch: work.event.version,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// [`Self::apply_ready`] with handlers: takes back what they finished, gives out what
@@ -716,6 +792,9 @@ impl<S: Store> Consumer<S> {
 
     /// Writes everything since the last commit in one transaction.
     pub fn commit(&mut self) -> Result<(), ConsumeError> {
+        if let Some(reason) = self.stale.take() {
+            return Err(ConsumeError::Commit(CommitError::Conflict(reason)));
+        }
         let changes = self.engine.take_changes();
         let documents: Vec<(Arc<str>, Option<Document>)> = self
             .cache

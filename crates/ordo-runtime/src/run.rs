@@ -196,6 +196,7 @@ impl RunLoop {
         options: &RunOptions,
     ) -> Result<Self, RunError> {
         source.resume(&consumer.engine().checkpoints());
+        consumer.set_streams_shared(source.shares_streams());
         if source.is_group() && !consumer.is_group_member() {
             // Nothing is owned until the first assignment: restore no member's waiting
             // events before then.
@@ -342,6 +343,7 @@ impl RunLoop {
             Polled::Nothing => (false, false),
             Polled::Events(events) => {
                 self.deliver(consumer, &*source, events);
+                consumer.refresh_delivered()?;
                 (false, false)
             }
             // Read to the end is not caught up: events read but not yet applied (a slow
@@ -432,7 +434,7 @@ impl RunLoop {
         source: &mut dyn Source,
         now_ms: u64,
     ) -> Result<(), RunError> {
-        if consumer.is_group_member() && consumer.engine().is_awaiting() {
+        if consumer.awaits_other_members() {
             // Another member may have applied what parked events here wait for.
             let notified = consumer.store().poll_progress();
             if notified || now_ms.saturating_sub(self.last_recheck_ms) >= AWAITED_RECHECK_MS {
@@ -535,9 +537,7 @@ impl RunLoop {
         finished: bool,
     ) -> Result<Option<RunEnd>, RunError> {
         if self.options.exit_when_idle {
-            if consumer.is_group_member()
-                && consumer.engine().is_awaiting()
-                && consumer.refresh_awaited()? > 0
+            if consumer.awaits_other_members() && consumer.refresh_awaited()? > 0
             {
                 // Not idle: another member moved what parked events wait for.
                 return Ok(None);

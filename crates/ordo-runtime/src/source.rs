@@ -190,6 +190,14 @@ pub trait Source: Send {
         false
     }
 
+    /// Whether any member of the group may be given any stream's events (an SQS queue
+    /// spreads message groups by itself), rather than each stream living in one
+    /// partition. Then a stream waiting on a gap of its own may be waiting for a version
+    /// another member applied, and the store is asked.
+    fn shares_streams(&self) -> bool {
+        false
+    }
+
     /// Whether the source answers now, as far as it knows without asking (`/readyz`): a
     /// broker client's view of its connections. Local sources always do.
     fn reachable(&self) -> bool {
@@ -275,6 +283,10 @@ impl<S: Source> Source for CrashAfter<S> {
 
     fn origin(&self, position: SourcePosition) -> Option<String> {
         self.inner.origin(position)
+    }
+
+    fn shares_streams(&self) -> bool {
+        self.inner.shares_streams()
     }
 
     fn is_group(&self) -> bool {

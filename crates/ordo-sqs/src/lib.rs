@@ -21,5 +21,5 @@ pub use client::{
 };
 pub use http::{Http, HttpError};
 pub use relay::{SqsPublisher, SEND_BATCH_BYTES_MAX};
-pub use source::{SqsSource, OUTSTANDING_MAX};
+pub use source::{SqsSource, GROUP_VISIBILITY_TIMEOUT_S_MIN, OUTSTANDING_MAX};
 pub use url::SqsUrl;

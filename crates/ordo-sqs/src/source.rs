@@ -35,7 +35,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ordo_core::SourcePosition;
-use ordo_runtime::membership::{Change, Member, LOOP_SILENCE_MS_MAX};
+use ordo_runtime::membership::{
+    Change, Member, HEARTBEAT_MS, LOOP_SILENCE_MS_MAX, SESSION_TIMEOUT_MS,
+};
 use ordo_runtime::telemetry::PartitionEnd;
 use ordo_runtime::{Delivery, Polled, Source, SourceError};
 use tokio::task::JoinHandle;
@@ -48,6 +50,14 @@ use crate::url::SqsUrl;
 /// a FIFO queue's 20,000 in flight (SQS refuses receives past it).
 pub const OUTSTANDING_MAX: usize = 8_192;
 const _: () = assert!(OUTSTANDING_MAX < 20_000);
+
+/// The shortest visibility timeout for a member of a group: a member that stalls has its
+/// heartbeat expire ([`SESSION_TIMEOUT_MS`]) and its slots taken (fencing its commits,
+/// [`HEARTBEAT_MS`] later at most) before its messages can go to another member.
+pub const GROUP_VISIBILITY_TIMEOUT_S_MIN: u32 =
+    ((SESSION_TIMEOUT_MS + 2 * HEARTBEAT_MS) / 1000) as u32 + 2;
+const _: () = assert!(GROUP_VISIBILITY_TIMEOUT_S_MIN as u64 * 1000 > SESSION_TIMEOUT_MS + HEARTBEAT_MS);
+const _: () = assert!(GROUP_VISIBILITY_TIMEOUT_S_MIN <= crate::url::VISIBILITY_TIMEOUT_S_DEFAULT);
 
 /// How long a receiver that may not receive (paused, no slot, too much outstanding)
 /// sleeps before it looks again.
@@ -150,6 +160,13 @@ impl SqsSource {
     /// Finds the queue as one member of a group: it reads while `member`'s view of the
     /// group gives it a slot.
     pub fn open_member(url: &SqsUrl, idle_ms: u64, member: Member) -> Result<Self, SourceError> {
+        if url.visibility_timeout_s < GROUP_VISIBILITY_TIMEOUT_S_MIN {
+            return Err(SourceError::Broker(format!(
+                "with several members, visibility_timeout_s must be at least {GROUP_VISIBILITY_TIMEOUT_S_MIN}: \
+                 a stalled member's messages must come back only after the group took its slots \
+                 (which fences its commits), or it could commit what another member applied"
+            )));
+        }
         let mut source = Self::connect(url, idle_ms)?;
         source.member = Some(member);
         Ok(source)
@@ -623,6 +640,11 @@ impl Source for SqsSource {
     }
 
     fn is_group(&self) -> bool {
+        self.member.is_some()
+    }
+
+    fn shares_streams(&self) -> bool {
+        // SQS gives any message group to any receiver: any member may apply any stream.
         self.member.is_some()
     }
 

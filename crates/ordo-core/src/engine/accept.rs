@@ -88,7 +88,8 @@ impl Engine {
     /// The express lane: the next version of an idle stream (nothing waiting, nothing in
     /// flight, no alias, its document free) that waits for nothing is decided at delivery,
     /// without a slot and a trip through the ready queue: most deliveries of a healthy
-    /// stream.
+    /// stream. Not while delivered streams are kept: their positions are read from the
+    /// store before anything of them goes out ([`Engine::take_delivered_streams`]).
     fn takes_express_lane(
         &self,
         s: StreamId,
@@ -96,7 +97,8 @@ impl Engine {
         event: &Event,
     ) -> bool {
         let state = &self.streams[s];
-        state.extra.is_none()
+        self.delivered_streams.is_none()
+            && state.extra.is_none()
             && !state.flags.intersects(
                 BLOCKED
                     | SPILLED

@@ -273,6 +273,9 @@ pub struct Engine {
     document_waiters: FxHashMap<StreamId, Vec<StreamId>>,
     /// Open gaps not yet stalled, by start time.
     gaps: BTreeSet<(u64, StreamId)>,
+    /// The streams of events delivered since the last
+    /// [`Engine::take_delivered_streams`], when asked to keep them.
+    delivered_streams: Option<Vec<Box<str>>>,
     dedupe: DedupeWindow,
     checkpoints: CheckpointTracker,
     counters: Counters,
@@ -338,6 +341,7 @@ impl Engine {
             dependents: dependencies::Dependents::default(),
             document_waiters: FxHashMap::default(),
             gaps: BTreeSet::new(),
+            delivered_streams: None,
             dedupe,
             checkpoints: CheckpointTracker::default(),
             counters: Counters::default(),
@@ -591,6 +595,9 @@ impl Engine {
         position: Option<SourcePosition>,
         event: Event,
     ) -> Disposition {
+        if let Some(streams) = &mut self.delivered_streams {
+            streams.push(event.stream.clone());
+        }
         let disposition = self.accept(now_ms, position, event);
         if let Some(position) = position {
             let waiting = matches!(disposition, Disposition::Queued | Disposition::Buffered);

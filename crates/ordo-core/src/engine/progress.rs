@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::state::StreamRecord;
 
-use super::stream::{HAS_WAITERS, IN_FLIGHT};
+use super::stream::{Slot, HAS_WAITERS, IN_FLIGHT};
 use super::Engine;
 
 impl Engine {
@@ -27,6 +27,47 @@ impl Engine {
         awaited.sort();
         awaited.dedup();
         awaited
+    }
+
+    /// Streams with an open gap (an event waits for an earlier version of its own
+    /// stream), sorted. Where any member may apply any stream (an SQS queue spreads
+    /// streams by itself, not by partition), another member may have applied the
+    /// missing version: these are looked up in the store like awaited streams.
+    pub fn gapped_streams(&self) -> Vec<Arc<str>> {
+        let mut gapped: Vec<Arc<str>> = self
+            .gaps
+            .iter()
+            .map(|(_, s)| self.names[*s].clone())
+            .collect();
+        gapped.sort();
+        gapped
+    }
+
+    /// Keeps (or stops keeping) the streams of delivered events, for
+    /// [`Self::take_delivered_streams`].
+    pub fn keep_delivered_streams(&mut self, keep: bool) {
+        self.delivered_streams = keep.then(Vec::new);
+    }
+
+    /// The streams of events delivered since the last call, sorted and distinct. Where
+    /// any member may apply any stream, another member may have applied a delivered
+    /// event's stream past what this engine knows (an SQS message applied there, then
+    /// given out again after that member died before deleting it): its position is read
+    /// from the store and handed to [`Self::handle_progress`] before anything of it is
+    /// applied, or the event would be applied twice onto a document that already holds it.
+    pub fn take_delivered_streams(&mut self) -> Vec<Box<str>> {
+        let Some(streams) = self.delivered_streams.as_mut() else {
+            return Vec::new();
+        };
+        let mut taken = std::mem::take(streams);
+        taken.sort_unstable();
+        taken.dedup();
+        taken
+    }
+
+    /// Whether any stream has an open gap (see [`Self::gapped_streams`]).
+    pub fn has_gaps(&self) -> bool {
+        !self.gaps.is_empty()
     }
 
     /// Another member (sharing the store) moved a stream this engine does not own: its
@@ -58,14 +99,21 @@ impl Engine {
             self.streams[s].applied = record.applied;
             if let Some(extra) = self.streams[s].extra.as_mut() {
                 // What waits here at or below the new position belongs to the member that
-                // applied it; forget it without touching its rows.
+                // applied it; forget it without touching its rows. A copy read here and
+                // not yet written is stale: its offset settles, or the checkpoint (and
+                // what a queue deletes by it) would wait for it forever.
                 let passed: Vec<u64> = extra
                     .slots
                     .range(..=record.applied)
                     .map(|(v, _)| *v)
                     .collect();
                 for version in passed {
-                    extra.slots.remove(&version);
+                    if let Some(Slot::Event(pending)) = extra.slots.remove(&version) {
+                        if let Some(position) = pending.position {
+                            self.checkpoints.settle(position);
+                            self.counters.stale += 1;
+                        }
+                    }
                 }
                 self.recompute_contiguous(s);
                 self.refresh_gap(s, now_ms);
