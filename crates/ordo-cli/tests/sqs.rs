@@ -97,14 +97,20 @@ impl Moto {
         let body = json!({ "QueueName": name, "Attributes": attributes });
         let answer = self
             .runtime
-            .block_on(self.client.call("CreateQueue", &body, Duration::from_secs(10)))
+            .block_on(
+                self.client
+                    .call("CreateQueue", &body, Duration::from_secs(10)),
+            )
             .unwrap();
         answer["QueueUrl"].as_str().unwrap().to_string()
     }
 
     /// The source URL of queue `name`, with `extra` query parameters.
     fn source(&self, name: &str, extra: &str) -> String {
-        format!("sqs://{name}?region={REGION}&endpoint={}{extra}", self.endpoint)
+        format!(
+            "sqs://{name}?region={REGION}&endpoint={}{extra}",
+            self.endpoint
+        )
     }
 
     /// Sends raw bodies, each with its group and deduplication id (FIFO), ten a call.
@@ -237,7 +243,9 @@ fn sigkill_mid_run_then_restart_matches_the_oracle() {
     let mut rng = Rng::derive(seed, "kill");
     for _ in 0..3 {
         let child = ordo()
-            .args(["run", "--source", &source, "--store", &store, "--batch", "16"])
+            .args([
+                "run", "--source", &source, "--store", &store, "--batch", "16",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -252,7 +260,10 @@ fn sigkill_mid_run_then_restart_matches_the_oracle() {
     eprintln!("recovered in {:?}", started.elapsed());
     let counters: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let divergence = compare(&oracle::run(&history), &export(&store), true);
-    assert!(divergence.is_empty(), "seed {seed}: {counters}\n{divergence}");
+    assert!(
+        divergence.is_empty(),
+        "seed {seed}: {counters}\n{divergence}"
+    );
     assert_eq!(moto.counts(&queue), (0, 0));
 }
 
@@ -350,7 +361,10 @@ fn a_malformed_message_is_dead_lettered_with_its_message_id_and_deleted() {
     assert_eq!(counters["dead_lettered"], 2, "{counters}");
     let entries = common::json_lines(&ok(&["dlq", "list", "--store", &store, "--json"]));
     assert_eq!(entries.len(), 2, "{entries:?}");
-    let reasons: Vec<&str> = entries.iter().map(|e| e["reason"].as_str().unwrap()).collect();
+    let reasons: Vec<&str> = entries
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
     assert!(reasons[0].contains("JSON"), "{reasons:?}");
     assert!(reasons[1].contains("sku-9"), "{reasons:?}");
     for reason in &reasons {
@@ -369,7 +383,10 @@ fn a_missing_queue_or_region_is_a_clear_error() {
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no-such-queue.fifo"), "{stderr}");
-    assert!(stderr.contains("QueueDoesNotExist") || stderr.contains("NonExistentQueue"), "{stderr}");
+    assert!(
+        stderr.contains("QueueDoesNotExist") || stderr.contains("NonExistentQueue"),
+        "{stderr}"
+    );
     let output = ordo()
         .args(["run", "--source", "sqs://q", "--store", &store])
         .env_remove("AWS_REGION")
@@ -418,7 +435,11 @@ fn the_relay_publishes_in_order_and_a_crash_is_absorbed_by_deduplication() {
         .env("ORDO_RELAY_CRASH_AFTER_BATCHES", "2")
         .output()
         .unwrap();
-    assert_eq!(crashed.status.code(), Some(137), "the relay crashed on purpose");
+    assert_eq!(
+        crashed.status.code(),
+        Some(137),
+        "the relay crashed on purpose"
+    );
     ok(&relay);
     assert_eq!(
         moto.counts(&queue),
@@ -486,7 +507,9 @@ fn two_members_on_one_fifo_queue_survive_a_sigkill() {
     let spawn = |name: &str| {
         let log = logs.join(format!("{name}.log"));
         let child = ordo()
-            .args(["run", "--source", &source, "--store", &store, "--batch", "16"])
+            .args([
+                "run", "--source", &source, "--store", &store, "--batch", "16",
+            ])
             .args(["--member-id", name])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

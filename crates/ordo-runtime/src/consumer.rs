@@ -735,11 +735,12 @@ impl<S: Store> Consumer<S> {
                 .iter()
                 .find(|w| *w.event.stream == *record.stream && record.applied >= w.event.version);
             if let Some(work) = ahead {
-                self.stale.get_or_insert(ordo_store::ConflictReason::AlreadyApplied {
-                    stream: record.stream.to_string(),
-                    stored: record.applied,
-                    batch: work.event.version,
-                });
+                self.stale
+                    .get_or_insert(ordo_store::ConflictReason::AlreadyApplied {
+                        stream: record.stream.to_string(),
+                        stored: record.applied,
+                        batch: work.event.version,
+                    });
             }
         }
         Ok(())

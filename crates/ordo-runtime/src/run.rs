@@ -537,8 +537,7 @@ impl RunLoop {
         finished: bool,
     ) -> Result<Option<RunEnd>, RunError> {
         if self.options.exit_when_idle {
-            if consumer.awaits_other_members() && consumer.refresh_awaited()? > 0
-            {
+            if consumer.awaits_other_members() && consumer.refresh_awaited()? > 0 {
                 // Not idle: another member moved what parked events wait for.
                 return Ok(None);
             }

@@ -56,7 +56,8 @@ const _: () = assert!(OUTSTANDING_MAX < 20_000);
 /// [`HEARTBEAT_MS`] later at most) before its messages can go to another member.
 pub const GROUP_VISIBILITY_TIMEOUT_S_MIN: u32 =
     ((SESSION_TIMEOUT_MS + 2 * HEARTBEAT_MS) / 1000) as u32 + 2;
-const _: () = assert!(GROUP_VISIBILITY_TIMEOUT_S_MIN as u64 * 1000 > SESSION_TIMEOUT_MS + HEARTBEAT_MS);
+const _: () =
+    assert!(GROUP_VISIBILITY_TIMEOUT_S_MIN as u64 * 1000 > SESSION_TIMEOUT_MS + HEARTBEAT_MS);
 const _: () = assert!(GROUP_VISIBILITY_TIMEOUT_S_MIN <= crate::url::VISIBILITY_TIMEOUT_S_DEFAULT);
 
 /// How long a receiver that may not receive (paused, no slot, too much outstanding)
