@@ -30,6 +30,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The SQS tests run against moto's server mode (and check signatures against botocore,
+# which comes with it).
+if ! python3 -c "import moto.server, botocore" >/dev/null 2>&1; then
+  echo "== installing moto[server] (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]==5.2.1'
+fi
+
 browser=crates/ordo-console/browser
 if [ ! -d "$browser/node_modules/playwright-core" ]; then
   echo "== installing playwright-core (npm ci)"

@@ -91,8 +91,14 @@ struct Inbox {
     leaving: usize,
     /// When the last messages arrived.
     arrived_at: Option<Instant>,
-    /// When the last receive began that found nothing while nothing was outstanding.
-    empty_from: Option<Instant>,
+    /// The last receive that began with nothing outstanding and found nothing: when it
+    /// began and when it ended.
+    found_nothing: Option<(Instant, Instant)>,
+    /// When each receive in flight began.
+    in_flight: Vec<Instant>,
+    /// Since when no new receive starts, so that those out come back and show whether
+    /// the queue is drained (see `SqsSource::drained`).
+    quiescing_since: Option<Instant>,
     /// A receive failed in a way no retry mends (no such queue, no permission).
     failure: Option<String>,
 }
@@ -279,18 +285,41 @@ impl SqsSource {
         Ok(deliveries)
     }
 
-    /// Whether the queue is drained as far as this process can tell: nothing received
-    /// or held, quiet for the idle time, and a receive that began after the last arrival,
-    /// with nothing outstanding, found nothing. A FIFO group blocked by a message held
-    /// here is not drained: a receive made while one was held does not count (the
-    /// receivers keep receiving, so one that counts follows within two long polls).
+    /// Whether the queue is drained as far as this process can tell, in two steps.
+    /// First, nothing is received or held, it has been quiet for the idle time, and a
+    /// receive that began after the last arrival, with nothing outstanding, found
+    /// nothing: then no new receive starts. Second, once every receive still out came
+    /// back with nothing, the queue is drained (receiving goes on after saying so). A
+    /// FIFO group blocked by a message held here, or taken by another receive of this
+    /// process, is not drained: what the receives out bring ends the quiet.
     fn drained(&self) -> bool {
-        let inbox = self.shared.inbox();
-        inbox.outstanding() == 0
-            && inbox.arrived_at.is_none_or(|at| at.elapsed() >= self.idle)
-            && inbox
-                .empty_from
-                .is_some_and(|from| inbox.arrived_at.is_none_or(|at| from >= at))
+        let mut inbox = self.shared.inbox();
+        let quiet =
+            inbox.outstanding() == 0 && inbox.arrived_at.is_none_or(|at| at.elapsed() >= self.idle);
+        if !quiet {
+            inbox.quiescing_since = None;
+            return false;
+        }
+        if let Some(since) = inbox.quiescing_since {
+            if inbox.arrived_at.is_some_and(|at| at > since) {
+                inbox.quiescing_since = None;
+                return false;
+            }
+            if !inbox.in_flight.is_empty() {
+                return false;
+            }
+            inbox.quiescing_since = None;
+            inbox.found_nothing = None;
+            return true;
+        }
+        let arrived_at = inbox.arrived_at;
+        if inbox
+            .found_nothing
+            .is_some_and(|(began, _)| arrived_at.is_none_or(|at| began >= at))
+        {
+            inbox.quiescing_since = Some(Instant::now());
+        }
+        false
     }
 
     /// Deletes every held message the checkpoints cover.
@@ -344,21 +373,33 @@ impl SqsSource {
         }
         self.shared.inbox().leaving += messages.len();
         self.leaving.retain(|task| !task.is_finished());
-        let client = self.client.clone();
-        let queue = self.queue.clone();
-        let shared = self.shared.clone();
+        let receiver = Receiver {
+            client: self.client.clone(),
+            queue: self.queue.clone(),
+            url: self.url.clone(),
+            shared: self.shared.clone(),
+        };
         self.leaving.push(self.runtime.spawn(async move {
+            let Receiver {
+                client,
+                queue,
+                shared,
+                ..
+            } = &receiver;
             for batch in messages.chunks(BATCH_ENTRIES_MAX) {
                 let receipts: Vec<&str> = batch
                     .iter()
                     .map(|h| h.message.receipt_handle.as_str())
                     .collect();
                 let result = match how {
-                    Leaving::Delete => client.delete(&queue, &receipts).await,
-                    Leaving::Release => client.change_visibility(&queue, &receipts, 0).await,
+                    Leaving::Delete => client.delete(queue, &receipts).await,
+                    Leaving::Release => client.change_visibility(queue, &receipts, 0).await,
                 };
                 report_refused(how, batch, result);
                 shared.inbox().leaving -= batch.len();
+            }
+            if matches!(how, Leaving::Delete) {
+                receiver.kick().await;
             }
         }));
     }
@@ -440,6 +481,14 @@ fn report_refused(
     }
 }
 
+/// What a receive came back with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answered {
+    Messages,
+    Nothing,
+    Failed,
+}
+
 /// One long-polling receive loop.
 struct Receiver {
     client: SqsClient,
@@ -452,22 +501,27 @@ impl Receiver {
     async fn run(self) {
         let nap = Duration::from_millis(RECEIVER_NAP_MS);
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let clear = {
-                let inbox = self.shared.inbox();
+            let may = {
+                let mut inbox = self.shared.inbox();
                 if !self.shared.reading.load(Ordering::Relaxed)
                     || inbox.outstanding() >= OUTSTANDING_MAX
                     || inbox.failure.is_some()
+                    || inbox.quiescing_since.is_some()
                 {
                     None
                 } else {
-                    Some(inbox.outstanding() == 0)
+                    // Read under the lock that arrivals take: a batch that arrives after
+                    // this is later than `began`, so this receive's emptiness never
+                    // passes for "nothing after it" (see `SqsSource::drained`).
+                    let began = Instant::now();
+                    inbox.in_flight.push(began);
+                    Some((inbox.outstanding() == 0, began))
                 }
             };
-            let Some(clear) = clear else {
+            let Some((clear, began)) = may else {
                 tokio::time::sleep(nap).await;
                 continue;
             };
-            let began = Instant::now();
             let url = &self.url;
             let received = self
                 .client
@@ -478,27 +532,72 @@ impl Receiver {
                     url.visibility_timeout_s,
                 )
                 .await;
-            self.received(received, clear, began).await;
+            match self.received(received, clear, began) {
+                Answered::Failed => {
+                    tokio::time::sleep(Duration::from_millis(RECEIVE_FAILED_NAP_MS)).await
+                }
+                // Receives that do not wait (`wait_s=0`) must not spin on an empty queue.
+                Answered::Nothing if url.wait_s == 0 => tokio::time::sleep(nap).await,
+                Answered::Nothing | Answered::Messages => {}
+            }
         }
     }
 
-    async fn received(
+    /// One receive that does not wait, right after a delete: the FIFO groups the deleted
+    /// messages blocked may go on now, and the receives in flight may be long polls
+    /// that began while they were blocked (an emulator, at least, looks at a group
+    /// again only when its poll ends). Not counted for idleness: a receive that does not
+    /// wait may ask only some of SQS's servers.
+    async fn kick(&self) {
+        let shared = &self.shared;
+        let began = {
+            let mut inbox = shared.inbox();
+            let may = !shared.stop.load(Ordering::Relaxed)
+                && shared.reading.load(Ordering::Relaxed)
+                && inbox.quiescing_since.is_none()
+                && inbox.outstanding() < OUTSTANDING_MAX;
+            if !may {
+                return;
+            }
+            let began = Instant::now();
+            inbox.in_flight.push(began);
+            began
+        };
+        let url = &self.url;
+        let received = self
+            .client
+            .receive(&self.queue, BATCH_ENTRIES_MAX, 0, url.visibility_timeout_s)
+            .await;
+        if self.received(received, false, began) == Answered::Failed {
+            tracing::debug!("sqs: a receive after a delete failed");
+        }
+    }
+
+    /// Takes a receive's answer in.
+    fn received(
         &self,
         received: Result<Vec<Message>, SqsError>,
         clear: bool,
         began: Instant,
-    ) {
+    ) -> Answered {
+        // Out of flight under the same lock that takes its messages in: `drained` never
+        // sees a receive neither out nor in.
+        let mut inbox = self.shared.inbox();
+        if let Some(index) = inbox.in_flight.iter().position(|b| *b == began) {
+            inbox.in_flight.swap_remove(index);
+        }
         match received {
             Ok(messages) => {
                 self.shared.reachable.store(true, Ordering::Relaxed);
-                let mut inbox = self.shared.inbox();
                 if messages.is_empty() {
-                    if clear {
-                        inbox.empty_from = inbox.empty_from.max(Some(began));
+                    tracing::trace!(clear, "sqs: received nothing");
+                    if clear && inbox.found_nothing.is_none_or(|(b, _)| b < began) {
+                        inbox.found_nothing = Some((began, Instant::now()));
                     }
-                    return;
+                    return Answered::Nothing;
                 }
                 let now = Instant::now();
+                tracing::trace!(count = messages.len(), clear, "sqs: received");
                 inbox.arrived_at = Some(now);
                 inbox
                     .received
@@ -509,15 +608,17 @@ impl Receiver {
                 self.shared.arrived.notify_all();
             }
             Err(error) if error.retryable() => {
+                drop(inbox);
                 self.shared.reachable.store(false, Ordering::Relaxed);
                 tracing::warn!(%error, "sqs: receive failed; trying again");
-                tokio::time::sleep(Duration::from_millis(RECEIVE_FAILED_NAP_MS)).await;
+                return Answered::Failed;
             }
             Err(error) => {
-                self.shared.inbox().failure = Some(format!("queue `{}`: {error}", self.url.queue));
+                inbox.failure = Some(format!("queue `{}`: {error}", self.url.queue));
                 self.shared.arrived.notify_all();
             }
         }
+        Answered::Messages
     }
 }
 
