@@ -10,5 +10,6 @@ pub mod mixed;
 pub mod nats;
 pub mod parked;
 pub mod slow;
+pub mod sqs;
 
 pub use alloc::CountingAllocator;

@@ -11,6 +11,7 @@ use ordo_bench::mixed::{self, MixedReport, MixedShape};
 use ordo_bench::nats::NatsResult;
 use ordo_bench::parked::{self, ParkedResult, ParkedShape};
 use ordo_bench::slow::{self, SlowReport, SlowShape};
+use ordo_bench::sqs::SqsResult;
 use serde_json::{json, Value};
 
 use crate::cli::{BenchArgs, BenchSection};
@@ -18,6 +19,9 @@ use crate::cli::{BenchArgs, BenchSection};
 /// Events each broker benchmark sends, full and `--quick`.
 const BROKER_EVENTS_FULL: usize = 100_000;
 const BROKER_EVENTS_QUICK: usize = 30_000;
+/// Messages per SQS workload: moto slows down with a queue's length.
+const SQS_EVENTS_FULL: usize = 400;
+const SQS_EVENTS_QUICK: usize = 200;
 
 /// Runs the benchmarks asked for, then prints one table or one JSON object.
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -42,6 +46,7 @@ struct Results {
     postgres: Option<Result<PostgresResult, String>>,
     kafka: Option<Result<KafkaResult, String>>,
     nats: Option<Result<NatsResult, String>>,
+    sqs: Option<Result<SqsResult, String>>,
     mixed: Option<MixedReport>,
 }
 
@@ -102,6 +107,17 @@ impl Results {
             );
             self.nats = Some(ordo_bench::nats::run(events));
         }
+        if wants(BenchSection::Sqs) {
+            let events = if args.quick {
+                SQS_EVENTS_QUICK
+            } else {
+                SQS_EVENTS_FULL
+            };
+            eprintln!(
+                "sqs: {events} messages through moto's server, ordo vs raw receive-and-delete loops, then one group ..."
+            );
+            self.sqs = Some(ordo_bench::sqs::run(events));
+        }
     }
 
     /// Every key of the sections measured, in one object.
@@ -114,6 +130,7 @@ impl Results {
             self.postgres.as_ref().map(|p| postgres_json(p.as_ref())),
             self.kafka.as_ref().map(|k| kafka_json(k.as_ref())),
             self.nats.as_ref().map(|n| nats_json(n.as_ref())),
+            self.sqs.as_ref().map(|q| sqs_json(q.as_ref())),
             self.handlers.as_ref().map(handler_json),
             self.mixed.as_ref().map(mixed_json),
         ];
@@ -158,6 +175,9 @@ impl Results {
         }
         if let Some(nats) = &self.nats {
             print_nats(nats.as_ref());
+        }
+        if let Some(sqs) = &self.sqs {
+            print_sqs(sqs.as_ref());
         }
         if let Some(mixed) = &self.mixed {
             print_mixed(mixed);
@@ -483,6 +503,38 @@ fn print_nats(nats: Result<&NatsResult, &String>) {
             );
         }
         Err(why) => skipped_row("nats -> SQLite events/s", why),
+    }
+}
+
+fn sqs_json(sqs: Result<&SqsResult, &String>) -> Value {
+    json!({
+        "sqs_events_per_s": sqs.ok().map(|q| q.spread.ordo_events_per_s.round()),
+        "sqs_raw_events_per_s": sqs.ok().map(|q| q.spread.raw_events_per_s.round()),
+        "sqs_vs_raw": sqs.ok().map(|q| round3(q.spread.ratio())),
+        "single_group_events_per_s_sqs": sqs.ok().map(|q| q.single_group.ordo_events_per_s.round()),
+        "single_group_raw_events_per_s_sqs": sqs.ok().map(|q| q.single_group.raw_events_per_s.round()),
+        "single_group_sqs_vs_raw": sqs.ok().map(|q| round3(q.single_group.ratio())),
+        "sqs_skipped": sqs.err(),
+    })
+}
+
+fn print_sqs(sqs: Result<&SqsResult, &String>) {
+    match sqs {
+        Ok(q) => {
+            ratio_row(
+                "sqs (moto) -> SQLite msgs/s (vs raw recv+del)",
+                q.spread.ordo_events_per_s,
+                q.spread.raw_events_per_s,
+                q.spread.ratio(),
+            );
+            ratio_row(
+                "sqs, one message group (vs raw, same queue)",
+                q.single_group.ordo_events_per_s,
+                q.single_group.raw_events_per_s,
+                q.single_group.ratio(),
+            );
+        }
+        Err(why) => skipped_row("sqs (moto) -> SQLite msgs/s", why),
     }
 }
 

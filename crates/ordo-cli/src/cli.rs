@@ -514,6 +514,8 @@ pub enum BenchSection {
     Kafka,
     /// NATS JetStream into SQLite against a raw pull-and-ack loop.
     Nats,
+    /// Amazon SQS (moto's server mode) into SQLite against raw receive-and-delete loops.
+    Sqs,
     /// A mixed topic through `ordo run`, whole process, against a raw upsert loop.
     Mixed,
 }

@@ -13,23 +13,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use common::{export, ok, ordo, run, KilledOnDrop, Scratch};
+use ordo_bench::sqs::Moto;
 use ordo_core::Event;
 use ordo_sim::scenarios::Scenario;
 use ordo_sim::{compare, oracle, Rng};
-use ordo_sqs::credentials::CredentialChain;
-use ordo_sqs::{Outgoing, SqsClient};
-use serde_json::json;
-
-/// Longest wait for moto's server to say where it listens.
-const MOTO_START_LIMIT: Duration = Duration::from_secs(30);
-
-const REGION: &str = "us-east-1";
 
 /// Keys for moto (it checks none); the `ordo` children inherit them.
 fn aws_environment() {
@@ -41,134 +33,10 @@ fn aws_environment() {
     });
 }
 
-/// One moto server of this test's own.
-struct Moto {
-    child: Child,
-    endpoint: String,
-    runtime: tokio::runtime::Runtime,
-    client: SqsClient,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        aws_environment();
-        let mut child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 with moto[server] (scripts/test.sh installs it)");
-        let stderr = child.stderr.take().unwrap();
-        let (found, listening) = std::sync::mpsc::channel();
-        // Reads moto's log to its end, so that its pipe never fills.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.split("Running on ").nth(1) {
-                    let _ = found.send(at.trim().to_string());
-                }
-            }
-        });
-        let endpoint = match listening.recv_timeout(MOTO_START_LIMIT) {
-            Ok(endpoint) => endpoint,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("moto_server did not start within {MOTO_START_LIMIT:?}");
-            }
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let client = SqsClient::new(&endpoint, REGION, CredentialChain::from_process()).unwrap();
-        Moto {
-            child,
-            endpoint,
-            runtime,
-            client,
-        }
-    }
-
-    /// Creates a queue (FIFO when its name ends in `.fifo`); its URL.
-    fn queue(&self, name: &str) -> String {
-        let mut attributes = json!({});
-        if name.ends_with(".fifo") {
-            attributes["FifoQueue"] = json!("true");
-        }
-        let body = json!({ "QueueName": name, "Attributes": attributes });
-        let answer = self
-            .runtime
-            .block_on(
-                self.client
-                    .call("CreateQueue", &body, Duration::from_secs(10)),
-            )
-            .unwrap();
-        answer["QueueUrl"].as_str().unwrap().to_string()
-    }
-
-    /// The source URL of queue `name`, with `extra` query parameters.
-    fn source(&self, name: &str, extra: &str) -> String {
-        format!(
-            "sqs://{name}?region={REGION}&endpoint={}{extra}",
-            self.endpoint
-        )
-    }
-
-    /// Sends raw bodies, each with its group and deduplication id (FIFO), ten a call.
-    fn send_raw(&self, queue: &str, messages: &[(Option<String>, Option<String>, String)]) {
-        for chunk in messages.chunks(10) {
-            let outgoing: Vec<Outgoing<'_>> = chunk
-                .iter()
-                .map(|(group, id, body)| Outgoing {
-                    body,
-                    group_id: group.as_deref(),
-                    deduplication_id: id.as_deref(),
-                })
-                .collect();
-            let refused = self
-                .runtime
-                .block_on(self.client.send(queue, &outgoing))
-                .unwrap();
-            assert!(refused.is_empty(), "{refused:?}");
-        }
-    }
-
-    /// Sends events to a FIFO queue, the group their stream; every delivery gets its
-    /// own deduplication id, so that the duplicates among them reach ordo.
-    fn send_events(&self, queue: &str, events: &[Event]) {
-        let messages: Vec<_> = events
-            .iter()
-            .enumerate()
-            .map(|(n, e)| {
-                (
-                    Some(e.stream.to_string()),
-                    Some(format!("{n}-{}", e.id)),
-                    e.to_json_string(),
-                )
-            })
-            .collect();
-        self.send_raw(queue, &messages);
-    }
-
-    /// Messages in the queue: visible, and received but not deleted.
-    fn counts(&self, queue: &str) -> (u64, u64) {
-        let names = [
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-        ];
-        let attributes = self
-            .runtime
-            .block_on(self.client.attributes(queue, &names))
-            .unwrap();
-        let count = |name: &str| attributes[name].as_str().unwrap().parse().unwrap();
-        (count(names[0]), count(names[1]))
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// One moto server of this test's own, killed when dropped.
+fn moto() -> Moto {
+    aws_environment();
+    Moto::start().expect("python3 with moto[server] (scripts/test.sh installs it)")
 }
 
 fn run_until_idle(source: &str, store: &str) -> serde_json::Value {
@@ -178,14 +46,14 @@ fn run_until_idle(source: &str, store: &str) -> serde_json::Value {
 
 #[test]
 fn sqs_fifo_end_to_end_with_duplicates_matches_the_oracle() {
-    let moto = Moto::start();
-    let queue = moto.queue("orders.fifo");
+    let moto = moto();
+    let queue = moto.queue("orders.fifo").unwrap();
     let seed = 101;
     let history = Scenario::Mixed.history(seed, 250);
     // The scenario's deliveries: duplicates, and each stream's events in the order its
     // producers sent them (versions out of order included).
     let deliveries = Scenario::Mixed.deliveries(seed, &history);
-    moto.send_events(&queue, &deliveries);
+    moto.send_events(&queue, &deliveries, "").unwrap();
     let scratch = Scratch::new();
     let store = scratch.store("state.db");
     let counters = run_until_idle(&moto.source("orders.fifo", ""), &store);
@@ -195,7 +63,11 @@ fn sqs_fifo_end_to_end_with_duplicates_matches_the_oracle() {
     );
     let divergence = compare(&oracle::run(&history), &export(&store), true);
     assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
-    assert_eq!(moto.counts(&queue), (0, 0), "every message deleted");
+    assert_eq!(
+        moto.counts(&queue).unwrap(),
+        (0, 0),
+        "every message deleted"
+    );
     // Nothing more to read: a second run applies nothing and changes nothing.
     let again = run_until_idle(&moto.source("orders.fifo", ""), &store);
     assert_eq!(again["applied"], counters["applied"], "{again}");
@@ -205,8 +77,8 @@ fn sqs_fifo_end_to_end_with_duplicates_matches_the_oracle() {
 /// stream back in order.
 #[test]
 fn a_standard_queue_in_any_order_matches_the_oracle() {
-    let moto = Moto::start();
-    let queue = moto.queue("ledger");
+    let moto = moto();
+    let queue = moto.queue("ledger").unwrap();
     let seed = 103;
     let history = Scenario::Mixed.history(seed, 250);
     let mut deliveries = Scenario::Mixed.deliveries(seed, &history);
@@ -218,25 +90,25 @@ fn a_standard_queue_in_any_order_matches_the_oracle() {
         .iter()
         .map(|e| (None, None, e.to_json_string()))
         .collect();
-    moto.send_raw(&queue, &messages);
+    moto.send_raw(&queue, &messages).unwrap();
     let scratch = Scratch::new();
     let store = scratch.store("state.db");
     run_until_idle(&moto.source("ledger", ""), &store);
     let divergence = compare(&oracle::run(&history), &export(&store), true);
     assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
-    assert_eq!(moto.counts(&queue), (0, 0));
+    assert_eq!(moto.counts(&queue).unwrap(), (0, 0));
 }
 
 /// SIGKILL at random moments: what a killed process held comes back after its
 /// visibility timeout (3 s here) and is absorbed; the state is the oracle's.
 #[test]
 fn sigkill_mid_run_then_restart_matches_the_oracle() {
-    let moto = Moto::start();
-    let queue = moto.queue("kills.fifo");
+    let moto = moto();
+    let queue = moto.queue("kills.fifo").unwrap();
     let seed = 107;
     let history = Scenario::Mixed.history(seed, 300);
     let deliveries = Scenario::Mixed.deliveries(seed, &history);
-    moto.send_events(&queue, &deliveries);
+    moto.send_events(&queue, &deliveries, "").unwrap();
     let scratch = Scratch::new();
     let store = scratch.store("state.db");
     let source = moto.source("kills.fifo", "&visibility_timeout_s=3");
@@ -264,7 +136,7 @@ fn sigkill_mid_run_then_restart_matches_the_oracle() {
         divergence.is_empty(),
         "seed {seed}: {counters}\n{divergence}"
     );
-    assert_eq!(moto.counts(&queue), (0, 0));
+    assert_eq!(moto.counts(&queue).unwrap(), (0, 0));
 }
 
 /// A process stalled past the visibility timeout (SIGSTOP) loses its messages to the
@@ -272,8 +144,8 @@ fn sigkill_mid_run_then_restart_matches_the_oracle() {
 /// state is the oracle's.
 #[test]
 fn a_redelivery_after_the_visibility_timeout_is_absorbed() {
-    let moto = Moto::start();
-    let queue = moto.queue("stall.fifo");
+    let moto = moto();
+    let queue = moto.queue("stall.fifo").unwrap();
     let history: Vec<Event> = (1..=120u64)
         .map(|n| {
             let stream = format!("account-{}", n % 6);
@@ -289,7 +161,7 @@ fn a_redelivery_after_the_visibility_timeout_is_absorbed() {
         })
         .collect();
     // No duplicates sent: every duplicate counted is a redelivery.
-    moto.send_events(&queue, &history);
+    moto.send_events(&queue, &history, "").unwrap();
     let scratch = Scratch::new();
     let store = scratch.store("state.db");
     // Receives that wait 20 s: those out when the process stops are still waiting at the
@@ -335,13 +207,13 @@ fn a_redelivery_after_the_visibility_timeout_is_absorbed() {
     run_until_idle(&source, &store);
     let divergence = compare(&oracle::run(&history), &export(&store), true);
     assert!(divergence.is_empty(), "{divergence}");
-    assert_eq!(moto.counts(&queue), (0, 0));
+    assert_eq!(moto.counts(&queue).unwrap(), (0, 0));
 }
 
 #[test]
 fn a_malformed_message_is_dead_lettered_with_its_message_id_and_deleted() {
-    let moto = Moto::start();
-    let queue = moto.queue("bad.fifo");
+    let moto = moto();
+    let queue = moto.queue("bad.fifo").unwrap();
     let good = |id: &str, version: u64| {
         format!(
             r#"{{"id":"{id}","stream":"sku-1","version":{version},"type":"Stocked","op":"set","data":{{"n":{version}}}}}"#
@@ -357,7 +229,8 @@ fn a_malformed_message_is_dead_lettered_with_its_message_id_and_deleted() {
             // The group is another stream than the event's: refused like a Kafka key.
             (Some("sku-9".into()), Some("4".into()), good("c", 3)),
         ],
-    );
+    )
+    .unwrap();
     let scratch = Scratch::new();
     let store = scratch.store("state.db");
     let counters = run_until_idle(&moto.source("bad.fifo", ""), &store);
@@ -374,12 +247,16 @@ fn a_malformed_message_is_dead_lettered_with_its_message_id_and_deleted() {
         assert!(reason.contains("(SQS message "), "{reason}");
     }
     assert_eq!(export(&store)["sku-1"].version, 2, "the others go on");
-    assert_eq!(moto.counts(&queue), (0, 0), "dead letters are deleted too");
+    assert_eq!(
+        moto.counts(&queue).unwrap(),
+        (0, 0),
+        "dead letters are deleted too"
+    );
 }
 
 #[test]
 fn a_missing_queue_or_region_is_a_clear_error() {
-    let moto = Moto::start();
+    let moto = moto();
     let scratch = Scratch::new();
     let store = scratch.store("state.db");
     let output = common::try_run_idle(&moto.source("no-such-queue.fifo", ""), &store, &[]);
@@ -407,8 +284,8 @@ fn a_missing_queue_or_region_is_a_clear_error() {
 #[test]
 #[cfg(feature = "fault-injection")]
 fn the_relay_publishes_in_order_and_a_crash_is_absorbed_by_deduplication() {
-    let moto = Moto::start();
-    let queue = moto.queue("outbox.fifo");
+    let moto = moto();
+    let queue = moto.queue("outbox.fifo").unwrap();
     let scratch = Scratch::new();
     let app_store = scratch.store("app.db");
     let seed = 109;
@@ -445,7 +322,7 @@ fn the_relay_publishes_in_order_and_a_crash_is_absorbed_by_deduplication() {
     );
     ok(&relay);
     assert_eq!(
-        moto.counts(&queue),
+        moto.counts(&queue).unwrap(),
         (history.len() as u64, 0),
         "the batch sent twice is queued once"
     );
@@ -489,8 +366,8 @@ const GROUP_SLOTS: u32 = 4;
 /// dependencies and merges cross groups.
 #[test]
 fn two_members_on_one_fifo_queue_survive_a_sigkill() {
-    let moto = Moto::start();
-    let queue = moto.queue("members.fifo");
+    let moto = moto();
+    let queue = moto.queue("members.fifo").unwrap();
     let seed = 113;
     let history = Scenario::Mixed.history(seed, 300);
     let deliveries = Scenario::Mixed.deliveries(seed, &history);
@@ -526,10 +403,10 @@ fn two_members_on_one_fifo_queue_survive_a_sigkill() {
         let slots = slots_by_member(&schema);
         slots.len() == 2 && slots.values().all(|&n| n == 2)
     });
-    moto.send_events(&queue, first_part);
+    moto.send_events(&queue, first_part, "").unwrap();
     std::thread::sleep(Duration::from_millis(800));
     drop(first);
-    moto.send_events(&queue, second_part);
+    moto.send_events(&queue, second_part, "").unwrap();
     let took = wait_until(
         "the survivor holds every slot",
         Duration::from_secs(30),
@@ -545,7 +422,11 @@ fn two_members_on_one_fifo_queue_survive_a_sigkill() {
     assert_eq!(status.code(), Some(0), "{text}");
     let divergence = compare(&expected, &export(&store), true);
     assert!(divergence.is_empty(), "seed {seed}:\n{divergence}");
-    assert_eq!(moto.counts(&queue), (0, 0), "every message deleted");
+    assert_eq!(
+        moto.counts(&queue).unwrap(),
+        (0, 0),
+        "every message deleted"
+    );
     admin
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();

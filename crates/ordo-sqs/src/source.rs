@@ -159,7 +159,16 @@ fn broker(what: &str, error: impl std::fmt::Display) -> SourceError {
 impl SqsSource {
     /// Finds the queue and starts receiving; the one reader of the queue.
     pub fn open(url: &SqsUrl, idle_ms: u64) -> Result<Self, SourceError> {
-        let mut source = Self::connect(url, idle_ms)?;
+        Self::open_with(url, idle_ms, CredentialChain::from_process())
+    }
+
+    /// [`Self::open`], with keys from `credentials` rather than the process's chain.
+    pub fn open_with(
+        url: &SqsUrl,
+        idle_ms: u64,
+        credentials: CredentialChain,
+    ) -> Result<Self, SourceError> {
+        let mut source = Self::connect(url, idle_ms, credentials)?;
         source.owned.insert(0, 0);
         Ok(source)
     }
@@ -174,18 +183,22 @@ impl SqsSource {
                  (which fences its commits), or it could commit what another member applied"
             )));
         }
-        let mut source = Self::connect(url, idle_ms)?;
+        let mut source = Self::connect(url, idle_ms, CredentialChain::from_process())?;
         source.member = Some(member);
         Ok(source)
     }
 
-    fn connect(url: &SqsUrl, idle_ms: u64) -> Result<Self, SourceError> {
+    fn connect(
+        url: &SqsUrl,
+        idle_ms: u64,
+        credentials: CredentialChain,
+    ) -> Result<Self, SourceError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|e| broker("cannot start the SQS client's runtime", e))?;
-        let client = SqsClient::new(&url.endpoint, &url.region, CredentialChain::from_process())
+        let client = SqsClient::new(&url.endpoint, &url.region, credentials)
             .map_err(|e| broker("SQS client", e))?;
         let queue: Arc<str> = runtime
             .block_on(client.queue_url(&url.queue))
