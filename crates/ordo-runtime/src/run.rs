@@ -284,7 +284,12 @@ impl RunLoop {
             Rebalance::Assign(partitions) => tracing::info!(?partitions, "partitions assigned"),
         }
         consumer.apply_before_rebuild()?;
-        commit(consumer, source, &mut self.conflicts, false)?;
+        if commit(consumer, source, &mut self.conflicts, false)? {
+            // What this process committed, told now: after the rebuild the checkpoints
+            // are the store's, which for a partition taken over count another member's
+            // deliveries (an SQS slot) rather than what this process read.
+            source.committed(&consumer.engine().checkpoints());
+        }
         self.commits += 1;
         self.oldest_uncommitted_ms = None;
         match change {
@@ -299,7 +304,6 @@ impl RunLoop {
             Rebalance::Assign(partitions) => consumer.claim(partitions)?,
         }
         consumer.reload()?;
-        source.committed(&consumer.engine().checkpoints());
         source.complete_rebalance(&consumer.engine().checkpoints())?;
         if let Rebalance::Assign(partitions) = change {
             consumer.apply_ready()?;
@@ -453,6 +457,7 @@ impl RunLoop {
                 consumer.apply_ready()?;
                 if commit(consumer, source, &mut self.conflicts, true)? {
                     self.commits += 1;
+                    source.committed(&consumer.engine().checkpoints());
                     consumer.reload()?;
                     source.rewind(&consumer.engine().checkpoints())?;
                 }

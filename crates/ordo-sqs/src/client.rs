@@ -85,7 +85,7 @@ impl SqsError {
                     || *status == 429
                     || matches!(
                         code.as_str(),
-                        "ThrottlingException" | "RequestThrottled" | "KmsThrottled"
+                        "ThrottlingException" | "RequestThrottled" | "KmsThrottled" | "OverLimit"
                     )
             }
             SqsError::Credentials(_) | SqsError::Answer(_) => false,
@@ -207,12 +207,26 @@ impl SqsClient {
         let value: Value = if answer.body.is_empty() {
             Value::Object(Default::default())
         } else {
-            serde_json::from_slice(&answer.body).map_err(|e| {
-                SqsError::Answer(format!(
-                    "{status} with a body that is not JSON ({e}): {}",
-                    String::from_utf8_lossy(&answer.body[..answer.body.len().min(200)])
-                ))
-            })?
+            match serde_json::from_slice(&answer.body) {
+                Ok(value) => value,
+                // A proxy's or load balancer's page: its status decides (a 502 or 503 is
+                // retried like SQS's own).
+                Err(_) if !answer.status.is_success() => {
+                    return Err(SqsError::Service {
+                        status,
+                        code: String::new(),
+                        message: String::from_utf8_lossy(
+                            &answer.body[..answer.body.len().min(200)],
+                        )
+                        .into_owned(),
+                    })
+                }
+                Err(e) => {
+                    return Err(SqsError::Answer(format!(
+                        "{status} with a body that is not JSON ({e})"
+                    )))
+                }
+            }
         };
         if answer.status.is_success() {
             return Ok(value);
@@ -258,7 +272,7 @@ impl SqsClient {
         let signature = sigv4::authorization(
             &sigv4::Request {
                 method: "POST",
-                path: "/",
+                path: self.endpoint.path(),
                 query: &[],
                 headers: &headers,
                 payload: payload.as_bytes(),
@@ -269,7 +283,9 @@ impl SqsClient {
             &date,
         );
         let mut request = Request::post(self.endpoint.clone());
-        for (name, value) in headers.iter().filter(|(name, _)| *name != "host") {
+        // `host` too: what hyper would send by itself leaves out a default port that
+        // the signature covers.
+        for (name, value) in &headers {
             request = request.header(*name, *value);
         }
         request

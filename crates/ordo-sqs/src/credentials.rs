@@ -102,11 +102,23 @@ pub type Environment = BTreeMap<String, String>;
 /// Keys, and when they stop working (Unix seconds; none for long-term keys).
 type Cached = (Credentials, Option<u64>);
 
-/// The chain, with the last keys it found.
+/// The chain, with the last keys it found and when to ask again (Unix seconds).
 #[derive(Debug)]
 pub struct CredentialChain {
     env: Environment,
-    cached: Mutex<Option<Cached>>,
+    cached: Mutex<Option<(Cached, u64)>>,
+}
+
+/// When keys expiring at `expiry` are fetched again: [`REFRESH_BEFORE_EXPIRY_S`] before,
+/// or half-way for keys that live shorter than twice that.
+fn refresh_at(expiry: Option<u64>, now: u64) -> u64 {
+    match expiry {
+        None => u64::MAX,
+        Some(at) => {
+            let left = at.saturating_sub(now);
+            at - left.min(REFRESH_BEFORE_EXPIRY_S).min(left / 2)
+        }
+    }
 }
 
 impl CredentialChain {
@@ -123,18 +135,32 @@ impl CredentialChain {
         }
     }
 
-    /// Keys to sign with: the cached ones while they are good, else the chain's.
+    /// Keys to sign with: the cached ones until they are due for a refresh, else the
+    /// chain's. A refresh that fails while the cached keys still work keeps them (a slow
+    /// instance endpoint must not stop a run whose keys have minutes left).
     pub async fn get(&self, http: &Http) -> Result<Credentials, CredentialsError> {
         let now = unix_now();
-        if let Some((keys, expiry)) = &*self.cached.lock().expect("not poisoned") {
-            if expiry.is_none_or(|at| at > now + REFRESH_BEFORE_EXPIRY_S) {
+        let cached = self.cached.lock().expect("not poisoned").clone();
+        if let Some(((keys, expiry), refresh_at)) = &cached {
+            if expiry.is_none() || *refresh_at > now {
                 return Ok(keys.clone());
             }
         }
-        let found = self.resolve(http).await?;
-        let keys = found.0.clone();
-        *self.cached.lock().expect("not poisoned") = Some(found);
-        Ok(keys)
+        match self.resolve(http).await {
+            Ok(found) => {
+                let keys = found.0.clone();
+                let refresh_at = refresh_at(found.1, unix_now());
+                *self.cached.lock().expect("not poisoned") = Some((found, refresh_at));
+                Ok(keys)
+            }
+            Err(error) => match cached {
+                Some(((keys, Some(expiry)), _)) if expiry > now => {
+                    tracing::warn!(%error, "AWS credentials not refreshed; the cached keys still work");
+                    Ok(keys)
+                }
+                _ => Err(error),
+            },
+        }
     }
 
     async fn resolve(&self, http: &Http) -> Result<Cached, CredentialsError> {
@@ -462,6 +488,17 @@ mod tests {
         assert!(error.contains("exit status: 3"), "{error}");
         let error = resolve(&files("missing")).unwrap_err().to_string();
         assert!(error.starts_with("no AWS credentials found"), "{error}");
+    }
+
+    #[test]
+    fn short_lived_keys_are_refreshed_half_way() {
+        assert_eq!(refresh_at(None, 100), u64::MAX);
+        assert_eq!(
+            refresh_at(Some(10_000), 1_000),
+            10_000 - REFRESH_BEFORE_EXPIRY_S
+        );
+        assert_eq!(refresh_at(Some(1_200), 1_000), 1_100);
+        assert_eq!(refresh_at(Some(900), 1_000), 900);
     }
 
     #[test]

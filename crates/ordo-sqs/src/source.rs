@@ -53,11 +53,14 @@ const _: () = assert!(OUTSTANDING_MAX < 20_000);
 
 /// The shortest visibility timeout for a member of a group: a member that stalls has its
 /// heartbeat expire ([`SESSION_TIMEOUT_MS`]) and its slots taken (fencing its commits,
-/// [`HEARTBEAT_MS`] later at most) before its messages can go to another member.
-pub const GROUP_VISIBILITY_TIMEOUT_S_MIN: u32 =
-    ((SESSION_TIMEOUT_MS + 2 * HEARTBEAT_MS) / 1000) as u32 + 2;
-const _: () =
-    assert!(GROUP_VISIBILITY_TIMEOUT_S_MIN as u64 * 1000 > SESSION_TIMEOUT_MS + HEARTBEAT_MS);
+/// two [`HEARTBEAT_MS`] later at most) before its messages can go to another member. A
+/// message's visibility was last set up to a third of the timeout and a keeper tick (a
+/// twelfth) before the stall, so what is left of it is at least seven twelfths.
+pub const GROUP_VISIBILITY_TIMEOUT_S_MIN: u32 = 18;
+const _: () = assert!(
+    GROUP_VISIBILITY_TIMEOUT_S_MIN as u64 * 1000 * 7 / 12
+        > SESSION_TIMEOUT_MS + 2 * HEARTBEAT_MS + 2_000
+);
 const _: () = assert!(GROUP_VISIBILITY_TIMEOUT_S_MIN <= crate::url::VISIBILITY_TIMEOUT_S_DEFAULT);
 
 /// How long a receiver that may not receive (paused, no slot, too much outstanding)
@@ -66,6 +69,9 @@ const RECEIVER_NAP_MS: u64 = 50;
 
 /// How long a receiver waits after a receive failed through every retry.
 const RECEIVE_FAILED_NAP_MS: u64 = 1_000;
+
+/// Visibility extensions (batches of ten) in flight at once.
+const EXTENSIONS_AT_ONCE_MAX: usize = 8;
 
 /// How often the queue's length is asked for the lag, at most.
 const ENDS_REFRESH_MS: u64 = 5_000;
@@ -279,6 +285,7 @@ impl SqsSource {
         if let Some(failure) = &inbox.failure {
             return Err(SourceError::Broker(failure.clone()));
         }
+        let fifo = self.url.fifo();
         let next = self
             .owned
             .get_mut(&slot)
@@ -291,7 +298,11 @@ impl SqsSource {
                 offset: *next,
             };
             *next += 1;
-            let key = held.message.group_id.clone().map(String::into_bytes);
+            // A FIFO queue's group is the stream; a standard queue's (a fair queue's
+            // tenant) says nothing about it.
+            let key = fifo
+                .then(|| held.message.group_id.clone().map(String::into_bytes))
+                .flatten();
             deliveries.push((position, held.message.body.clone().into_bytes(), key));
             inbox.held.insert((slot, position.offset), held);
         }
@@ -351,9 +362,13 @@ impl SqsSource {
         self.leave(settled, Leaving::Delete);
     }
 
-    /// Makes what is held above the checkpoints, and everything received and not yet
-    /// handed out, visible again, and deletes what they cover; every slot numbers on
-    /// from its checkpoint.
+    /// Makes everything held (handed out and not deleted) and everything received and not
+    /// yet handed out visible again; every slot numbers on from its checkpoint.
+    ///
+    /// Nothing is deleted here: only [`Source::committed`], after a commit of this
+    /// process, deletes, and it deletes at once what that commit covered. The checkpoints
+    /// given here come from the store, and after another member took a slot over they
+    /// count that member's deliveries, not this process's.
     fn reposition(&mut self, checkpoints: &[(u32, u64)]) {
         let checkpoint_of = |slot: u32| {
             checkpoints
@@ -363,16 +378,8 @@ impl SqsSource {
         };
         let mut inbox = self.shared.inbox();
         let mut back: Vec<Held> = inbox.received.drain(..).collect();
-        let mut durable = Vec::new();
-        for (key, held) in std::mem::take(&mut inbox.held) {
-            if checkpoint_of(key.0).is_some_and(|c| key.1 <= c) {
-                durable.push(held);
-            } else {
-                back.push(held);
-            }
-        }
+        back.extend(std::mem::take(&mut inbox.held).into_values());
         drop(inbox);
-        self.leave(durable, Leaving::Delete);
         self.leave(back, Leaving::Release);
         for (slot, next) in &mut self.owned {
             *next = checkpoint_of(*slot).map_or(0, |c| c + 1);
@@ -528,7 +535,9 @@ impl Receiver {
                     // passes for "nothing after it" (see `SqsSource::drained`).
                     let began = Instant::now();
                     inbox.in_flight.push(began);
-                    Some((inbox.outstanding() == 0, began))
+                    // Only a long poll proves a queue empty: one that does not wait may
+                    // ask only some of SQS's servers.
+                    Some((inbox.outstanding() == 0 && self.url.wait_s > 0, began))
                 }
             };
             let Some((clear, began)) = may else {
@@ -648,33 +657,61 @@ impl Keeper {
         let visibility = Duration::from_secs(u64::from(self.visibility_s));
         let due = visibility / 3;
         let tick = (visibility / 12).max(Duration::from_millis(250));
-        while !self.shared.stop.load(Ordering::Relaxed) {
+        let keeper = Arc::new(self);
+        while !keeper.shared.stop.load(Ordering::Relaxed) {
             tokio::time::sleep(tick).await;
-            if !self.shared.loop_alive() {
+            if !keeper.shared.loop_alive() {
                 // A loop stuck this long lets its messages go back to the queue.
                 continue;
             }
-            let receipts = self.due(due);
+            let receipts = keeper.due(due);
+            // Batches at once, a bounded number: thousands of held messages must all be
+            // extended well inside the two thirds of the timeout they have left.
+            let mut calls = tokio::task::JoinSet::new();
             for batch in receipts.chunks(BATCH_ENTRIES_MAX) {
-                let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
-                match self
-                    .client
-                    .change_visibility(&self.queue, &batch, self.visibility_s)
-                    .await
-                {
-                    Ok(refused) if refused.is_empty() => {}
-                    Ok(refused) => {
-                        tracing::warn!(count = refused.len(), "sqs: visibility extension refused")
-                    }
-                    Err(error) => tracing::warn!(%error, "sqs: visibility extension failed"),
+                if calls.len() >= EXTENSIONS_AT_ONCE_MAX {
+                    let _ = calls.join_next().await;
                 }
+                calls.spawn(keeper.clone().extend(batch.to_vec()));
+            }
+            while calls.join_next().await.is_some() {}
+        }
+    }
+
+    /// Extends one batch; on failure its messages are due again at the next tick.
+    async fn extend(self: Arc<Self>, batch: Vec<(String, Instant)>) {
+        let receipts: Vec<&str> = batch.iter().map(|(r, _)| r.as_str()).collect();
+        let failed = match self
+            .client
+            .change_visibility(&self.queue, &receipts, self.visibility_s)
+            .await
+        {
+            Ok(refused) if refused.is_empty() => return,
+            Ok(refused) => {
+                // Refused: deleted since, or already back in the queue. Nothing to retry.
+                tracing::warn!(count = refused.len(), "sqs: visibility extension refused");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "sqs: visibility extension failed");
+                batch
+            }
+        };
+        let mut inbox = self.shared.inbox();
+        let Inbox { received, held, .. } = &mut *inbox;
+        for held in received.iter_mut().chain(held.values_mut()) {
+            if let Some((_, before)) = failed
+                .iter()
+                .find(|(r, _)| *r == held.message.receipt_handle)
+            {
+                held.visible_from = *before;
             }
         }
     }
 
-    /// Receipts of messages whose visibility was set longer than `due` ago (marked as
-    /// extended now).
-    fn due(&self, due: Duration) -> Vec<String> {
+    /// Receipts of messages whose visibility was set longer than `due` ago, each with
+    /// when it was (they are marked as extended now).
+    fn due(&self, due: Duration) -> Vec<(String, Instant)> {
         let mut inbox = self.shared.inbox();
         let now = Instant::now();
         let Inbox { received, held, .. } = &mut *inbox;
@@ -683,8 +720,8 @@ impl Keeper {
             .chain(held.values_mut())
             .filter(|h| now.duration_since(h.visible_from) >= due)
             .map(|h| {
-                h.visible_from = now;
-                h.message.receipt_handle.clone()
+                let before = std::mem::replace(&mut h.visible_from, now);
+                (h.message.receipt_handle.clone(), before)
             })
             .collect()
     }
