@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use ordo_runtime::relay::Publisher;
+use ordo_runtime::relay::{event_id, Publisher};
 
 use crate::partition::subject;
 use crate::url::NatsUrl;
@@ -71,13 +71,6 @@ impl NatsPublisher {
             partitions: url.partitions,
         })
     }
-}
-
-/// The event id in an outbox body, for `Nats-Msg-Id` (none if it cannot be read: the
-/// consumer dead-letters such a body anyway).
-fn event_id(body: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(body).ok()?;
-    value["id"].as_str().map(String::from)
 }
 
 impl Publisher for NatsPublisher {

@@ -23,6 +23,14 @@ pub trait Publisher {
     fn publish(&mut self, rows: &[(u64, String, String)]) -> Result<(), String>;
 }
 
+/// The event id in an outbox body, for a broker's deduplication id (`Nats-Msg-Id`,
+/// SQS's `MessageDeduplicationId`); none if it cannot be read: the consumer
+/// dead-letters such a body anyway.
+pub fn event_id(body: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    value["id"].as_str().map(String::from)
+}
+
 /// Outbox rows per batch by default.
 pub const RELAY_BATCH_DEFAULT: usize = 1000;
 

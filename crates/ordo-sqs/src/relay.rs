@@ -5,7 +5,7 @@
 //! sent again after a crash between that and the mark is dropped by the queue's
 //! five-minute deduplication window, and beyond it by the consumer's dedupe.
 
-use ordo_runtime::relay::Publisher;
+use ordo_runtime::relay::{event_id, Publisher};
 
 use crate::client::{Outgoing, SqsClient, BATCH_ENTRIES_MAX};
 use crate::credentials::CredentialChain;
@@ -41,13 +41,6 @@ impl SqsPublisher {
             fifo: url.fifo(),
         })
     }
-}
-
-/// The event id in an outbox body, for `MessageDeduplicationId` (none if it cannot be
-/// read: the consumer dead-letters such a body anyway).
-fn event_id(body: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(body).ok()?;
-    value["id"].as_str().map(String::from)
 }
 
 /// Rows cut into batches SQS takes: at most ten entries and
