@@ -285,20 +285,31 @@ fn open_nats(
             return Ok(Box::new(ordo_nats::NatsSource::open(url, args.idle_ms)?));
         }
     };
-    if let Some(member) = &args.member_id {
-        postgres.set_member(member);
-    }
-    let members = postgres.members(
-        key,
-        url.partitions,
-        std::time::Duration::from_millis(ordo_runtime::membership::SESSION_TIMEOUT_MS),
-    );
-    let member = ordo_runtime::membership::Member::start(members, url.partitions);
+    let member = join_group(postgres, key, url.partitions, args);
     Ok(Box::new(ordo_nats::NatsSource::open_member(
         url,
         args.idle_ms,
         member,
     )?))
+}
+
+/// This process as one member of the group sharing `postgres` under `key`, which
+/// splits `partitions` (a NATS stream's subject partitions, an SQS queue's slots).
+fn join_group(
+    postgres: &mut ordo_store::PostgresStore,
+    key: &str,
+    partitions: u32,
+    args: &RunArgs,
+) -> ordo_runtime::membership::Member {
+    if let Some(member) = &args.member_id {
+        postgres.set_member(member);
+    }
+    let members = postgres.members(
+        key,
+        partitions,
+        std::time::Duration::from_millis(ordo_runtime::membership::SESSION_TIMEOUT_MS),
+    );
+    ordo_runtime::membership::Member::start(members, partitions)
 }
 
 /// An SQS source: one member of a group when the store is PostgreSQL (any number of
@@ -314,15 +325,7 @@ fn open_sqs(
         anyhow::ensure!(args.member_id.is_none(), "{MEMBER_ID_NEEDS_A_GROUP}");
         return Ok(Box::new(ordo_sqs::SqsSource::open(url, args.idle_ms)?));
     };
-    if let Some(member) = &args.member_id {
-        postgres.set_member(member);
-    }
-    let members = postgres.members(
-        key,
-        url.slots,
-        std::time::Duration::from_millis(ordo_runtime::membership::SESSION_TIMEOUT_MS),
-    );
-    let member = ordo_runtime::membership::Member::start(members, url.slots);
+    let member = join_group(postgres, key, url.slots, args);
     Ok(Box::new(ordo_sqs::SqsSource::open_member(
         url,
         args.idle_ms,

@@ -456,13 +456,9 @@ impl NatsSource {
         };
         let owned: BTreeSet<u32> = self.owned.keys().copied().collect();
         let change = member.change(&owned).map_err(SourceError::Membership)?;
-        let polled = match &change {
-            Some(Change::Revoke(partitions)) => Polled::Revoked(partitions.clone()),
-            Some(Change::Assign(partitions)) => Polled::Assigned(partitions.clone()),
-            None => return Ok(None),
-        };
+        let polled = change.as_ref().map(Change::announced);
         self.changing = change;
-        Ok(Some(polled))
+        Ok(polled)
     }
 
     /// Every owned partition reads again from the store's checkpoints, on a consumer

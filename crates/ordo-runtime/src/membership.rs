@@ -73,6 +73,16 @@ pub enum Change {
     Assign(Vec<u32>),
 }
 
+impl Change {
+    /// How a source announces the change to the run loop.
+    pub fn announced(&self) -> crate::Polled {
+        match self {
+            Change::Revoke(partitions) => crate::Polled::Revoked(partitions.clone()),
+            Change::Assign(partitions) => crate::Polled::Assigned(partitions.clone()),
+        }
+    }
+}
+
 /// What to do about the partitions `owned`, given the wanted `target` and those the
 /// store says this member holds (`mine`: owned ones, and ones taken for it since):
 /// revocations first, so that a partition moving between two members is let go of before

@@ -431,13 +431,9 @@ impl SqsSource {
         };
         let owned: BTreeSet<u32> = self.owned.keys().copied().collect();
         let change = member.change(&owned).map_err(SourceError::Membership)?;
-        let polled = match &change {
-            Some(Change::Revoke(slots)) => Polled::Revoked(slots.clone()),
-            Some(Change::Assign(slots)) => Polled::Assigned(slots.clone()),
-            None => return Ok(None),
-        };
+        let polled = change.as_ref().map(Change::announced);
         self.changing = change;
-        Ok(Some(polled))
+        Ok(polled)
     }
 
     /// The delivery slot's end for the lag: what this process numbered, plus the
