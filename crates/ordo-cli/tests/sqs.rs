@@ -241,8 +241,9 @@ fn a_malformed_message_is_dead_lettered_with_its_message_id_and_deleted() {
         .iter()
         .map(|e| e["reason"].as_str().unwrap())
         .collect();
-    assert!(reasons[0].contains("JSON"), "{reasons:?}");
-    assert!(reasons[1].contains("sku-9"), "{reasons:?}");
+    // Two groups: SQS may give either first.
+    assert!(reasons.iter().any(|r| r.contains("JSON")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("sku-9")), "{reasons:?}");
     for reason in &reasons {
         assert!(reason.contains("(SQS message "), "{reason}");
     }
